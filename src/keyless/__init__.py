@@ -1,0 +1,1 @@
+"""keyless: cloud identities for Kubernetes services, without static keys."""

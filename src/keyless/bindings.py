@@ -1,0 +1,171 @@
+"""Desired bindings: for an app on a target, one (service, identity) pair per identity connection. Pure."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from keyless import names
+from keyless.diagnostics import Diagnostic, Position, Severity
+from keyless.spec.loader import LoadedApp
+from keyless.spec.model import (
+    AwsRoleConnection,
+    AzureManagedIdentityConnection,
+    GcpServiceAccountConnection,
+    IdentityConnection,
+    ServiceType,
+    _Workload,
+)
+from keyless.targets import AnyTarget, AwsTarget, AzureTarget, GcpTarget
+
+PREDEPLOY = "predeploy"
+INITIAL_DEPLOY = "initial-deploy"
+
+
+class Cloud(enum.StrEnum):
+    AWS = "aws"
+    AZURE = "azure"
+    GCP = "gcp"
+
+
+_CONNECTION_CLOUD: dict[type, Cloud] = {
+    AwsRoleConnection: Cloud.AWS,
+    AzureManagedIdentityConnection: Cloud.AZURE,
+    GcpServiceAccountConnection: Cloud.GCP,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AwsRole:
+    """The role as written (name, path, or ARN); the provider resolves it to an ARN."""
+
+    role: str
+    arn: str | None = None  # filled in by the provider's resolve step
+
+    @property
+    def ref(self) -> names.RoleRef:
+        return names.parse_role(self.role)
+
+    def describe(self) -> str:
+        return self.arn or self.role
+
+
+@dataclass(frozen=True, slots=True)
+class AzureIdentity:
+    identity_name: str
+    resource_group: str
+    client_id: str | None = None  # filled in by the provider
+    tenant_id: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.resource_group}/{self.identity_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class GcpIdentity:
+    email: str
+
+    def describe(self) -> str:
+        return self.email
+
+
+Identity = AwsRole | AzureIdentity | GcpIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where in porter.yaml a binding was declared, for messages and SARIF."""
+
+    file: str
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A service's Kubernetes service account bound to one cloud identity on one target."""
+
+    app: str
+    service: str
+    kind: ServiceType
+    target: str
+    cloud: Cloud
+    namespace: str
+    service_account: str
+    identity: Identity
+    source: Source | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What the cloud keys the binding on: one per service account in a namespace."""
+        return (self.namespace, self.service_account)
+
+    def identity_fingerprint(self) -> str:
+        """Changes whenever the identity changes, so the pod template annotation triggers a rollout."""
+        return hashlib.sha256(f"{self.cloud}|{self.identity.describe()}".encode()).hexdigest()[:16]
+
+
+def target_cloud(target: AnyTarget) -> Cloud:
+    if isinstance(target, AwsTarget):
+        return Cloud.AWS
+    if isinstance(target, AzureTarget):
+        return Cloud.AZURE
+    assert isinstance(target, GcpTarget)
+    return Cloud.GCP
+
+
+def _identity(connection: IdentityConnection) -> Identity:
+    if isinstance(connection, AwsRoleConnection):
+        return AwsRole(role=connection.role)
+    if isinstance(connection, AzureManagedIdentityConnection):
+        return AzureIdentity(identity_name=connection.identity_name, resource_group=connection.resource_group)
+    return GcpIdentity(email=connection.service_account_email)
+
+
+def workloads(loaded: LoadedApp) -> list[tuple[str, ServiceType, _Workload, tuple[str | int, ...]]]:
+    """Every workload that runs pods: the services, then predeploy and initialDeploy (each a job)."""
+    app = loaded.app
+    found: list[tuple[str, ServiceType, _Workload, tuple[str | int, ...]]] = [
+        (s.name, s.kind, s, ("services", i)) for i, s in enumerate(app.services)
+    ]
+    if app.predeploy is not None:
+        found.append((app.predeploy.name or PREDEPLOY, ServiceType.JOB, app.predeploy, ("predeploy",)))
+    if app.initial_deploy is not None:
+        found.append((app.initial_deploy.name or INITIAL_DEPLOY, ServiceType.JOB, app.initial_deploy,
+                      ("initialDeploy",)))
+    return found
+
+
+def desired_bindings(
+    loaded: LoadedApp, app_name: str, target_name: str, target: AnyTarget
+) -> tuple[list[Binding], list[Diagnostic]]:
+    """The bindings this app wants on this target, and notes on connections for other clouds."""
+    cloud = target_cloud(target)
+    found: list[Binding] = []
+    notes: list[Diagnostic] = []
+    for service, kind, workload, path in workloads(loaded):
+        for index, connection in enumerate(workload.connections):
+            conn_cloud = _CONNECTION_CLOUD.get(type(connection))
+            if conn_cloud is None:
+                continue
+            position = loaded.document.value_at((*path, "connections", index))
+            if conn_cloud is not cloud:
+                notes.append(Diagnostic(
+                    Severity.NOTE, loaded.file, position,
+                    f"{connection.type} connection of service {service!r} does not apply to target "
+                    f"{target_name!r} ({cloud.value})", f"it applies when you deploy to a {conn_cloud.value} target"))
+                continue
+            assert isinstance(connection, AwsRoleConnection | AzureManagedIdentityConnection
+                              | GcpServiceAccountConnection)
+            found.append(Binding(
+                app=app_name,
+                service=service,
+                kind=kind,
+                target=target_name,
+                cloud=cloud,
+                namespace=target.namespace,
+                service_account=names.service_account_name(app_name, service),
+                identity=_identity(connection),
+                source=Source(loaded.file, position),
+            ))
+    return found, notes

@@ -1,0 +1,1 @@
+"""Cloud providers: the only code that talks to AWS, Azure or Google Cloud."""

@@ -1,0 +1,58 @@
+"""The one small Protocol every cloud provider implements: resolve, preflight, observe, apply."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from keyless.bindings import Binding, Cloud
+from keyless.plan import Action, ObservedBinding
+
+
+class Severity(enum.StrEnum):
+    BLOCKING = "blocking"  # apply would fail: exit 3 and say what to fix
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightIssue:
+    severity: Severity
+    message: str
+    fix: str = ""  # the exact thing to run or paste
+    service: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """What applying one cloud action did; `detail` feeds status and the deploy record."""
+
+    ok: bool
+    message: str
+    binding_id: str | None = None
+
+
+class Provider(Protocol):
+    cloud: Cloud
+    in_place_identity_change: bool  # AWS can update an association's role; Azure replaces credentials
+
+    def resolve(self, bindings: Sequence[Binding]) -> tuple[list[Binding], list[PreflightIssue]]:
+        """Fill in cloud facts (role ARN, client ID); identities that cannot be resolved become issues."""
+        ...
+
+    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
+        """Check what must hold before any write: cluster, add-on or issuer, trust, quotas."""
+        ...
+
+    def observe(self, app: str, target: str, bindings: Sequence[Binding]) -> list[ObservedBinding]:
+        """Every binding keyless owns for this app on this target, plus whatever sits at the desired keys."""
+        ...
+
+    def apply(self, action: Action) -> ActionOutcome:
+        """Carry out one cloud action (create, update, replace, delete, adopt); idempotent on retry."""
+        ...
+
+    def wait_visible(self, action: Action, timeout: float) -> bool:
+        """After a create/update, wait until the binding takes effect (or the timeout passes)."""
+        ...

@@ -1,0 +1,387 @@
+"""Loading porter.yaml: YAML with positions, placeholders, model validation and the rules across fields."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from keyless import names
+from keyless.diagnostics import START, Diagnostic, Position, Severity, errors_in, sort_diagnostics
+from keyless.errors import InvalidInput
+from keyless.spec.model import IDENTITY_TYPES, App, ConnectionType
+from keyless.spec.placeholders import expand
+from keyless.spec.yamlsource import Located, Path, read_yaml
+
+M = TypeVar("M", bound=BaseModel)
+
+CONNECTION_TYPES = [t.value for t in ConnectionType]
+
+# What to write, for the fields people most often leave out.
+FIELD_HINTS = {
+    "services": "list the app's services: `services:` then `- name: api` and `type: web`",
+    "name": "give it a name: lowercase letters, digits and '-'",
+    "role": "write the IAM role name or ARN: `role: my-app-api-role`",
+    "identityName": "write the managed identity's name: `identityName: my-app-api-identity`",
+    "resourceGroup": "write the identity's resource group: `resourceGroup: my-resource-group`",
+    "serviceAccountEmail": "write `serviceAccountEmail: NAME@PROJECT.iam.gserviceaccount.com`",
+}
+
+
+@dataclass(frozen=True)
+class LoadedApp:
+    """A validated App, where it came from, and the warnings and notes found while loading it."""
+
+    app: App
+    document: Located
+    diagnostics: tuple[Diagnostic, ...] = field(default=())
+
+    @property
+    def file(self) -> str:
+        return self.document.file
+
+    def connection_position(self, service_index: int, connection_index: int) -> Position:
+        return self.document.value_at(("services", service_index, "connections", connection_index))
+
+    def service_position(self, service_index: int) -> Position:
+        return self.document.value_at(("services", service_index))
+
+
+class _Collector:
+    def __init__(self, doc: Located) -> None:
+        self.doc = doc
+        self.items: list[Diagnostic] = []
+
+    def add(self, severity: Severity, pos: Position, message: str, hint: str = "") -> None:
+        self.items.append(Diagnostic(severity, self.doc.file, pos, message, hint))
+
+    def error(self, pos: Position, message: str, hint: str = "") -> None:
+        self.add(Severity.ERROR, pos, message, hint)
+
+
+# --- placeholders ------------------------------------------------------------------------------
+
+
+def _expand_all(value: Any, path: Path, env: Mapping[str, str], out: _Collector, bad: set[Path]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_all(v, (*path, k), env, out, bad) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_all(v, (*path, i), env, out, bad) for i, v in enumerate(value)]
+    if isinstance(value, str) and "$" in value:
+        expanded, problems = expand(value, env)
+        base = out.doc.value_at(path)
+        for p in problems:
+            out.error(Position(base.line, base.column + p.offset), p.message, p.hint)
+            bad.add(path)
+        return expanded
+    return value
+
+
+# --- model validation errors -------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _close_key(wanted: str, present: list[str]) -> str | None:
+    norm = {k.replace("_", "").replace("-", "").lower(): k for k in present}
+    hit = norm.get(wanted.lower())
+    if hit:
+        return hit
+    found = difflib.get_close_matches(wanted, present, n=1, cutoff=0.7)
+    return found[0] if found else None
+
+
+def _validation_diagnostic(err: ErrorDetails, doc: Located, out: _Collector) -> None:
+    loc = tuple(err["loc"])
+    path = doc.resolve(loc)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    field_name = next((str(s) for s in reversed(loc) if isinstance(s, str)), "value")
+    pos = doc.value_at(path)
+    hint = ""
+    if kind == "missing":
+        parent = doc.value
+        for step in path:
+            parent = parent[step]
+        present = list(parent) if isinstance(parent, dict) else []
+        misspelt = _close_key(field_name, present)
+        message = f"missing required field `{field_name}`"
+        hint = f"write `{field_name}`, not `{misspelt}`" if misspelt else FIELD_HINTS.get(field_name, "")
+        out.error(pos, message, hint)
+        return
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        key = str(ctx.get("discriminator", "'type'")).strip("'")
+        expected = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        what_tag = "connection type" if key == "type" else key
+        listing = f"{what_tag} is one of: " + ", ".join(expected)
+        tag = ctx.get("tag")
+        if kind == "union_tag_not_found" or tag is None:
+            out.error(pos, f"missing required field `{key}`", listing)
+            return
+        close = difflib.get_close_matches(str(tag), expected, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        out.error(doc.value_at((*path, key)), f"unknown {what_tag} {tag!r}", hint + listing)
+        return
+    if kind == "keyless":
+        out.error(pos, str(ctx.get("message", err["msg"])), str(ctx.get("hint", "")))
+        return
+    what = _describe(value)
+    messages = {
+        "int_parsing": f"`{field_name}` must be a whole number, got {what}",
+        "int_type": f"`{field_name}` must be a whole number, got {what}",
+        "int_from_float": f"`{field_name}` must be a whole number, got {what}",
+        "float_parsing": f"`{field_name}` must be a number, got {what}",
+        "float_type": f"`{field_name}` must be a number, got {what}",
+        "bool_parsing": f"`{field_name}` must be true or false, got {what}",
+        "bool_type": f"`{field_name}` must be true or false, got {what}",
+        "string_type": f"`{field_name}` must be a string, got {what}",
+        "dict_type": f"`{field_name}` must be a mapping of `key: value` lines, got {what}",
+        "model_type": f"`{field_name}` must be a mapping of `key: value` lines, got {what}",
+        "model_attributes_type": f"`{field_name}` must be a mapping of `key: value` lines, got {what}",
+        "list_type": f"`{field_name}` must be a list (lines starting with '-'), got {what}",
+        "greater_than": f"`{field_name}` must be greater than {ctx.get('gt')}, got {what}",
+        "greater_than_equal": f"`{field_name}` must be at least {ctx.get('ge')}, got {what}",
+        "less_than_equal": f"`{field_name}` must be at most {ctx.get('le')}, got {what}",
+        "literal_error": f"`{field_name}` must be {ctx.get('expected')}, got {what}",
+        "enum": f"`{field_name}` must be {ctx.get('expected')}, got {what}",
+        "finite_number": f"`{field_name}` must be a finite number, got {what}",
+    }
+    message = messages.get(kind, f"`{field_name}`: {err['msg']}")
+    if field_name == "services" and kind == "list_type" and isinstance(value, dict):
+        hint = "services is a list: write `- name: api` under `services:` for each service"
+    elif field_name == "connections" and kind == "list_type":
+        hint = "write each connection as a list item: `- type: awsRole`"
+    elif field_name == "version":
+        hint = "keyless reads porter.yaml v2: write `version: v2` or leave it out"
+    elif kind in ("int_parsing", "int_from_float") and isinstance(value, str) and "${" in value:
+        hint = "check the environment variable this placeholder expands to"
+    out.error(pos, message, hint)
+
+
+# --- unknown fields ----------------------------------------------------------------------------
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _models_in(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def _item_annotation(annotation: Any) -> Any | None:
+    """For list[X] (possibly optional or annotated), X; else None."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _item_annotation(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            item = _item_annotation(arg)
+            if item is not None:
+                return item
+        return None
+    if origin is list:
+        return typing.get_args(annotation)[0]
+    return None
+
+
+def _pick_model(candidates: list[type[BaseModel]], raw: dict[str, Any]) -> type[BaseModel] | None:
+    if len(candidates) == 1:
+        return candidates[0]
+    for model in candidates:
+        literal = model.model_fields.get("type")
+        if literal is not None and raw.get("type") in typing.get_args(literal.annotation):
+            return model
+    return None
+
+
+def unknown_fields(model: type[BaseModel], raw: Any, path: Path) -> Iterator[tuple[Path, str, list[str]]]:
+    """Every key in `raw` that `model` (recursively) does not define: (path, key, known keys)."""
+    if not isinstance(raw, dict):
+        return
+    by_alias = {(f.alias or name): f for name, f in model.model_fields.items()}
+    for key, value in raw.items():
+        info = by_alias.get(key)
+        if info is None:
+            yield (*path, key), key, list(by_alias)
+            continue
+        item = _item_annotation(info.annotation)
+        if item is not None and isinstance(value, list):
+            for i, element in enumerate(value):
+                chosen = _pick_model(_models_in(item), element) if isinstance(element, dict) else None
+                if chosen:
+                    yield from unknown_fields(chosen, element, (*path, key, i))
+        elif isinstance(value, dict):
+            chosen = _pick_model(_models_in(info.annotation), value)
+            if chosen:
+                yield from unknown_fields(chosen, value, (*path, key))
+
+
+# --- rules across fields -----------------------------------------------------------------------
+
+
+def _cross_checks(raw: dict[str, Any], doc: Located, out: _Collector) -> None:
+    if "build" in raw and "image" in raw and raw["build"] is not None and raw["image"] is not None:
+        out.error(doc.key_at(("image",)), "`build` and `image` cannot both be set",
+                  "use `build` when Porter builds the image, `image` for a pre-built one")
+    services = raw.get("services")
+    if isinstance(services, list) and not services:
+        out.error(doc.value_at(("services",)), "`services` is empty", FIELD_HINTS["services"])
+    if not isinstance(services, list):
+        return
+    seen_names: dict[str, Position] = {}
+    for i, service in enumerate(services):
+        if not isinstance(service, dict):
+            continue
+        name = service.get("name")
+        name_pos = doc.value_at(("services", i, "name"))
+        if isinstance(name, str):
+            if name in seen_names:
+                out.error(name_pos, f"service name {name!r} is used twice (first at line {seen_names[name].line})",
+                          "service names must be unique within an app")
+            else:
+                seen_names[name] = name_pos
+        label = f"service {name!r}" if isinstance(name, str) else f"service #{i + 1}"
+        _service_checks(service, i, label, doc, out)
+
+
+def _service_checks(service: dict[str, Any], i: int, label: str, doc: Located, out: _Collector) -> None:
+    kind = service.get("type")
+    if "type" not in service:
+        if service.get("cron") is not None:
+            guess, why = "job", "it has a `cron` schedule"
+        elif service.get("port") is not None or service.get("domains"):
+            guess, why = "web", "it has a port"
+        else:
+            guess, why = "worker", "it has no port"
+        out.add(Severity.WARNING, doc.value_at(("services", i)), f"{label} has no `type`; "
+                f"keyless treats it as {guess} because {why}", f"add `type: {guess}` to make it explicit")
+        kind = guess
+    if service.get("cron") is not None and kind in ("web", "worker"):
+        out.add(Severity.WARNING, doc.key_at(("services", i, "cron")),
+                f"{label} is a {kind} service; `cron` only applies to jobs", "remove `cron` or use `type: job`")
+    connections = service.get("connections")
+    if not isinstance(connections, list):
+        return
+    first_of_type: dict[str, Position] = {}
+    for j, conn in enumerate(connections):
+        if not isinstance(conn, dict) or not isinstance(conn.get("type"), str):
+            continue
+        ctype = conn["type"]
+        pos = doc.value_at(("services", i, "connections", j, "type"))
+        if ctype in first_of_type:
+            out.error(pos, f"{label} has two {ctype} connections (first at line {first_of_type[ctype].line})",
+                      "a service takes at most one connection of each type; keep one")
+        else:
+            first_of_type[ctype] = pos
+        if ctype in (ConnectionType.CLOUD_SQL, ConnectionType.DISK):
+            out.add(Severity.NOTE, pos, f"{ctype} connection of {label} is not handled by keyless",
+                    "keyless binds cloud identities only; Porter still handles this connection")
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+def validate_document(model: type[M], doc: Located, env: Mapping[str, str], out: _Collector) -> M | None:
+    """Expand placeholders, report unknown fields, validate against `model`; problems go to `out`."""
+    bad_placeholders: set[Path] = set()
+    doc.value = _expand_all(doc.value, (), env, out, bad_placeholders)
+    for path, key, known in unknown_fields(model, doc.value, ()):
+        guess = _close_key(key, known)
+        hint = f"did you mean `{guess}`?" if guess else "keyless keeps it as is and does not use it"
+        out.add(Severity.WARNING, doc.key_at(path), f"unknown field `{key}`", hint)
+    try:
+        return model.model_validate(doc.value)
+    except ValidationError as exc:
+        for err in exc.errors():
+            if doc.resolve(tuple(err["loc"])) in bad_placeholders:
+                continue  # already reported as an unset variable
+            _validation_diagnostic(err, doc, out)
+    return None
+
+
+def read_mapping(data: bytes, file: str, what: str, hint: str) -> tuple[Located, _Collector]:
+    """Parse YAML whose top level must be a mapping; raises InvalidInput otherwise."""
+    doc, found = read_yaml(data, file)
+    if doc is None:
+        raise InvalidInput(found)
+    out = _Collector(doc)
+    out.items.extend(found)
+    if not isinstance(doc.value, dict):
+        out.error(START, f"the top level of {what} must be a mapping, got {_describe(doc.value)}", hint)
+        raise InvalidInput(sort_diagnostics(out.items))
+    return doc, out
+
+
+def load_app(data: bytes, file: str, env: Mapping[str, str]) -> LoadedApp:
+    """Load and validate porter.yaml content. Raises InvalidInput with every problem found."""
+    doc, out = read_mapping(data, file, "porter.yaml",
+                            "start with `services:` (and optionally `version: v2` and `name: my-app`)")
+    app = validate_document(App, doc, env, out)
+    _cross_checks(doc.value, doc, out)
+    if app is None or errors_in(out.items):
+        raise InvalidInput(sort_diagnostics(out.items))
+    return LoadedApp(app=app, document=doc, diagnostics=tuple(sort_diagnostics(out.items)))
+
+
+def read_file(path: str | FsPath) -> bytes:
+    """The bytes of an input file, or InvalidInput saying why it cannot be read."""
+    file = str(path)
+    try:
+        return FsPath(path).read_bytes()
+    except FileNotFoundError:
+        problem, hint = "file not found", "check the path"
+    except IsADirectoryError:
+        problem, hint = "this is a directory, not a file", "pass the path of the file itself"
+    except OSError as exc:
+        problem, hint = f"cannot read file: {exc.strerror}", ""
+    raise InvalidInput([Diagnostic(Severity.ERROR, file, START, problem, hint)])
+
+
+def load_app_file(path: str | FsPath, env: Mapping[str, str]) -> LoadedApp:
+    return load_app(read_file(path), str(path), env)
+
+
+def resolve_app_name(loaded: LoadedApp, override: str | None, env: Mapping[str, str]) -> str:
+    """The app name: `--app`, else `name:` in the file, else $PORTER_APP_NAME (as Porter's CLI does)."""
+    candidates = [
+        (override, "--app", START),
+        (loaded.app.name, "name", loaded.document.value_at(("name",))),
+        (env.get("PORTER_APP_NAME"), "PORTER_APP_NAME", START),
+    ]
+    for value, source, pos in candidates:
+        if value:
+            try:
+                names.check_app_name(value)
+            except names.NameRuleError as exc:
+                raise InvalidInput([Diagnostic(Severity.ERROR, loaded.file, pos,
+                                               f"{exc.message} (from {source})", exc.hint)]) from None
+            return value
+    raise InvalidInput([Diagnostic(Severity.ERROR, loaded.file, START, "the app has no name",
+                                   "add `name: my-app` to porter.yaml or pass --app my-app")])
+
+
+def identity_types() -> tuple[str, ...]:
+    return tuple(t.value for t in IDENTITY_TYPES)
