@@ -1,0 +1,393 @@
+"""The keyless command line: a thin face over spec, targets and the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from keyless import __version__
+from keyless.console import apply_with_progress
+from keyless.diagnostics import Diagnostic, Severity
+from keyless.errors import InvalidInput, KeylessError, UsageError
+from keyless.spec import LoadedApp, load_app_file
+from keyless.spec.model import App
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="keyless",
+    help="Give every service of a porter.yaml app its own cloud identity, with no static keys.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+FileOpt = Annotated[Path, typer.Option("-f", "--file", help="The app's porter.yaml.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Output format.")]
+
+
+def _print_diagnostics(diagnostics: tuple[Diagnostic, ...] | list[Diagnostic]) -> None:
+    for d in diagnostics:
+        err.print(d.render(), markup=False)
+
+
+def _load(path: Path) -> LoadedApp:
+    return load_app_file(path, os.environ)
+
+
+def _summary(loaded: LoadedApp) -> dict[str, Any]:
+    a: App = loaded.app
+    services = []
+    for s in a.services:
+        services.append({
+            "name": s.name,
+            "type": s.kind.value,
+            "connections": [c.model_dump(by_alias=True, exclude_none=True) for c in s.connections],
+        })
+    return {"name": a.name, "services": services}
+
+
+@app.command()
+def validate(
+    file: FileOpt = Path("porter.yaml"),
+    output: FormatOpt = OutputFormat.TEXT,
+) -> None:
+    """Check porter.yaml and print what keyless reads from it. Exit 2 when it is invalid."""
+    try:
+        loaded = _load(file)
+    except InvalidInput as exc:
+        if output is OutputFormat.JSON:
+            print(json.dumps({"file": str(file), "valid": False,
+                              "diagnostics": [d.as_json() for d in exc.diagnostics]}, indent=2))
+            raise typer.Exit(2) from None
+        raise
+    if output is OutputFormat.JSON:
+        print(json.dumps({"file": str(file), "valid": True, "app": _summary(loaded),
+                          "diagnostics": [d.as_json() for d in loaded.diagnostics]}, indent=2))
+        return
+    _print_diagnostics(loaded.diagnostics)
+    a = loaded.app
+    warnings = sum(1 for d in loaded.diagnostics if d.severity is Severity.WARNING)
+    name = repr(a.name) if a.name else "(no name: pass --app or set `name:`)"
+    out.print(f"{file}: valid. App {name}, {len(a.services)} service(s)"
+              + (f", {warnings} warning(s)" if warnings else ""), markup=False)
+    for s in a.services:
+        conns = ", ".join(_describe_connection(c.model_dump(by_alias=True)) for c in s.connections) or "-"
+        out.print(f"  {s.name:<24} {s.kind.value:<7} {conns}", markup=False)
+
+
+def _describe_connection(data: dict[str, Any]) -> str:
+    ctype = data.get("type", "?")
+    if ctype == "awsRole":
+        return f"awsRole {data['role']}"
+    if ctype == "azureManagedIdentity":
+        return f"azureManagedIdentity {data['resourceGroup']}/{data['identityName']}"
+    if ctype == "gcpServiceAccount":
+        return f"gcpServiceAccount {data['serviceAccountEmail']}"
+    return f"{ctype} (not handled by keyless)"
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of porter.yaml as keyless reads it (for editor completion)."""
+    document = App.model_json_schema(by_alias=True, mode="validation")
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "porter.yaml (v2)"
+    print(json.dumps(document, indent=2))
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"keyless {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """keyless: cloud identities for Kubernetes services, without static keys."""
+
+
+def fail(error: KeylessError) -> NoReturn:
+    err.print(error.render(), markup=False)
+    raise SystemExit(error.exit_code)
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Run a command body, turning keyless errors into their message and exit code, never a traceback."""
+    try:
+        return fn()
+    except KeylessError as exc:
+        fail(exc)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except KeylessError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted. Nothing is left half-done that a second run does not finish: "
+                  "run the same command again to converge.", markup=False)
+        sys.exit(130)
+
+
+# --- plan, apply, status ------------------------------------------------------------------------
+
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target name in the targets file.")]
+AppOpt = Annotated[str | None, typer.Option("--app", help="App name (default: `name:` in porter.yaml).")]
+TargetsOpt = Annotated[Path | None, typer.Option(
+    "--targets", help="Targets file (default: $KEYLESS_TARGETS, else ./keyless.targets.yaml).")]
+
+
+def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
+    from keyless.targets import load_targets_file, targets_path
+
+    path = targets_path(str(targets_file) if targets_file else None, os.environ)
+    targets = load_targets_file(path, os.environ)
+    _print_diagnostics(targets.diagnostics)
+    return name, targets.get(name)
+
+
+def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None) -> Any:
+    from keyless import engine
+    from keyless.spec import resolve_app_name
+
+    loaded = _load(file)
+    _print_diagnostics(loaded.diagnostics)
+    name, target = _target(target_name, targets_file)
+    resolved_app = resolve_app_name(loaded, app_name, os.environ)
+    provider, kube = engine.connect(name, target)
+    planned = engine.plan_app(engine.PlanInput(loaded, resolved_app, name, target), provider, kube)
+    _print_diagnostics(planned.notes)
+    return planned, provider, kube, target
+
+
+def _show_plan(plan: Any, output: OutputFormat) -> None:
+    from keyless.plan import render_text
+
+    if output is OutputFormat.JSON:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        out.print(render_text(plan, markup=out.is_terminal), markup=out.is_terminal)
+
+
+@app.command()
+def plan(
+    target: TargetOpt,
+    file: FileOpt = Path("porter.yaml"),
+    app_name: AppOpt = None,
+    targets: TargetsOpt = None,
+    save: Annotated[Path | None, typer.Option("--out", help="Save the plan to apply it later.")] = None,
+    output: FormatOpt = OutputFormat.TEXT,
+    refresh: Annotated[bool, typer.Option("--refresh/--no-refresh",
+                                          help="Observe the cloud and cluster (always on).")] = True,
+) -> None:
+    """Show what apply would change, without changing anything. Exit 3 when a preflight check blocks it."""
+    planned, _, _, _ = _plan_for(file, target, app_name, targets)
+    the_plan = planned.plan
+    _show_plan(the_plan, output)
+    if save is not None:
+        save.write_text(json.dumps(the_plan.to_json(), indent=2) + "\n")
+        err.print(f"Saved the plan to {save}. Apply it with: keyless apply {save}", markup=False)
+    if the_plan.blockers:
+        raise typer.Exit(3)
+
+
+def _confirm(auto_approve: bool) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("apply needs confirmation, and there is no terminal to ask on",
+                         "review the plan, then pass --auto-approve (as CI pipelines do)")
+    if not typer.confirm("Apply these changes?"):
+        err.print("Nothing applied.", markup=False)
+        raise typer.Exit(0)
+
+
+@app.command(name="apply")
+def apply_command(
+    plan_file: Annotated[Path | None, typer.Argument(help="A plan saved with `keyless plan --out`.")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target name.")] = None,
+    file: FileOpt = Path("porter.yaml"),
+    app_name: AppOpt = None,
+    targets: TargetsOpt = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")] = False,
+    output: FormatOpt = OutputFormat.TEXT,
+) -> None:
+    """Bind each service's identity: cloud binding, then service account, then a rollout of its pods."""
+    from keyless import engine
+    from keyless.plan import Plan
+
+    if plan_file is not None:
+        try:
+            saved = Plan.from_json(json.loads(plan_file.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{plan_file}: not a keyless plan file ({exc})",
+                             "create one with `keyless plan --out plan.json`") from None
+        name, tgt = _target(saved.target, targets)
+        provider, kube = engine.connect(name, tgt)
+        fresh_observed = engine.observe_saved(saved, provider, kube, tgt.namespace)
+        if fresh_observed.digest() != saved.observed_digest:
+            raise engine.StalePlan()
+        the_plan, observed = saved, fresh_observed
+    else:
+        if target is None:
+            raise UsageError("apply needs --target NAME (or a saved plan file)",
+                             "e.g. keyless apply -f porter.yaml --target prod-eks")
+        planned, provider, kube, tgt = _plan_for(file, target, app_name, targets)
+        the_plan = planned.plan
+        observed = engine.observe_saved(the_plan, provider, kube, tgt.namespace)
+    _show_plan(the_plan, output)
+    if the_plan.blockers:
+        raise typer.Exit(3)
+    if not the_plan.changes:
+        return
+    _confirm(auto_approve)
+    report = apply_with_progress(the_plan, provider, kube, observed, err)
+    if report.failures:
+        err.print(f"\n{len(report.failures)} action(s) failed:", markup=False)
+        for failure in report.failures:
+            err.print(f"  {failure.action.service}: {failure.action.resource.value} "
+                      f"{failure.action.address}: {failure.message}", markup=False)
+        err.print("Fix the cause and run apply again: it picks up where this run stopped.", markup=False)
+        raise typer.Exit(1)
+    out.print(f"Apply complete: {len(report.results)} change(s) applied.", markup=False)
+
+
+app.command(name="deploy", help="Alias of apply.")(apply_command)
+
+
+@app.command()
+def status(
+    target: TargetOpt,
+    app_name: AppOpt = None,
+    file: Annotated[Path | None, typer.Option("-f", "--file", help="porter.yaml, to compare with.")] = None,
+    targets: TargetsOpt = None,
+    output: FormatOpt = OutputFormat.TEXT,
+) -> None:
+    """Per service: its cloud binding, identity, service account, and drift made outside keyless."""
+    from keyless import engine
+    from keyless.spec import resolve_app_name
+
+    loaded = _load(file) if file is not None else None
+    name, tgt = _target(target, targets)
+    if loaded is not None:
+        resolved = resolve_app_name(loaded, app_name, os.environ)
+    elif app_name or os.environ.get("PORTER_APP_NAME"):
+        resolved = app_name or os.environ["PORTER_APP_NAME"]
+    else:
+        raise UsageError("status needs the app: pass --app NAME or -f porter.yaml")
+    provider, kube = engine.connect(name, tgt)
+    rows = engine.app_status(resolved, name, tgt, provider, kube, loaded)
+    if output is OutputFormat.JSON:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"app {resolved} on {name}")
+    for column in ("service", "binding", "identity", "service account", "drift"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.service, r.binding_id or "-", r.identity or "-", r.service_account or "-", r.drift or "none")
+    out.print(table)
+
+
+@app.command()
+def doctor(output: FormatOpt = OutputFormat.TEXT) -> None:
+    """Run inside a pod: report the identity each cloud SDK's default chain resolves to. Exit 1 on a problem."""
+    from keyless.doctor import Verdict, run_checks
+
+    checks = run_checks(os.environ)
+    if output is OutputFormat.JSON:
+        print(json.dumps([c.as_json() for c in checks], indent=2))
+    else:
+        for c in checks:
+            out.print(f"{c.cloud:<6} {c.verdict.value:<8} {c.summary}", markup=False)
+            for key, value in c.details.items():
+                out.print(f"         {key}: {value}", markup=False)
+    if any(c.verdict is Verdict.ERROR for c in checks):
+        raise typer.Exit(1)
+
+
+# --- sandbox and demo ---------------------------------------------------------------------------
+
+sandbox_app = typer.Typer(help="The local sandbox: AWS and Kubernetes stand-ins on loopback.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("up")
+def sandbox_up() -> None:
+    """Start the sandbox in the background (or find the running one) and print how to use it."""
+    from keyless.sandbox import control
+
+    directory = control.state_dir(os.environ)
+    state, started = control.up(directory)
+    out.print(("Started" if started else "Already running:") + f" the keyless sandbox (pid {state.pid}).",
+              markup=False)
+    out.print(f"Point your shell at it with:  eval \"$(keyless sandbox env)\"   (state in {directory})",
+              markup=False)
+
+
+@sandbox_app.command("env")
+def sandbox_env() -> None:
+    """Print `export` lines that point the SDKs, kubeconfig and keyless at the running sandbox."""
+    import shlex
+
+    from keyless.sandbox import control
+
+    state = control.require(control.state_dir(os.environ))
+    for key, value in sorted(state.env.items()):
+        print(f"export {key}={shlex.quote(value)}")
+
+
+@sandbox_app.command("down")
+def sandbox_down() -> None:
+    """Stop the sandbox."""
+    from keyless.sandbox import control
+
+    stopped = control.down(control.state_dir(os.environ))
+    out.print("Stopped the sandbox." if stopped else "The sandbox was not running.", markup=False)
+
+
+@sandbox_app.command("exec", context_settings={"allow_interspersed_args": False})
+def sandbox_exec(
+    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    command: Annotated[list[str], typer.Argument(help="Command to run, after `--`.")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "shop",
+) -> None:
+    """Run a command with the environment and token files one of the sandbox's pods would see."""
+    from keyless.sandbox import control
+
+    state = control.require(control.state_dir(os.environ))
+    result = control.exec_in_pod(state, namespace, pod, command)
+    raise typer.Exit(result.returncode)
+
+
+@app.command()
+def demo(
+    file: FileOpt = Path("examples/porter.yaml"),
+) -> None:
+    """Start the sandbox, apply examples/porter.yaml, and prove from inside each pod that its identity resolves."""
+    from keyless.demo import run_demo
+
+    raise typer.Exit(run_demo(file, out, err))

@@ -1,0 +1,266 @@
+"""The engine: plan an app on a target from desired and observed state, then apply the plan service by service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from keyless.bindings import Binding, desired_bindings, target_cloud
+from keyless.diagnostics import Diagnostic
+from keyless.errors import ApplyFailed, KeylessError, PreflightFailed, UsageError
+from keyless.kube import KubeSide
+from keyless.kube.manifests import (
+    IDENTITY_RECORD,
+    SERVICE_LABEL,
+    pod_template_settings,
+    plan_kubernetes,
+    service_account_manifest,
+)
+from keyless.plan import Action, ActionKind, Observed, ObservedWorkload, Plan, Resource, plan_bindings
+from keyless.providers.base import PreflightIssue, Provider, Severity
+from keyless.spec.loader import LoadedApp
+from keyless.targets import AnyTarget
+
+VISIBILITY_TIMEOUT = 60.0
+ROLLOUT_TIMEOUT = 120.0
+MAX_PARALLEL_SERVICES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInput:
+    """Everything plan_app needs to know about the app and where it goes."""
+
+    loaded: LoadedApp
+    app: str
+    target_name: str
+    target: AnyTarget
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedApp:
+    plan: Plan
+    warnings: tuple[PreflightIssue, ...]
+    notes: tuple[Diagnostic, ...]
+
+
+def _blocking(issues: Sequence[PreflightIssue]) -> None:
+    blocking = [i for i in issues if i.severity is Severity.BLOCKING]
+    if not blocking:
+        return
+    lines = []
+    for issue in blocking:
+        who = f"service {issue.service}: " if issue.service else ""
+        lines.append(f"preflight: {who}{issue.message}" + (f"\n    fix: {issue.fix}" if issue.fix else ""))
+    raise PreflightFailed("\n".join(lines))
+
+
+def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, namespace: str,
+                bindings: Sequence[Binding]) -> Observed:
+    cloud = provider.observe(app, target_name, bindings)
+    accounts, workloads = kube.observe(namespace, app)
+    return Observed(bindings=tuple(cloud), service_accounts=tuple(accounts), workloads=tuple(workloads))
+
+
+def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide) -> PlannedApp:
+    """Resolve identities, preflight, observe, and compute the Plan. Raises PreflightFailed (exit 3)."""
+    desired, notes = desired_bindings(spec.loaded, spec.app, spec.target_name, spec.target)
+    resolved, issues = provider.resolve(desired)
+    _blocking(issues)
+    issues = [*issues, *provider.preflight(resolved)]
+    _blocking(issues)
+    observed = observe_all(provider, kube, spec.app, spec.target_name, spec.target.namespace, resolved)
+    declared = [s.name for s in spec.loaded.app.services]
+    cloud_actions, blockers = plan_bindings(
+        resolved, observed.bindings, app=spec.app, target=spec.target_name,
+        in_place_identity_change=provider.in_place_identity_change, services_in_app=declared,
+    )
+    kube_actions = plan_kubernetes(
+        resolved, declared, observed.service_accounts, observed.workloads, spec.app, spec.target_name,
+    )
+    plan = Plan(
+        app=spec.app, target=spec.target_name, cloud=target_cloud(spec.target),
+        actions=tuple(_ordered([*cloud_actions, *kube_actions])), observed_digest=observed.digest(),
+        blockers=tuple(blockers),
+        notes=tuple(f"{i.service + ': ' if i.service else ''}{i.message}" for i in issues),
+    )
+    return PlannedApp(plan=plan, warnings=tuple(issues), notes=tuple(notes))
+
+
+_RESOURCE_ORDER = {Resource.CLOUD_BINDING: 0, Resource.SERVICE_ACCOUNT: 1, Resource.WORKLOAD: 2}
+
+
+def _ordered(actions: Sequence[Action]) -> list[Action]:
+    """Per service: cloud binding, then service account, then workloads (the order apply needs)."""
+    services = list(dict.fromkeys(a.service for a in actions))
+    return sorted(actions, key=lambda a: (services.index(a.service), _RESOURCE_ORDER[a.resource]))
+
+
+# --- applying ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: Action
+    ok: bool
+    message: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    results: tuple[ActionResult, ...]
+
+    @property
+    def failures(self) -> list[ActionResult]:
+        return [r for r in self.results if not r.ok]
+
+
+Progress = Callable[[ActionResult], None]
+
+
+def _apply_one(action: Action, provider: Provider, kube: KubeSide, workloads: Sequence[ObservedWorkload]) -> str:
+    if action.resource is Resource.CLOUD_BINDING:
+        outcome = provider.apply(action)
+        if not outcome.ok:
+            raise ApplyFailed(outcome.message)
+        if action.kind in (ActionKind.CREATE, ActionKind.UPDATE, ActionKind.REPLACE) and not provider.wait_visible(
+                action, VISIBILITY_TIMEOUT):
+            return outcome.message + f" (not yet visible after {VISIBILITY_TIMEOUT:.0f}s; pods may wait for it)"
+        return outcome.message
+    if action.resource is Resource.SERVICE_ACCOUNT:
+        namespace, _, name = action.address.partition("/")
+        if action.kind is ActionKind.DELETE:
+            kube.delete_service_account(namespace, name)
+            return f"deleted service account {action.address}"
+        if action.desired is not None:
+            kube.apply_service_account(service_account_manifest(action.desired))
+        else:
+            kube.strip_service_account(namespace, name)
+        return f"applied service account {action.address}"
+    workload = next((w for w in workloads if f"{w.kind} {w.namespace}/{w.name}" == action.address), None)
+    if workload is None:
+        raise ApplyFailed(f"{action.address} disappeared since the plan was made; re-run plan")
+    settings = pod_template_settings(action.desired) if action.desired is not None else None
+    kube.update_workload(workload, settings)
+    if workload.kind == "Deployment" and not kube.wait_rollout(workload.namespace, workload.name, ROLLOUT_TIMEOUT):
+        return f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s"
+    return f"restarted {action.address}"
+
+
+def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observed,
+               progress: Progress | None = None) -> ApplyReport:
+    """Apply each service's actions in order; services run concurrently; one failure stops only its service."""
+    by_service: dict[str, list[Action]] = {}
+    for action in plan.changes:
+        by_service.setdefault(action.service, []).append(action)
+
+    def run_service(actions: list[Action]) -> list[ActionResult]:
+        results: list[ActionResult] = []
+        for action in actions:
+            start = time.monotonic()
+            try:
+                message = _apply_one(action, provider, kube, observed.workloads)
+                result = ActionResult(action, True, message, time.monotonic() - start)
+            except KeylessError as exc:
+                result = ActionResult(action, False, exc.message, time.monotonic() - start)
+            results.append(result)
+            if progress is not None:
+                progress(result)
+            if not result.ok:
+                break  # later steps of this service depend on this one
+        return results
+
+    workers = max(1, min(MAX_PARALLEL_SERVICES, len(by_service)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyless-apply") as pool:
+        batches = list(pool.map(run_service, by_service.values()))
+    return ApplyReport(results=tuple(r for batch in batches for r in batch))
+
+
+class StalePlan(ApplyFailed):
+    """A saved plan whose observed world has changed: applying it could undo someone's change."""
+
+    def __init__(self) -> None:
+        super().__init__("the cloud or cluster changed since this plan was made; the plan is stale",
+                         "run `keyless plan` again, review it, and apply the new plan")
+
+
+def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str) -> Observed:
+    """Observe again what a (saved) plan was computed from."""
+    desired = [a.desired for a in plan.actions if a.desired is not None and a.resource is Resource.CLOUD_BINDING]
+    return observe_all(provider, kube, plan.app, plan.target, namespace, desired)
+
+
+def connect(target_name: str, target: AnyTarget) -> tuple[Provider, KubeSide]:
+    """The provider and Kubernetes side for a target (clients are built from standard SDK configuration)."""
+    from keyless.kube.client import ClusterKube, RenderedKube
+    from keyless.targets import AwsTarget, KubernetesMode
+
+    kube: KubeSide
+    if target.kubernetes.mode is KubernetesMode.RENDER:
+        kube = RenderedKube(target_name, target.kubernetes)
+    else:
+        kube = ClusterKube(target.kubernetes)
+    if isinstance(target, AwsTarget):
+        from keyless.providers.aws import AwsProvider
+
+        return AwsProvider(target), kube
+    raise UsageError(f"target {target_name!r} is on {target_cloud(target).value}, which this keyless does not "
+                     "support yet", "AWS (EKS Pod Identity) is supported; Azure and GCP are on the way")
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    service: str
+    binding_id: str | None
+    identity: str | None
+    service_account: str | None
+    drift: str | None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"service": self.service, "binding": self.binding_id, "identity": self.identity,
+                "serviceAccount": self.service_account, "drift": self.drift}
+
+
+def app_status(app: str, target_name: str, target: AnyTarget, provider: Provider, kube: KubeSide,
+               loaded: LoadedApp | None) -> list[ServiceStatus]:
+    """Compare what keyless recorded on its service accounts with the cloud bindings it owns (and porter.yaml)."""
+    desired: list[Binding] = []
+    if loaded is not None:
+        wanted, _ = desired_bindings(loaded, app, target_name, target)
+        desired, issues = provider.resolve(wanted)
+    observed = observe_all(provider, kube, app, target_name, target.namespace, desired)
+    owned = {b.owner.service: b for b in observed.bindings
+             if b.owner is not None and b.owner.app == app and b.owner.target == target_name}
+    accounts = {a.labels.get(SERVICE_LABEL): a for a in observed.service_accounts if a.labels.get(SERVICE_LABEL)}
+    wanted_by_service = {b.service: b for b in desired}
+    services = sorted(set(owned) | {s for s in accounts if s} | set(wanted_by_service))
+    rows: list[ServiceStatus] = []
+    for service in services:
+        binding = owned.get(service)
+        account = accounts.get(service)
+        recorded = account.annotations.get(IDENTITY_RECORD) if account is not None else None
+        want = wanted_by_service.get(service)
+        drift: list[str] = []
+        if binding is None and recorded:
+            drift.append("cloud binding deleted outside keyless")
+        if binding is not None and recorded and binding.identity != recorded:
+            drift.append(f"binding changed outside keyless (keyless set {recorded})")
+        if binding is not None and account is None:
+            drift.append("service account missing")
+        if want is not None and (binding is None or binding.identity != want.identity.describe()):
+            drift.append(f"porter.yaml wants {want.identity.describe()}: run apply")
+        if loaded is not None and want is None and binding is not None:
+            drift.append("no longer in porter.yaml: run apply to remove it")
+        rows.append(ServiceStatus(
+            service=service,
+            binding_id=binding.id if binding else None,
+            identity=binding.identity if binding else None,
+            service_account=f"{account.namespace}/{account.name}" if account else None,
+            drift="; ".join(drift) or None,
+        ))
+    return rows

@@ -1,0 +1,121 @@
+"""The one retry helper of keyless: bounded attempts, exponential backoff with jitter, a total deadline."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# Providers configure their SDKs to make a single attempt per call and retry here instead. Two layers
+# would multiply (SDK attempts x our attempts) and the SDK knows neither our deadline nor the errors
+# that are only transient in context (a role IAM has not propagated yet), so this is the only layer.
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long to keep trying: whichever of `max_attempts` and `deadline` (seconds) runs out first."""
+
+    max_attempts: int = 6
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    deadline: float = 45.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0 or self.deadline < 0:
+            raise ValueError("delays and deadline must not be negative")
+
+    def backoff(self, retry: int, draw: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number `retry` (0-based): exponential, capped, "equal jitter".
+
+        Half the ceiling is fixed and half random: the random half spreads callers that were throttled
+        together, the fixed half makes the wait actually grow (full jitter can draw ~0 several times
+        running, which burns attempts while IAM or a throttled API has had no time to recover).
+        """
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(retry, 60))  # capped exponent: no float overflow
+        return ceiling / 2 + draw() * ceiling / 2
+
+
+# A policy for tests and callers that want exactly one try.
+NO_RETRY = RetryPolicy(max_attempts=1, base_delay=0.0, max_delay=0.0, deadline=0.0)
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    retryable: Callable[[BaseException], bool],
+    what: str = "call",
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    draw: Callable[[], float] = random.random,
+) -> T:
+    """Call `fn` until it returns, raises an error `retryable` rejects, or the policy runs out.
+
+    When the policy runs out, the last error is raised unchanged (so callers still see its type and
+    code) with a note saying how many attempts were made. The deadline bounds when the last attempt
+    may *start*: the final sleep is shortened to end at the deadline rather than skipped.
+    """
+    start = clock()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            remaining = policy.deadline - (clock() - start)
+            if attempt >= policy.max_attempts or remaining <= 0:
+                exc.add_note(f"gave up after {attempt} attempt(s) in {clock() - start:.1f}s")
+                raise
+            delay = min(policy.backoff(attempt - 1, draw), remaining)
+            log.debug("%s failed (%s: %s); attempt %d, retrying in %.2fs", what, type(exc).__name__, exc, attempt,
+                      delay)
+            sleep(delay)
+
+
+class NotYet(Exception):
+    """Raised by a polled check that has not come true yet; `poll` treats it as retryable."""
+
+
+def poll(
+    check: Callable[[], bool],
+    *,
+    policy: RetryPolicy,
+    retryable: Callable[[BaseException], bool] = lambda _: False,
+    what: str = "poll",
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    draw: Callable[[], float] = random.random,
+) -> bool:
+    """Call `check` on the policy's schedule until it returns True; False once the policy runs out.
+
+    Errors `retryable` accepts (a throttled read, say) count as "not yet"; any other error propagates.
+    """
+
+    def once() -> bool:
+        if not check():
+            raise NotYet(what)
+        return True
+
+    try:
+        return call_with_retry(
+            once,
+            policy=policy,
+            retryable=lambda exc: isinstance(exc, NotYet) or retryable(exc),
+            what=what,
+            sleep=sleep,
+            clock=clock,
+            draw=draw,
+        )
+    except NotYet:
+        return False

@@ -1,0 +1,1 @@
+"""Local stand-ins for the clouds and a Kubernetes API, reached by the real SDKs over HTTP(S)."""

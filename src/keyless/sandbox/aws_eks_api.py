@@ -1,0 +1,521 @@
+"""The EKS front: an aiohttp server speaking EKS's restJson1 API; it serves what moto lacks and proxies the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+import aiohttp
+from aiohttp import web
+from botocore.exceptions import ClientError
+from yarl import URL
+
+from keyless.sandbox.aws_eks import EksState
+from keyless.sandbox.aws_eks_model import (
+    BindingChange,
+    ClusterRef,
+    EksError,
+    parse_role_arn,
+    validate_max_results,
+    validate_tags,
+)
+from keyless.sandbox.aws_moto import MotoClients
+
+LostResponseMode = Literal["error", "drop"]
+
+_REGION = re.compile(r"Credential=[^/,]+/\d{8}/([a-z0-9-]+)/")
+_HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
+_PASSED_BACK = {"content-type", "x-amzn-errortype", "x-amzn-requestid", "x-amz-request-id"}
+_ROLE_MISSING = "Role provided in the request does not exist"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """moto's answer to a proxied request, kept so it can be post-processed before it is returned."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body, headers=dict(self.headers))
+
+    def json(self) -> dict[str, Any]:
+        loaded = json.loads(self.body)
+        return loaded if isinstance(loaded, dict) else {}
+
+
+@dataclass(frozen=True)
+class FaultState:
+    """A snapshot of the faults armed on the EKS front."""
+
+    throttle_remaining: int
+    lose_next_create: LostResponseMode | None
+
+
+class Faults:
+    """Faults armed from Python or over HTTP, consumed by the requests they hit (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._throttle = 0
+        self._lose: LostResponseMode | None = None
+
+    def throttle_next(self, count: int) -> None:
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        with self._lock:
+            self._throttle = count
+
+    def lose_next_create(self, mode: LostResponseMode = "error") -> None:
+        if mode not in ("error", "drop"):
+            raise ValueError("mode must be 'error' or 'drop'")
+        with self._lock:
+            self._lose = mode
+
+    def reset(self) -> None:
+        with self._lock:
+            self._throttle = 0
+            self._lose = None
+
+    def snapshot(self) -> FaultState:
+        with self._lock:
+            return FaultState(self._throttle, self._lose)
+
+    def take_throttle(self) -> bool:
+        with self._lock:
+            if self._throttle <= 0:
+                return False
+            self._throttle -= 1
+            return True
+
+    def take_lost_create(self) -> LostResponseMode | None:
+        with self._lock:
+            mode, self._lose = self._lose, None
+            return mode
+
+
+def _error(error: EksError) -> web.Response:
+    body = {"message": error.message, **error.fields}
+    return web.json_response(
+        body,
+        status=error.status,
+        headers={"x-amzn-ErrorType": f"{error.code}:", "x-amzn-RequestId": str(uuid.uuid4())},
+    )
+
+
+def _ok(payload: Mapping[str, Any]) -> web.Response:
+    return web.json_response(dict(payload), headers={"x-amzn-RequestId": str(uuid.uuid4())})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise EksError("SerializationException", "The request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise EksError("SerializationException", "The request body must be a JSON object")
+    return body
+
+
+class EksFront:
+    """aiohttp application behind AWS_ENDPOINT_URL_EKS."""
+
+    def __init__(
+        self,
+        state: EksState,
+        clients: MotoClients,
+        moto_url: str,
+        default_region: str,
+        faults: Faults,
+        role_propagation_delay: float = 0.0,
+    ) -> None:
+        self.state = state
+        self.clients = clients
+        self.moto_url = moto_url
+        self.default_region = default_region
+        self.faults = faults
+        self.role_propagation_delay = role_propagation_delay
+        self._session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.cleanup_ctx.append(self._session_ctx)
+        # One catch-all route: ARNs arrive percent-encoded (slashes included) and must be split by hand.
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    async def _session_ctx(self, _: web.Application) -> AsyncIterator[None]:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        yield
+        await self._session.close()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        segments = [unquote(s) for s in request.rel_url.raw_path.split("/")[1:]]
+        if segments and segments[0] == "_sandbox":
+            return await self._sandbox_api(request, segments[1:])
+        try:
+            if "Authorization" not in request.headers:
+                raise EksError("MissingAuthenticationTokenException", "Missing Authentication Token")
+            if self.faults.take_throttle():
+                raise EksError("ThrottlingException", "Rate exceeded")
+            match = _REGION.search(request.headers["Authorization"])
+            region = match.group(1) if match else self.default_region
+            return await self._route(request, region, segments)
+        except EksError as error:
+            return _error(error)
+        except (aiohttp.ClientError, ClientError, OSError) as exc:
+            # moto unreachable or failing: answer like EKS does when a dependency breaks, not with a traceback.
+            return _error(EksError("ServerException", f"Internal failure: {exc}"))
+
+    async def _route(self, request: web.Request, region: str, seg: list[str]) -> web.StreamResponse:
+        method = request.method
+        if seg[:1] == ["clusters"]:
+            if len(seg) == 1 and method == "POST":
+                return await self._create_cluster(request, region)
+            if len(seg) == 2 and method == "GET":
+                return await self._describe_cluster(request, region, seg[1])
+            if len(seg) == 2 and method == "DELETE":
+                upstream = await self._proxy(request)
+                if upstream.status == 200:
+                    self.state.forget_cluster(region, seg[1])
+                return upstream.response()
+            if len(seg) >= 3 and seg[2] == "pod-identity-associations":
+                return await self._associations(request, region, seg[1], seg[3:])
+            if len(seg) >= 3 and seg[2] == "addons":
+                return await self._addons(request, region, seg[1], seg[3:])
+        if seg[:1] == ["tags"] and len(seg) >= 2:
+            arn = "/".join(seg[1:])
+            if self.state.owns_arn(arn):
+                return await self._tags(request, arn)
+        return (await self._proxy(request)).response()
+
+    # ---- moto ------------------------------------------------------------------------------------
+
+    async def _proxy(self, request: web.Request, body: bytes | None = None) -> Upstream:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        data = await request.read() if body is None else body
+        async with self._session.request(
+            request.method, URL(self.moto_url + request.raw_path, encoded=True), data=data, headers=headers
+        ) as upstream:
+            payload = await upstream.read()
+            passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_BACK}
+            return Upstream(upstream.status, payload, passed)
+
+    async def _cluster(self, request: web.Request, region: str, name: str) -> ClusterRef:
+        """Look the cluster up in moto with the caller's own signature, so moto picks the same account."""
+        assert self._session is not None
+        headers = {"Authorization": request.headers["Authorization"]}
+        for header in ("X-Amz-Date", "X-Amz-Security-Token"):
+            if header in request.headers:
+                headers[header] = request.headers[header]
+        url = URL(f"{self.moto_url}/clusters/{quote(name, safe='')}", encoded=True)
+        async with self._session.get(url, headers=headers) as upstream:
+            if upstream.status == 404:
+                raise EksError("ResourceNotFoundException", f"No cluster found for name: {name}.", clusterName=name)
+            if upstream.status != 200:
+                raise EksError("ServerException", f"cluster lookup failed with HTTP {upstream.status}")
+            cluster = (await upstream.json(content_type=None))["cluster"]
+        arn = str(cluster["arn"])
+        return ClusterRef(region=region, account=arn.split(":")[4], name=name, arn=arn)
+
+    async def _require_role(self, arn: str) -> None:
+        """IAM is eventually consistent: a role that does not exist, or was created too recently, is refused."""
+        account, name = parse_role_arn(arn)
+
+        def lookup() -> bool:
+            try:
+                role = self.clients.iam(account).get_role(RoleName=name)["Role"]
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "NoSuchEntity":
+                    return False
+                raise
+            if role["Arn"] != arn:
+                return False
+            age = (datetime.now(UTC) - role["CreateDate"]).total_seconds()
+            return age >= self.role_propagation_delay
+
+        if not await asyncio.to_thread(lookup):
+            raise EksError("InvalidParameterException", _ROLE_MISSING)
+
+    # ---- clusters (Auto Mode is the only thing moto does not keep) -------------------------------
+
+    async def _create_cluster(self, request: web.Request, region: str) -> web.StreamResponse:
+        raw = await request.read()
+        body = await _json_body(request)
+        compute = _enabled(body.get("computeConfig"))
+        storage = _enabled(_get(body, "storageConfig", "blockStorage"))
+        balancing = _enabled(_get(body, "kubernetesNetworkConfig", "elasticLoadBalancing"))
+        if len({compute, storage, balancing}) > 1:
+            raise EksError(
+                "InvalidParameterException",
+                "For EKS Auto Mode, computeConfig.enabled, kubernetesNetworkConfig.elasticLoadBalancing.enabled "
+                "and storageConfig.blockStorage.enabled must all be true, or all be false",
+            )
+        upstream = await self._proxy(request, raw)
+        if upstream.status == 200 and compute:
+            config = body.get("computeConfig") or {}
+            self.state.set_auto_mode(
+                region,
+                str(body.get("name")),
+                {
+                    "enabled": True,
+                    "nodePools": list(config.get("nodePools") or []),
+                    **({"nodeRoleArn": config["nodeRoleArn"]} if config.get("nodeRoleArn") else {}),
+                },
+            )
+            return _ok(self._with_auto_mode(upstream.json(), region))
+        return upstream.response()
+
+    async def _describe_cluster(self, request: web.Request, region: str, name: str) -> web.StreamResponse:
+        upstream = await self._proxy(request)
+        if upstream.status != 200 or self.state.auto_mode(region, name) is None:
+            return upstream.response()
+        return _ok(self._with_auto_mode(upstream.json(), region))
+
+    def _with_auto_mode(self, payload: dict[str, Any], region: str) -> dict[str, Any]:
+        cluster = payload.get("cluster") or {}
+        compute = self.state.auto_mode(region, str(cluster.get("name")))
+        if compute is not None:
+            cluster["computeConfig"] = dict(compute)
+            cluster["storageConfig"] = {"blockStorage": {"enabled": True}}
+            network = cluster.setdefault("kubernetesNetworkConfig", {})
+            network["elasticLoadBalancing"] = {"enabled": True}
+        return payload
+
+    # ---- pod identity associations ---------------------------------------------------------------
+
+    async def _associations(
+        self, request: web.Request, region: str, cluster_name: str, rest: list[str]
+    ) -> web.StreamResponse:
+        method = request.method
+        cluster = await self._cluster(request, region, cluster_name)
+        if not rest and method == "POST":
+            return await self._create_association(request, cluster)
+        if not rest and method == "GET":
+            query = request.query
+            page, token = self.state.list_associations(
+                region,
+                cluster_name,
+                namespace=query.get("namespace"),
+                service_account=query.get("serviceAccount"),
+                max_results=validate_max_results(query.get("maxResults")),
+                next_token=query.get("nextToken"),
+            )
+            payload: dict[str, Any] = {"associations": [a.to_summary() for a in page]}
+            if token is not None:
+                payload["nextToken"] = token
+            return _ok(payload)
+        if len(rest) == 1 and method == "GET":
+            return _ok({"association": self.state.describe_association(region, cluster_name, rest[0]).to_api()})
+        if len(rest) == 1 and method == "POST":
+            return await self._update_association(request, cluster, rest[0])
+        if len(rest) == 1 and method == "DELETE":
+            deleted = self.state.delete_association(region, cluster_name, rest[0])
+            return _ok({"association": deleted.to_api()})
+        raise EksError("BadRequestException", f"Unsupported request {method} {request.path}")
+
+    async def _create_association(self, request: web.Request, cluster: ClusterRef) -> web.StreamResponse:
+        body = await _json_body(request)
+        create, token = self.state.check_create(cluster, body)
+        replayed = self.state.replay(cluster, create, token)
+        if replayed is not None:
+            return _ok({"association": replayed.to_api()})
+        await self._require_role(create.binding.role_arn)
+        association = self.state.create_association(cluster, create, token)
+        lost = self.faults.take_lost_create()
+        if lost == "drop" and request.transport is not None:
+            # The association exists; the client only sees its connection die.
+            request.transport.abort()
+            raise EksError("ServerException", "connection dropped by fault injection")
+        if lost == "error":
+            raise EksError("ServerException", "An internal error occurred (injected: the response was lost)")
+        return _ok({"association": association.to_api()})
+
+    async def _update_association(
+        self, request: web.Request, cluster: ClusterRef, association_id: str
+    ) -> web.StreamResponse:
+        body = await _json_body(request)
+        current = self.state.describe_association(cluster.region, cluster.name, association_id)
+        if current.owner_arn is not None:
+            raise EksError(
+                "InvalidRequestException",
+                f"Pod Identity Association {association_id} is owned by {current.owner_arn}; "
+                "update it through the add-on (UpdateAddon)",
+                clusterName=cluster.name,
+            )
+        change = BindingChange(
+            role_arn=_optional_str(body, "roleArn"),
+            target_role_arn=_optional_str(body, "targetRoleArn"),
+            disable_session_tags=_optional_bool(body, "disableSessionTags"),
+            policy=_optional_str(body, "policy"),
+        )
+        if change == BindingChange():
+            raise EksError(
+                "InvalidParameterException",
+                "At least one of roleArn, targetRoleArn, disableSessionTags or policy must be provided",
+            )
+        if change.role_arn is not None:
+            account, _ = parse_role_arn(change.role_arn)
+            if account != cluster.account:
+                raise EksError("InvalidParameterException", "roleArn must be in the same account as the cluster")
+            await self._require_role(change.role_arn)
+        if change.target_role_arn:
+            parse_role_arn(change.target_role_arn, "targetRoleArn")
+        updated = self.state.update_association(cluster.region, cluster.name, association_id, change)
+        return _ok({"association": updated.to_api()})
+
+    # ---- add-ons ---------------------------------------------------------------------------------
+
+    async def _addons(
+        self, request: web.Request, region: str, cluster_name: str, rest: list[str]
+    ) -> web.StreamResponse:
+        method = request.method
+        cluster = await self._cluster(request, region, cluster_name)
+        now = self.state.now()
+        if not rest and method == "POST":
+            body = await _json_body(request)
+            addon, owned = self.state.create_addon(cluster, body)
+            arns: list[str] = []
+            try:
+                for create in owned:
+                    await self._require_role(create.binding.role_arn)
+                for create in owned:
+                    made = self.state.create_association(cluster, create, None, owner_arn=addon.arn)
+                    arns.append(made.association_arn)
+            except EksError:
+                self.state.delete_addon(region, cluster_name, addon.name)
+                raise
+            addon = self.state.attach_addon_associations(addon, tuple(arns))
+            return _ok({"addon": addon.to_api(now)})
+        if not rest and method == "GET":
+            names = self.state.list_addons(region, cluster_name)
+            size = validate_max_results(request.query.get("maxResults"))
+            token = request.query.get("nextToken") or "0"
+            if not token.isdigit():
+                raise EksError("InvalidParameterException", "The nextToken provided is not valid")
+            start = int(token)
+            payload: dict[str, Any] = {"addons": names[start : start + size]}
+            if start + size < len(names):
+                payload["nextToken"] = str(start + size)
+            return _ok(payload)
+        if len(rest) == 1 and method == "GET":
+            return _ok({"addon": self.state.describe_addon(region, cluster_name, rest[0]).to_api(now)})
+        if len(rest) == 1 and method == "DELETE":
+            return _ok({"addon": self.state.delete_addon(region, cluster_name, rest[0]).to_api(now)})
+        raise EksError("InvalidRequestException", f"Unsupported add-on request {method} {request.path}")
+
+    # ---- tags on associations and add-ons --------------------------------------------------------
+
+    async def _tags(self, request: web.Request, arn: str) -> web.StreamResponse:
+        if request.method == "GET":
+            return _ok({"tags": self.state.tags_for(arn)})
+        if request.method == "POST":
+            body = await _json_body(request)
+            self.state.retag(arn, validate_tags(body.get("tags"), code="BadRequestException"))
+            return _ok({})
+        if request.method == "DELETE":
+            keys = tuple(request.query.getall("tagKeys", []))
+            self.state.retag(arn, {}, keys)
+            return _ok({})
+        raise EksError("BadRequestException", f"Unsupported tags request {request.method}")
+
+    # ---- /_sandbox: faults and settings, for the CLI and for tests -------------------------------
+
+    async def _sandbox_api(self, request: web.Request, seg: list[str]) -> web.StreamResponse:
+        try:
+            body = await _json_body(request) if request.method == "POST" else {}
+        except EksError as error:
+            return web.json_response({"message": error.message}, status=400)
+        if seg == ["health"]:
+            return web.json_response({"ok": True})
+        if seg == ["faults"] and request.method == "GET":
+            return web.json_response(self._faults_json())
+        if seg == ["faults", "throttle"] and request.method == "POST":
+            count = body.get("count", 1)
+            if not isinstance(count, int) or count < 0:
+                return web.json_response({"message": "count must be a non-negative integer"}, status=400)
+            self.faults.throttle_next(count)
+            return web.json_response(self._faults_json())
+        if seg == ["faults", "lose-next-create"] and request.method == "POST":
+            mode = body.get("mode", "error")
+            if mode not in ("error", "drop"):
+                return web.json_response({"message": "mode must be 'error' or 'drop'"}, status=400)
+            self.faults.lose_next_create(mode)
+            return web.json_response(self._faults_json())
+        if seg == ["faults", "reset"] and request.method == "POST":
+            self.faults.reset()
+            return web.json_response(self._faults_json())
+        if seg == ["settings"] and request.method in ("GET", "POST"):
+            return self._settings(body)
+        return web.json_response({"message": f"no sandbox endpoint {request.method} {request.path}"}, status=404)
+
+    def _faults_json(self) -> dict[str, Any]:
+        snapshot = self.faults.snapshot()
+        return {"throttleRemaining": snapshot.throttle_remaining, "loseNextCreate": snapshot.lose_next_create}
+
+    def _settings(self, body: Mapping[str, Any]) -> web.Response:
+        numbers = {
+            "associationDelay": float,
+            "associationQuota": int,
+            "rolePropagationDelay": float,
+            "addonDelay": float,
+        }
+        for key, kind in numbers.items():
+            if key in body and (not isinstance(body[key], int | float) or body[key] < 0):
+                return web.json_response({"message": f"{key} must be a non-negative number"}, status=400)
+            if key in body and kind is int and not isinstance(body[key], int):
+                return web.json_response({"message": f"{key} must be an integer"}, status=400)
+        if "associationDelay" in body:
+            self.state.association_delay = float(body["associationDelay"])
+        if "associationQuota" in body:
+            self.state.association_quota = int(body["associationQuota"])
+        if "rolePropagationDelay" in body:
+            self.role_propagation_delay = float(body["rolePropagationDelay"])
+        if "addonDelay" in body:
+            self.state.addon_delay = float(body["addonDelay"])
+        return web.json_response(
+            {
+                "associationDelay": self.state.association_delay,
+                "associationQuota": self.state.association_quota,
+                "rolePropagationDelay": self.role_propagation_delay,
+                "addonDelay": self.state.addon_delay,
+            }
+        )
+
+
+def _get(body: Mapping[str, Any], *path: str) -> object:
+    node: object = body
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def _enabled(block: object) -> bool:
+    return isinstance(block, Mapping) and block.get("enabled") is True
+
+
+def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise EksError("InvalidParameterException", f"{key} must be a string")
+    return value
+
+
+def _optional_bool(body: Mapping[str, Any], key: str) -> bool | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise EksError("InvalidParameterException", f"{key} must be a boolean")
+    return value

@@ -1,0 +1,166 @@
+"""The whole sandbox in one process: the AWS stand-in, an EKS cluster's Kubernetes API, and a control endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from keyless.sandbox.aws import AwsSandbox
+from keyless.sandbox.kube import KubeStandIn, KubeStandInError, eks_pod_identity_mutator
+
+EKS_TARGET = "sandbox-eks"
+EKS_CONTEXT = "sandbox-eks"
+DEMO_NAMESPACE = "shop"
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxState:
+    """What a running sandbox tells its clients (written to STATE_FILE in the state directory)."""
+
+    pid: int
+    control_url: str
+    env: dict[str, str]
+    pod_env: dict[str, str]  # endpoints a pod's SDK needs in the sandbox (no keys)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "controlUrl": self.control_url, "env": self.env, "podEnv": self.pod_env}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxState:
+        return cls(pid=int(data["pid"]), control_url=str(data["controlUrl"]), env=dict(data["env"]),
+                   pod_env=dict(data["podEnv"]))
+
+
+def targets_document(region: str, cluster: str) -> str:
+    return (
+        "# Written by `keyless sandbox up`: the sandbox's own targets.\n"
+        "targets:\n"
+        f"  {EKS_TARGET}:\n"
+        "    cloud: aws\n"
+        f"    region: {region}\n"
+        f"    cluster: {cluster}\n"
+        f"    namespace: {DEMO_NAMESPACE}\n"
+        f"    kubernetes: {{context: {EKS_CONTEXT}, mode: apply}}\n"
+    )
+
+
+class SandboxStack:
+    """Starts the stand-ins, wires the pod identity webhook and agent to the cluster, seeds the demo."""
+
+    def __init__(self, state_dir: Path, *, association_delay: float = 1.0) -> None:
+        self.state_dir = state_dir
+        self.aws = AwsSandbox(association_delay=association_delay)
+        self.eks: KubeStandIn | None = None
+        self._control: ThreadingHTTPServer | None = None
+
+    def start(self) -> SandboxState:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.aws.start()
+        seed = self.aws.seed_demo()
+        eks = KubeStandIn(
+            seed.cluster,
+            state_dir=self.state_dir / "clusters" / seed.cluster,
+            # The webhook adds the credentials path itself, as the real one does to its fixed agent address.
+            mutators=[eks_pod_identity_mutator(self.aws.association_for,
+                                               self.aws.agent_url.removesuffix("/v1/credentials"))],
+        )
+        eks.start()
+        self.eks = eks
+        self.aws.set_cluster_keys(lambda cluster: eks.jwks() if cluster == seed.cluster else None)
+        kubeconfig = eks.write_kubeconfig(self.state_dir / "kubeconfig", EKS_CONTEXT)
+        eks.ensure_namespace(DEMO_NAMESPACE)
+        targets = self.state_dir / "keyless.targets.yaml"
+        targets.write_text(targets_document(seed.region, seed.cluster))
+        self._control = ThreadingHTTPServer(("127.0.0.1", 0), _control_handler(self))
+        threading.Thread(target=self._control.serve_forever, daemon=True, name="keyless-sandbox-control").start()
+        env = {**self.aws.env(), "KUBECONFIG": str(kubeconfig), "KEYLESS_TARGETS": str(targets)}
+        pod_env = {k: v for k, v in self.aws.pod_env("/dev/null", seed.cluster).items()
+                   if k.startswith(("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA"))}
+        host, port = self._control.server_address[:2]
+        state = SandboxState(pid=os.getpid(), control_url=f"http://{host!s}:{port}", env=env, pod_env=pod_env)
+        (self.state_dir / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
+        return state
+
+    def stop(self) -> None:
+        if self._control is not None:
+            self._control.shutdown()
+        if self.eks is not None:
+            self.eks.stop()
+        self.aws.stop()
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def exec_env(self, namespace: str, pod: str) -> dict[str, str]:
+        assert self.eks is not None
+        return self.eks.exec_env(namespace, pod)
+
+    def run_job(self, namespace: str, cronjob: str) -> str:
+        assert self.eks is not None
+        return self.eks.run_job(namespace, cronjob)
+
+
+def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        """Loopback-only control calls that have no cloud or Kubernetes API: exec and running a job now."""
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: the CLI prints what matters
+            return
+
+        def _answer(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            try:
+                if url.path == "/exec-env":
+                    self._answer(200, stack.exec_env(query.get("namespace", DEMO_NAMESPACE), query["pod"]))
+                elif url.path == "/health":
+                    self._answer(200, {"ok": True})
+                else:
+                    self._answer(404, {"message": f"no such control call {url.path}"})
+            except KeyError as exc:
+                self._answer(400, {"message": f"missing parameter {exc}"})
+            except KubeStandInError as exc:
+                self._answer(404, {"message": str(exc)})
+
+        def do_POST(self) -> None:
+            url = urlparse(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            try:
+                if url.path == "/run-job":
+                    name = stack.run_job(query.get("namespace", DEMO_NAMESPACE), query["cronjob"])
+                    self._answer(200, {"job": name})
+                else:
+                    self._answer(404, {"message": f"no such control call {url.path}"})
+            except KeyError as exc:
+                self._answer(400, {"message": f"missing parameter {exc}"})
+            except KubeStandInError as exc:
+                self._answer(404, {"message": str(exc)})
+
+    return Handler
+
+
+def serve(state_dir: Path) -> None:
+    """Run the sandbox until SIGTERM or SIGINT (what `keyless sandbox up` starts in the background)."""
+    stack = SandboxStack(state_dir)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        stack.start()
+        done.wait()
+    finally:
+        stack.stop()

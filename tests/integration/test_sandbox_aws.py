@@ -1,0 +1,606 @@
+"""Integration tests of the AWS sandbox, driven by real boto3/botocore clients over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.session
+import jwt
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionClosedError, CredentialRetrievalError
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keyless.sandbox.aws import DEMO_CLUSTER, POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed, StaticClusterKeys
+
+pytestmark = pytest.mark.integration
+
+DELAY = 0.3  # association visibility delay used by this module: short, but long enough to observe
+NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1})
+
+
+# ---- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def sandbox(signing_key: rsa.RSAPrivateKey) -> Iterator[AwsSandbox]:
+    keys = StaticClusterKeys({DEMO_CLUSTER: signing_key.public_key()})
+    # moto's state is per process, so one sandbox serves the whole module; tests use their own names.
+    with AwsSandbox(association_delay=DELAY, cluster_keys=keys) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def seed(sandbox: AwsSandbox) -> DemoSeed:
+    return sandbox.seed_demo()
+
+
+@pytest.fixture
+def eks(sandbox: AwsSandbox) -> Any:
+    return sandbox.client("eks", NO_RETRIES)
+
+
+@pytest.fixture
+def iam(sandbox: AwsSandbox) -> Any:
+    return sandbox.client("iam")
+
+
+@pytest.fixture(autouse=True)
+def _clean_faults(sandbox: AwsSandbox) -> Iterator[None]:
+    yield
+    sandbox.reset_faults()
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _new_cluster(sandbox: AwsSandbox, seed: DemoSeed, **extra: Any) -> str:
+    name = _unique("c")
+    role = sandbox.client("iam").get_role(RoleName="keyless-sandbox-cluster")["Role"]["Arn"]
+    sandbox.client("eks").create_cluster(name=name, roleArn=role, resourcesVpcConfig={}, **extra)
+    return name
+
+
+def _new_role(iam: Any, trust: Mapping[str, Any] = POD_IDENTITY_TRUST_POLICY) -> str:
+    arn: str = iam.create_role(RoleName=_unique("role"), AssumeRolePolicyDocument=json.dumps(dict(trust)))["Role"][
+        "Arn"
+    ]
+    return arn
+
+
+def _code(error: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
+    response: Any = error.value.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def _token(key: rsa.RSAPrivateKey, namespace: str, service_account: str, **overrides: Any) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": "https://kubernetes.default.svc",
+        "sub": f"system:serviceaccount:{namespace}:{service_account}",
+        "aud": ["pods.eks.amazonaws.com"],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "kubernetes.io": {"namespace": namespace, "pod": {"name": f"{service_account}-pod", "uid": "uid-1"}},
+    }
+    claims.update(overrides)
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def _agent(url: str, token: str | None) -> tuple[int, dict[str, Any]]:
+    headers = {"Accept": "application/json"} | ({"Authorization": token} if token is not None else {})
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def _sandbox_api(sandbox: AwsSandbox, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{sandbox.eks_url}/_sandbox/{path}", data=data, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        loaded: dict[str, Any] = json.loads(response.read())
+        return loaded
+
+
+def _associate(eks: Any, cluster: str, namespace: str, service_account: str, role: str, **extra: Any) -> Any:
+    return eks.create_pod_identity_association(
+        clusterName=cluster, namespace=namespace, serviceAccount=service_account, roleArn=role, **extra
+    )["association"]
+
+
+# ---- the demo seed ----------------------------------------------------------------------------------
+
+
+def test_seed_demo_creates_cluster_addon_and_roles(sandbox: AwsSandbox, seed: DemoSeed, eks: Any, iam: Any) -> None:
+    assert (seed.account, seed.region, seed.cluster) == ("123456789012", "us-east-1", "keyless-sandbox")
+    assert eks.describe_cluster(name=DEMO_CLUSTER)["cluster"]["status"] == "ACTIVE"
+    addon = eks.describe_addon(clusterName=DEMO_CLUSTER, addonName="eks-pod-identity-agent")["addon"]
+    assert addon["status"] == "ACTIVE"
+    assert set(seed.roles) == {"keyless-demo-api", "keyless-demo-worker", "keyless-demo-broad"}
+    trust = iam.get_role(RoleName="keyless-demo-api")["Role"]["AssumeRolePolicyDocument"]
+    statement = trust["Statement"][0]
+    assert statement["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert set(statement["Action"]) == {"sts:AssumeRole", "sts:TagSession"}
+    broad = iam.get_role_policy(RoleName="keyless-demo-broad", PolicyName="keyless-demo")["PolicyDocument"]
+    assert broad["Statement"][0]["Action"] == "s3:*"
+    assert broad["Statement"][0]["Resource"] == "*"
+    scoped = iam.get_role_policy(RoleName="keyless-demo-api", PolicyName="keyless-demo")["PolicyDocument"]
+    assert "*" not in json.dumps(scoped["Statement"][0]["Action"])
+    assert sandbox.seed_demo() == seed  # idempotent: a restarted demo can seed again
+
+
+def test_env_points_sdks_at_the_sandbox(sandbox: AwsSandbox, seed: DemoSeed, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in sandbox.env().items():
+        monkeypatch.setenv(key, value)
+    session = boto3.Session()
+    assert session.client("sts").get_caller_identity()["Account"] == seed.account
+    assert DEMO_CLUSTER in session.client("eks").list_clusters()["clusters"]
+
+
+# ---- pod identity associations ------------------------------------------------------------------------
+
+
+def test_association_lifecycle(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    created = _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-api"], tags={"owner": "keyless"})
+    assert created["associationId"].startswith("a-")
+    assert created["associationArn"].endswith(f":podidentityassociation/{cluster}/{created['associationId']}")
+    described = eks.describe_pod_identity_association(clusterName=cluster, associationId=created["associationId"])
+    assert described["association"]["roleArn"] == seed.roles["keyless-demo-api"]
+    assert described["association"]["tags"] == {"owner": "keyless"}
+
+    updated = eks.update_pod_identity_association(
+        clusterName=cluster, associationId=created["associationId"], roleArn=seed.roles["keyless-demo-worker"]
+    )["association"]
+    assert updated["roleArn"] == seed.roles["keyless-demo-worker"]
+    assert (updated["namespace"], updated["serviceAccount"]) == ("shop", "api")
+    with pytest.raises(ClientError) as nothing:
+        eks.update_pod_identity_association(clusterName=cluster, associationId=created["associationId"])
+    assert _code(nothing) == ("InvalidParameterException", 400)
+
+    eks.delete_pod_identity_association(clusterName=cluster, associationId=created["associationId"])
+    with pytest.raises(ClientError) as gone:
+        eks.describe_pod_identity_association(clusterName=cluster, associationId=created["associationId"])
+    assert _code(gone) == ("ResourceNotFoundException", 404)
+
+
+def test_duplicate_service_account_is_resource_in_use(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-api"])
+    with pytest.raises(ClientError) as duplicate:
+        _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-worker"])
+    assert _code(duplicate) == ("ResourceInUseException", 409)
+
+
+def test_missing_cluster_is_resource_not_found(seed: DemoSeed, eks: Any) -> None:
+    with pytest.raises(ClientError) as create:
+        _associate(eks, "no-such-cluster", "shop", "api", seed.roles["keyless-demo-api"])
+    assert _code(create) == ("ResourceNotFoundException", 404)
+    with pytest.raises(ClientError) as listing:
+        eks.list_pod_identity_associations(clusterName="no-such-cluster")
+    assert _code(listing) == ("ResourceNotFoundException", 404)
+
+
+def test_missing_role_is_invalid_parameter(sandbox: AwsSandbox, seed: DemoSeed, eks: Any, iam: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    with pytest.raises(ClientError) as missing:
+        _associate(eks, cluster, "shop", "api", "arn:aws:iam::123456789012:role/does-not-exist")
+    assert _code(missing) == ("InvalidParameterException", 400)
+    assert missing.value.response["Error"]["Message"] == "Role provided in the request does not exist"
+
+    # IAM's eventual consistency: a brand-new role is refused for a while, then accepted.
+    sandbox.role_propagation_delay = 60.0
+    try:
+        fresh = _new_role(iam)
+        with pytest.raises(ClientError) as too_new:
+            _associate(eks, cluster, "shop", "fresh", fresh)
+        assert too_new.value.response["Error"]["Message"] == "Role provided in the request does not exist"
+    finally:
+        sandbox.role_propagation_delay = 0.0
+    assert _associate(eks, cluster, "shop", "fresh", fresh)["roleArn"] == fresh
+
+
+def test_quota_is_resource_limit_exceeded(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    sandbox.association_quota = 3
+    try:
+        for n in range(3):
+            _associate(eks, cluster, "shop", f"sa-{n}", seed.roles["keyless-demo-api"])
+        with pytest.raises(ClientError) as limit:
+            _associate(eks, cluster, "shop", "sa-3", seed.roles["keyless-demo-api"])
+    finally:
+        sandbox.association_quota = 1000
+    assert _code(limit) == ("ResourceLimitExceededException", 400)
+
+
+def test_tags_are_validated_and_taggable(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    too_many = {f"k{n}": "v" for n in range(51)}
+    with pytest.raises(ClientError) as many:
+        _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-api"], tags=too_many)
+    assert _code(many) == ("InvalidParameterException", 400)
+    with pytest.raises(ClientError) as empty:  # TagMap is 1..50: botocore sends {}, the API refuses it
+        _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-api"], tags={})
+    assert _code(empty) == ("InvalidParameterException", 400)
+    with pytest.raises(ClientError) as reserved:
+        _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-api"], tags={"aws:x": "y"})
+    assert _code(reserved) == ("InvalidParameterException", 400)
+
+    arn = _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-api"], tags={"a": "1"})["associationArn"]
+    eks.tag_resource(resourceArn=arn, tags={"b": "2"})
+    assert eks.list_tags_for_resource(resourceArn=arn)["tags"] == {"a": "1", "b": "2"}
+    eks.untag_resource(resourceArn=arn, tagKeys=["a"])
+    assert eks.list_tags_for_resource(resourceArn=arn)["tags"] == {"b": "2"}
+
+
+def test_pagination_and_summaries(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    role = seed.roles["keyless-demo-api"]
+    for n in range(120):
+        _associate(eks, cluster, "ns-a" if n % 2 else "ns-b", f"sa-{n}", role, tags={"n": str(n)})
+
+    first = eks.list_pod_identity_associations(clusterName=cluster)
+    assert len(first["associations"]) == 100  # the default page size
+    assert "nextToken" in first
+    second = eks.list_pod_identity_associations(clusterName=cluster, nextToken=first["nextToken"])
+    assert len(second["associations"]) == 20
+    assert "nextToken" not in second
+
+    pages = list(
+        eks.get_paginator("list_pod_identity_associations").paginate(
+            clusterName=cluster, PaginationConfig={"PageSize": 7}
+        )
+    )
+    sizes = [len(page["associations"]) for page in pages]
+    assert sizes == [7] * 17 + [1]
+    everything = [a for page in pages for a in page["associations"]]
+    assert len({a["associationId"] for a in everything}) == 120
+
+    # Summaries carry no roleArn and no tags: a caller must Describe to learn the role.
+    assert {frozenset(a) for a in everything} == {
+        frozenset({"clusterName", "namespace", "serviceAccount", "associationArn", "associationId"})
+    }
+
+    only_a = eks.list_pod_identity_associations(clusterName=cluster, namespace="ns-a", maxResults=100)
+    assert len(only_a["associations"]) == 60
+    one = eks.list_pod_identity_associations(clusterName=cluster, namespace="ns-b", serviceAccount="sa-4")
+    assert [a["serviceAccount"] for a in one["associations"]] == ["sa-4"]
+
+    with pytest.raises(ClientError) as too_big:
+        eks.list_pod_identity_associations(clusterName=cluster, maxResults=101)
+    assert _code(too_big) == ("InvalidParameterException", 400)
+    with pytest.raises(ClientError) as bad_token:
+        eks.list_pod_identity_associations(clusterName=cluster, nextToken="not-a-token")
+    assert _code(bad_token) == ("InvalidParameterException", 400)
+
+
+def test_max_results_zero_is_refused_by_the_server(sandbox: AwsSandbox, seed: DemoSeed) -> None:
+    # botocore refuses maxResults=0 before sending; a raw client must still get the API's answer.
+    request = urllib.request.Request(
+        f"{sandbox.eks_url}/clusters/{DEMO_CLUSTER}/pod-identity-associations?maxResults=0",
+        headers={"Authorization": "AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/eks/aws4_request"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value as response:
+        assert response.code == 400
+        assert response.headers["x-amzn-ErrorType"].startswith("InvalidParameterException")
+
+
+def test_client_request_token_makes_create_idempotent(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    role = seed.roles["keyless-demo-api"]
+    first = _associate(eks, cluster, "shop", "api", role, clientRequestToken="token-1")
+    again = _associate(eks, cluster, "shop", "api", role, clientRequestToken="token-1")
+    assert again["associationId"] == first["associationId"]
+    with pytest.raises(ClientError) as mismatch:
+        _associate(eks, cluster, "shop", "api", seed.roles["keyless-demo-worker"], clientRequestToken="token-1")
+    assert _code(mismatch) == ("InvalidParameterException", 400)
+    with pytest.raises(ClientError) as fresh_token:
+        _associate(eks, cluster, "shop", "api", role, clientRequestToken="token-2")
+    assert _code(fresh_token) == ("ResourceInUseException", 409)
+
+
+def test_addon_owned_associations_cannot_be_changed(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    addon = eks.create_addon(
+        clusterName=cluster,
+        addonName="aws-ebs-csi-driver",
+        podIdentityAssociations=[
+            {"serviceAccount": "ebs-csi-controller-sa", "roleArn": seed.roles["keyless-demo-api"]}
+        ],
+    )["addon"]
+    [owned] = eks.list_pod_identity_associations(clusterName=cluster, namespace="kube-system")["associations"]
+    assert owned["ownerArn"] == addon["addonArn"]
+    assert addon["podIdentityAssociations"] == [owned["associationArn"]]
+
+    with pytest.raises(ClientError) as update:
+        eks.update_pod_identity_association(
+            clusterName=cluster, associationId=owned["associationId"], roleArn=seed.roles["keyless-demo-worker"]
+        )
+    assert _code(update) == ("InvalidRequestException", 400)
+    with pytest.raises(ClientError) as delete:
+        eks.delete_pod_identity_association(clusterName=cluster, associationId=owned["associationId"])
+    assert _code(delete) == ("InvalidRequestException", 400)
+
+    eks.delete_addon(clusterName=cluster, addonName="aws-ebs-csi-driver")
+    assert eks.list_pod_identity_associations(clusterName=cluster)["associations"] == []
+
+
+# ---- faults ------------------------------------------------------------------------------------------
+
+
+def test_throttling_is_retried_by_botocore(sandbox: AwsSandbox, seed: DemoSeed) -> None:
+    sandbox.throttle_next(1)
+    with pytest.raises(ClientError) as throttled:
+        sandbox.client("eks", NO_RETRIES).describe_cluster(name=DEMO_CLUSTER)
+    assert _code(throttled) == ("ThrottlingException", 429)
+
+    assert _sandbox_api(sandbox, "faults/throttle", {"count": 2})["throttleRemaining"] == 2
+    retrying = sandbox.client("eks", Config(retries={"mode": "standard", "total_max_attempts": 4}))
+    response = retrying.describe_cluster(name=DEMO_CLUSTER)
+    assert response["ResponseMetadata"]["RetryAttempts"] == 2
+    assert sandbox.faults.throttle_remaining == 0
+
+
+def test_lost_create_response_leaves_the_association(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    role = seed.roles["keyless-demo-api"]
+    sandbox.lose_next_create_response("error")
+    with pytest.raises(ClientError) as lost:
+        _associate(eks, cluster, "shop", "api", role)
+    assert _code(lost) == ("ServerException", 500)
+    # It was created: a plain retry (new token) collides, and listing finds it to adopt.
+    with pytest.raises(ClientError) as retry:
+        _associate(eks, cluster, "shop", "api", role)
+    assert _code(retry) == ("ResourceInUseException", 409)
+    found = eks.list_pod_identity_associations(clusterName=cluster, namespace="shop", serviceAccount="api")
+    assert len(found["associations"]) == 1
+
+    _sandbox_api(sandbox, "faults/lose-next-create", {"mode": "drop"})
+    with pytest.raises(ConnectionClosedError):
+        _associate(eks, cluster, "shop", "worker", role)
+    assert eks.list_pod_identity_associations(clusterName=cluster, serviceAccount="worker")["associations"]
+
+    # botocore's own retry resends the same clientRequestToken, so a lost response heals silently.
+    sandbox.lose_next_create_response("drop")
+    healed = _associate(sandbox.client("eks"), cluster, "shop", "jobs", role)
+    assert len(eks.list_pod_identity_associations(clusterName=cluster, serviceAccount="jobs")["associations"]) == 1
+    assert healed["serviceAccount"] == "jobs"
+    assert _sandbox_api(sandbox, "faults/reset", {}) == {"throttleRemaining": 0, "loseNextCreate": None}
+
+
+# ---- add-ons and Auto Mode ---------------------------------------------------------------------------
+
+
+def test_missing_addon_is_resource_not_found(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    with pytest.raises(ClientError) as missing:
+        eks.describe_addon(clusterName=cluster, addonName="eks-pod-identity-agent")
+    assert _code(missing) == ("ResourceNotFoundException", 404)
+    assert eks.list_addons(clusterName=cluster)["addons"] == []
+    eks.create_addon(clusterName=cluster, addonName="eks-pod-identity-agent")
+    assert eks.list_addons(clusterName=cluster)["addons"] == ["eks-pod-identity-agent"]
+    with pytest.raises(ClientError) as twice:
+        eks.create_addon(clusterName=cluster, addonName="eks-pod-identity-agent")
+    assert _code(twice) == ("ResourceInUseException", 409)
+
+
+def test_auto_mode_cluster_reports_compute_config(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    auto = _new_cluster(
+        sandbox,
+        seed,
+        computeConfig={"enabled": True, "nodePools": ["general-purpose", "system"]},
+        storageConfig={"blockStorage": {"enabled": True}},
+        kubernetesNetworkConfig={"elasticLoadBalancing": {"enabled": True}},
+    )
+    described = eks.describe_cluster(name=auto)["cluster"]
+    assert described["computeConfig"]["enabled"] is True
+    assert described["computeConfig"]["nodePools"] == ["general-purpose", "system"]
+    plain = eks.describe_cluster(name=DEMO_CLUSTER)["cluster"]
+    assert not plain.get("computeConfig", {}).get("enabled", False)
+    with pytest.raises(ClientError) as partial:
+        _new_cluster(sandbox, seed, computeConfig={"enabled": True})
+    assert _code(partial) == ("InvalidParameterException", 400)
+
+
+# ---- the pod identity agent ---------------------------------------------------------------------------
+
+
+def test_association_takes_effect_after_the_delay(
+    sandbox: AwsSandbox, seed: DemoSeed, eks: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
+    namespace = _unique("ns")
+    _associate(eks, DEMO_CLUSTER, namespace, "api", seed.roles["keyless-demo-api"])
+    token = _token(signing_key, namespace, "api")
+    assert sandbox.association_for(DEMO_CLUSTER, namespace, "api") is None
+    status, body = _agent(sandbox.agent_url, token)
+    assert (status, body["code"]) == (404, "ResourceNotFoundException")
+    time.sleep(DELAY + 0.1)
+    assert sandbox.association_for(DEMO_CLUSTER, namespace, "api") == seed.roles["keyless-demo-api"]
+    status, body = _agent(sandbox.agent_url, token)
+    assert status == 200
+    assert set(body) == {"AccessKeyId", "SecretAccessKey", "Token", "Expiration", "AccountId"}
+    assert body["AccountId"] == seed.account
+
+
+def test_container_credentials_resolve_through_botocore(
+    sandbox: AwsSandbox,
+    seed: DemoSeed,
+    eks: Any,
+    signing_key: rsa.RSAPrivateKey,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    namespace = _unique("ns")
+    _associate(eks, DEMO_CLUSTER, namespace, "api", seed.roles["keyless-demo-api"])
+    time.sleep(DELAY + 0.1)
+    session = _pod_session(sandbox, signing_key, namespace, "api", tmp_path, monkeypatch)
+    credentials = session.get_credentials()
+    assert credentials is not None
+    assert credentials.method == "container-role"
+    identity = boto3.Session(botocore_session=session).client("sts").get_caller_identity()
+    assert identity["Arn"].startswith("arn:aws:sts::123456789012:assumed-role/keyless-demo-api/eks-keyless-sandbox-")
+
+
+def test_agent_failure_surfaces_in_botocore(
+    sandbox: AwsSandbox, signing_key: rsa.RSAPrivateKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = _pod_session(sandbox, signing_key, _unique("ns"), "nobody", tmp_path, monkeypatch)
+    with pytest.raises(CredentialRetrievalError, match="ResourceNotFoundException"):
+        session.get_credentials()
+
+
+def _pod_session(
+    sandbox: AwsSandbox,
+    key: rsa.RSAPrivateKey,
+    namespace: str,
+    service_account: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> botocore.session.Session:
+    token_file = tmp_path / "eks-pod-identity-token"
+    token_file.write_text(_token(key, namespace, service_account))
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    # Only the container variables and endpoints: no keys, no profile, no config files.
+    for name, value in sandbox.pod_env(str(token_file)).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "missing-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "missing-credentials"))
+    return botocore.session.Session()
+
+
+def test_agent_refuses_bad_tokens(
+    sandbox: AwsSandbox, seed: DemoSeed, eks: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
+    namespace = _unique("ns")
+    _associate(eks, DEMO_CLUSTER, namespace, "api", seed.roles["keyless-demo-api"])
+    time.sleep(DELAY + 0.1)
+    url = sandbox.agent_url
+
+    status, body = _agent(url, _token(signing_key, namespace, "api", aud=["sts.amazonaws.com"]))
+    assert (status, body["code"]) == (400, "InvalidTokenException")
+    assert "pods.eks.amazonaws.com" in body["message"]
+
+    past = int(time.time()) - 7200
+    status, body = _agent(url, _token(signing_key, namespace, "api", iat=past, nbf=past, exp=past + 600))
+    assert (status, body["code"]) == (400, "ExpiredTokenException")
+
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    status, body = _agent(url, _token(stranger, namespace, "api"))
+    assert (status, body["code"]) == (400, "InvalidTokenException")
+
+    status, body = _agent(url, None)
+    assert status == 400
+    assert body["message"] == "Service account token cannot be empty"
+
+    status, body = _agent(url, _token(signing_key, namespace, "other"))
+    assert (status, body["code"]) == (404, "ResourceNotFoundException")
+
+
+def test_trust_policy_without_tag_session_is_denied(
+    sandbox: AwsSandbox, eks: Any, iam: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
+    no_tag_session = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    role = _new_role(iam, no_tag_session)
+    namespace = _unique("ns")
+    _associate(eks, DEMO_CLUSTER, namespace, "api", role)
+    time.sleep(DELAY + 0.1)
+    status, body = _agent(sandbox.agent_url, _token(signing_key, namespace, "api"))
+    assert (status, body["code"]) == (400, "AccessDeniedException")
+    assert "sts:TagSession" in body["message"]
+
+    wrong_service = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": ["sts:AssumeRole", "sts:TagSession"],
+            }
+        ],
+    }
+    iam.update_assume_role_policy(RoleName=role.rsplit("/", 1)[1], PolicyDocument=json.dumps(wrong_service))
+    status, body = _agent(sandbox.agent_url, _token(signing_key, namespace, "api"))
+    assert (status, body["code"]) == (400, "AccessDeniedException")
+
+
+def test_target_role_is_chained_with_external_id(
+    sandbox: AwsSandbox, seed: DemoSeed, eks: Any, iam: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
+    namespace = _unique("ns")
+    source = seed.roles["keyless-demo-worker"]
+    external_id = f"us-east-1/123456789012/{DEMO_CLUSTER}/{namespace}/jobs"
+    target = _new_role(
+        iam,
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": source},
+                    "Action": ["sts:AssumeRole", "sts:TagSession"],
+                    "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+                }
+            ],
+        },
+    )
+    association = _associate(eks, DEMO_CLUSTER, namespace, "jobs", source, targetRoleArn=target)
+    assert association["externalId"] == external_id
+    time.sleep(DELAY + 0.1)
+    status, body = _agent(sandbox.agent_url, _token(signing_key, namespace, "jobs"))
+    assert status == 200, body
+    sts = boto3.client(
+        "sts",
+        endpoint_url=sandbox.moto_url,
+        region_name="us-east-1",
+        aws_access_key_id=body["AccessKeyId"],
+        aws_secret_access_key=body["SecretAccessKey"],
+        aws_session_token=body["Token"],
+    )
+    assert sts.get_caller_identity()["Arn"].split("/")[1] == target.rsplit("/", 1)[1]
+
+
+def test_agent_is_absent_without_the_addon(sandbox: AwsSandbox, seed: DemoSeed, signing_key: rsa.RSAPrivateKey) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    with pytest.raises((ConnectionError, urllib.error.URLError)):
+        _agent(sandbox.agent_url_for(cluster), _token(signing_key, "shop", "api"))
+
+
+def test_update_keeps_the_old_role_until_it_propagates(
+    sandbox: AwsSandbox, seed: DemoSeed, eks: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
+    namespace = _unique("ns")
+    created = _associate(eks, DEMO_CLUSTER, namespace, "api", seed.roles["keyless-demo-api"])
+    time.sleep(DELAY + 0.1)
+    eks.update_pod_identity_association(
+        clusterName=DEMO_CLUSTER, associationId=created["associationId"], roleArn=seed.roles["keyless-demo-worker"]
+    )
+    assert sandbox.association_for(DEMO_CLUSTER, namespace, "api") == seed.roles["keyless-demo-api"]
+    time.sleep(DELAY + 0.1)
+    assert sandbox.association_for(DEMO_CLUSTER, namespace, "api") == seed.roles["keyless-demo-worker"]
