@@ -26,7 +26,7 @@ unit: $(BIN)/keyless
 test: lint typecheck unit
 
 bench: $(BIN)/keyless
-	$(BIN)/python -m tests.bench
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

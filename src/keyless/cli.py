@@ -12,6 +12,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from typer._click.core import Context as ClickContext  # typer vendors click; this is its Context
+from typer.core import TyperGroup
 
 from keyless import __version__
 from keyless.console import apply_with_progress
@@ -22,7 +24,23 @@ from keyless.spec.model import App
 
 T = TypeVar("T")
 
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Group(TyperGroup):
+    """Every command's keyless errors become their message and exit code, never a traceback."""
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeylessError as exc:
+            err.print(exc.render(), markup=False)
+            ctx.exit(exc.exit_code)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="keyless",
     help="Give every service of a porter.yaml app its own cloud identity, with no static keys.",
     no_args_is_help=True,
@@ -30,8 +48,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class OutputFormat(StrEnum):
@@ -278,6 +294,28 @@ app.command(name="deploy", help="Alias of apply.")(apply_command)
 
 
 @app.command()
+def render(
+    target: TargetOpt,
+    file: FileOpt = Path("porter.yaml"),
+    app_name: AppOpt = None,
+    targets: TargetsOpt = None,
+    out_dir: Annotated[str | None, typer.Option(
+        "--out-dir", help="Where to write (default: kubernetes.outDir, else ./keyless-manifests/<target>/).")] = None,
+) -> None:
+    """Write the service accounts, pod-template patches and Helm values for GitOps; change nothing in the cloud."""
+    from keyless import engine
+    from keyless.spec import resolve_app_name
+
+    loaded = _load(file)
+    _print_diagnostics(loaded.diagnostics)
+    name, tgt = _target(target, targets)
+    resolved = resolve_app_name(loaded, app_name, os.environ)
+    provider, _ = engine.connect(name, tgt)
+    for path in engine.render_app(engine.PlanInput(loaded, resolved, name, tgt), provider, out_dir):
+        out.print(f"wrote {path}", markup=False)
+
+
+@app.command()
 def status(
     target: TargetOpt,
     app_name: AppOpt = None,
@@ -331,7 +369,8 @@ def doctor(output: FormatOpt = OutputFormat.TEXT) -> None:
 
 # --- sandbox and demo ---------------------------------------------------------------------------
 
-sandbox_app = typer.Typer(help="The local sandbox: AWS and Kubernetes stand-ins on loopback.", no_args_is_help=True)
+sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS and Kubernetes stand-ins on loopback.",
+                          no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
 

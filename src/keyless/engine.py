@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from keyless.bindings import Binding, desired_bindings, target_cloud
 from keyless.diagnostics import Diagnostic
 from keyless.errors import ApplyFailed, KeylessError, PreflightFailed, UsageError
 from keyless.kube import KubeSide
+from keyless.kube.client import RenderedKube
 from keyless.kube.manifests import (
     IDENTITY_RECORD,
     SERVICE_LABEL,
-    pod_template_settings,
+    kubernetes_blockers,
     plan_kubernetes,
+    pod_template_settings,
     service_account_manifest,
 )
 from keyless.plan import Action, ActionKind, Observed, ObservedWorkload, Plan, Resource, plan_bindings
@@ -59,7 +61,7 @@ def _blocking(issues: Sequence[PreflightIssue]) -> None:
 def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, namespace: str,
                 bindings: Sequence[Binding]) -> Observed:
     cloud = provider.observe(app, target_name, bindings)
-    accounts, workloads = kube.observe(namespace, app)
+    accounts, workloads = kube.observe(namespace, app, [b.service_account for b in bindings])
     return Observed(bindings=tuple(cloud), service_accounts=tuple(accounts), workloads=tuple(workloads))
 
 
@@ -82,7 +84,7 @@ def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide) -> PlannedApp:
     plan = Plan(
         app=spec.app, target=spec.target_name, cloud=target_cloud(spec.target),
         actions=tuple(_ordered([*cloud_actions, *kube_actions])), observed_digest=observed.digest(),
-        blockers=tuple(blockers),
+        blockers=(*blockers, *kubernetes_blockers(resolved, observed.service_accounts, spec.app, spec.target_name)),
         notes=tuple(f"{i.service + ': ' if i.service else ''}{i.message}" for i in issues),
     )
     return PlannedApp(plan=plan, warnings=tuple(issues), notes=tuple(notes))
@@ -175,7 +177,12 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observe
     workers = max(1, min(MAX_PARALLEL_SERVICES, len(by_service)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyless-apply") as pool:
         batches = list(pool.map(run_service, by_service.values()))
-    return ApplyReport(results=tuple(r for batch in batches for r in batch))
+    results = [r for batch in batches for r in batch]
+    if isinstance(kube, RenderedKube) and not any(not r.ok for r in results):
+        # Render mode: the whole app's manifests and Helm values are written once the cloud side is done.
+        desired = [a.desired for a in plan.actions if a.desired is not None and a.resource is Resource.CLOUD_BINDING]
+        kube.render(desired, app=plan.app)
+    return ApplyReport(results=tuple(results))
 
 
 class StalePlan(ApplyFailed):
@@ -192,9 +199,19 @@ def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str
     return observe_all(provider, kube, plan.app, plan.target, namespace, desired)
 
 
+def render_app(spec: PlanInput, provider: Provider, out_dir: str | None) -> list[str]:
+    """`keyless render`: resolve identities (read-only) and write the Kubernetes side to files; no cloud writes."""
+    desired, _ = desired_bindings(spec.loaded, spec.app, spec.target_name, spec.target)
+    resolved, issues = provider.resolve(desired)
+    _blocking(issues)
+    side = spec.target.kubernetes.model_copy(update={"out_dir": out_dir}) if out_dir else spec.target.kubernetes
+    written = RenderedKube(spec.target_name, side).render(resolved, app=spec.app)
+    return [str(p) for p in written]
+
+
 def connect(target_name: str, target: AnyTarget) -> tuple[Provider, KubeSide]:
     """The provider and Kubernetes side for a target (clients are built from standard SDK configuration)."""
-    from keyless.kube.client import ClusterKube, RenderedKube
+    from keyless.kube.client import ClusterKube
     from keyless.targets import AwsTarget, KubernetesMode
 
     kube: KubeSide
@@ -232,7 +249,7 @@ def app_status(app: str, target_name: str, target: AnyTarget, provider: Provider
     desired: list[Binding] = []
     if loaded is not None:
         wanted, _ = desired_bindings(loaded, app, target_name, target)
-        desired, issues = provider.resolve(wanted)
+        desired, _ = provider.resolve(wanted)
     observed = observe_all(provider, kube, app, target_name, target.namespace, desired)
     owned = {b.owner.service: b for b in observed.bindings
              if b.owner is not None and b.owner.app == app and b.owner.target == target_name}

@@ -30,10 +30,10 @@ def check_dns_label(value: str, what: str, max_length: int = DNS_LABEL_MAX) -> N
             f"{what} {value!r} is {len(value)} characters long; the limit is {max_length}",
             "shorten it",
         )
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         suggestion = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")
         hint = "use lowercase letters, digits and '-', starting and ending with a letter or digit"
-        if suggestion and _DNS_LABEL.match(suggestion):
+        if suggestion and _DNS_LABEL.fullmatch(suggestion):
             hint += f", e.g. {suggestion!r}"
         raise NameRuleError(f"{what} {value!r} is not a valid name", hint)
 
@@ -69,8 +69,10 @@ def service_account_name(app: str, service: str) -> str:
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 _ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$", re.ASCII)
 _ROLE_PATH = re.compile(r"^/(?:[\x21-\x7e]+/)?$")
-_ARN = re.compile(r"^arn:(?P<partition>[^:]*):(?P<service>[^:]*):(?P<region>[^:]*):(?P<account>[^:]*):(?P<resource>.*)$")
-_ACCOUNT = re.compile(r"^\d{12}$")
+_ARN = re.compile(
+    r"^arn:(?P<partition>[^:]*):(?P<service>[^:]*):(?P<region>[^:]*):(?P<account>[^:]*):(?P<resource>.*)$"
+)
+_ACCOUNT = re.compile(r"^[0-9]{12}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +93,12 @@ class RoleRef:
 
 
 def _check_role_name(name: str, path: str) -> None:
-    if not _ROLE_NAME.match(name):
+    if not _ROLE_NAME.fullmatch(name):
         raise NameRuleError(
             f"IAM role name {name!r} is not valid",
             "role names are 1-64 characters of letters, digits and + = , . @ _ -",
         )
-    if len(path) > 512 or not _ROLE_PATH.match(path):
+    if len(path) > 512 or not _ROLE_PATH.fullmatch(path):
         raise NameRuleError(f"IAM role path {path!r} is not valid", "a path looks like /service-role/")
 
 
@@ -106,7 +108,7 @@ def parse_role(value: str) -> RoleRef:
     if not value:
         raise NameRuleError("awsRole `role` is empty", "write the IAM role name or its ARN")
     if value.startswith("arn:"):
-        m = _ARN.match(value)
+        m = _ARN.fullmatch(value)
         if not m:
             raise NameRuleError(f"{value!r} is not a valid ARN", "an IAM role ARN looks like "
                                 "arn:aws:iam::123456789012:role/my-role")
@@ -132,8 +134,9 @@ def parse_role(value: str) -> RoleRef:
         if region:
             raise NameRuleError(f"IAM ARNs have no region, but {value!r} names {region!r}",
                                 "remove the region: arn:aws:iam::ACCOUNT:role/NAME")
-        if not _ACCOUNT.match(account):
-            raise NameRuleError(f"account {account!r} in {value!r} is not a 12-digit AWS account ID")
+        if not _ACCOUNT.fullmatch(account):
+            raise NameRuleError(f"account {account!r} in {value!r} is not a 12-digit AWS account ID",
+                                "an account ID is exactly 12 digits, e.g. arn:aws:iam::123456789012:role/my-role")
         rest = resource[len("role/"):]
         path, _, name = rest.rpartition("/")
         path = f"/{path}/" if path else "/"
@@ -156,7 +159,7 @@ _SUBSCRIPTION = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a
 
 def check_identity_name(value: str) -> None:
     """User-assigned managed identity names: 3-128 of letters, digits, '-' and '_', first a letter or digit."""
-    if not _UAMI_NAME.match(value):
+    if not _UAMI_NAME.fullmatch(value):
         raise NameRuleError(
             f"managed identity name {value!r} is not valid",
             "use 3-128 letters, digits, '-' or '_', starting with a letter or digit",
@@ -168,7 +171,7 @@ def check_resource_group(value: str) -> None:
 
     Nothing here can add a path segment, query or fragment to an ARM URL ('/', '?', '#', '%').
     """
-    if not _RESOURCE_GROUP.match(value) or value.endswith("."):
+    if not _RESOURCE_GROUP.fullmatch(value) or value.endswith("."):
         raise NameRuleError(
             f"resource group name {value!r} is not valid",
             "use 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending with '.'",
@@ -176,13 +179,13 @@ def check_resource_group(value: str) -> None:
 
 
 def check_federated_credential_name(value: str) -> None:
-    if not _FEDERATED_CREDENTIAL.match(value):
+    if not _FEDERATED_CREDENTIAL.fullmatch(value):
         raise NameRuleError(f"federated credential name {value!r} is not valid",
                             "3-120 letters, digits, '-' or '_', starting with a letter or digit")
 
 
 def check_subscription_id(value: str) -> None:
-    if not _SUBSCRIPTION.match(value):
+    if not _SUBSCRIPTION.fullmatch(value):
         raise NameRuleError(f"subscription {value!r} is not a subscription ID",
                             "a subscription ID is a GUID like 00000000-0000-0000-0000-000000000000")
 
@@ -191,8 +194,8 @@ def check_subscription_id(value: str) -> None:
 
 _GSA_NAME = re.compile(r"^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$")
 _PROJECT_ID = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-_DOMAIN_PROJECT = re.compile(r"^[a-z0-9.-]+\.[a-z]{2,}\.[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-_DEFAULT_COMPUTE = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
+_DOMAIN = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}$")
+_DEFAULT_COMPUTE = re.compile(r"^[0-9]+-compute@developer\.gserviceaccount\.com$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,7 @@ class GoogleServiceAccount:
 
 
 def check_project_id(value: str) -> None:
-    if not _PROJECT_ID.match(value):
+    if not _PROJECT_ID.fullmatch(value):
         raise NameRuleError(f"project ID {value!r} is not valid",
                             "6-30 lowercase letters, digits and '-', starting with a letter")
 
@@ -214,10 +217,10 @@ def parse_service_account_email(value: str) -> GoogleServiceAccount:
     if email != email.lower():
         raise NameRuleError(f"service account email {value!r} has uppercase letters",
                             f"Google service account emails are lowercase: {email.lower()!r}")
-    if _DEFAULT_COMPUTE.match(email):
+    if _DEFAULT_COMPUTE.fullmatch(email):
         return GoogleServiceAccount(email=email, project=None, is_default=True)
     name, at, domain = email.partition("@")
-    if at and domain == "appspot.gserviceaccount.com" and _PROJECT_ID.match(name):
+    if at and domain == "appspot.gserviceaccount.com" and _PROJECT_ID.fullmatch(name):
         return GoogleServiceAccount(email=email, project=name, is_default=True)
     suffix = ".iam.gserviceaccount.com"
     if not at or not domain.endswith(suffix):
@@ -226,10 +229,12 @@ def parse_service_account_email(value: str) -> GoogleServiceAccount:
             "it looks like NAME@PROJECT_ID.iam.gserviceaccount.com",
         )
     project = domain[: -len(suffix)]
-    if not _GSA_NAME.match(name):
+    if not _GSA_NAME.fullmatch(name):
         raise NameRuleError(f"service account name {name!r} is not valid",
                             "6-30 lowercase letters, digits and '-', starting with a letter")
-    if not (_PROJECT_ID.match(project) or _DOMAIN_PROJECT.match(project)):
+    # Domain-scoped projects (`example.com:my-project`) put the project first: NAME@my-project.example.com.iam...
+    project_id, dot, domain_part = project.partition(".")
+    if not _PROJECT_ID.fullmatch(project_id) or (dot and not _DOMAIN.fullmatch(domain_part)):
         raise NameRuleError(f"project {project!r} in {value!r} is not a valid project ID",
                             "6-30 lowercase letters, digits and '-', starting with a letter")
-    return GoogleServiceAccount(email=email, project=project)
+    return GoogleServiceAccount(email=email, project=f"{domain_part}:{project_id}" if dot else project_id)

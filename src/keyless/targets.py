@@ -22,11 +22,11 @@ DEFAULT_FILE = "keyless.targets.yaml"
 ENV_VAR = "KEYLESS_TARGETS"
 
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+_AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$")
 _EKS_CLUSTER = re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$")
 _AKS_CLUSTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,61}[A-Za-z0-9]$|^[A-Za-z0-9]$")
 _GKE_CLUSTER = re.compile(r"^[a-z](?:[-a-z0-9]{0,38}[a-z0-9])?$")
-_GCP_LOCATION = re.compile(r"^[a-z]+-[a-z]+\d+(-[a-z])?$")
+_GCP_LOCATION = re.compile(r"^[a-z]+-[a-z]+[0-9]+(-[a-z])?$")
 
 
 class _Model(BaseModel):
@@ -35,7 +35,7 @@ class _Model(BaseModel):
 
 def _match(pattern: re.Pattern[str], what: str, hint: str) -> Any:
     def check(value: str) -> None:
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise names.NameRuleError(f"{what} {value!r} is not valid", hint)
     return check
 
@@ -105,7 +105,7 @@ class AzureTarget(_Target):
     @field_validator("arm_endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        https = re.compile(r"^https://[A-Za-z0-9.-]+(:\d+)?/?$")
+        https = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]+)?/?$")
         return _rule(_match(https, "armEndpoint", "an https:// URL with a host and no path, "
                             "e.g. https://management.usgovcloudapi.net"), value).rstrip("/")
 
@@ -167,11 +167,12 @@ def load_targets(data: bytes, file: str, env: Mapping[str, str]) -> Targets:
     raw_targets = doc.value.get("targets")
     if isinstance(raw_targets, dict):
         for name in raw_targets:
-            if not _TARGET_NAME.match(str(name)):
+            if not _TARGET_NAME.fullmatch(str(name)):
                 out.error(doc.key_at(("targets", name)), f"target name {name!r} is not valid",
                           "use letters, digits, '.', '_' and '-' (at most 63)")
         if not raw_targets:
-            out.error(doc.value_at(("targets",)), "no targets are defined", "add one, e.g. `prod-eks: {cloud: aws, ...}`")
+            out.error(doc.value_at(("targets",)), "no targets are defined",
+                      "add one, e.g. `prod-eks: {cloud: aws, ...}`")
     if parsed is None or errors_in(out.items):
         raise InvalidInput(sort_diagnostics(out.items))
     return Targets(file=file, by_name=dict(parsed.targets), diagnostics=tuple(sort_diagnostics(out.items)))

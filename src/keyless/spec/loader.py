@@ -16,6 +16,7 @@ from pydantic_core import ErrorDetails
 from keyless import names
 from keyless.diagnostics import START, Diagnostic, Position, Severity, errors_in, sort_diagnostics
 from keyless.errors import InvalidInput
+from keyless.names import PORTER_NAME_MAX
 from keyless.spec.model import IDENTITY_TYPES, App, ConnectionType
 from keyless.spec.placeholders import expand
 from keyless.spec.yamlsource import Located, Path, read_yaml
@@ -69,18 +70,39 @@ class _Collector:
 # --- placeholders ------------------------------------------------------------------------------
 
 
-def _expand_all(value: Any, path: Path, env: Mapping[str, str], out: _Collector, bad: set[Path]) -> Any:
+def _expand_all(value: Any, path: Path, env: Mapping[str, str], out: _Collector, bad: set[Path],
+                used: dict[Path, list[str]]) -> Any:
     if isinstance(value, dict):
-        return {k: _expand_all(v, (*path, k), env, out, bad) for k, v in value.items()}
+        return {k: _expand_all(v, (*path, k), env, out, bad, used) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_all(v, (*path, i), env, out, bad) for i, v in enumerate(value)]
+        return [_expand_all(v, (*path, i), env, out, bad, used) for i, v in enumerate(value)]
     if isinstance(value, str) and "$" in value:
-        expanded, problems = expand(value, env)
-        base = out.doc.value_at(path)
+        expanded, problems, variables = expand(value, env)
         for p in problems:
-            out.error(Position(base.line, base.column + p.offset), p.message, p.hint)
+            out.error(out.doc.find(path, p.token), p.message, p.hint)
             bad.add(path)
+        if variables:
+            used[path] = variables
         return expanded
+    return value
+
+
+ENV_PATHS = ("env", "ingressAnnotations")
+
+
+def _keep_written_env(value: Any, doc: Located, path: Path = ()) -> Any:
+    """Env values keep their spelling (`1.10` stays "1.10", `0042` stays "0042"), as Porter passes them on."""
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            if key in ENV_PATHS and isinstance(item, dict):
+                result[key] = {k: (doc.texts.get((*path, key, k), v) if isinstance(v, int | float) else v)
+                               for k, v in item.items()}
+            else:
+                result[key] = _keep_written_env(item, doc, (*path, key))
+        return result
+    if isinstance(value, list):
+        return [_keep_written_env(item, doc, (*path, i)) for i, item in enumerate(value)]
     return value
 
 
@@ -109,71 +131,122 @@ def _close_key(wanted: str, present: list[str]) -> str | None:
     return found[0] if found else None
 
 
-def _validation_diagnostic(err: ErrorDetails, doc: Located, out: _Collector) -> None:
+# The values a discriminator takes, for the hint when it is missing (pydantic does not say).
+DISCRIMINATOR_VALUES = {"type": CONNECTION_TYPES, "cloud": ["aws", "azure", "gcp"]}
+
+
+def _yaml_spelling(value: Any) -> str:
+    """A value as YAML would show it (true, null, a list), not as Python's repr."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return _describe(value)
+    return repr(str(value))
+
+
+def _kind_hint(kind: str, field_name: str, ctx: Mapping[str, Any]) -> str:
+    hints = {
+        "int": f"write a whole number without quotes or units, e.g. `{field_name}: 2`",
+        "float": f"write a number, e.g. `{field_name}: 0.5`",
+        "bool": f"write `{field_name}: true` or `{field_name}: false`",
+        "string": f"write text; quote it if it looks like a number or a boolean: `{field_name}: \"...\"`",
+        "mapping": f"indent `key: value` lines under `{field_name}:`",
+        "list": f"start each item of `{field_name}` on its own line with '- '",
+        "range": "use a value within the allowed range",
+        "choice": f"use one of: {ctx.get('expected', '')}",
+    }
+    family = {
+        "int_parsing": "int", "int_type": "int", "int_from_float": "int",
+        "float_parsing": "float", "float_type": "float", "finite_number": "float",
+        "bool_parsing": "bool", "bool_type": "bool", "string_type": "string",
+        "dict_type": "mapping", "model_type": "mapping", "model_attributes_type": "mapping",
+        "list_type": "list", "greater_than": "range", "greater_than_equal": "range", "less_than_equal": "range",
+        "less_than": "range", "literal_error": "choice", "enum": "choice",
+    }.get(kind, "")
+    return hints.get(family, "")
+
+
+def _validation_diagnostic(err: ErrorDetails, doc: Located, out: _Collector,
+                           from_placeholders: Mapping[Path, list[str]]) -> None:
     loc = tuple(err["loc"])
     path = doc.resolve(loc)
     kind = err["type"]
     ctx = err.get("ctx") or {}
     value = err.get("input")
-    field_name = next((str(s) for s in reversed(loc) if isinstance(s, str)), "value")
+    last = loc[-1] if loc else "value"
+    owner = next((str(s) for s in reversed(loc) if isinstance(s, str)), "value")
+    # An error on a list item names the item, not the list (`- api` under services is one bad service).
+    field_name = owner
+    subject = f"`{field_name}`" if isinstance(last, str) else f"item {int(last) + 1} of `{owner}`"
     pos = doc.value_at(path)
-    hint = ""
     if kind == "missing":
         parent = doc.value
         for step in path:
             parent = parent[step]
         present = list(parent) if isinstance(parent, dict) else []
         misspelt = _close_key(field_name, present)
-        message = f"missing required field `{field_name}`"
-        hint = f"write `{field_name}`, not `{misspelt}`" if misspelt else FIELD_HINTS.get(field_name, "")
-        out.error(pos, message, hint)
+        hint = (f"write `{field_name}`, not `{misspelt}`" if misspelt
+                else FIELD_HINTS.get(field_name, f"add `{field_name}: ...` here"))
+        out.error(pos, f"missing required field `{field_name}`", hint)
         return
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         key = str(ctx.get("discriminator", "'type'")).strip("'")
         expected = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        expected = expected or DISCRIMINATOR_VALUES.get(key, [])
         what_tag = "connection type" if key == "type" else key
         listing = f"{what_tag} is one of: " + ", ".join(expected)
-        tag = ctx.get("tag")
-        if kind == "union_tag_not_found" or tag is None:
-            out.error(pos, f"missing required field `{key}`", listing)
+        raw = value.get(key) if isinstance(value, dict) else None
+        if kind == "union_tag_not_found" or raw is None:
+            where = doc.value_at((*path, key)) if isinstance(value, dict) and key in value else pos
+            problem = (f"`{key}` is empty" if isinstance(value, dict) and key in value
+                       else f"missing required field `{key}`")
+            out.error(where, problem, listing)
             return
-        close = difflib.get_close_matches(str(tag), expected, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(str(raw), expected, n=1, cutoff=0.5) if isinstance(raw, str) else []
         hint = f"did you mean {close[0]!r}? " if close else ""
-        out.error(doc.value_at((*path, key)), f"unknown {what_tag} {tag!r}", hint + listing)
+        out.error(doc.value_at((*path, key)), f"unknown {what_tag} {_yaml_spelling(raw)}", hint + listing)
         return
     if kind == "keyless":
         out.error(pos, str(ctx.get("message", err["msg"])), str(ctx.get("hint", "")))
         return
     what = _describe(value)
     messages = {
-        "int_parsing": f"`{field_name}` must be a whole number, got {what}",
-        "int_type": f"`{field_name}` must be a whole number, got {what}",
-        "int_from_float": f"`{field_name}` must be a whole number, got {what}",
-        "float_parsing": f"`{field_name}` must be a number, got {what}",
-        "float_type": f"`{field_name}` must be a number, got {what}",
-        "bool_parsing": f"`{field_name}` must be true or false, got {what}",
-        "bool_type": f"`{field_name}` must be true or false, got {what}",
-        "string_type": f"`{field_name}` must be a string, got {what}",
-        "dict_type": f"`{field_name}` must be a mapping of `key: value` lines, got {what}",
-        "model_type": f"`{field_name}` must be a mapping of `key: value` lines, got {what}",
-        "model_attributes_type": f"`{field_name}` must be a mapping of `key: value` lines, got {what}",
-        "list_type": f"`{field_name}` must be a list (lines starting with '-'), got {what}",
-        "greater_than": f"`{field_name}` must be greater than {ctx.get('gt')}, got {what}",
-        "greater_than_equal": f"`{field_name}` must be at least {ctx.get('ge')}, got {what}",
-        "less_than_equal": f"`{field_name}` must be at most {ctx.get('le')}, got {what}",
-        "literal_error": f"`{field_name}` must be {ctx.get('expected')}, got {what}",
-        "enum": f"`{field_name}` must be {ctx.get('expected')}, got {what}",
-        "finite_number": f"`{field_name}` must be a finite number, got {what}",
+        "int_parsing": f"{subject} must be a whole number, got {what}",
+        "int_type": f"{subject} must be a whole number, got {what}",
+        "int_from_float": f"{subject} must be a whole number, got {what}",
+        "float_parsing": f"{subject} must be a number, got {what}",
+        "float_type": f"{subject} must be a number, got {what}",
+        "finite_number": f"{subject} must be a finite number, got {what}",
+        "bool_parsing": f"{subject} must be true or false, got {what}",
+        "bool_type": f"{subject} must be true or false, got {what}",
+        "string_type": f"{subject} must be a string, got {what}",
+        "dict_type": f"{subject} must be a mapping of `key: value` lines, got {what}",
+        "model_type": f"{subject} must be a mapping of `key: value` lines, got {what}",
+        "model_attributes_type": f"{subject} must be a mapping of `key: value` lines, got {what}",
+        "list_type": f"{subject} must be a list (lines starting with '-'), got {what}",
+        "greater_than": f"{subject} must be greater than {ctx.get('gt')}, got {what}",
+        "greater_than_equal": f"{subject} must be at least {ctx.get('ge')}, got {what}",
+        "less_than": f"{subject} must be less than {ctx.get('lt')}, got {what}",
+        "less_than_equal": f"{subject} must be at most {ctx.get('le')}, got {what}",
+        "literal_error": f"{subject} must be {ctx.get('expected')}, got {what}",
+        "enum": f"{subject} must be {ctx.get('expected')}, got {what}",
     }
-    message = messages.get(kind, f"`{field_name}`: {err['msg']}")
+    message = messages.get(kind, f"{subject}: {err['msg']}")
+    hint = _kind_hint(kind, field_name, ctx)
     if field_name == "services" and kind == "list_type" and isinstance(value, dict):
         hint = "services is a list: write `- name: api` under `services:` for each service"
     elif field_name == "connections" and kind == "list_type":
-        hint = "write each connection as a list item: `- type: awsRole`"
+        hint = "write each connection as a list item: `- type: awsRole` with its fields indented below"
+    elif owner in ("services", "connections", "domains") and not isinstance(last, str):
+        example = {"services": "- name: api", "connections": "- type: awsRole", "domains": "- name: example.com"}
+        hint = f"each item is a mapping, e.g. `{example[owner]}` with its fields indented below"
     elif field_name == "version":
         hint = "keyless reads porter.yaml v2: write `version: v2` or leave it out"
-    elif kind in ("int_parsing", "int_from_float") and isinstance(value, str) and "${" in value:
-        hint = "check the environment variable this placeholder expands to"
+    variables = from_placeholders.get(path)
+    if variables:
+        hint = f"the value comes from {', '.join('${' + v + '}' for v in variables)}: check that variable"
     out.error(pos, message, hint)
 
 
@@ -207,13 +280,31 @@ def _item_annotation(annotation: Any) -> Any | None:
     return None
 
 
+def _dict_value_annotation(annotation: Any) -> Any | None:
+    """For dict[str, X] (possibly optional or annotated), X; else None."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _dict_value_annotation(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _dict_value_annotation(arg)
+            if found is not None:
+                return found
+        return None
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    return None
+
+
 def _pick_model(candidates: list[type[BaseModel]], raw: dict[str, Any]) -> type[BaseModel] | None:
+    """The member of a discriminated union that `raw` selects (by its Literal field: `type`, `cloud`)."""
     if len(candidates) == 1:
         return candidates[0]
     for model in candidates:
-        literal = model.model_fields.get("type")
-        if literal is not None and raw.get("type") in typing.get_args(literal.annotation):
-            return model
+        for name, info in model.model_fields.items():
+            if typing.get_origin(info.annotation) is typing.Literal and \
+                    raw.get(info.alias or name) in typing.get_args(info.annotation):
+                return model
     return None
 
 
@@ -228,7 +319,13 @@ def unknown_fields(model: type[BaseModel], raw: Any, path: Path) -> Iterator[tup
             yield (*path, key), key, list(by_alias)
             continue
         item = _item_annotation(info.annotation)
-        if item is not None and isinstance(value, list):
+        entry = _dict_value_annotation(info.annotation)
+        if entry is not None and isinstance(value, dict) and _models_in(entry):
+            for name, element in value.items():
+                chosen = _pick_model(_models_in(entry), element) if isinstance(element, dict) else None
+                if chosen:
+                    yield from unknown_fields(chosen, element, (*path, key, name))
+        elif item is not None and isinstance(value, list):
             for i, element in enumerate(value):
                 chosen = _pick_model(_models_in(item), element) if isinstance(element, dict) else None
                 if chosen:
@@ -249,6 +346,17 @@ def _cross_checks(raw: dict[str, Any], doc: Located, out: _Collector) -> None:
     services = raw.get("services")
     if isinstance(services, list) and not services:
         out.error(doc.value_at(("services",)), "`services` is empty", FIELD_HINTS["services"])
+    for job_key, default_name in (("predeploy", "predeploy"), ("initialDeploy", "initial-deploy")):
+        job = raw.get(job_key)
+        if isinstance(job, dict):
+            _connection_checks(job, (job_key,), f"`{job_key}`", doc, out)
+            job_name = job.get("name") or default_name
+            clash = [i for i, s in enumerate(services or []) if isinstance(s, dict) and s.get("name") == job_name] \
+                if isinstance(services, list) else []
+            if clash:
+                out.error(doc.value_at(("services", clash[0], "name")),
+                          f"service name {job_name!r} is taken by `{job_key}`, whose service account is the same",
+                          f"rename the service, or give `{job_key}` a `name:` of its own")
     if not isinstance(services, list):
         return
     seen_names: dict[str, Position] = {}
@@ -282,7 +390,15 @@ def _service_checks(service: dict[str, Any], i: int, label: str, doc: Located, o
     if service.get("cron") is not None and kind in ("web", "worker"):
         out.add(Severity.WARNING, doc.key_at(("services", i, "cron")),
                 f"{label} is a {kind} service; `cron` only applies to jobs", "remove `cron` or use `type: job`")
-    connections = service.get("connections")
+    if isinstance(service.get("name"), str) and len(service["name"]) > PORTER_NAME_MAX:
+        out.add(Severity.WARNING, doc.value_at(("services", i, "name")),
+                f"{label} has {len(service['name'])} characters; Porter allows at most {PORTER_NAME_MAX}",
+                "shorten the name so Porter accepts it too")
+    _connection_checks(service, ("services", i), label, doc, out)
+
+
+def _connection_checks(workload: dict[str, Any], path: Path, label: str, doc: Located, out: _Collector) -> None:
+    connections = workload.get("connections")
     if not isinstance(connections, list):
         return
     first_of_type: dict[str, Position] = {}
@@ -290,7 +406,7 @@ def _service_checks(service: dict[str, Any], i: int, label: str, doc: Located, o
         if not isinstance(conn, dict) or not isinstance(conn.get("type"), str):
             continue
         ctype = conn["type"]
-        pos = doc.value_at(("services", i, "connections", j, "type"))
+        pos = doc.value_at((*path, "connections", j, "type"))
         if ctype in first_of_type:
             out.error(pos, f"{label} has two {ctype} connections (first at line {first_of_type[ctype].line})",
                       "a service takes at most one connection of each type; keep one")
@@ -307,7 +423,9 @@ def _service_checks(service: dict[str, Any], i: int, label: str, doc: Located, o
 def validate_document(model: type[M], doc: Located, env: Mapping[str, str], out: _Collector) -> M | None:
     """Expand placeholders, report unknown fields, validate against `model`; problems go to `out`."""
     bad_placeholders: set[Path] = set()
-    doc.value = _expand_all(doc.value, (), env, out, bad_placeholders)
+    used: dict[Path, list[str]] = {}
+    doc.value = _keep_written_env(doc.value, doc)
+    doc.value = _expand_all(doc.value, (), env, out, bad_placeholders, used)
     for path, key, known in unknown_fields(model, doc.value, ()):
         guess = _close_key(key, known)
         hint = f"did you mean `{guess}`?" if guess else "keyless keeps it as is and does not use it"
@@ -316,9 +434,11 @@ def validate_document(model: type[M], doc: Located, env: Mapping[str, str], out:
         return model.model_validate(doc.value)
     except ValidationError as exc:
         for err in exc.errors():
-            if doc.resolve(tuple(err["loc"])) in bad_placeholders:
+            path = doc.resolve(tuple(err["loc"]))
+            discriminated = any((*path, key) in bad_placeholders for key in DISCRIMINATOR_VALUES)
+            if path in bad_placeholders or discriminated:
                 continue  # already reported as an unset variable
-            _validation_diagnostic(err, doc, out)
+            _validation_diagnostic(err, doc, out, used)
     return None
 
 

@@ -19,6 +19,7 @@ class _Model(BaseModel):
         frozen=True,
         extra="allow",
         coerce_numbers_to_str=True,
+        allow_inf_nan=False,
     )
 
 
@@ -202,7 +203,10 @@ class Service(_Workload):
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     instances: Annotated[int, Field(ge=0)] | None = None
     private: bool | None = None
-    disable_tls: bool | None = None
+    disable_tls: bool | None = Field(default=None, alias="disableTLS")  # Porter's spelling
+    load_balancer_config: dict[str, Any] | None = None
+    metrics_scraping: dict[str, Any] | None = None
+    path_routing_config: dict[str, Any] | None = None
     domains: list[Domain] | None = None
     health_check: Check | None = None
     liveness_check: Check | None = None
@@ -242,6 +246,11 @@ class Job(_Workload):
     """predeploy and initialDeploy: one-off jobs that run before a deploy."""
 
     name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _rule(names.check_service_name, value)
 
 
 # --- the app -----------------------------------------------------------------------------------

@@ -13,13 +13,15 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True, slots=True)
 class PlaceholderProblem:
-    offset: int  # character offset inside the scalar, for the column of the error
+    token: str  # the placeholder as written, to find its line and column in the file
     message: str
     hint: str
 
 
-def expand(text: str, env: Mapping[str, str]) -> tuple[str, list[PlaceholderProblem]]:
+def expand(text: str, env: Mapping[str, str]) -> tuple[str, list[PlaceholderProblem], list[str]]:
+    """The expanded text, the problems found, and the names of the variables it used."""
     problems: list[PlaceholderProblem] = []
+    used: list[str] = []
 
     def substitute(match: re.Match[str]) -> str:
         token = match.group(0)
@@ -27,22 +29,23 @@ def expand(text: str, env: Mapping[str, str]) -> tuple[str, list[PlaceholderProb
             return "${"
         body = match.group(1)
         if body is None:
-            problems.append(PlaceholderProblem(match.start(), "`${` is never closed",
+            problems.append(PlaceholderProblem(token, "`${` is never closed",
                                                "write ${NAME}, or $${ for a literal ${"))
             return token
         name, sep, default = body.partition(":-")
         if not _NAME.match(name):
             problems.append(PlaceholderProblem(
-                match.start(), f"`${{{body}}}` is not a valid placeholder",
+                token, f"`${{{body}}}` is not a valid placeholder",
                 "placeholders look like ${NAME} or ${NAME:-default}; write $${ for a literal ${"))
             return token
+        used.append(name)
+        if sep and not env.get(name):
+            return default  # as in shells: unset or empty takes the default
         if name in env:
             return env[name]
-        if sep:
-            return default
         problems.append(PlaceholderProblem(
-            match.start(), f"environment variable {name} is not set (used as ${{{name}}})",
+            token, f"environment variable {name} is not set (used as ${{{name}}})",
             f"export {name} before running keyless, or write ${{{name}:-default}}"))
         return token
 
-    return _PLACEHOLDER.sub(substitute, text), problems
+    return _PLACEHOLDER.sub(substitute, text), problems, used

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,18 @@ class Located:
     value: Any
     values: dict[Path, Position] = field(default_factory=dict)
     keys: dict[Path, Position] = field(default_factory=dict)
+    texts: dict[Path, str] = field(default_factory=dict)  # scalars as written (env values keep "1.10")
+    lines: list[str] = field(default_factory=list)
+
+    def find(self, path: Path, needle: str) -> Position:
+        """Where `needle` is written inside the value at `path` (quoted, folded or block scalars alike)."""
+        start = self.value_at(path)
+        for index in range(start.line - 1, min(len(self.lines), start.line + 200)):
+            line = self.lines[index]
+            offset = line.find(needle, start.column - 1 if index == start.line - 1 else 0)
+            if offset >= 0:
+                return Position(index + 1, offset + 1)
+        return start
 
     def value_at(self, path: Path) -> Position:
         """The position of the value at `path`, or of its nearest located ancestor."""
@@ -129,21 +142,31 @@ class _Builder:
             raise _Abort(_pos(node), "an alias refers to a node that contains it (a recursive structure)",
                          "remove the recursive alias")
         self.doc.values.setdefault(path, _pos(node))
+        self._check_collection_tag(node)
         self.active.add(id(node))
         try:
             if isinstance(node, MappingNode):
                 return self.mapping(node, path)
             if isinstance(node, SequenceNode):
                 return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-            return self.scalar(node)
+            return self.scalar(node, path)
         finally:
             self.active.discard(id(node))
+
+    def _check_collection_tag(self, node: Node) -> None:
+        if isinstance(node, ScalarNode):
+            return
+        tag = _tag(node)
+        allowed = (_TAG + "map", _TAG + "omap") if isinstance(node, MappingNode) else (_TAG + "seq",)
+        if tag not in allowed:
+            self.error(_pos(node), f"unsupported YAML tag {tag!r}",
+                       "porter.yaml uses plain YAML values; remove the tag")
 
     def _entries(self, node: MappingNode) -> Iterator[tuple[Node, Node, bool]]:
         """Own entries first, then those pulled in by `<<` merge keys (which never override)."""
         merged: list[tuple[Node, Node, bool]] = []
         for key, value in node.value:
-            if key.tag == _TAG + "merge":
+            if _tag(key) == _TAG + "merge":
                 sources = value.value if isinstance(value, SequenceNode) else [value]
                 for source in sources:
                     if isinstance(source, MappingNode):
@@ -158,7 +181,8 @@ class _Builder:
         result: dict[str, Any] = {}
         for key_node, value_node, from_merge in self._entries(node):
             if not isinstance(key_node, ScalarNode):
-                self.error(_pos(key_node), "mapping keys must be plain strings, not lists or mappings")
+                self.error(_pos(key_node), "mapping keys must be plain strings, not lists or mappings",
+                           "write the key as plain text followed by ':'")
                 continue
             key_value = self.scalar(key_node)
             if key_value is None:
@@ -173,14 +197,18 @@ class _Builder:
                                "YAML keeps only one of them; remove or merge the duplicates")
                 continue
             self.doc.keys[(*path, key)] = _pos(key_node)
+            if isinstance(value_node, ScalarNode) and value_node.value == "" and value_node.style is None:
+                # An empty value has no token of its own; the parser marks the next one, often lines below.
+                key_pos = _pos(key_node)
+                self.doc.values[(*path, key)] = Position(key_pos.line, key_pos.column + len(key_node.value) + 1)
             result[key] = self.build(value_node, (*path, key))
         return result
 
-    def scalar(self, node: Node) -> Any:
+    def scalar(self, node: Node, path: Path | None = None) -> Any:
         assert isinstance(node, ScalarNode)
-        tag, text = node.tag, node.value
-        if not isinstance(tag, str):
-            tag = str(getattr(tag, "value", tag))
+        tag, text = _tag(node), node.value
+        if path is not None:
+            self.doc.texts[path] = text
         if tag == _TAG + "null":
             return None
         if tag == _TAG + "bool":
@@ -191,11 +219,13 @@ class _Builder:
             return _parse_float(text)
         if tag in (_TAG + "str", "!", _TAG + "timestamp"):
             return text
-        if tag.startswith("!") or not tag.startswith(_TAG):
-            self.error(_pos(node), f"unsupported YAML tag {tag!r}",
-                       "porter.yaml uses plain YAML values; remove the tag")
-            return text
+        self.error(_pos(node), f"unsupported YAML tag {tag!r}", "porter.yaml uses plain YAML values; remove the tag")
         return text
+
+
+def _tag(node: Node) -> str:
+    tag = node.tag
+    return tag if isinstance(tag, str) else str(getattr(tag, "value", tag))
 
 
 def _parse_int(text: str) -> int | str:
@@ -222,22 +252,68 @@ def _parse_float(text: str) -> float | str:
         return text
 
 
+def _flow_brackets(text: str) -> tuple[Position | None, Position | None]:
+    """Where flow brackets nest past MAX_DEPTH (the parser would hit Python's recursion limit first),
+    and where the innermost bracket left open at the end of the file was opened."""
+    depth = line = 0
+    column = 0
+    quote = ""
+    opened: list[Position] = []
+    for ch in text:
+        column += 1
+        if ch == "\n":
+            line, column, quote = line + 1, 0, ""
+        elif quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#" and not opened:
+            quote = "\n"  # a comment runs to the end of the line
+        elif ch in "[{":
+            depth += 1
+            opened.append(Position(line + 1, column))
+            if depth > MAX_DEPTH:
+                return opened[-1], None
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+            if opened:
+                opened.pop()
+    return None, (opened[-1] if opened else None)
+
+
 def read_yaml(data: bytes, file: str) -> tuple[Located | None, list[Diagnostic]]:
     """Parse one YAML document; never raises for bad input, returns diagnostics instead."""
     text, problems = _decode(data, file)
     if text is None:
         return None, problems
+    lines = text.splitlines()
+    deep, unclosed = _flow_brackets(text)
+    if deep is not None:
+        return None, [Diagnostic(Severity.ERROR, file, deep, f"document is nested more than {MAX_DEPTH} levels deep",
+                                 "porter.yaml is only a few levels deep; check the brackets")]
     yaml = YAML(typ="rt", pure=True)
     try:
-        nodes = list(yaml.compose_all(io.StringIO(text)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a reused anchor name: legal YAML, not worth a word
+            nodes = list(yaml.compose_all(io.StringIO(text)))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        at_end = mark is None or mark.line >= len(lines) or (mark.line == len(lines) - 1 and not lines[-1].strip())
+        if at_end and exc.context_mark is not None:
+            mark = exc.context_mark  # the file ended inside a quote or bracket: point at where it opened
         pos = Position(mark.line + 1, mark.column + 1) if mark else START
+        if at_end and unclosed is not None:
+            pos = unclosed
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part) or "invalid YAML"
         return None, [Diagnostic(Severity.ERROR, file, pos, f"invalid YAML: {message}",
                                  "check the indentation and quoting around this place")]
-    except (YAMLError, RecursionError, ValueError) as exc:
-        return None, [Diagnostic(Severity.ERROR, file, START, f"invalid YAML: {exc}")]
+    except RecursionError:
+        return None, [Diagnostic(Severity.ERROR, file, START, "document is nested too deeply",
+                                 "porter.yaml is only a few levels deep")]
+    except (YAMLError, ValueError) as exc:
+        return None, [Diagnostic(Severity.ERROR, file, START, f"invalid YAML: {exc}",
+                                 "check that this is the right file and that it is YAML")]
     nodes = [n for n in nodes if n is not None]
     if not nodes:
         return None, [Diagnostic(Severity.ERROR, file, START, "file is empty",
@@ -246,7 +322,7 @@ def read_yaml(data: bytes, file: str) -> tuple[Located | None, list[Diagnostic]]
         return None, [Diagnostic(Severity.ERROR, file, _pos(nodes[1]),
                                  f"file holds {len(nodes)} YAML documents; keyless reads exactly one",
                                  "remove the extra `---` separators")]
-    doc = Located(file=file, value=None)
+    doc = Located(file=file, value=None, lines=lines)
     builder = _Builder(doc)
     try:
         doc.value = builder.build(nodes[0], ())

@@ -1,0 +1,102 @@
+"""`make bench`: how long keyless takes, and how much memory it needs, for a 300-service app on the sandbox.
+
+Measures, each as the median of several runs where cheap:
+  1. loading and validating a 300-service porter.yaml (pure core);
+  2. planning it against the sandbox (IAM GetRole per role, paginated association listing, Kubernetes reads);
+  3. applying it (associations, service accounts, rollouts), with propagation waits set to zero;
+  4. planning again when nothing changed (must be "no changes", no write call).
+Peak Python heap is measured with tracemalloc around each phase.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from lightkube import Client, KubeConfig
+
+from keyless import engine
+from keyless.kube.client import ClusterKube
+from keyless.providers.aws import AwsProvider
+from keyless.sandbox.porter import deploy_workloads
+from keyless.sandbox.stack import EKS_TARGET, SandboxStack
+from keyless.spec import load_app
+from keyless.targets import AwsTarget, load_targets_file
+
+T = TypeVar("T")
+SERVICES = int(os.environ.get("KEYLESS_BENCH_SERVICES", "300"))
+
+
+def porter_yaml(services: int) -> bytes:
+    lines = ["version: v2", "name: bench", "services:"]
+    for i in range(services):
+        kind = ("web", "worker", "job")[i % 3]
+        lines += [f"  - name: svc-{i:03d}", f"    type: {kind}", "    run: ./start", "    cpuCores: 0.25",
+                  "    ramMegabytes: 256"]
+        if kind == "web":
+            lines += ["    port: 8080"]
+        if kind == "job":
+            lines += ["    cron: '*/5 * * * *'"]
+        role = "keyless-demo-api" if i % 2 else "keyless-demo-worker"
+        lines += ["    connections:", "      - type: awsRole", f"        role: {role}"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def measure(label: str, fn: Callable[[], T], repeat: int = 1) -> T:
+    times: list[float] = []
+    peak = 0
+    result: T | None = None
+    for _ in range(repeat):
+        tracemalloc.start()
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+        peak = max(peak, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    print(f"{label:<48} median {statistics.median(times) * 1000:9.1f} ms   peak heap {peak / 2**20:7.1f} MiB"
+          f"   (runs: {repeat})", flush=True)
+    assert result is not None
+    return result
+
+
+def main() -> int:
+    data = porter_yaml(SERVICES)
+    print(f"keyless benchmark: {SERVICES} services ({len(data) / 1024:.0f} KiB porter.yaml), python {sys.version.split()[0]}")
+    loaded = measure(f"load + validate porter.yaml ({SERVICES} services)",
+                     lambda: load_app(data, "porter.yaml", {}), repeat=7)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = SandboxStack(Path(tmp), association_delay=0.0)
+        state = stack.start()
+        try:
+            os.environ.update(state.env)
+            target = load_targets_file(state.env["KEYLESS_TARGETS"], os.environ).get(EKS_TARGET)
+            assert isinstance(target, AwsTarget)
+            client = Client(KubeConfig.from_file(state.env["KUBECONFIG"]), namespace=target.namespace)
+            deploy_workloads(client, "bench", loaded.app, target.namespace)
+            provider = AwsProvider(target, settle=0.0)
+            kube = ClusterKube(target.kubernetes)
+            spec = engine.PlanInput(loaded, "bench", EKS_TARGET, target)
+            planned = measure("plan (nothing bound yet)", lambda: engine.plan_app(spec, provider, kube))
+            print(f"  {planned.plan.summary()}")
+            observed = engine.observe_saved(planned.plan, provider, kube, target.namespace)
+            report = measure("apply", lambda: engine.apply_plan(planned.plan, provider, kube, observed))
+            print(f"  {len(report.results)} actions, {len(report.failures)} failed")
+            again = measure("plan again (no changes expected)", lambda: engine.plan_app(spec, provider, kube),
+                            repeat=3)
+            print(f"  {again.plan.summary()}")
+            if again.plan.changes or report.failures:
+                return 1
+        finally:
+            stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

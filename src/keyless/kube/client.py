@@ -1,0 +1,525 @@
+"""Kubernetes I/O: a cluster through lightkube (mode apply), or a directory of manifests (mode render)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import httpx2
+from lightkube import ApiError, Client, KubeConfig, SingleConfig
+from lightkube.models.core_v1 import PodTemplateSpec
+from lightkube.operators import Operator
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import CronJob, Job
+from lightkube.resources.core_v1 import ServiceAccount
+from lightkube.types import PatchType
+
+from keyless.bindings import Binding
+from keyless.errors import CloudError
+from keyless.kube.manifests import (
+    ALL_IDENTITY_ANNOTATIONS,
+    APP_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGER,
+    PORTER_APP_LABEL,
+    PORTER_SERVICE_LABEL,
+    PodTemplateSettings,
+    defer_to_other_manager,
+    label_value,
+    released_pod_template_settings,
+    render_manifests,
+    service_account_file,
+    service_account_path,
+    stale_annotations_for,
+    workload_patch,
+    workload_patch_document,
+    workload_patch_path,
+)
+from keyless.plan import IDENTITY_ANNOTATION, ObservedServiceAccount, ObservedWorkload
+from keyless.providers.retry import RetryPolicy, call_with_retry, poll
+from keyless.targets import KubernetesSide
+
+T = TypeVar("T")
+
+# Reads and writes are cheap and idempotent; a minute covers an API server restart or a throttled burst.
+DEFAULT_POLICY = RetryPolicy(max_attempts=6, base_delay=0.25, max_delay=4.0, deadline=60.0)
+ROLLOUT_POLL_SECONDS = 2.0
+
+_HINTS = {
+    401: "the cluster rejected the kubeconfig's credentials: refresh them (e.g. `aws eks update-kubeconfig`, "
+         "`az aks get-credentials`, `gcloud container clusters get-credentials`)",
+    403: "the kubeconfig's user lacks RBAC permission: keyless needs get, list, patch and delete on serviceaccounts, "
+         "and get, list and patch on deployments, cronjobs and jobs, in the target namespace",
+    404: "check the namespace in the targets file and that the object still exists",
+    409: "someone else changed the object at the same time: run keyless again",
+    422: "the API server rejected the change as invalid",
+}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Throttling, server errors and lost connections are worth another try; everything else is an answer."""
+    if isinstance(exc, httpx2.HTTPStatusError):  # ApiError, or an error body that is not a Status
+        code = exc.response.status_code
+        return code == 429 or code >= 500
+    return isinstance(exc, httpx2.TransportError)
+
+
+def _status_code(exc: httpx2.HTTPStatusError) -> int:
+    return exc.response.status_code
+
+
+def _unmasked(fn: Callable[[], T]) -> Callable[[], T]:
+    """`fn`, raising the HTTP status error lightkube masks when an error response has no Content-Type.
+
+    lightkube reads the Content-Type header of every error response to decide whether it is a
+    Kubernetes Status; a proxy or load balancer in front of the API server may answer a bare 502/503
+    without one, and lightkube then raises KeyError while handling the real HTTPStatusError.
+    """
+    def call() -> T:
+        try:
+            return fn()
+        except KeyError as exc:
+            masked = exc.__context__
+            if isinstance(masked, httpx2.HTTPStatusError):
+                raise masked from None
+            raise
+    return call
+
+
+def _selector(key: str, value: str) -> dict[str, str | Operator[Any] | Iterable[Any] | None]:
+    """An equality label selector, typed the way lightkube's list() wants it."""
+    return {key: label_value(value)}
+
+
+def _body_message(response: httpx2.Response) -> str:
+    """The message of an error body lightkube did not decode: a Status sent with another Content-Type
+    (`application/json; charset=utf-8`), or a proxy's page, of which the first line is enough."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])
+    lines = response.text.strip().splitlines()
+    return lines[0][:200] if lines else response.reason_phrase
+
+
+def _pointer(key: str) -> str:
+    """A JSON pointer to one annotation (RFC 6901 escapes '~' and '/', which every prefixed key contains)."""
+    return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def _choose_kubeconfig(env: Mapping[str, str], context: str | None) -> KubeConfig:
+    """kubectl's order: the $KUBECONFIG files, else ~/.kube/config, else the pod's in-cluster account.
+
+    (lightkube's from_env() tries in-cluster first: keyless run from a CI pod would then talk to the
+    CI cluster instead of the one $KUBECONFIG names.)
+    """
+    listed = [Path(p).expanduser() for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
+    if listed:
+        # kubectl merges a KUBECONFIG list; keyless takes the first file that has the context.
+        loaded = [KubeConfig.from_file(f) for f in listed if f.is_file()]
+        chosen = next((c for c in loaded if context is None or context in c.contexts), None)
+        if chosen is None:
+            raise CloudError(f"no kubeconfig in $KUBECONFIG ({env['KUBECONFIG']}) has context {context!r}"
+                             if context else f"no kubeconfig file in $KUBECONFIG ({env['KUBECONFIG']}) exists",
+                             "check `kubernetes.context` in the targets file (`kubectl config get-contexts`)")
+        return chosen
+    home = Path(env.get("HOME", "~")).expanduser() / ".kube" / "config"
+    if home.is_file() or context is not None:
+        return KubeConfig.from_file(home)
+    return KubeConfig.from_service_account()
+
+
+def load_config(side: KubernetesSide, env: Mapping[str, str] | None = None) -> SingleConfig:
+    """The kubeconfig context the target names: its `kubeconfig` file, else $KUBECONFIG, ~/.kube/config, in-cluster."""
+    env = os.environ if env is None else env
+    context = side.context
+    try:
+        config = KubeConfig.from_file(side.kubeconfig) if side.kubeconfig else _choose_kubeconfig(env, context)
+        single = config.get(context_name=context)
+    except CloudError:
+        raise
+    except Exception as exc:
+        # A kubeconfig goes through YAML, msgspec and lightkube's own checks, each with its own error
+        # types; to a person every one of them means "this kubeconfig cannot be used".
+        where = side.kubeconfig or env.get("KUBECONFIG") or "~/.kube/config"
+        raise CloudError(f"cannot use the kubeconfig {where}" + (f" (context {context!r})" if context else "")
+                         + f": {exc}", "set `kubernetes.kubeconfig` and `kubernetes.context` in the targets file, "
+                         "or KUBECONFIG") from exc
+    assert single is not None  # get() raises rather than return None when no default is given
+    return single
+
+
+def _template_of(obj: Deployment | CronJob | Job) -> PodTemplateSpec | None:
+    if isinstance(obj, CronJob):
+        job_template = obj.spec.jobTemplate if obj.spec is not None else None
+        return job_template.spec.template if job_template is not None and job_template.spec is not None else None
+    return obj.spec.template if obj.spec is not None else None
+
+
+def _observed_workload(kind: str, obj: Deployment | CronJob | Job) -> ObservedWorkload | None:
+    metadata = obj.metadata
+    if metadata is None or metadata.name is None or metadata.namespace is None:
+        return None
+    template = _template_of(obj)
+    pod_labels = dict((template.metadata.labels if template and template.metadata else None) or {})
+    pod_annotations = dict((template.metadata.annotations if template and template.metadata else None) or {})
+    service = (metadata.labels or {}).get(PORTER_SERVICE_LABEL) or pod_labels.get(PORTER_SERVICE_LABEL)
+    if service is None:
+        return None
+    spec = template.spec if template is not None else None
+    account = (spec.serviceAccountName or spec.serviceAccount) if spec is not None else None
+    return ObservedWorkload(namespace=metadata.namespace, kind=kind, name=metadata.name, service=service,
+                            service_account=account, identity_annotation=pod_annotations.get(IDENTITY_ANNOTATION),
+                            pod_labels=pod_labels)
+
+
+def _observed_account(obj: ServiceAccount) -> ObservedServiceAccount:
+    metadata = obj.metadata
+    assert metadata is not None
+    assert metadata.name is not None
+    assert metadata.namespace is not None
+    return ObservedServiceAccount(namespace=metadata.namespace, name=metadata.name,
+                                  annotations=dict(metadata.annotations or {}), labels=dict(metadata.labels or {}))
+
+
+def _owned_by_cronjob(obj: Job) -> bool:
+    refs = obj.metadata.ownerReferences if obj.metadata is not None else None
+    return any(ref.kind == "CronJob" for ref in refs or [])
+
+
+def rolled_out(deployment: Deployment) -> bool:
+    """kubectl's test: the controller saw the latest spec and every replica runs, available, from it."""
+    metadata, spec, status = deployment.metadata, deployment.spec, deployment.status
+    if status is None:
+        return False
+    generation = (metadata.generation if metadata is not None else None) or 0
+    if (status.observedGeneration or 0) < generation:
+        return False
+    wanted = spec.replicas if spec is not None and spec.replicas is not None else 1
+    return (status.updatedReplicas or 0) == wanted == (status.availableReplicas or 0) == (status.replicas or 0)
+
+
+def _stuck(deployment: Deployment) -> bool:
+    conditions = deployment.status.conditions if deployment.status is not None else None
+    return any(c.type == "Progressing" and c.status == "False" and c.reason == "ProgressDeadlineExceeded"
+               for c in conditions or [])
+
+
+class _RolloutStuck(Exception):
+    """The Deployment passed its progress deadline: waiting longer will not help."""
+
+
+def _restart_stamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # RFC 3339, as `kubectl rollout restart` writes
+
+
+class ClusterKube:
+    """The cluster of a target, through lightkube: server-side apply for accounts, merge patches for workloads."""
+
+    def __init__(
+        self,
+        side: KubernetesSide | None = None,
+        *,
+        client: Client | None = None,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        poll_seconds: float = ROLLOUT_POLL_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if client is None:
+            config = load_config(side or KubernetesSide())
+            try:
+                client = Client(config=config, field_manager=MANAGER)
+            except Exception as exc:
+                # Building the client reads certificates and may run an exec credential plugin.
+                raise CloudError(f"cannot set up a client for context {config.context_name!r}: {exc}",
+                                 "check the kubeconfig's certificates and credential plugin") from exc
+        self._client = client
+        self._policy = policy
+        self._poll_seconds = poll_seconds
+        self._sleep = sleep
+        self._clock = clock
+        self._now = now
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- calls, retries and errors ---
+
+    def _server(self) -> str:
+        try:
+            return str(self._client.config.cluster.server)
+        except Exception:  # a client handed in by a test may have no full config
+            return "the Kubernetes API"
+
+    def _error(self, what: str, exc: Exception) -> CloudError:
+        """One readable error for a refused or unanswered call, naming the object."""
+        if isinstance(exc, httpx2.HTTPStatusError):
+            code = _status_code(exc)
+            if isinstance(exc, ApiError) and exc.status is not None and exc.status.message:
+                message = exc.status.message
+            else:
+                message = _body_message(exc.response)
+            return CloudError(f"Kubernetes refused to {what}: {message} (HTTP {code})", _HINTS.get(code, ""))
+        return CloudError(f"cannot {what}: {self._server()} did not answer ({type(exc).__name__}: {exc})",
+                          "check the kubeconfig context and that the cluster is reachable")
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        return call_with_retry(_unmasked(fn), policy=self._policy, retryable=_transient, what=what, sleep=self._sleep,
+                               clock=self._clock)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return self._retrying(what, fn)
+        except httpx2.HTTPError as exc:
+            raise self._error(what, exc) from exc
+
+    def _get_or_none(self, what: str, fn: Callable[[], T]) -> T | None:
+        try:
+            return self._retrying(what, fn)
+        except httpx2.HTTPStatusError as exc:
+            if _status_code(exc) == 404:
+                return None
+            raise self._error(what, exc) from exc
+        except httpx2.HTTPError as exc:
+            raise self._error(what, exc) from exc
+
+    def _get_account(self, namespace: str, name: str) -> ServiceAccount | None:
+        return self._get_or_none(f"read service account {namespace}/{name}",
+                                 lambda: self._client.get(ServiceAccount, name, namespace=namespace))
+
+    # --- observing ---
+
+    def observe(
+        self, namespace: str, app: str, service_accounts: Collection[str] = ()
+    ) -> tuple[list[ObservedServiceAccount], list[ObservedWorkload]]:
+        """Accounts labelled keyless's for the app plus the named ones; the app's Deployments, CronJobs and Jobs."""
+        labelled = self._call(
+            f"list service accounts in namespace {namespace}",
+            lambda: list(self._client.list(ServiceAccount, namespace=namespace,
+                                           labels=_selector(APP_LABEL, app))))
+        accounts = {a.name: a for a in map(_observed_account, labelled)}
+        for name in sorted(set(service_accounts) - set(accounts)):
+            found = self._get_account(namespace, name)
+            if found is not None:
+                accounts[name] = _observed_account(found)
+        selector = _selector(PORTER_APP_LABEL, app)
+        workloads: list[ObservedWorkload] = []
+        deployments = self._call(f"list deployments in namespace {namespace}",
+                                 lambda: list(self._client.list(Deployment, namespace=namespace, labels=selector)))
+        cronjobs = self._call(f"list cronjobs in namespace {namespace}",
+                              lambda: list(self._client.list(CronJob, namespace=namespace, labels=selector)))
+        jobs = self._call(f"list jobs in namespace {namespace}",
+                          lambda: list(self._client.list(Job, namespace=namespace, labels=selector)))
+        found_workloads: Iterable[tuple[str, Deployment | CronJob | Job]] = [
+            *(("Deployment", d) for d in deployments),
+            *(("CronJob", c) for c in cronjobs),
+            # A CronJob's runs carry its labels; the CronJob is the workload keyless updates.
+            *(("Job", j) for j in jobs if not _owned_by_cronjob(j)),
+        ]
+        for kind, obj in found_workloads:
+            observed = _observed_workload(kind, obj)
+            if observed is not None:
+                workloads.append(observed)
+        workloads.sort(key=lambda w: (w.service, w.kind, w.name))
+        return [accounts[n] for n in sorted(accounts)], workloads
+
+    # --- service accounts ---
+
+    def apply_service_account(
+        self, manifest: Mapping[str, Any], *, remove_annotations: Collection[str] | None = None
+    ) -> None:
+        """Server-side apply as field manager keyless, then strip stale annotations other managers set."""
+        metadata = manifest["metadata"]
+        namespace, name = str(metadata["namespace"]), str(metadata["name"])
+        live = self._get_account(namespace, name)
+        if live is not None:
+            live_labels = (live.metadata.labels if live.metadata is not None else None) or {}
+            manifest = defer_to_other_manager(manifest, live_labels)
+        account = cast(ServiceAccount, ServiceAccount.from_dict(dict(manifest)))
+        applied = self._call(f"apply service account {namespace}/{name}",
+                             lambda: self._client.apply(account, field_manager=MANAGER, force=True))
+        remove = stale_annotations_for(manifest) if remove_annotations is None else remove_annotations
+        self._remove_annotations(applied, remove)
+
+    def _remove_annotations(self, account: ServiceAccount, keys: Collection[str]) -> None:
+        """JSON-patch away each key that is present: apply cannot drop a field another manager owns."""
+        current: ServiceAccount | None = account
+        for _ in range(3):
+            if current is None or current.metadata is None:
+                return
+            namespace, name = str(current.metadata.namespace), str(current.metadata.name)
+            present = sorted(k for k in keys if k in (current.metadata.annotations or {}))
+            if not present or self._patch_away(namespace, name, present):
+                return
+            current = self._get_account(namespace, name)
+        raise CloudError(f"could not remove {', '.join(sorted(keys))} from service account: it keeps changing",
+                         "run keyless again")
+
+    def _patch_away(self, namespace: str, name: str, keys: Sequence[str]) -> bool:
+        """One JSON patch removing `keys`; False when one of them vanished meanwhile (422), so read again."""
+        operations = [{"op": "remove", "path": _pointer(k)} for k in keys]
+        what = f"remove annotations {', '.join(keys)} from service account {namespace}/{name}"
+        try:
+            self._retrying(what, lambda: self._client.patch(
+                ServiceAccount, name, operations, namespace=namespace, patch_type=PatchType.JSON))
+        except httpx2.HTTPStatusError as exc:
+            if _status_code(exc) == 422:
+                return False
+            raise self._error(what, exc) from exc
+        except httpx2.HTTPError as exc:
+            raise self._error(what, exc) from exc
+        return True
+
+    def strip_service_account(self, namespace: str, name: str) -> None:
+        """Remove every identity annotation keyless writes; the account stays for Porter's pods."""
+        live = self._get_account(namespace, name)
+        if live is not None:
+            self._remove_annotations(live, ALL_IDENTITY_ANNOTATIONS)
+
+    def delete_service_account(self, namespace: str, name: str) -> bool:
+        """Delete the account only if it is labelled managed-by keyless; False when it is already gone."""
+        live = self._get_account(namespace, name)
+        if live is None:
+            return False
+        manager = ((live.metadata.labels if live.metadata is not None else None) or {}).get(MANAGED_BY_LABEL)
+        if manager != MANAGER:
+            raise CloudError(
+                f"refusing to delete service account {namespace}/{name}: it is managed by {manager or 'no tool'}, "
+                "not keyless", "keyless deletes only accounts it created; remove it yourself if it is unused")
+        what = f"delete service account {namespace}/{name}"
+        # None: a 404, deleted meanwhile (or by an earlier attempt whose answer was lost).
+        deleted = self._get_or_none(what, lambda: self._client.delete(ServiceAccount, name, namespace=namespace)
+                                    or True)
+        return deleted is not None
+
+    # --- workloads ---
+
+    def update_workload(self, workload: ObservedWorkload, settings: PodTemplateSettings | None) -> None:
+        """Merge-patch the pod template (None: drop the identity); Deployments also get a restart stamp."""
+        settings = settings if settings is not None else released_pod_template_settings()
+        address = f"{workload.kind} {workload.namespace}/{workload.name}"
+        if workload.kind == "Deployment":
+            patch = workload_patch("Deployment", settings, restarted_at=_restart_stamp(self._now()))
+            self._call(f"update {address}", lambda: self._client.patch(
+                Deployment, workload.name, patch, namespace=workload.namespace, patch_type=PatchType.MERGE))
+        elif workload.kind == "CronJob":
+            # No pods to roll: the next scheduled run starts from the new template.
+            patch = workload_patch("CronJob", settings)
+            self._call(f"update {address}", lambda: self._client.patch(
+                CronJob, workload.name, patch, namespace=workload.namespace, patch_type=PatchType.MERGE))
+        else:
+            raise CloudError(f"cannot update {address}: the pod template of a {workload.kind} cannot change",
+                             "its next run (a new deploy) starts with the new identity")
+
+    def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
+        """Poll the Deployment until it runs only pods of its latest template; False on timeout or a stuck rollout."""
+        def check() -> bool:
+            deployment = self._client.get(Deployment, name, namespace=namespace)
+            if rolled_out(deployment):
+                return True
+            if _stuck(deployment):
+                raise _RolloutStuck(name)
+            return False
+
+        policy = RetryPolicy(max_attempts=1_000_000, base_delay=self._poll_seconds,
+                             max_delay=self._poll_seconds * 4, deadline=timeout)
+        try:
+            # poll() already retries throttled or failed reads until the timeout: no second retry layer here.
+            return poll(_unmasked(check), policy=policy, retryable=_transient, what=f"rollout of {namespace}/{name}",
+                        sleep=self._sleep, clock=self._clock)
+        except _RolloutStuck:
+            return False
+        except httpx2.HTTPError as exc:
+            raise self._error(f"read Deployment {namespace}/{name}", exc) from exc
+
+
+class RenderedKube:
+    """`mode: render`: observes nothing and writes manifests for a GitOps tool into `out_dir`."""
+
+    def __init__(self, target: str, side: KubernetesSide | None = None, *, base: Path | None = None) -> None:
+        side = side or KubernetesSide()
+        root = base if base is not None else Path.cwd()
+        self.target = target
+        self.out_dir = root / (side.out_dir if side.out_dir else Path("keyless-manifests") / target)
+
+    def observe(
+        self, namespace: str, app: str, service_accounts: Collection[str] = ()
+    ) -> tuple[list[ObservedServiceAccount], list[ObservedWorkload]]:
+        """Nothing: a rendered plan shows every account as a create."""
+        return [], []
+
+    def _path(self, relative: str) -> Path:
+        path = (self.out_dir / relative).resolve()
+        if not path.is_relative_to(self.out_dir.resolve()):
+            raise ValueError(f"{relative!r} is outside the output directory")
+        return path
+
+    def write(self, files: Mapping[str, str]) -> list[Path]:
+        """Write {relative path: text} under out_dir, each file replaced whole (never half-written)."""
+        written: list[Path] = []
+        for relative, text in sorted(files.items()):
+            path = self._path(relative)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f".{path.name}.partial")
+                partial.write_text(text, encoding="utf-8")
+                partial.replace(path)
+            except OSError as exc:
+                raise CloudError(f"cannot write {path}: {exc.strerror or exc}",
+                                 "check `kubernetes.outDir` in the targets file") from exc
+            written.append(path)
+        return written
+
+    def render(self, bindings: Sequence[Binding], *, app: str) -> list[Path]:
+        """Write every file of the app (accounts, patches, helm values); drop those of removed services."""
+        files = render_manifests(bindings, app=app, target=self.target)
+        written = self.write(files)
+        keep = set(written)
+        for folder in ("serviceaccounts", "patches"):
+            for path in sorted(self._path(folder).glob("*.yaml")) if self._path(folder).is_dir() else []:
+                if path.resolve() not in keep and _written_by_keyless(path, app, self.target):
+                    path.unlink()
+        return written
+
+    def apply_service_account(
+        self, manifest: Mapping[str, Any], *, remove_annotations: Collection[str] | None = None
+    ) -> None:
+        labels = manifest["metadata"].get("labels", {})
+        app = str(labels.get(APP_LABEL, ""))
+        self.write({service_account_path(str(manifest["metadata"]["name"])):
+                    service_account_file(manifest, app=app, target=self.target)})
+
+    def strip_service_account(self, namespace: str, name: str) -> None:
+        # Nothing was observed, so the engine never asks; a rendered account is rewritten by render().
+        return None
+
+    def delete_service_account(self, namespace: str, name: str) -> bool:
+        path = self._path(service_account_path(name))
+        if not path.exists():
+            return False
+        path.unlink()
+        return True
+
+    def update_workload(self, workload: ObservedWorkload, settings: PodTemplateSettings | None) -> None:
+        settings = settings if settings is not None else released_pod_template_settings()
+        selector = {PORTER_SERVICE_LABEL: label_value(workload.service)}
+        self.write({workload_patch_path(workload.kind, workload.name): workload_patch_document(
+            workload.kind, workload.name, workload.namespace, settings, selector)})
+
+    def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
+        return True  # the GitOps tool rolls the pods when it syncs the patch
+
+
+def _written_by_keyless(path: Path, app: str, target: str) -> bool:
+    with contextlib.suppress(OSError), path.open(encoding="utf-8") as f:
+        return f.readline().startswith(f"# Written by keyless for app {app!r} on target {target!r}")
+    return False

@@ -1,0 +1,196 @@
+"""Pod admission of the stand-in: the built-in service-account plugin and the EKS and Azure identity webhooks."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+Pod = dict[str, Any]
+ServiceAccount = dict[str, Any]
+# A mutating webhook: (pod, its service account or None, cluster name) -> the mutated pod.
+# Called once, when the pod is created, never on updates, like the real admission chain.
+Mutator = Callable[[Pod, ServiceAccount | None, str], Pod]
+
+KUBE_API_ACCESS_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
+KUBE_API_ACCESS_EXPIRATION: Final = 3607  # what the built-in plugin asks for; the kubelet rotates it
+
+EKS_AGENT_URL: Final = "http://169.254.170.23"
+EKS_AUDIENCE: Final = "pods.eks.amazonaws.com"
+EKS_TOKEN_DIR: Final = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
+EKS_TOKEN_NAME: Final = "eks-pod-identity-token"
+EKS_TOKEN_FILE: Final = f"{EKS_TOKEN_DIR}/{EKS_TOKEN_NAME}"
+
+AZURE_USE_LABEL: Final = "azure.workload.identity/use"
+AZURE_CLIENT_ID_ANNOTATION: Final = "azure.workload.identity/client-id"
+AZURE_TENANT_ID_ANNOTATION: Final = "azure.workload.identity/tenant-id"
+AZURE_EXPIRATION_ANNOTATION: Final = "azure.workload.identity/service-account-token-expiration"
+AZURE_SKIP_CONTAINERS_ANNOTATION: Final = "azure.workload.identity/skip-containers"
+AZURE_AUDIENCE: Final = "api://AzureADTokenExchange"
+AZURE_TOKEN_DIR: Final = "/var/run/secrets/azure/tokens"
+AZURE_TOKEN_NAME: Final = "azure-identity-token"
+AZURE_TOKEN_FILE: Final = f"{AZURE_TOKEN_DIR}/{AZURE_TOKEN_NAME}"
+AZURE_PUBLIC_AUTHORITY: Final = "https://login.microsoftonline.com/"
+
+
+def _all_containers(pod: Pod) -> list[dict[str, Any]]:
+    spec = pod.setdefault("spec", {})
+    return [c for key in ("initContainers", "containers") for c in spec.get(key) or [] if isinstance(c, dict)]
+
+
+def _add_env(container: dict[str, Any], name: str, value: str) -> None:
+    env = container.setdefault("env", [])
+    # Both webhooks leave a variable alone when the workload already sets it.
+    if not any(isinstance(e, dict) and e.get("name") == name for e in env):
+        env.append({"name": name, "value": value})
+
+
+def _add_token_volume(pod: Pod, volume: str, audience: str, expiration: int, path: str) -> None:
+    volumes = pod.setdefault("spec", {}).setdefault("volumes", [])
+    if any(isinstance(v, dict) and v.get("name") == volume for v in volumes):
+        return
+    volumes.append({
+        "name": volume,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [{"serviceAccountToken": {
+                "audience": audience, "expirationSeconds": expiration, "path": path,
+            }}],
+        },
+    })
+
+
+def _add_mount(container: dict[str, Any], volume: str, mount_path: str) -> None:
+    mounts = container.setdefault("volumeMounts", [])
+    if not any(isinstance(m, dict) and m.get("mountPath") == mount_path for m in mounts):
+        mounts.append({"name": volume, "mountPath": mount_path, "readOnly": True})
+
+
+def service_account_admission(pod: Pod, service_account: ServiceAccount) -> Pod:
+    """What the built-in ServiceAccount admission plugin does before any webhook runs.
+
+    It mounts an API access token (plus the namespace file) at the standard path unless either the
+    pod or its service account turns automounting off.
+    """
+    pod = copy.deepcopy(pod)
+    spec = pod.setdefault("spec", {})
+    automount = spec.get("automountServiceAccountToken")
+    if automount is None:
+        automount = service_account.get("automountServiceAccountToken")
+    if automount is False:
+        return pod
+    containers = _all_containers(pod)
+    if all(
+        any(m.get("mountPath") == KUBE_API_ACCESS_DIR for m in c.get("volumeMounts") or []) for c in containers
+    ):
+        return pod
+    volume = f"kube-api-access-{''.join(secrets.choice('bcdfghjklmnpqrstvwxz2456789') for _ in range(5))}"
+    spec.setdefault("volumes", []).append({
+        "name": volume,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": KUBE_API_ACCESS_EXPIRATION, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{
+                    "path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                }]}},
+            ],
+        },
+    })
+    for container in containers:
+        _add_mount(container, volume, KUBE_API_ACCESS_DIR)
+    return pod
+
+
+@dataclass(frozen=True)
+class EksPodIdentityWebhook:
+    """The EKS Pod Identity webhook: wires the agent's credentials endpoint into pods whose account has an association.
+
+    ``association_for(cluster, namespace, service_account)`` answers with the role ARN of the
+    association, or None. It is asked at pod creation only: pods that existed before the association
+    get nothing until they are recreated.
+    """
+
+    association_for: Callable[[str, str, str], str | None]
+    agent_url: str = EKS_AGENT_URL
+    expiration_seconds: int = 86400
+    name: str = "iam-for-pods.amazonaws.com"
+
+    def __call__(self, pod: Pod, service_account: ServiceAccount | None, cluster: str) -> Pod:
+        namespace = str(pod.get("metadata", {}).get("namespace") or "default")
+        account = str(pod.get("spec", {}).get("serviceAccountName") or "default")
+        if not self.association_for(cluster, namespace, account):
+            return pod
+        _add_token_volume(pod, EKS_TOKEN_NAME, EKS_AUDIENCE, self.expiration_seconds, EKS_TOKEN_NAME)
+        for container in _all_containers(pod):
+            _add_env(container, "AWS_CONTAINER_CREDENTIALS_FULL_URI", self.agent_url.rstrip("/") + "/v1/credentials")
+            _add_env(container, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", EKS_TOKEN_FILE)
+            _add_mount(container, EKS_TOKEN_NAME, EKS_TOKEN_DIR)
+        return pod
+
+
+@dataclass(frozen=True)
+class AzureWorkloadIdentityWebhook:
+    """The Azure Workload Identity webhook: federated-token settings for pods labelled to use it.
+
+    Only pods labelled ``azure.workload.identity/use: "true"`` are touched. The client id comes from
+    the service account's annotation; when it is missing the pod is still mutated but gets no
+    ``AZURE_CLIENT_ID`` (and fails later, as on AKS).
+    """
+
+    default_tenant_id: str
+    authority_host: str = AZURE_PUBLIC_AUTHORITY
+    expiration_seconds: int = 3600
+    name: str = "mutation.azure-workload-identity.io"
+
+    def __call__(self, pod: Pod, service_account: ServiceAccount | None, cluster: str) -> Pod:
+        labels = pod.get("metadata", {}).get("labels") or {}
+        if labels.get(AZURE_USE_LABEL) != "true":
+            return pod
+        annotations = (service_account or {}).get("metadata", {}).get("annotations") or {}
+        pod_annotations = pod.get("metadata", {}).get("annotations") or {}
+        client_id = str(annotations.get(AZURE_CLIENT_ID_ANNOTATION) or "")
+        tenant_id = str(annotations.get(AZURE_TENANT_ID_ANNOTATION) or self.default_tenant_id)
+        expiration = self._expiration(pod_annotations.get(AZURE_EXPIRATION_ANNOTATION)
+                                      or annotations.get(AZURE_EXPIRATION_ANNOTATION))
+        skipped = {s.strip() for s in str(pod_annotations.get(AZURE_SKIP_CONTAINERS_ANNOTATION, "")).split(";")}
+        _add_token_volume(pod, AZURE_TOKEN_NAME, AZURE_AUDIENCE, expiration, AZURE_TOKEN_NAME)
+        for container in _all_containers(pod):
+            if container.get("name") in skipped:
+                continue
+            if client_id:
+                _add_env(container, "AZURE_CLIENT_ID", client_id)
+            _add_env(container, "AZURE_TENANT_ID", tenant_id)
+            _add_env(container, "AZURE_FEDERATED_TOKEN_FILE", AZURE_TOKEN_FILE)
+            _add_env(container, "AZURE_AUTHORITY_HOST", self.authority_host)
+            _add_mount(container, AZURE_TOKEN_NAME, AZURE_TOKEN_DIR)
+        return pod
+
+    def _expiration(self, value: Any) -> int:
+        try:
+            seconds = int(value) if value is not None else self.expiration_seconds
+        except (TypeError, ValueError):
+            return self.expiration_seconds
+        return min(max(seconds, 3600), 86400)  # the webhook's documented bounds
+
+
+def eks_pod_identity_mutator(
+    association_for: Callable[[str, str, str], str | None], agent_url: str = EKS_AGENT_URL
+) -> Mutator:
+    """The EKS Pod Identity webhook as a mutator (see :class:`EksPodIdentityWebhook`)."""
+    return EksPodIdentityWebhook(association_for, agent_url)
+
+
+def azure_workload_identity_mutator(
+    default_tenant_id: str, authority_host: str = AZURE_PUBLIC_AUTHORITY
+) -> Mutator:
+    """The Azure Workload Identity webhook as a mutator (see :class:`AzureWorkloadIdentityWebhook`)."""
+    return AzureWorkloadIdentityWebhook(default_tenant_id, authority_host)
+
+
+def mutator_name(mutator: Mutator) -> str:
+    """How an admission failure names the webhook."""
+    return str(getattr(mutator, "name", None) or getattr(mutator, "__name__", None) or type(mutator).__name__)

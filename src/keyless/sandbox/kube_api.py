@@ -1,0 +1,961 @@
+"""The stand-in Kubernetes API server: kmock's emulator given real write semantics, admission, watches and OIDC."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import copy
+import datetime
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import aiohttp.web
+import attrs
+import kmock
+
+# kmock does not re-export the response record its reactions may return (status, headers, body).
+from kmock._internal.rendering import Response as KmockResponse
+from ruamel.yaml import YAML
+
+from keyless.sandbox.kube_admission import Mutator, mutator_name, service_account_admission
+from keyless.sandbox.kube_merge import (
+    ApplyConflictError,
+    FieldRequirement,
+    JsonDict,
+    PatchError,
+    Requirement,
+    SelectorError,
+    json_patch,
+    labels_match,
+    merge_patch,
+    parse_field_selector,
+    parse_label_selector,
+    record_update,
+    render_path,
+    server_side_apply,
+    strategic_merge_patch,
+)
+from keyless.sandbox.kube_schema import (
+    JOBS,
+    KINDS,
+    NAMESPACES,
+    PODS,
+    SERVICE_ACCOUNTS,
+    Kind,
+    StatusError,
+    already_exists,
+    apply_defaults,
+    bad_request,
+    conflict,
+    default_job_selector,
+    forbidden,
+    kind_for,
+    not_found,
+    validate,
+    verbs,
+)
+from keyless.sandbox.kube_tokens import DEFAULT_EXPIRATION_SECONDS, BoundObject, ServiceAccountIssuer
+
+logger = logging.getLogger("keyless.sandbox.kube")
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+APPLY_PATCH: Final = "application/apply-patch+yaml"
+MERGE_PATCH: Final = "application/merge-patch+json"
+STRATEGIC_PATCH: Final = "application/strategic-merge-patch+json"
+JSON_PATCH: Final = "application/json-patch+json"
+
+_HISTORY_KEPT: Final = 16  # object versions kmock keeps per object (for assertions), older ones are dropped
+_TOMBSTONES_KEPT: Final = 500  # deleted objects whose history kmock keeps
+_REQUESTS_KEPT: Final = 500  # requests kmock keeps for assertions; a long-running sandbox must not grow forever
+_EVENT_LOG: Final = 2000  # watch events kept to resume watches from a resourceVersion
+_GENERATED_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"  # the API server's alphabet for generated names
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def random_suffix(length: int = 5) -> str:
+    return "".join(secrets.choice(_GENERATED_ALPHABET) for _ in range(length))
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One committed change, as watches and the controllers see it."""
+
+    type: EventType
+    kind: Kind
+    obj: JsonDict  # the new state; for DELETED the last state
+    old: JsonDict | None
+    rv: int
+
+
+@dataclass(eq=False)
+class _Watcher:
+    kind: Kind
+    namespace: str | None
+    labels: tuple[Requirement, ...]
+    fields: tuple[FieldRequirement, ...]
+    queue: asyncio.Queue[JsonDict | None] = field(default_factory=asyncio.Queue)
+
+    def selects(self, obj: Mapping[str, Any] | None) -> bool:
+        if obj is None:
+            return False
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        return labels_match(self.labels, meta.get("labels")) and all(f.matches(obj) for f in self.fields)
+
+    def event_for(self, change: ChangeEvent) -> JsonDict | None:
+        """The event this watcher sees: objects entering or leaving its selection are ADDED or DELETED."""
+        now_selected = change.type != "DELETED" and self.selects(change.obj)
+        was_selected = self.selects(change.old) if change.type != "ADDED" else False
+        if change.type == "DELETED":
+            was_selected = self.selects(change.obj)
+        if now_selected and was_selected:
+            kind = "MODIFIED"
+        elif now_selected:
+            kind = "ADDED"
+        elif was_selected:
+            kind = "DELETED"
+        else:
+            return None
+        return {"type": kind, "object": change.obj}
+
+
+def _header(request: kmock.Request, name: str) -> str:
+    for key, value in request.headers.items():
+        if key.lower() == name.lower():
+            return value
+    return ""
+
+
+def _json_response(payload: Any, status: int = 200) -> aiohttp.web.Response:
+    # Exactly "application/json", no charset: lightkube only turns such error bodies into ApiError.
+    return aiohttp.web.Response(body=json.dumps(payload).encode(), status=status, content_type="application/json")
+
+
+def _api_response(payload: Any, status: int = 200) -> KmockResponse:
+    return KmockResponse(status=status, headers={"Content-Type": "application/json"},
+                          payload=json.dumps(payload).encode())
+
+
+def status_response(error: StatusError) -> aiohttp.web.Response:
+    return _json_response(error.body(), error.code)
+
+
+def _parse_path(path: str) -> tuple[str | None, str | None, str | None, str | None, str | None, str | None]:
+    """(group, version, plural, namespace, name, subresource) of a Kubernetes API path.
+
+    Written here rather than taken from kmock because kmock misreads the cluster-scoped
+    ``namespaces`` resource (``/api/v1/namespaces``), which the stand-in must serve.
+    """
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 2 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 2 and parts[0] == "apis":
+        if len(parts) == 2:
+            return parts[1], None, None, None, None, None
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None, None, None, None, None, None
+    namespace: str | None = None
+    own_subresource = len(rest) == 3 and rest[2] in ("status", "finalize")  # of a Namespace object itself
+    if rest and rest[0] == "namespaces" and len(rest) >= 3 and not own_subresource:
+        namespace, rest = rest[1], rest[2:]
+    plural = rest[0] if rest else None
+    name = rest[1] if len(rest) > 1 else None
+    subresource = "/".join(rest[2:]) or None
+    return group, version, plural, namespace, name, subresource
+
+
+def _guess_action(method: str, plural: str | None, name: str | None, query: Mapping[str, str]) -> kmock.action | None:
+    if plural is None:
+        return None  # discovery documents, not objects
+    if method == "GET" and query.get("watch") in ("true", "1"):
+        return kmock.action.WATCH
+    if name is None:
+        return {"GET": kmock.action.LIST, "POST": kmock.action.CREATE}.get(method)
+    return {"GET": kmock.action.FETCH, "PATCH": kmock.action.UPDATE, "DELETE": kmock.action.DELETE}.get(method)
+
+
+def _strip_for_list(obj: Mapping[str, Any]) -> JsonDict:
+    # Items of a list carry no apiVersion/kind: the list's kind says it, as on a real server.
+    return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    return {str(r.get("uid")) for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("uid")}
+
+
+@attrs.define(kw_only=True)
+class KubeApiServer(kmock.KubernetesEmulator):
+    """kmock's Kubernetes emulator serving the subset of the API keyless drives, with real semantics.
+
+    kmock gives the request plumbing, discovery documents, the user-overridable reactions DSL
+    (fault injection: ``server['patch', kmock.resource('apps/v1/deployments')] << 500``) and the
+    object histories; this class replaces its naive storage rules with what an API server does.
+    """
+
+    issuer: ServiceAccountIssuer
+    cluster_name: str = "sandbox"
+    node_name: str = "sandbox-node"
+    node_uid: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+    mutators: list[Mutator] = attrs.field(factory=list)
+    jwks_uri: str = ""
+    server_version: tuple[str, str] = ("1", "31")
+    _rv: int = attrs.field(default=0, init=False)
+    _request_count: int = attrs.field(default=0, init=False)
+    _watchers: list[_Watcher] = attrs.field(factory=list, init=False)
+    _log: collections.deque[ChangeEvent] = attrs.field(factory=lambda: collections.deque(maxlen=_EVENT_LOG),
+                                                       init=False)
+    _listeners: list[Callable[[ChangeEvent], None]] = attrs.field(factory=list, init=False)
+    _tombstones: collections.deque[tuple[kmock.resource, str | None, str]] = attrs.field(
+        factory=collections.deque, init=False)
+    unexpected_errors: list[BaseException] = attrs.field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for kind in KINDS:
+            self.resources[self.ref(kind)] = kmock.ResourceInfo(
+                kind=kind.kind, singular=kind.singular, namespaced=kind.namespaced, verbs=set(verbs()),
+                shortnames=set(kind.short_names), subresources=set(kind.subresources),
+            )
+        # Requests kmock's emulator does not classify: replace, subresource posts, collection deletes.
+        self.fallback[kmock.method.PUT] << self._serve_replace
+        self.fallback[kmock.method.POST] << self._serve_post_subresource
+        self.fallback[kmock.method.DELETE] << self._serve_delete_collection
+        self.fallback["get /.well-known/openid-configuration"] << self._serve_oidc_configuration
+        self.fallback["get /openid/v1/jwks"] << self._serve_jwks
+        for probe in ("/healthz", "/readyz", "/livez"):
+            self.fallback[f"get {probe}"] << b"ok"
+
+    # --- request plumbing -----------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        try:
+            request = await self._parse_request(raw_request)
+            self._remember(request)
+            return await self._handle(request)
+        except StatusError as error:
+            return status_response(error)
+        except kmock.KubernetesError as error:  # kmock's discovery refusing an unknown group or path
+            return status_response(StatusError(error.status, "NotFound",
+                                               "the server could not find the requested resource"))
+        except Exception as error:
+            logger.exception("the Kubernetes stand-in failed on %s %s", raw_request.method, raw_request.path)
+            self.unexpected_errors.append(error)
+            del self.unexpected_errors[:-50]
+            return status_response(StatusError(500, "InternalError", f"Internal error occurred: {error!r}"))
+
+    async def _parse_request(self, raw: aiohttp.web.BaseRequest) -> kmock.Request:
+        body = await raw.read()
+        text = body.decode("utf-8", errors="replace")
+        data: Any = None
+        if body:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = None  # apply bodies may be YAML; the apply handler parses those itself
+        group, version, plural, namespace, name, subresource = _parse_path(raw.path)
+        resource = None if group is None else kmock.resource(group=group, version=version, plural=plural)
+        query = dict(raw.query)
+        self._request_count += 1
+        return kmock.Request(
+            id=self._request_count, method=raw.method, url=raw.url, params=query,
+            headers=dict(raw.headers), cookies=dict(raw.cookies), body=body, text=text, data=data,
+            action=_guess_action(raw.method, plural, name, query), resource=resource,
+            namespace=namespace, name=name, subresource=subresource, raw_request=raw,
+        )
+
+    def _remember(self, request: kmock.Request) -> None:
+        self._requests.append(request)
+        if len(self._requests) > 2 * _REQUESTS_KEPT:
+            del self._requests[:-_REQUESTS_KEPT]
+            for reaction in self._payloads:
+                del reaction._requests[:-_REQUESTS_KEPT]
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.action == kmock.action.WATCH:
+            return await self._watch(request)
+        # Straight to kmock's reaction dispatch: the emulator's own _handle would store objects its naive way.
+        return await kmock.RawHandler._handle(self, request)
+
+    def _target(self, request: kmock.Request) -> tuple[Kind, str | None]:
+        ref = request.resource
+        kind = kind_for(ref.group, ref.version, ref.plural) if ref is not None else None
+        if kind is None:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        if not kind.namespaced and request.namespace:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        return kind, request.namespace if kind.namespaced else None
+
+    @staticmethod
+    def ref(kind: Kind) -> kmock.resource:
+        return kmock.resource(kind.group, kind.version, kind.plural)
+
+    # --- storage --------------------------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def on_change(self, listener: Callable[[ChangeEvent], None]) -> None:
+        """Call ``listener`` after every committed change (the controllers' informer)."""
+        self._listeners.append(listener)
+
+    def get_object(self, kind: Kind, namespace: str | None, name: str) -> JsonDict | None:
+        key = (self.ref(kind), namespace if kind.namespaced else None, name)
+        if key not in self.objects:
+            return None
+        stored = self.objects[key]
+        return None if stored.deleted else copy.deepcopy(stored.raw)
+
+    def list_objects(self, kind: Kind, namespace: str | None = None,
+                     where: Callable[[JsonDict], bool] | None = None) -> list[JsonDict]:
+        """Copies of the live objects of a kind, by namespace and name; ``where`` filters before copying."""
+        ref = self.ref(kind)
+        found = []
+        for (res, ns, name), stored in self.objects.items():
+            if res != ref or stored.deleted or (namespace is not None and ns != namespace):
+                continue
+            raw = stored.raw  # a shallow view: read it, never change it
+            if where is None or where(raw):
+                found.append((ns or "", name, raw))
+        return [copy.deepcopy(raw) for _, _, raw in sorted(found, key=lambda t: (t[0], t[1]))]
+
+    def count_objects(self, kind: Kind) -> int:
+        ref = self.ref(kind)
+        return sum(1 for (res, _, _), stored in self.objects.items() if res == ref and not stored.deleted)
+
+    def _commit(self, kind: Kind, event_type: EventType, old: JsonDict | None, new: JsonDict) -> JsonDict:
+        self._rv += 1
+        new = copy.deepcopy(new)
+        meta = new.setdefault("metadata", {})
+        meta["resourceVersion"] = str(self._rv)
+        key = (self.ref(kind), meta.get("namespace") if kind.namespaced else None, str(meta.get("name")))
+        if key in self.objects:
+            self.objects[key].history.append(copy.deepcopy(new))
+        else:
+            self.objects[key] = copy.deepcopy(new)
+        stored = self.objects[key]
+        if event_type == "DELETED":
+            stored.delete()
+            self._tombstones.append(key)
+            while len(self._tombstones) > _TOMBSTONES_KEPT:
+                gone = self._tombstones.popleft()
+                if gone in self.objects and self.objects[gone].deleted:
+                    del self.objects[gone]
+        if len(stored.history) > _HISTORY_KEPT:
+            del stored.history[:-_HISTORY_KEPT]
+        change = ChangeEvent(event_type, kind, new, old, self._rv)
+        self._log.append(change)
+        for watcher in list(self._watchers):
+            if watcher.kind is kind:
+                event = watcher.event_for(change)
+                if event is not None:
+                    watcher.queue.put_nowait(event)
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # a broken controller must not fail the client's write
+                logger.exception("a change listener failed")
+        return copy.deepcopy(new)
+
+    def _generate_name(self, kind: Kind, namespace: str | None, prefix: str) -> str:
+        prefix = prefix[: 63 - 5]
+        while True:
+            candidate = prefix + random_suffix()
+            if self.get_object(kind, namespace, candidate) is None:
+                return candidate
+
+    def _check_namespace(self, kind: Kind, namespace: str | None, name: str) -> None:
+        if not kind.namespaced:
+            return
+        if not namespace:
+            raise bad_request("the namespace of the object must be set for a namespaced resource")
+        ns = self.get_object(NAMESPACES, None, namespace)
+        if ns is None:
+            raise not_found(NAMESPACES, namespace)
+        if ns.get("metadata", {}).get("deletionTimestamp"):
+            raise StatusError(403, "Forbidden", f'{kind.qualified} "{name}" is forbidden: unable to create new '
+                                                f"content in namespace {namespace} because it is being terminated",
+                              {"name": name, "kind": kind.plural})
+
+    # --- the operations (used by HTTP handlers and by the controllers) ---------------------------
+
+    async def create_object(self, kind: Kind, namespace: str | None, body: Mapping[str, Any], *, manager: str,
+                            dry_run: bool = False, keep_managed_fields: bool = False) -> JsonDict:
+        """Create an object through the same path a POST takes: defaults, admission, validation, storage."""
+        if not isinstance(body, Mapping):
+            raise bad_request("the body of the request must be an object")
+        obj = copy.deepcopy(dict(body))
+        self._check_type(kind, obj)
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        if kind.namespaced:
+            if meta.get("namespace") and namespace and meta["namespace"] != namespace:
+                raise bad_request("the namespace of the provided object does not match the namespace sent on "
+                                  "the request")
+            namespace = namespace or meta.get("namespace")
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        for key in ("uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
+                    "deletionGracePeriodSeconds", "selfLink"):
+            meta.pop(key, None)
+        managed = meta.pop("managedFields", None)
+        if kind.status_subresource:
+            obj.pop("status", None)
+        shown_name = str(meta.get("name") or meta.get("generateName") or "")
+        self._check_namespace(kind, namespace, shown_name)
+        apply_defaults(kind, obj)
+        if kind is PODS:
+            obj = await self._admit_pod(obj, str(namespace), shown_name)
+            meta = obj.setdefault("metadata", {})
+            self._check_namespace(kind, namespace, shown_name)  # the webhooks took time; it may be gone
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = self._generate_name(kind, namespace, str(meta["generateName"]))
+        validate(kind, obj, None)
+        name = str(meta["name"])
+        if self.get_object(kind, namespace, name) is not None:
+            raise already_exists(kind, name)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        if kind.has_generation:
+            meta["generation"] = 1
+        if kind is JOBS:
+            default_job_selector(obj)
+        if keep_managed_fields and managed:
+            meta["managedFields"] = managed
+        else:
+            record_update(None, obj, manager=manager, api_version=kind.api_version, now=now_rfc3339(),
+                          with_status=not kind.status_subresource)
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        if dry_run:
+            return obj
+        return self._commit(kind, "ADDED", None, obj)
+
+    def _check_type(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        api_version, type_name = obj.get("apiVersion"), obj.get("kind")
+        if api_version and api_version != kind.api_version:
+            raise bad_request(f"the API version in the data ({api_version}) does not match the expected API "
+                              f"version ({kind.api_version})")
+        if type_name and type_name != kind.kind:
+            raise bad_request(f"the kind in the data ({type_name}) does not match the expected kind ({kind.kind})")
+
+    async def _admit_pod(self, pod: JsonDict, namespace: str, shown_name: str) -> JsonDict:
+        account_name = str(pod.get("spec", {}).get("serviceAccountName") or "default")
+        account = self.get_object(SERVICE_ACCOUNTS, namespace, account_name)
+        if account is None:
+            raise forbidden(PODS, shown_name, f"error looking up service account {namespace}/{account_name}: "
+                                              f'serviceaccount "{account_name}" not found')
+        pod = service_account_admission(pod, account)
+        for mutator in tuple(self.mutators):
+            # In a thread: a webhook may block (it asks another stand-in), and must not stall the API server.
+            try:
+                mutated = await asyncio.to_thread(mutator, copy.deepcopy(pod), copy.deepcopy(account),
+                                                  self.cluster_name)
+            except Exception as error:
+                raise StatusError(500, "InternalError", f'Internal error occurred: failed calling webhook '
+                                                        f'"{mutator_name(mutator)}": {error}') from error
+            if not isinstance(mutated, dict):
+                raise StatusError(500, "InternalError", f'Internal error occurred: webhook '
+                                                        f'"{mutator_name(mutator)}" returned no pod')
+            pod = mutated
+        return pod
+
+    def write_object(self, kind: Kind, live: JsonDict, candidate: JsonDict, *, manager: str,
+                     subresource: str = "", dry_run: bool = False, managed_done: bool = False,
+                     trusted: bool = False) -> JsonDict:
+        """Store ``candidate`` as the next state of ``live`` with the API server's update rules."""
+        live_meta = live.get("metadata") or {}
+        name = str(live_meta.get("name"))
+        cand_meta = candidate.get("metadata")
+        if not isinstance(cand_meta, dict):
+            cand_meta = {}
+        wanted_rv = cand_meta.get("resourceVersion")
+        if wanted_rv and str(wanted_rv) != str(live_meta.get("resourceVersion")):
+            raise conflict(kind, name, "the object has been modified; please apply your changes to the latest "
+                                       "version and try again")
+        if cand_meta.get("name") and cand_meta.get("name") != name:
+            raise bad_request(f"the name of the object ({cand_meta.get('name')}) does not match the name on the "
+                              f"URL ({name})")
+        if cand_meta.get("uid") and cand_meta.get("uid") != live_meta.get("uid"):
+            raise conflict(kind, name, f"Precondition failed: UID in precondition: {cand_meta.get('uid')}, UID in "
+                                       f"object meta: {live_meta.get('uid')}")
+        self._check_type(kind, candidate)
+        if subresource == "status":
+            new = copy.deepcopy(live)
+            if "status" in candidate:
+                new["status"] = copy.deepcopy(candidate["status"])
+            else:
+                new.pop("status", None)
+            if managed_done:
+                new["metadata"]["managedFields"] = cand_meta.get("managedFields", [])
+        else:
+            new = copy.deepcopy(candidate)
+            if kind.status_subresource and not trusted:
+                if "status" in live:
+                    new["status"] = copy.deepcopy(live["status"])
+                else:
+                    new.pop("status", None)
+        meta = new.setdefault("metadata", {})
+        for key in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp",
+                    "deletionGracePeriodSeconds", "resourceVersion"):
+            if key in live_meta:
+                meta[key] = copy.deepcopy(live_meta[key])
+            else:
+                meta.pop(key, None)
+        new["apiVersion"], new["kind"] = kind.api_version, kind.kind
+        if subresource != "status":
+            validate(kind, new, None if trusted else live)
+        if kind.has_generation and new.get("spec") != live.get("spec"):
+            meta["generation"] = int(live_meta.get("generation") or 1) + 1
+        if not managed_done:
+            record_update(live, new, manager=manager, api_version=kind.api_version, now=now_rfc3339(),
+                          subresource=subresource, with_status=subresource == "status" or not kind.status_subresource)
+        if new == live:
+            return live  # a no-op write changes nothing, not even the resourceVersion
+        if dry_run:
+            return new
+        pending = meta.get("finalizers") or (kind is NAMESPACES and (new.get("spec") or {}).get("finalizers"))
+        if meta.get("deletionTimestamp") and not pending:
+            return self._commit(kind, "DELETED", live, new)  # the last finalizer is gone
+        return self._commit(kind, "MODIFIED", live, new)
+
+    async def patch_object(self, kind: Kind, namespace: str | None, name: str, content_type: str, body: Any, *,
+                           manager: str | None, force: bool = False, subresource: str = "",
+                           dry_run: bool = False) -> tuple[JsonDict, bool]:
+        """Apply one PATCH request; answers (object, created)."""
+        live = self.get_object(kind, namespace, name)
+        if content_type == APPLY_PATCH:
+            if not manager:
+                raise bad_request("PATCH /apply: fieldManager is required for apply requests")
+            config = self._parse_apply_body(body)
+            meta = config.get("metadata") or {}
+            if meta.get("name") and meta["name"] != name:
+                raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL "
+                                  f"({name})")
+            if not config.get("apiVersion") or not config.get("kind"):
+                raise bad_request("apply requests need apiVersion and kind in the body")
+            self._check_type(kind, config)
+            with_status = subresource == "status"
+            try:
+                result = server_side_apply(live, config, manager=manager, force=force,
+                                           api_version=kind.api_version, now=now_rfc3339(), with_status=with_status)
+            except ApplyConflictError as error:
+                raise StatusError(409, "Conflict", error.message, {
+                    "name": name, **({"group": kind.group} if kind.group else {}), "kind": kind.plural,
+                    "causes": [{"reason": "FieldManagerConflict", "field": render_path(c.path),
+                                "message": f'conflict with "{c.manager}" using {c.api_version}'}
+                               for c in error.conflicts],
+                }) from error
+            if live is None:
+                if subresource:
+                    raise not_found(kind, name)
+                merged = result.obj
+                merged.setdefault("metadata", {})["name"] = name
+                return await self.create_object(kind, namespace, merged, manager=manager, dry_run=dry_run,
+                                         keep_managed_fields=True), True
+            return self.write_object(kind, live, result.obj, manager=manager, subresource=subresource, dry_run=dry_run,
+                              managed_done=True), False
+        if live is None:
+            raise not_found(kind, name)
+        try:
+            if content_type == MERGE_PATCH:
+                if not isinstance(body, dict):
+                    raise bad_request("a merge patch must be a JSON object")
+                candidate = merge_patch(live, body)
+            elif content_type == STRATEGIC_PATCH:
+                if not isinstance(body, dict):
+                    raise bad_request("a strategic merge patch must be a JSON object")
+                candidate = strategic_merge_patch(live, body)
+            elif content_type == JSON_PATCH:
+                if not isinstance(body, list):
+                    raise bad_request("a JSON patch must be a list of operations")
+                candidate = json_patch(live, body)
+            else:
+                raise StatusError(415, "UnsupportedMediaType",
+                                  f'the body of the request was in an unknown format - accepted media types '
+                                  f'include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_PATCH}, {APPLY_PATCH}')
+        except PatchError as error:
+            raise StatusError(422, "Invalid", f"the server rejected our request due to an error in our request: "
+                                              f"{error}", {"name": name, "kind": kind.plural}) from error
+        if not isinstance(candidate, dict):
+            raise StatusError(422, "Invalid", "the patch does not leave an object")
+        return self.write_object(kind, live, candidate, manager=manager or "unknown", subresource=subresource,
+                          dry_run=dry_run), False
+
+    @staticmethod
+    def _parse_apply_body(body: Any) -> JsonDict:
+        if isinstance(body, bytes):
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                try:
+                    parsed = YAML(typ="safe", pure=True).load(body.decode("utf-8"))
+                except Exception as error:
+                    raise bad_request(f"error decoding YAML: {error}") from error
+        else:
+            parsed = body
+        if not isinstance(parsed, dict):
+            raise bad_request("the body of an apply request must be an object")
+        return dict(parsed)
+
+    async def delete_object(self, kind: Kind, namespace: str | None, name: str, *,
+                            propagation: str = "Background", preconditions: Mapping[str, Any] | None = None,
+                            dry_run: bool = False) -> JsonDict:
+        """Delete like the API server: finalizers and namespaces wait, dependents follow unless orphaned."""
+        live = self.get_object(kind, namespace, name)
+        if live is None:
+            raise not_found(kind, name)
+        meta = live.get("metadata") or {}
+        for field_name in ("uid", "resourceVersion"):
+            wanted = (preconditions or {}).get(field_name)
+            if wanted and str(wanted) != str(meta.get(field_name)):
+                raise conflict(kind, name, f"Precondition failed: {field_name} in precondition: {wanted}, "
+                                           f"{field_name} in object meta: {meta.get(field_name)}")
+        if dry_run:
+            return live
+        if meta.get("deletionTimestamp"):
+            return live
+        if kind is NAMESPACES:
+            # Namespaces go through Terminating while their content is removed (the controllers do it).
+            terminating = copy.deepcopy(live)
+            terminating["metadata"]["deletionTimestamp"] = now_rfc3339()
+            terminating.setdefault("status", {})["phase"] = "Terminating"
+            return self._commit(kind, "MODIFIED", live, terminating)
+        if meta.get("finalizers"):
+            marked = copy.deepcopy(live)
+            marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            return self._commit(kind, "MODIFIED", live, marked)
+        if propagation == "Orphan":
+            self._orphan_dependents(kind, live)
+        return self._commit(kind, "DELETED", live, live)
+
+    def _orphan_dependents(self, kind: Kind, owner: Mapping[str, Any]) -> None:
+        uid = str((owner.get("metadata") or {}).get("uid"))
+        namespace = (owner.get("metadata") or {}).get("namespace")
+        for dependent_kind, dependent in self.dependents(uid, namespace):
+            updated = copy.deepcopy(dependent)
+            refs = [r for r in updated["metadata"].get("ownerReferences", []) if r.get("uid") != uid]
+            if refs:
+                updated["metadata"]["ownerReferences"] = refs
+            else:
+                updated["metadata"].pop("ownerReferences", None)
+            self.write_object(dependent_kind, dependent, updated, manager="kube-controller-manager", trusted=True)
+
+    def dependents(self, owner_uid: str, namespace: str | None) -> list[tuple[Kind, JsonDict]]:
+        return [
+            (kind, obj) for kind in KINDS
+            for obj in self.list_objects(kind, namespace if kind.namespaced else None,
+                                         lambda o: owner_uid in _owner_uids(o))
+        ]
+
+    def select(self, kind: Kind, namespace: str | None, label_selector: str | None = None,
+               field_selector: str | None = None) -> list[JsonDict]:
+        try:
+            labels = parse_label_selector(label_selector)
+            fields = parse_field_selector(field_selector, kind.field_selectors)
+        except SelectorError as error:
+            raise bad_request(str(error)) from error
+        return self.list_objects(kind, namespace, lambda obj: labels_match(
+            labels, (obj.get("metadata") or {}).get("labels")) and all(f.matches(obj) for f in fields))
+
+    def mint_token(self, namespace: str, service_account: str, audiences: Iterable[str] | None = None, *,
+                   expiration_seconds: int = DEFAULT_EXPIRATION_SECONDS, pod: Mapping[str, Any] | None = None,
+                   ) -> str:
+        """A token for the service account, bound to ``pod`` if given (what the kubelet projects)."""
+        account = self.get_object(SERVICE_ACCOUNTS, namespace, service_account)
+        if account is None:
+            raise not_found(SERVICE_ACCOUNTS, service_account)
+        bound = None
+        if pod is not None:
+            pod_meta = pod.get("metadata") or {}
+            bound = BoundObject(str(pod_meta.get("name")), str(pod_meta.get("uid")), self.node_name, self.node_uid)
+        wanted = [a for a in audiences or () if a] or [self.issuer.issuer_url]
+        return self.issuer.mint(
+            namespace=namespace, service_account=service_account,
+            service_account_uid=str(account["metadata"]["uid"]), audiences=wanted,
+            expiration_seconds=expiration_seconds, bound=bound,
+        )
+
+    # --- HTTP handlers (kmock reactions) --------------------------------------------------------
+
+    def _manager(self, request: kmock.Request) -> str:
+        manager = request.params.get("fieldManager")
+        if manager:
+            return manager
+        # Without fieldManager the API server names the writer after its user agent's product.
+        agent = _header(request, "User-Agent").split("/")[0].strip()
+        return agent[:128] or "unknown"
+
+    @staticmethod
+    def _dry_run(request: kmock.Request) -> bool:
+        return request.params.get("dryRun") == "All"
+
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        assert request.name is not None  # a FETCH has a name by definition
+        if request.subresource not in (None, "status"):
+            if kind is PODS and request.subresource == "log":
+                if self.get_object(kind, namespace, request.name) is None:
+                    raise not_found(kind, request.name)
+                return KmockResponse(status=200, headers={"Content-Type": "text/plain"}, payload=b"")
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        obj = self.get_object(kind, namespace, request.name)
+        if obj is None:
+            raise not_found(kind, request.name)
+        return _api_response(obj)
+
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        found = self.select(kind, namespace, request.params.get("labelSelector"), request.params.get("fieldSelector"))
+        listed_rv = self._rv
+        token = request.params.get("continue")
+        if token:
+            try:
+                state = json.loads(base64.urlsafe_b64decode(token.encode()))
+                after = (str(state["after"][0]), str(state["after"][1]))
+                listed_rv = int(state["rv"])
+            except (ValueError, KeyError, TypeError, IndexError) as error:
+                raise bad_request("continue key is not valid") from error
+            found = [o for o in found
+                     if (o["metadata"].get("namespace") or "", o["metadata"]["name"]) > after]
+        meta: JsonDict = {"resourceVersion": str(listed_rv)}
+        limit = request.params.get("limit")
+        if limit and limit.isdigit() and 0 < int(limit) < len(found):
+            rest = len(found) - int(limit)
+            found = found[: int(limit)]
+            last = found[-1]["metadata"]
+            state = {"rv": listed_rv, "after": [last.get("namespace") or "", last["name"]]}
+            meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+            meta["remainingItemCount"] = rest
+        return _api_response({
+            "kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": meta,
+            "items": [_strip_for_list(o) for o in found],
+        })
+
+    async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        if not isinstance(request.data, dict):
+            raise bad_request("the body of the request must be a JSON object")
+        obj = await self.create_object(kind, namespace, request.data, manager=self._manager(request),
+                                dry_run=self._dry_run(request))
+        return _api_response(obj, 201)
+
+    async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        assert request.name is not None  # a PATCH has a name by definition
+        if request.subresource not in (None, "status"):
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        content_type = _header(request, "Content-Type").split(";")[0].strip().lower()
+        body: Any = request.body if content_type == APPLY_PATCH else request.data
+        if content_type != APPLY_PATCH and body is None:
+            raise bad_request("the body of the request could not be decoded as JSON")
+        manager = request.params.get("fieldManager") or (None if content_type == APPLY_PATCH
+                                                         else self._manager(request))
+        obj, created = await self.patch_object(
+            kind, namespace, request.name, content_type, body, manager=manager,
+            force=request.params.get("force") == "true", subresource=request.subresource or "",
+            dry_run=self._dry_run(request),
+        )
+        return _api_response(obj, 201 if created else 200)
+
+    async def _serve_replace(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        if request.name is None or request.subresource not in (None, "status"):
+            raise StatusError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
+                                                       "resource")
+        if not isinstance(request.data, dict):
+            raise bad_request("the body of the request must be a JSON object")
+        live = self.get_object(kind, namespace, request.name)
+        if live is None:
+            raise not_found(kind, request.name)
+        obj = self.write_object(kind, live, request.data, manager=self._manager(request),
+                         subresource=request.subresource or "", dry_run=self._dry_run(request))
+        return _api_response(obj)
+
+    async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        assert request.name is not None  # a DELETE of one object has a name by definition
+        options = request.data if isinstance(request.data, dict) else {}
+        propagation = str(options.get("propagationPolicy") or request.params.get("propagationPolicy")
+                          or "Background")
+        if options.get("orphanDependents") is True or request.params.get("orphanDependents") == "true":
+            propagation = "Orphan"
+        dry_run = self._dry_run(request) or options.get("dryRun") == ["All"]
+        obj = await self.delete_object(kind, namespace, request.name, propagation=propagation,
+                                preconditions=options.get("preconditions"), dry_run=dry_run)
+        if kind is PODS or (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return _api_response(obj)  # graceful or finalized deletions answer with the object
+        details: JsonDict = {"name": request.name, "kind": kind.plural, "uid": obj["metadata"].get("uid")}
+        if kind.group:
+            details["group"] = kind.group
+        return _api_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                              "details": details})
+
+    async def _serve_delete_collection(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        if request.name is not None:
+            raise StatusError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
+                                                       "resource")
+        deleted = []
+        for obj in self.select(kind, namespace, request.params.get("labelSelector"),
+                               request.params.get("fieldSelector")):
+            meta = obj["metadata"]
+            deleted.append(await self.delete_object(kind, meta.get("namespace"), meta["name"],
+                                             dry_run=self._dry_run(request)))
+        return _api_response({"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
+                              "metadata": {"resourceVersion": str(self._rv)},
+                              "items": [_strip_for_list(o) for o in deleted]})
+
+    async def _serve_post_subresource(self, request: kmock.Request) -> kmock.Payload:
+        kind, namespace = self._target(request)
+        if kind is SERVICE_ACCOUNTS and request.name and request.subresource == "token":
+            return self._token_request(str(namespace), request.name, request.data)
+        if kind is PODS and request.subresource in ("exec", "attach", "portforward", "eviction"):
+            raise StatusError(400, "BadRequest", f"{request.subresource} is not available in the keyless sandbox; "
+                                                 "use `keyless sandbox exec` to run a command as a pod")
+        raise StatusError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+    def _token_request(self, namespace: str, name: str, body: Any) -> kmock.Payload:
+        spec = (body or {}).get("spec") or {} if isinstance(body, dict) else {}
+        expiration = int(spec.get("expirationSeconds") or DEFAULT_EXPIRATION_SECONDS)
+        if expiration < 600:
+            raise StatusError(422, "Invalid", 'TokenRequest.authentication.k8s.io "' + name + '" is invalid: '
+                                              "spec.expirationSeconds: Invalid value: may not specify a duration "
+                                              "less than 10 minutes")
+        pod = None
+        bound = spec.get("boundObjectRef") or {}
+        if bound.get("kind") == "Pod":
+            pod = self.get_object(PODS, namespace, str(bound.get("name")))
+            if pod is None:
+                raise not_found(PODS, str(bound.get("name")))
+        audiences = spec.get("audiences") or [self.issuer.issuer_url]
+        token = self.mint_token(namespace, name, audiences, expiration_seconds=expiration, pod=pod)
+        expires = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=max(expiration, 600))
+        return _api_response({
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+            "spec": {"audiences": audiences, "expirationSeconds": expiration, "boundObjectRef": bound or None},
+            "status": {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        }, 201)
+
+    def serve_discovery_under(self, path: str) -> None:
+        """Also answer OIDC discovery below ``path``, for an issuer URL that points into this server.
+
+        The API server itself only answers at the root; a verifier that follows an issuer with a
+        path (``<issuer>/.well-known/openid-configuration``) needs this one too.
+        """
+        prefix = path.rstrip("/")
+        if prefix:
+            self.fallback[f"get {prefix}/.well-known/openid-configuration"] << self._serve_oidc_configuration
+
+    async def _serve_oidc_configuration(self, request: kmock.Request) -> kmock.Payload:
+        return _api_response(self.issuer.discovery(self.jwks_uri))
+
+    async def _serve_jwks(self, request: kmock.Request) -> kmock.Payload:
+        return KmockResponse(status=200, headers={"Content-Type": "application/jwk-set+json"},
+                              payload=json.dumps(self.issuer.jwks()).encode())
+
+    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
+        payload = await super()._serve_version(request)
+        # kmock spells the core group's version "/v1"; clients expect "v1".
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = str(payload["groupVersion"])[1:]
+        return payload
+
+    async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
+        major, minor = self.server_version
+        return _api_response({
+            "major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0-keyless-sandbox",
+            "gitCommit": "0" * 40, "gitTreeState": "clean", "buildDate": "2024-01-01T00:00:00Z",
+            "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64",
+        })
+
+    # --- watches --------------------------------------------------------------------------------
+
+    async def _watch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        kind, namespace = self._target(request)
+        try:
+            labels = parse_label_selector(request.params.get("labelSelector"))
+            fields = parse_field_selector(request.params.get("fieldSelector"), kind.field_selectors)
+        except SelectorError as error:
+            raise bad_request(str(error)) from error
+        if request.name is not None:
+            fields = (*fields, FieldRequirement("metadata.name", request.name, True))
+        watcher = _Watcher(kind, namespace, labels, fields)
+        # Registration and the initial events happen without an await in between, so nothing is missed.
+        initial = self._initial_events(watcher, request.params.get("resourceVersion"))
+        self._watchers.append(watcher)
+        timeout = request.params.get("timeoutSeconds")
+        deadline = time.monotonic() + (float(timeout) if timeout and timeout.isdigit() else 1800.0)
+        raw = request._raw_request
+        assert raw is not None  # every HTTP request carries its aiohttp request
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        try:
+            await response.prepare(raw)
+            for event in initial:
+                await response.write(json.dumps(event).encode() + b"\n")
+            async for event in self._events(watcher, deadline):
+                await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client went away; real watches end the same way
+        finally:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+        return response
+
+    def _initial_events(self, watcher: _Watcher, resource_version: str | None) -> list[JsonDict]:
+        if not resource_version or resource_version == "0":
+            return [{"type": "ADDED", "object": obj} for obj in self.list_objects(watcher.kind, watcher.namespace)
+                    if watcher.selects(obj)]
+        try:
+            since = int(resource_version)
+        except ValueError as error:
+            raise bad_request(f"invalid resource version: {resource_version!r}") from error
+        oldest = self._log[0].rv if self._log else self._rv + 1
+        if since < oldest - 1 and len(self._log) == self._log.maxlen:
+            gone = StatusError(410, "Expired", f"too old resource version: {since} ({oldest - 1})")
+            return [{"type": "ERROR", "object": gone.body()}]
+        events = []
+        for change in self._log:
+            if change.rv > since and change.kind is watcher.kind:
+                event = watcher.event_for(change)
+                if event is not None:
+                    events.append(event)
+        return events
+
+    async def _events(self, watcher: _Watcher, deadline: float) -> AsyncIterator[JsonDict]:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                event = await asyncio.wait_for(watcher.queue.get(), timeout=min(remaining, 5.0))
+            except TimeoutError:
+                continue
+            if event is None:
+                return
+            yield event
+            if event.get("type") == "ERROR":
+                return
+
+    def close_watches(self) -> None:
+        """End every open watch (on shutdown), so the HTTP server can stop without waiting."""
+        for watcher in list(self._watchers):
+            watcher.queue.put_nowait(None)
+

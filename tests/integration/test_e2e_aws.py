@@ -1,0 +1,246 @@
+"""End to end on the sandbox: the keyless CLI drives real boto3 and lightkube against the AWS and EKS stand-ins."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from lightkube import Client, KubeConfig
+from lightkube.resources.core_v1 import Pod, ServiceAccount
+from typer.testing import CliRunner
+
+from keyless.cli import app as cli
+from keyless.sandbox import control
+from keyless.sandbox.porter import deploy_workloads
+from keyless.sandbox.stack import EKS_TARGET, SandboxStack, SandboxState
+from keyless.spec import load_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SandboxStack, SandboxState]]:
+    stack = SandboxStack(tmp_path_factory.mktemp("sandbox"), association_delay=0.2)
+    state = stack.start()
+    try:
+        yield stack, state
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def env(sandbox: tuple[SandboxStack, SandboxState], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    _, state = sandbox
+    for key, value in state.env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    return state.env
+
+
+def porter_yaml(tmp_path: Path, app: str, services: dict[str, str | None], name: str = "porter.yaml") -> Path:
+    """A porter.yaml whose services are web services bound to the given role (None: no connection)."""
+    lines = [f"name: {app}", "services:"]
+    for service, role in services.items():
+        lines += [f"  - name: {service}", "    type: web", "    port: 8080"]
+        if role:
+            lines += ["    connections:", "      - type: awsRole", f"        role: {role}"]
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def deploy(env: dict[str, str], path: Path, namespace: str = "shop") -> Client:
+    client = Client(KubeConfig.from_file(env["KUBECONFIG"]), namespace=namespace)
+    loaded = load_app(path.read_bytes(), str(path), {})
+    assert loaded.app.name
+    deploy_workloads(client, loaded.app.name, loaded.app, namespace)
+    return client
+
+
+def associations(cluster: str, namespace: str = "shop") -> dict[str, str]:
+    client = boto3.client("eks")
+    found = {}
+    for page in client.get_paginator("list_pod_identity_associations").paginate(clusterName=cluster,
+                                                                                namespace=namespace):
+        for summary in page["associations"]:
+            described = client.describe_pod_identity_association(
+                clusterName=cluster, associationId=summary["associationId"])["association"]
+            found[summary["serviceAccount"]] = described["roleArn"]
+    return found
+
+
+def test_apply_binds_then_second_run_makes_no_changes(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-one", {"api": "keyless-demo-api", "web": None})
+    client = deploy(env, path)
+
+    code, output = run("plan", "-f", str(path), "--target", EKS_TARGET)
+    assert code == 0, output
+    assert "+ cloud_binding shop/e2e-one-api" in output
+    assert "e2e-one-web" not in output  # no connection: keyless leaves it alone
+
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
+    assert code == 0, output
+    assert associations("keyless-sandbox")["e2e-one-api"].endswith(":role/keyless-demo-api")
+    account = client.get(ServiceAccount, name="e2e-one-api")
+    assert account.metadata is not None
+    assert account.metadata.labels is not None
+    assert account.metadata.labels["app.kubernetes.io/managed-by"] == "keyless"
+
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
+    assert code == 0, output
+    assert "No changes" in output
+
+    code, output = run("status", "--target", EKS_TARGET, "--app", "e2e-one", "--format", "json")
+    assert code == 0, output
+    rows = {r["service"]: r for r in json.loads(output)}
+    assert rows["api"]["identity"].endswith(":role/keyless-demo-api")
+    assert rows["api"]["drift"] is None
+
+
+def test_pod_created_after_apply_gets_credentials_for_its_role(
+        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-pod", {"api": "keyless-demo-api"})
+    client = deploy(env, path)
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
+    assert code == 0, output
+    pods = [p for p in client.list(Pod, labels={"porter.run/app-name": "e2e-pod"})
+            if p.status is not None and p.status.phase == "Running"]
+    assert pods
+    pod = pods[0]
+    assert pod.metadata is not None
+    assert pod.metadata.name
+    _, state = sandbox
+    result = control.exec_in_pod(state, "shop", pod.metadata.name,
+                                 [sys.executable, "-m", "keyless", "doctor", "--format", "json"], capture=True)
+    assert result.returncode == 0, result.stderr
+    checks = json.loads(result.stdout)
+    aws = next(c for c in checks if c["cloud"] == "aws")
+    assert aws["details"]["method"] == "container-role"
+    assert ":assumed-role/keyless-demo-api/" in aws["details"]["arn"]
+
+
+def test_role_change_updates_and_service_removal_deletes(env: dict[str, str], tmp_path: Path) -> None:
+    first = porter_yaml(tmp_path, "e2e-change", {"api": "keyless-demo-api", "worker": "keyless-demo-worker"})
+    client = deploy(env, first)
+    assert run("apply", "-f", str(first), "--target", EKS_TARGET, "--auto-approve")[0] == 0
+
+    changed = porter_yaml(tmp_path, "e2e-change", {"api": "keyless-demo-worker"}, name="changed.yaml")
+    code, output = run("plan", "-f", str(changed), "--target", EKS_TARGET)
+    assert code == 0, output
+    assert "~ cloud_binding shop/e2e-change-api" in output
+    assert "- cloud_binding shop/e2e-change-worker" in output
+    assert "service removed from porter.yaml" in output
+
+    assert run("apply", "-f", str(changed), "--target", EKS_TARGET, "--auto-approve")[0] == 0
+    found = associations("keyless-sandbox")
+    assert found["e2e-change-api"].endswith(":role/keyless-demo-worker")
+    assert "e2e-change-worker" not in found
+    names = {a.metadata.name for a in client.list(ServiceAccount) if a.metadata}
+    assert "e2e-change-worker" not in names
+
+
+def test_identical_association_made_by_hand_is_adopted(env: dict[str, str], tmp_path: Path) -> None:
+    role = boto3.client("iam").get_role(RoleName="keyless-demo-api")["Role"]["Arn"]
+    boto3.client("eks").create_pod_identity_association(
+        clusterName="keyless-sandbox", namespace="shop", serviceAccount="e2e-adopt-api", roleArn=role)
+    path = porter_yaml(tmp_path, "e2e-adopt", {"api": "keyless-demo-api"})
+    deploy(env, path)
+    _, output = run("plan", "-f", str(path), "--target", EKS_TARGET)
+    assert "<= cloud_binding shop/e2e-adopt-api" in output, output
+    assert run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")[0] == 0
+    assert "No changes" in run("plan", "-f", str(path), "--target", EKS_TARGET)[1]
+
+
+def test_association_to_another_role_made_by_hand_blocks(env: dict[str, str], tmp_path: Path) -> None:
+    role = boto3.client("iam").get_role(RoleName="keyless-demo-worker")["Role"]["Arn"]
+    boto3.client("eks").create_pod_identity_association(
+        clusterName="keyless-sandbox", namespace="shop", serviceAccount="e2e-clash-api", roleArn=role)
+    path = porter_yaml(tmp_path, "e2e-clash", {"api": "keyless-demo-api"})
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
+    assert code == 3, output
+    assert "already bound to" in output
+    assert "keyless-demo-worker" in output
+    assert associations("keyless-sandbox")["e2e-clash-api"] == role  # untouched
+
+
+def test_missing_role_is_blocked_by_preflight(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-norole", {"api": "no-such-role"})
+    code, output = run("plan", "-f", str(path), "--target", EKS_TARGET)
+    assert code == 3, output
+    assert "no-such-role" in output
+
+
+def test_drift_is_reported_and_repaired(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-drift", {"api": "keyless-demo-api"})
+    deploy(env, path)
+    assert run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")[0] == 0
+    client = boto3.client("eks")
+    summary = client.list_pod_identity_associations(clusterName="keyless-sandbox", namespace="shop",
+                                                    serviceAccount="e2e-drift-api")["associations"][0]
+    client.delete_pod_identity_association(clusterName="keyless-sandbox", associationId=summary["associationId"])
+
+    code, output = run("status", "--target", EKS_TARGET, "--app", "e2e-drift", "--format", "json")
+    assert code == 0, output
+    rows = {r["service"]: r for r in json.loads(output)}
+    assert "deleted outside keyless" in rows["api"]["drift"]
+
+    assert run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")[0] == 0
+    assert "e2e-drift-api" in associations("keyless-sandbox")
+
+
+def test_saved_plan_applies_and_refuses_when_stale(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-saved", {"api": "keyless-demo-api", "worker": "keyless-demo-worker"})
+    deploy(env, path)
+    saved = tmp_path / "plan.json"
+    code, output = run("plan", "-f", str(path), "--target", EKS_TARGET, "--out", str(saved))
+    assert code == 0, output
+    # Someone binds the worker by hand meanwhile: the saved plan no longer describes the world.
+    role = boto3.client("iam").get_role(RoleName="keyless-demo-worker")["Role"]["Arn"]
+    boto3.client("eks").create_pod_identity_association(
+        clusterName="keyless-sandbox", namespace="shop", serviceAccount="e2e-saved-worker", roleArn=role)
+    code, output = run("apply", str(saved), "--auto-approve")
+    assert code == 1, output
+    assert "stale" in output
+    assert "e2e-saved-api" not in associations("keyless-sandbox")
+
+    code, output = run("plan", "-f", str(path), "--target", EKS_TARGET, "--out", str(saved))
+    assert code == 0, output
+    code, output = run("apply", str(saved), "--auto-approve")
+    assert code == 0, output
+    assert "e2e-saved-api" in associations("keyless-sandbox")
+
+
+def test_apply_without_terminal_needs_auto_approve(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-ask", {"api": "keyless-demo-api"})
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET)
+    assert code == 2, output
+    assert "--auto-approve" in output
+    assert "e2e-ask-api" not in associations("keyless-sandbox")
+
+
+def test_invalid_porter_yaml_never_reaches_the_cloud(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "porter.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: e2e-bad
+        services:
+          - name: api
+            connections:
+              - type: awsRole
+                role: "arn:aws:s3:::bucket"
+        """))
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
+    assert code == 2, output
+    assert f"{path}:6:" in output
+    assert "e2e-bad-api" not in associations("keyless-sandbox")
