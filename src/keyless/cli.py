@@ -28,6 +28,10 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+INTERRUPTED = ("interrupted. Nothing is left half-done that a second run does not finish: "
+               "run the same command again to converge.")
+
+
 class _Group(TyperGroup):
     """Every command's keyless errors become their message and exit code, never a traceback."""
 
@@ -37,6 +41,9 @@ class _Group(TyperGroup):
         except KeylessError as exc:
             err.print(exc.render(), markup=False)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print(INTERRUPTED, markup=False)
+            ctx.exit(130)
 
 
 app = typer.Typer(
@@ -162,8 +169,7 @@ def main() -> None:
     except KeylessError as exc:
         fail(exc)
     except KeyboardInterrupt:
-        err.print("interrupted. Nothing is left half-done that a second run does not finish: "
-                  "run the same command again to converge.", markup=False)
+        err.print(INTERRUPTED, markup=False)
         sys.exit(130)
 
 

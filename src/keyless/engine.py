@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from keyless.targets import AnyTarget
 
 VISIBILITY_TIMEOUT = 60.0
 ROLLOUT_TIMEOUT = 120.0
-MAX_PARALLEL_SERVICES = 8
+MAX_PARALLEL_SERVICES = 16  # I/O bound: most of a service's time is waiting for propagation and rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +159,13 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observe
     for action in plan.changes:
         by_service.setdefault(action.service, []).append(action)
 
+    stopping = threading.Event()
+
     def run_service(actions: list[Action]) -> list[ActionResult]:
         results: list[ActionResult] = []
         for action in actions:
+            if stopping.is_set():
+                break  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
             start = time.monotonic()
             try:
                 message = _apply_one(action, provider, kube, observed.workloads)
@@ -175,8 +180,14 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observe
         return results
 
     workers = max(1, min(MAX_PARALLEL_SERVICES, len(by_service)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyless-apply") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyless-apply")
+    try:
         batches = list(pool.map(run_service, by_service.values()))
+    except KeyboardInterrupt:
+        stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     results = [r for batch in batches for r in batch]
     if isinstance(kube, RenderedKube) and not any(not r.ok for r in results):
         # Render mode: the whole app's manifests and Helm values are written once the cloud side is done.

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod, ServiceAccount
@@ -81,7 +86,13 @@ def associations(cluster: str, namespace: str = "shop") -> dict[str, str]:
     return found
 
 
-def test_apply_binds_then_second_run_makes_no_changes(env: dict[str, str], tmp_path: Path) -> None:
+def _eks_writes(env: dict[str, str]) -> int:
+    counts = httpx.get(f"{env['AWS_ENDPOINT_URL_EKS']}/_sandbox/requests", timeout=10).json()
+    return sum(n for method, n in counts.items() if method != "GET")
+
+
+def test_apply_binds_then_second_run_makes_no_changes(
+        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
     path = porter_yaml(tmp_path, "e2e-one", {"api": "keyless-demo-api", "web": None})
     client = deploy(env, path)
 
@@ -98,9 +109,17 @@ def test_apply_binds_then_second_run_makes_no_changes(env: dict[str, str], tmp_p
     assert account.metadata.labels is not None
     assert account.metadata.labels["app.kubernetes.io/managed-by"] == "keyless"
 
+    stack, _ = sandbox
+    assert stack.eks is not None
+    stack.eks.wait_idle()
+    kube_version = stack.eks.api.resource_version
+    eks_writes = _eks_writes(env)
     code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
     assert code == 0, output
     assert "No changes" in output
+    assert _eks_writes(env) == eks_writes  # the second run made no write call to EKS...
+    stack.eks.wait_idle()
+    assert stack.eks.api.resource_version == kube_version  # ...nor to Kubernetes
 
     code, output = run("status", "--target", EKS_TARGET, "--app", "e2e-one", "--format", "json")
     assert code == 0, output
@@ -244,3 +263,28 @@ def test_invalid_porter_yaml_never_reaches_the_cloud(env: dict[str, str], tmp_pa
     assert code == 2, output
     assert f"{path}:6:" in output
     assert "e2e-bad-api" not in associations("keyless-sandbox")
+
+
+def test_interrupted_apply_converges_on_the_next_run(env: dict[str, str], tmp_path: Path) -> None:
+    """Ctrl-C in the middle of an apply: the process stops cleanly (no traceback) and the next run finishes."""
+    services = {f"s{i}": "keyless-demo-api" for i in range(6)}
+    path = porter_yaml(tmp_path, "e2e-intr", services)
+    deploy(env, path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keyless", "apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve"],
+        env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not associations("keyless-sandbox").keys() & {
+            f"e2e-intr-{s}" for s in services}:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert "Traceback" not in output, output
+    assert process.returncode == 130, output  # the settle wait after each create keeps the run long enough
+    assert "run the same command again" in output
+
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
+    assert code == 0, output
+    bound = {sa for sa in associations("keyless-sandbox") if sa.startswith("e2e-intr-")}
+    assert bound == {f"e2e-intr-{s}" for s in services}
+    assert "No changes" in run("plan", "-f", str(path), "--target", EKS_TARGET)[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import threading
@@ -148,6 +149,8 @@ class EksFront:
         self.faults = faults
         self.role_propagation_delay = role_propagation_delay
         self._session: aiohttp.ClientSession | None = None
+        # Requests by HTTP method, so a user (or a test) can check that a run made no write call.
+        self.requests: collections.Counter[str] = collections.Counter()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
@@ -165,6 +168,7 @@ class EksFront:
         segments = [unquote(s) for s in request.rel_url.raw_path.split("/")[1:]]
         if segments and segments[0] == "_sandbox":
             return await self._sandbox_api(request, segments[1:])
+        self.requests[request.method] += 1
         try:
             if "Authorization" not in request.headers:
                 raise EksError("MissingAuthenticationTokenException", "Missing Authentication Token")
@@ -441,6 +445,8 @@ class EksFront:
             return web.json_response({"message": error.message}, status=400)
         if seg == ["health"]:
             return web.json_response({"ok": True})
+        if seg == ["requests"] and request.method == "GET":
+            return web.json_response(dict(self.requests))
         if seg == ["faults"] and request.method == "GET":
             return web.json_response(self._faults_json())
         if seg == ["faults", "throttle"] and request.method == "POST":
