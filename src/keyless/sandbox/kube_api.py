@@ -74,7 +74,8 @@ JSON_PATCH: Final = "application/json-patch+json"
 
 _HISTORY_KEPT: Final = 16  # object versions kmock keeps per object (for assertions), older ones are dropped
 _TOMBSTONES_KEPT: Final = 500  # deleted objects whose history kmock keeps
-_REQUESTS_KEPT: Final = 500  # requests kmock keeps for assertions; a long-running sandbox must not grow forever
+_REQUESTS_KEPT: Final = 16  # kmock matches every request against the history it keeps (a linear scan per
+# reaction), so a long history makes each request slower: keep only the last few for kmock's own assertions
 _EVENT_LOG: Final = 2000  # watch events kept to resume watches from a resourceVersion
 _GENERATED_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"  # the API server's alphabet for generated names
 
