@@ -288,3 +288,37 @@ def test_interrupted_apply_converges_on_the_next_run(env: dict[str, str], tmp_pa
     bound = {sa for sa in associations("keyless-sandbox") if sa.startswith("e2e-intr-")}
     assert bound == {f"e2e-intr-{s}" for s in services}
     assert "No changes" in run("plan", "-f", str(path), "--target", EKS_TARGET)[1]
+
+
+def test_render_mode_binds_in_the_cloud_and_writes_manifests_instead_of_touching_the_cluster(
+        env: dict[str, str], tmp_path: Path) -> None:
+    out_dir = tmp_path / "gitops"
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(textwrap.dedent(f"""\
+        targets:
+          gitops-eks:
+            cloud: aws
+            region: us-east-1
+            cluster: keyless-sandbox
+            namespace: shop
+            kubernetes: {{mode: render, outDir: {out_dir}}}
+        """))
+    path = porter_yaml(tmp_path, "e2e-render", {"api": "keyless-demo-api"})
+    code, output = run("apply", "-f", str(path), "--target", "gitops-eks", "--targets", str(targets),
+                       "--auto-approve")
+    assert code == 0, output
+    assert associations("keyless-sandbox")["e2e-render-api"].endswith(":role/keyless-demo-api")
+    account = (out_dir / "serviceaccounts" / "e2e-render-api.yaml").read_text()
+    assert "name: e2e-render-api" in account
+    assert "app.kubernetes.io/managed-by: keyless" in account
+    assert "e2e-render-api" in (out_dir / "helm-values.yaml").read_text()
+    client = Client(KubeConfig.from_file(env["KUBECONFIG"]), namespace="shop")
+    assert "e2e-render-api" not in {a.metadata.name for a in client.list(ServiceAccount) if a.metadata}
+
+    elsewhere = tmp_path / "rendered"
+    writes = _eks_writes(env)
+    code, output = run("render", "-f", str(path), "--target", "gitops-eks", "--targets", str(targets),
+                       "--out-dir", str(elsewhere))
+    assert code == 0, output
+    assert (elsewhere / "serviceaccounts" / "e2e-render-api.yaml").exists()
+    assert _eks_writes(env) == writes  # render never writes to the cloud
