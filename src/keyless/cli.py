@@ -266,6 +266,9 @@ def apply_command(
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{plan_file}: not a keyless plan file ({exc})",
                              "create one with `keyless plan --out plan.json`") from None
+        if saved.blockers:
+            _show_plan(saved, output)
+            raise typer.Exit(3)
         name, tgt = _target(saved.target, targets)
         provider, kube = engine.connect(name, tgt)
         fresh_observed = engine.observe_saved(saved, provider, kube, tgt.namespace)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from keyless.bindings import Binding, desired_bindings, target_cloud
+from keyless.bindings import Binding, desired_bindings, target_cloud, workloads
 from keyless.diagnostics import Diagnostic
 from keyless.errors import ApplyFailed, KeylessError, PreflightFailed, UsageError
 from keyless.kube import KubeSide
@@ -74,7 +74,7 @@ def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide) -> PlannedApp:
     issues = [*issues, *provider.preflight(resolved)]
     _blocking(issues)
     observed = observe_all(provider, kube, spec.app, spec.target_name, spec.target.namespace, resolved)
-    declared = [s.name for s in spec.loaded.app.services]
+    declared = [name for name, _, _, _ in workloads(spec.loaded)]  # services, predeploy and initialDeploy
     cloud_actions, blockers = plan_bindings(
         resolved, observed.bindings, app=spec.app, target=spec.target_name,
         in_place_identity_change=provider.in_place_identity_change, services_in_app=declared,
@@ -207,6 +207,7 @@ class StalePlan(ApplyFailed):
 def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str) -> Observed:
     """Observe again what a (saved) plan was computed from."""
     desired = [a.desired for a in plan.actions if a.desired is not None and a.resource is Resource.CLOUD_BINDING]
+    desired += [b.desired for b in plan.blockers if b.desired is not None]
     return observe_all(provider, kube, plan.app, plan.target, namespace, desired)
 
 
@@ -225,14 +226,14 @@ def connect(target_name: str, target: AnyTarget) -> tuple[Provider, KubeSide]:
     from keyless.kube.client import ClusterKube
     from keyless.targets import AwsTarget, KubernetesMode
 
-    kube: KubeSide
-    if target.kubernetes.mode is KubernetesMode.RENDER:
-        kube = RenderedKube(target_name, target.kubernetes)
-    else:
-        kube = ClusterKube(target.kubernetes)
     if isinstance(target, AwsTarget):
         from keyless.providers.aws import AwsProvider
 
+        kube: KubeSide
+        if target.kubernetes.mode is KubernetesMode.RENDER:
+            kube = RenderedKube(target_name, target.kubernetes)
+        else:
+            kube = ClusterKube(target.kubernetes)
         return AwsProvider(target), kube
     raise UsageError(f"target {target_name!r} is on {target_cloud(target).value}, which this keyless does not "
                      "support yet", "AWS (EKS Pod Identity) is supported; Azure and GCP are on the way")

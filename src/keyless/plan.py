@@ -139,6 +139,7 @@ class Blocker:
     service: str
     message: str
     hint: str = ""
+    desired: Binding | None = None  # what was wanted there, so a saved plan re-observes the same keys
 
 
 @dataclass(frozen=True)
@@ -187,21 +188,34 @@ class Plan:
             "observedDigest": self.observed_digest,
             "summary": self.summary(),
             "actions": [_action_json(a) for a in self.actions],
-            "blockers": [asdict(b) for b in self.blockers],
+            "blockers": [{"service": b.service, "message": b.message, "hint": b.hint,
+                          "desired": _binding_json(b.desired) if b.desired else None} for b in self.blockers],
             "notes": list(self.notes),
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Plan:
+    def from_json(cls, data: Any) -> Plan:
+        """A saved plan; ValueError for anything that is not one (never another exception type)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a plan file holds a JSON object")
         if data.get("format") != PLAN_FORMAT:
             raise ValueError(f"unsupported plan format {data.get('format')!r} (this keyless reads {PLAN_FORMAT})")
+        try:
+            return cls._from_json(data)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"malformed plan ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any]) -> Plan:
         return cls(
             app=str(data["app"]),
             target=str(data["target"]),
             cloud=Cloud(data["cloud"]),
             observed_digest=str(data["observedDigest"]),
             actions=tuple(_action_from_json(a) for a in data["actions"]),
-            blockers=tuple(Blocker(**b) for b in data.get("blockers", [])),
+            blockers=tuple(Blocker(service=b["service"], message=b["message"], hint=b.get("hint", ""),
+                                   desired=_binding_from_json(b["desired"]) if b.get("desired") else None)
+                           for b in data.get("blockers", [])),
             notes=tuple(data.get("notes", [])),
         )
 
@@ -295,7 +309,7 @@ def render_text(plan: Plan, *, show_noop: bool = False, markup: bool = False) ->
         if blocker.hint:
             text += f"\n      hint: {blocker.hint}"
         lines.append(f"[bold red]{_escape(text)}[/bold red]" if markup else text)
-    lines.extend(f"  note: {n}" for n in plan.notes)
+    lines.extend(f"  note: {_escape(n) if markup else n}" for n in plan.notes)
     lines += ["", plan.summary()]
     return "\n".join(lines)
 
@@ -338,13 +352,23 @@ def plan_bindings(
         owned_here = next((o for o in here if mine(o, want.service)), None)
         if same is not None and same.managed_by is not None:
             blockers.append(Blocker(want.service, f"{address} is bound by {same.managed_by}",
-                                    "keyless never changes objects owned by an add-on; remove the connection"))
+                                    "keyless never changes objects owned by an add-on; remove the connection",
+                                    desired=want))
             consumed.add(same.id)
             continue
         if same is not None and mine(same, want.service):
             consumed.add(same.id)
             actions.append(Action(ActionKind.NOOP, Resource.CLOUD_BINDING, want.service, address,
                                   f"bound to {identity}", want, same))
+            continue
+        if same is not None and same.owner is not None:
+            # keyless's own, but for another app or target: taking it over would break that app.
+            consumed.add(same.id)
+            blockers.append(Blocker(
+                want.service,
+                f"{address} is bound to {identity} by keyless for app {same.owner.app!r} on target "
+                f"{same.owner.target!r}",
+                "two apps cannot share a service account: rename one of the services or apps", desired=want))
             continue
         if same is not None:
             consumed.add(same.id)
@@ -372,7 +396,7 @@ def plan_bindings(
                 want.service,
                 f"{address} is already bound to {other.identity} by {owner} (id {other.id})",
                 "keyless does not change bindings it does not own: delete that binding, or point the "
-                "connection at the same identity so keyless can adopt it"))
+                "connection at the same identity so keyless can adopt it", desired=want))
             continue
         moved = next((o for o in observed if mine(o, want.service) and o.id not in consumed), None)
         if moved is not None:

@@ -215,10 +215,6 @@ def test_apply_with_a_garbage_plan_file(tmp_path: Path, content: str | bytes) ->
     assert "keyless plan --out plan.json" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: cli.apply_command catches (OSError, ValueError, KeyError, TypeError) around Plan.from_json, but "
-    "valid JSON whose top level (or an action) is not an object makes plan.py call .get on a list/str/int: "
-    "AttributeError escapes as a traceback with exit 1 instead of 'not a keyless plan file' with exit 2."))
 @pytest.mark.parametrize("content", [
     "[]", '"plan"', "42", "null",
     '{"format": 1, "app": "shop", "target": "t", "cloud": "aws", "observedDigest": "d", "actions": [1]}',
@@ -246,10 +242,6 @@ def test_targets_on_azure_and_gcp_are_not_supported_yet(porter: Path, targets: P
     assert "AWS (EKS Pod Identity) is supported" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.connect builds the Kubernetes client (reading the kubeconfig) before checking that the "
-    "target's cloud is supported, so an azure/gcp target in `mode: apply` (the default) fails with exit 1 "
-    "'cannot use the kubeconfig ...' instead of exit 2 'not supported yet'."))
 def test_an_unsupported_cloud_is_reported_before_the_kubeconfig_is_read(porter: Path, tmp_path: Path) -> None:
     apply_mode = write(tmp_path, "targets.yaml", TARGETS.replace("    kubernetes: {mode: render}\n", ""))
     result = run("plan", "-f", porter, "--target", "prod-aks", "--targets", apply_mode)

@@ -378,11 +378,6 @@ predeploy:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.plan_app passes services_in_app=[s.name for s in app.services], leaving out predeploy "
-    "and initialDeploy. When a still-declared predeploy job loses its connection, the plan says 'service "
-    "removed from porter.yaml' and DELETES the <app>-predeploy service account its pods run as, instead of "
-    "'connection removed' and keeping the account without identity (as for a service)."))
 def test_removing_the_predeploy_connection_keeps_its_account() -> None:
     w = world(services=["api", "worker", "predeploy"])
     assert w.apply(w.plan(PREDEPLOY)).failures == []
@@ -403,10 +398,6 @@ def test_a_plan_just_made_is_not_stale() -> None:
     assert engine.observe_saved(plan, w.provider, w.kube, NS).digest() != plan.observed_digest
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.observe_saved observes only the keys of the plan's cloud actions, but a blocked binding has "
-    "no action, so a saved plan with a blocker never matches its own observedDigest: `keyless apply PLAN` "
-    "then fails with exit 1 'the plan is stale' (cli checks the digest before blockers) instead of exit 3."))
 def test_a_plan_just_made_with_a_blocker_is_not_stale() -> None:
     w = world()
     w.provider.add(ObservedBinding(Cloud.AWS, "x-1", NS, "shop-api", arn("someone"), owner=None))

@@ -219,10 +219,6 @@ def test_bindings_of_another_app_or_target_are_never_deleted(owner: Owner) -> No
     assert [a.kind for a in actions] == [ActionKind.CREATE]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: plan_bindings adopts an identical binding that carries another keyless app's or target's "
-    "ownership tags; the AWS provider's apply then refuses it ('keyless will not take it over'), so the "
-    "plan promises an adoption that apply cannot do. Expected a Blocker, as for a different identity."))
 @pytest.mark.parametrize("owner", [
     Owner("other-app", "api", TARGET),
     Owner(APP, "api", "staging"),
@@ -367,9 +363,6 @@ def test_markup_escapes_brackets_so_a_terminal_shows_the_plain_text() -> None:
     assert as_terminal_shows_it(marked) == render_text(the_plan)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: render_text(markup=True) does not escape plan notes (preflight warnings), so '[team]' in a note "
-    "is eaten by rich as a style tag (and '[/x]' would raise MarkupError)."))
 def test_markup_escapes_brackets_in_notes() -> None:
     the_plan = a_plan(act(ActionKind.CREATE), notes=("api: role tag [team] is missing",))
     assert as_terminal_shows_it(render_text(the_plan, markup=True)) == render_text(the_plan)

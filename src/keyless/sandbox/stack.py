@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -121,34 +122,30 @@ def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:
+        def _call(self, routes: dict[str, Callable[[dict[str, str]], Any]]) -> None:
             url = urlparse(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            route = routes.get(url.path)
+            if route is None:
+                self._answer(404, {"message": f"no such control call {self.command} {url.path}"})
+                return
             try:
-                if url.path == "/exec-env":
-                    self._answer(200, stack.exec_env(query.get("namespace", DEMO_NAMESPACE), query["pod"]))
-                elif url.path == "/health":
-                    self._answer(200, {"ok": True})
-                else:
-                    self._answer(404, {"message": f"no such control call {url.path}"})
+                self._answer(200, route(query))
             except KeyError as exc:
                 self._answer(400, {"message": f"missing parameter {exc}"})
             except KubeStandInError as exc:
                 self._answer(404, {"message": str(exc)})
 
+        def do_GET(self) -> None:
+            self._call({
+                "/health": lambda q: {"ok": True},
+                "/exec-env": lambda q: stack.exec_env(q.get("namespace", DEMO_NAMESPACE), q["pod"]),
+            })
+
         def do_POST(self) -> None:
-            url = urlparse(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            try:
-                if url.path == "/run-job":
-                    name = stack.run_job(query.get("namespace", DEMO_NAMESPACE), query["cronjob"])
-                    self._answer(200, {"job": name})
-                else:
-                    self._answer(404, {"message": f"no such control call {url.path}"})
-            except KeyError as exc:
-                self._answer(400, {"message": f"missing parameter {exc}"})
-            except KubeStandInError as exc:
-                self._answer(404, {"message": str(exc)})
+            self._call({
+                "/run-job": lambda q: {"job": stack.run_job(q.get("namespace", DEMO_NAMESPACE), q["cronjob"])},
+            })
 
     return Handler
 

@@ -264,35 +264,19 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return []
 
 
-def _item_annotation(annotation: Any) -> Any | None:
-    """For list[X] (possibly optional or annotated), X; else None."""
+def _container_arg(annotation: Any, container: type, index: int) -> Any | None:
+    """For list[X] (index 0) or dict[K, X] (index 1), possibly optional or annotated: X; else None."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _item_annotation(typing.get_args(annotation)[0])
+        return _container_arg(typing.get_args(annotation)[0], container, index)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
-            item = _item_annotation(arg)
-            if item is not None:
-                return item
-        return None
-    if origin is list:
-        return typing.get_args(annotation)[0]
-    return None
-
-
-def _dict_value_annotation(annotation: Any) -> Any | None:
-    """For dict[str, X] (possibly optional or annotated), X; else None."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _dict_value_annotation(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _dict_value_annotation(arg)
+            found = _container_arg(arg, container, index)
             if found is not None:
                 return found
         return None
-    if origin is dict:
-        return typing.get_args(annotation)[1]
+    if origin is container:
+        return typing.get_args(annotation)[index]
     return None
 
 
@@ -318,8 +302,8 @@ def unknown_fields(model: type[BaseModel], raw: Any, path: Path) -> Iterator[tup
         if info is None:
             yield (*path, key), key, list(by_alias)
             continue
-        item = _item_annotation(info.annotation)
-        entry = _dict_value_annotation(info.annotation)
+        item = _container_arg(info.annotation, list, 0)
+        entry = _container_arg(info.annotation, dict, 1)
         if entry is not None and isinstance(value, dict) and _models_in(entry):
             for name, element in value.items():
                 chosen = _pick_model(_models_in(entry), element) if isinstance(element, dict) else None
