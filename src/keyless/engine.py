@@ -61,8 +61,9 @@ def _blocking(issues: Sequence[PreflightIssue]) -> None:
 
 def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, namespace: str,
                 bindings: Sequence[Binding]) -> Observed:
-    cloud = provider.observe(app, target_name, bindings)
     accounts, workloads = kube.observe(namespace, app, [b.service_account for b in bindings])
+    recorded = sorted({a.annotations[IDENTITY_RECORD] for a in accounts if a.annotations.get(IDENTITY_RECORD)})
+    cloud = provider.observe(app, target_name, bindings, recorded)
     return Observed(bindings=tuple(cloud), service_accounts=tuple(accounts), workloads=tuple(workloads))
 
 

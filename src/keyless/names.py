@@ -184,6 +184,35 @@ def check_federated_credential_name(value: str) -> None:
                             "3-120 letters, digits, '-' or '_', starting with a letter or digit")
 
 
+FEDERATED_CREDENTIAL_PREFIX = "keyless_"
+
+
+def federated_credential_name(app: str, service: str, target: str) -> str:
+    """The name keyless gives the credential it owns: `keyless_<app>_<service>_<target hash>`.
+
+    Federated credentials carry no tags, so the name is the ownership mark. '_' cannot appear in app
+    or service names (DNS labels), so the parts parse back unambiguously; at most 8+31+1+63+1+6 = 110
+    characters, inside Azure's 120.
+    """
+    name = f"{FEDERATED_CREDENTIAL_PREFIX}{app}_{service}_{short_hash(target, length=6)}"
+    check_federated_credential_name(name)
+    return name
+
+
+def parse_federated_credential_name(name: str) -> tuple[str, str, str] | None:
+    """(app, service, target hash) of a credential keyless named, else None (not keyless's)."""
+    if not name.startswith(FEDERATED_CREDENTIAL_PREFIX):
+        return None
+    parts = name[len(FEDERATED_CREDENTIAL_PREFIX):].split("_")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def target_hash(target: str) -> str:
+    return short_hash(target, length=6)
+
+
 def check_subscription_id(value: str) -> None:
     if not _SUBSCRIPTION.fullmatch(value):
         raise NameRuleError(f"subscription {value!r} is not a subscription ID",

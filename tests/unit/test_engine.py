@@ -117,7 +117,8 @@ class FakeProvider:
         self.log.add("-", "preflight")
         return list(self.preflight_issues)
 
-    def observe(self, app: str, target: str, bindings: Sequence[Binding]) -> list[ObservedBinding]:
+    def observe(self, app: str, target: str, bindings: Sequence[Binding],
+                recorded: Sequence[str] = ()) -> list[ObservedBinding]:
         self.log.add("-", "observe")
         keys = {b.key for b in bindings}
         return [o for o in self.bindings.values()

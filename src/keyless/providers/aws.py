@@ -677,7 +677,8 @@ class AwsProvider:
 
     # ---- observe --------------------------------------------------------------------------------
 
-    def observe(self, app: str, target: str, bindings: Sequence[Binding]) -> list[ObservedBinding]:
+    def observe(self, app: str, target: str, bindings: Sequence[Binding],
+                recorded: Sequence[str] = ()) -> list[ObservedBinding]:
         """What sits at the desired (namespace, service account) keys, plus every association keyless owns
         for this app on this target. Summaries carry no tags, so candidates are described: those at a
         desired key, and those whose service account has the app's `<app>-` prefix (every account keyless

@@ -45,8 +45,13 @@ class Provider(Protocol):
         """Check what must hold before any write: cluster, add-on or issuer, trust, quotas."""
         ...
 
-    def observe(self, app: str, target: str, bindings: Sequence[Binding]) -> list[ObservedBinding]:
-        """Every binding keyless owns for this app on this target, plus whatever sits at the desired keys."""
+    def observe(self, app: str, target: str, bindings: Sequence[Binding],
+                recorded: Sequence[str] = ()) -> list[ObservedBinding]:
+        """Every binding keyless owns for this app on this target, plus whatever sits at the desired keys.
+
+        `recorded` are identities keyless wrote on the app's service accounts (`Identity.describe()`):
+        where a cloud keeps bindings on the identity (Azure), that is how a removed connection is found.
+        """
         ...
 
     def apply(self, action: Action) -> ActionOutcome:
