@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 STATIC_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 POD_IDENTITY_VARS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
 IRSA_VARS = ("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+STATIC_AZURE_SECRETS = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+                        "AZURE_PASSWORD")
+AZURE_WORKLOAD_VARS = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST")
+AZURE_DEFAULT_SCOPE = "https://management.azure.com/.default"
 
 
 class Verdict(enum.StrEnum):
@@ -32,11 +38,59 @@ class Check:
 
 def static_key_findings(env: Mapping[str, str]) -> list[Check]:
     """Long-lived keys in the environment defeat the point of workload identity: flag each one by name."""
-    found = [k for k in STATIC_AWS_KEYS[:2] if env.get(k)]
-    if not found:
-        return []
-    return [Check("aws", Verdict.ERROR, f"static credentials in the environment: {', '.join(found)}",
-                  {"fix": "remove them from the service's env and env groups; the pod's identity replaces them"})]
+    fix = {"fix": "remove them from the service's env and env groups; the pod's identity replaces them"}
+    findings = []
+    aws = [k for k in STATIC_AWS_KEYS[:2] if env.get(k)]
+    if aws:
+        findings.append(Check("aws", Verdict.ERROR, f"static credentials in the environment: {', '.join(aws)}", fix))
+    azure = [k for k in STATIC_AZURE_SECRETS if env.get(k)]
+    if azure:
+        findings.append(Check("azure", Verdict.ERROR,
+                              f"secret or certificate credentials in the environment: {', '.join(azure)}", fix))
+    return findings
+
+
+def token_claims(token: str) -> dict[str, object]:
+    """A JWT access token's claims, read without verifying it: doctor reports who it is, not whether to trust it."""
+    try:
+        payload = token.split(".")[1]
+        decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def check_azure(env: Mapping[str, str]) -> Check:
+    """Ask DefaultAzureCredential for a token, as application code would, and say whose it is."""
+    if not any(env.get(k) for k in (*AZURE_WORKLOAD_VARS[:3], *STATIC_AZURE_SECRETS)):
+        return Check("azure", Verdict.SKIPPED, "no Azure identity is configured in this pod",
+                     {"hint": "pods get workload identity variables when labelled azure.workload.identity/use "
+                              "and created after their service account has the client-id annotation"})
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import CredentialUnavailableError, DefaultAzureCredential
+
+    details: dict[str, str] = {}
+    missing = [k for k in AZURE_WORKLOAD_VARS[:3] if not env.get(k)]
+    if missing and not any(env.get(k) for k in STATIC_AZURE_SECRETS):
+        return Check("azure", Verdict.ERROR, f"workload identity is incomplete: {', '.join(missing)} not set",
+                     {"hint": "the service account needs the azure.workload.identity/client-id annotation and "
+                              "the pod the label azure.workload.identity/use: \"true\"; then restart the pod"})
+    scope = env.get("KEYLESS_DOCTOR_AZURE_SCOPE", AZURE_DEFAULT_SCOPE)
+    try:
+        credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        token = credential.get_token(scope)
+    except (ClientAuthenticationError, CredentialUnavailableError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Check("azure", Verdict.ERROR, f"DefaultAzureCredential failed: {first}", details)
+    claims = token_claims(token.token)
+    for claim in ("oid", "appid", "azp", "tid"):
+        if claims.get(claim):
+            details[claim] = str(claims[claim])
+    details["method"] = "workload identity" if env.get("AZURE_FEDERATED_TOKEN_FILE") else "client secret/certificate"
+    who = details.get("appid") or details.get("azp") or "?"
+    verdict = Verdict.OK if env.get("AZURE_FEDERATED_TOKEN_FILE") else Verdict.WARNING
+    return Check("azure", verdict, f"Azure identity client {who} (object {details.get('oid', '?')}) "
+                                   f"via {details['method']}", details)
 
 
 def check_aws(env: Mapping[str, str]) -> Check:
@@ -72,4 +126,4 @@ def check_aws(env: Mapping[str, str]) -> Check:
 
 
 def run_checks(env: Mapping[str, str]) -> list[Check]:
-    return [*static_key_findings(env), check_aws(env)]
+    return [*static_key_findings(env), check_aws(env), check_azure(env)]

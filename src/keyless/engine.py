@@ -22,11 +22,14 @@ from keyless.kube.manifests import (
     service_account_manifest,
 )
 from keyless.plan import Action, ActionKind, Observed, ObservedWorkload, Plan, Resource, plan_bindings
-from keyless.providers.base import PreflightIssue, Provider, Severity
+from keyless.providers.base import PreflightIssue, Provider, Severity, TokenExchanger
+from keyless.providers.retry import RetryPolicy, poll
 from keyless.spec.loader import LoadedApp
 from keyless.targets import AnyTarget
 
 VISIBILITY_TIMEOUT = 60.0
+# Azure documents seconds to minutes for a new federated credential to work.
+PROPAGATION_POLICY = RetryPolicy(max_attempts=1_000, base_delay=1.0, max_delay=5.0, deadline=180.0)
 ROLLOUT_TIMEOUT = 120.0
 MAX_PARALLEL_SERVICES = 16  # I/O bound: most of a service's time is waiting for propagation and rollout
 
@@ -147,10 +150,39 @@ def _apply_one(action: Action, provider: Provider, kube: KubeSide, workloads: Se
     if workload is None:
         raise ApplyFailed(f"{action.address} disappeared since the plan was made; re-run plan")
     settings = pod_template_settings(action.desired) if action.desired is not None else None
+    propagation = _wait_propagation(action.desired, provider, kube) if action.desired is not None else ""
     kube.update_workload(workload, settings)
     if workload.kind == "Deployment" and not kube.wait_rollout(workload.namespace, workload.name, ROLLOUT_TIMEOUT):
-        return f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s"
-    return f"restarted {action.address}"
+        return f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s{propagation}"
+    return f"restarted {action.address}{propagation}"
+
+
+def _wait_propagation(binding: Binding, provider: Provider, kube: KubeSide) -> str:
+    """Where the cloud can say so (Azure), wait until the new federation accepts the account's token.
+
+    Pods restarted before that fail their first token exchanges (AADSTS70021); waiting here, bounded,
+    makes the rollout land on a working identity, and the message says which of the two happened.
+    """
+    if not isinstance(provider, TokenExchanger):
+        return ""
+    start = time.monotonic()
+    last = ""
+
+    def accepted() -> bool:
+        nonlocal last
+        token = kube.request_token(binding.namespace, binding.service_account, provider.token_audience)
+        if token is None:
+            last = "render mode"
+            return True
+        ok, last = provider.try_token_exchange(binding, token)
+        return ok
+
+    if poll(accepted, policy=PROPAGATION_POLICY, what=f"token exchange for {binding.service_account}"):
+        if last == "render mode":
+            return "; propagation not checked (render mode)"
+        return f"; token exchange works ({time.monotonic() - start:.0f}s after the credential)"
+    return (f"; token exchange still refused after {PROPAGATION_POLICY.deadline:.0f}s ({last}): pods restart "
+            "anyway and the SDK retries until the credential propagates")
 
 
 def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observed,

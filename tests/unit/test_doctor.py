@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from typing import Any
 
 import pytest
 
-from keyless.doctor import Verdict, check_aws, run_checks, static_key_findings
+from keyless.doctor import Verdict, check_aws, check_azure, run_checks, static_key_findings, token_claims
 
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -77,6 +78,30 @@ def test_aws_check_is_skipped_when_nothing_is_configured(no_network: list[object
 
 def test_all_checks_with_an_empty_env_report_only_a_skip(no_network: list[object]) -> None:
     checks = run_checks({"HOME": "/root", "PATH": "/usr/bin"})
-    assert [(c.cloud, c.verdict) for c in checks] == [("aws", Verdict.SKIPPED)]
+    assert [(c.cloud, c.verdict) for c in checks] == [("aws", Verdict.SKIPPED), ("azure", Verdict.SKIPPED)]
     assert json.loads(shown(checks))[0]["verdict"] == "skipped"
     assert no_network == []
+
+
+def test_azure_secrets_are_flagged_by_name_and_never_shown() -> None:
+    findings = static_key_findings({"AZURE_CLIENT_SECRET": "s3cr3t-value", "AZURE_CLIENT_CERTIFICATE_PATH": "/c.pem"})
+    (finding,) = findings
+    assert finding.cloud == "azure"
+    assert finding.verdict is Verdict.ERROR
+    assert "AZURE_CLIENT_SECRET" in finding.summary
+    assert "AZURE_CLIENT_CERTIFICATE_PATH" in finding.summary
+    assert "s3cr3t-value" not in json.dumps(finding.as_json())
+
+
+def test_incomplete_workload_identity_is_an_error_without_a_network_call(no_network: list[object]) -> None:
+    check = check_azure({"AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001"})
+    assert check.verdict is Verdict.ERROR
+    assert "AZURE_TENANT_ID" in check.summary
+    assert "AZURE_FEDERATED_TOKEN_FILE" in check.summary
+    assert no_network == []
+
+
+def test_token_claims_reads_the_payload_and_tolerates_garbage() -> None:
+    payload = base64.urlsafe_b64encode(json.dumps({"oid": "o-1", "appid": "a-1"}).encode()).decode().rstrip("=")
+    assert token_claims(f"header.{payload}.signature") == {"oid": "o-1", "appid": "a-1"}
+    assert token_claims("not-a-jwt") == {}

@@ -39,3 +39,7 @@ class KubeSide(Protocol):
     def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
         """Wait until a Deployment runs only pods of its current template; False on timeout."""
         ...
+
+    def request_token(self, namespace: str, name: str, audience: str) -> str | None:
+        """A short-lived token for the account (TokenRequest), to prove a federation works; None in render mode."""
+        ...

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 
 import httpx2
 from lightkube import ApiError, Client, KubeConfig, SingleConfig
+from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.core_v1 import PodTemplateSpec
 from lightkube.operators import Operator
 from lightkube.resources.apps_v1 import Deployment
@@ -445,6 +446,14 @@ class ClusterKube:
         except httpx2.HTTPError as exc:
             raise self._error(f"read Deployment {namespace}/{name}", exc) from exc
 
+    def request_token(self, namespace: str, name: str, audience: str) -> str | None:
+        """A TokenRequest for the account, as the kubelet gets the projected token a pod would present."""
+        request = ServiceAccount.Token(spec=TokenRequestSpec(audiences=[audience], expirationSeconds=600))
+        created = self._call(f"request a token for ServiceAccount {namespace}/{name}",
+                             lambda: self._client.create(request, name, namespace=namespace))
+        status = getattr(created, "status", None)
+        return str(status.token) if status is not None and status.token else None
+
 
 class RenderedKube:
     """`mode: render`: observes nothing and writes manifests for a GitOps tool into `out_dir`."""
@@ -521,6 +530,9 @@ class RenderedKube:
 
     def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
         return True  # the GitOps tool rolls the pods when it syncs the patch
+
+    def request_token(self, namespace: str, name: str, audience: str) -> str | None:
+        return None  # no cluster to ask: the propagation check is skipped in render mode
 
 
 def _written_by_keyless(path: Path, app: str, target: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from keyless.bindings import Binding, Cloud
 from keyless.plan import Action, ObservedBinding
@@ -31,6 +31,20 @@ class ActionOutcome:
     ok: bool
     message: str
     binding_id: str | None = None
+
+
+AZURE_TOKEN_AUDIENCE = "api://AzureADTokenExchange"
+
+
+@runtime_checkable
+class TokenExchanger(Protocol):
+    """A provider that can prove a federation works by exchanging a service-account token (Azure)."""
+
+    token_audience: str
+
+    def try_token_exchange(self, binding: Binding, assertion: str) -> tuple[bool, str]:
+        """(True, "") when the cloud accepts the token for the binding's identity; else (False, why)."""
+        ...
 
 
 class Provider(Protocol):
