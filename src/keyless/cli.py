@@ -223,16 +223,21 @@ def plan(
     output: FormatOpt = OutputFormat.TEXT,
     refresh: Annotated[bool, typer.Option("--refresh/--no-refresh",
                                           help="Observe the cloud and cluster (always on).")] = True,
+    fail_on: FailOnOpt = None,
 ) -> None:
-    """Show what apply would change, without changing anything. Exit 3 when a preflight check blocks it."""
-    planned, _, _, _ = _plan_for(file, target, app_name, targets)
+    """Show what apply would change, without changing anything. Exit 3 when a preflight check blocks it,
+    1 when --fail-on is given and the least-privilege audit finds something that severe."""
+    planned, _, _, tgt = _plan_for(file, target, app_name, targets)
     the_plan = planned.plan
     _show_plan(the_plan, output)
+    failing = _audit_summary(the_plan, tgt, fail_on, file)
     if save is not None:
         save.write_text(json.dumps(the_plan.to_json(), indent=2) + "\n")
         err.print(f"Saved the plan to {save}. Apply it with: keyless apply {save}", markup=False)
     if the_plan.blockers:
         raise typer.Exit(3)
+    if failing:
+        raise typer.Exit(1)
 
 
 def _confirm(auto_approve: bool) -> None:
@@ -255,8 +260,10 @@ def apply_command(
     targets: TargetsOpt = None,
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")] = False,
     output: FormatOpt = OutputFormat.TEXT,
+    fail_on: FailOnOpt = None,
 ) -> None:
-    """Bind each service's identity: cloud binding, then service account, then a rollout of its pods."""
+    """Bind each service's identity: cloud binding, then service account, then a rollout of its pods.
+    With --fail-on, nothing is applied (exit 1) when the least-privilege audit finds something that severe."""
     from keyless import engine
     from keyless.plan import Plan
 
@@ -283,8 +290,12 @@ def apply_command(
         the_plan = planned.plan
         observed = engine.observe_saved(the_plan, provider, kube, tgt.namespace)
     _show_plan(the_plan, output)
+    failing = _audit_summary(the_plan, tgt, fail_on, file if plan_file is None else None)
     if the_plan.blockers:
         raise typer.Exit(3)
+    if failing:
+        err.print(f"Nothing applied: the audit failed the --fail-on {fail_on} check.", markup=False)
+        raise typer.Exit(1)
     if not the_plan.changes:
         return
     _confirm(auto_approve)
@@ -300,6 +311,107 @@ def apply_command(
 
 
 app.command(name="deploy", help="Alias of apply.")(apply_command)
+
+
+# --- audit: least privilege ---------------------------------------------------------------------
+
+
+class AuditFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    SARIF = "sarif"
+
+
+class FailOn(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+FailOnOpt = Annotated[FailOn | None, typer.Option(
+    "--fail-on", help="Exit 1 when the least-privilege audit finds something at least this severe.")]
+
+
+def _audit_report(target_name: str, target: Any, app_name: str, bindings: list[Any]) -> Any:
+    """Fetch the documents of each connection's identity and run the audit rules over them."""
+    from keyless.targets import AwsTarget, AzureTarget
+
+    if isinstance(target, AwsTarget):
+        from keyless.providers.aws_audit import AwsAuditor
+
+        return AwsAuditor(target).audit(app_name, target_name, bindings)
+    if isinstance(target, AzureTarget):
+        from keyless.providers.azure_audit import AzureAuditor
+
+        return AzureAuditor(target).audit(app_name, target_name, bindings)
+    raise UsageError(f"target {target_name!r} is on GCP: keyless cannot fetch GCP IAM policies yet, so it cannot "
+                     "audit this target", "the GCP rules run once the GCP provider lands; audit AWS or Azure targets")
+
+
+def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Path | None) -> bool:
+    """plan and apply: one audit line per connection on stderr; True when --fail-on says to stop.
+
+    The audit never blocks on its own: when it cannot run, plan and apply go on and say so, unless
+    --fail-on asked for it, in which case not knowing is treated as failing.
+    """
+    from keyless.audit import Severity
+    from keyless.audit.render import summary_lines
+    from keyless.plan import Resource
+    from keyless.targets import GcpTarget
+
+    wanted = [a.desired for a in the_plan.actions if a.resource is Resource.CLOUD_BINDING and a.desired is not None]
+    wanted += [b.desired for b in the_plan.blockers if b.desired is not None]
+    if not wanted or isinstance(target, GcpTarget):
+        return False
+    source = file or next((Path(b.source.file) for b in wanted if b.source is not None), Path("porter.yaml"))
+    try:
+        report = _audit_report(the_plan.target, target, the_plan.app, wanted)
+    except KeylessError as exc:
+        err.print(f"audit: not run ({exc.message})", markup=False)
+        return fail_on is not None
+    for line in summary_lines(report, f"keyless audit -f {source} --target {the_plan.target}"):
+        err.print(line, markup=False)
+    return bool(report.fails(Severity(fail_on.value) if fail_on is not None else None))
+
+
+@app.command()
+def audit(
+    target: TargetOpt,
+    file: FileOpt = Path("porter.yaml"),
+    app_name: AppOpt = None,
+    targets: TargetsOpt = None,
+    output: Annotated[AuditFormat, typer.Option("--format", help="Output format.")] = AuditFormat.TEXT,
+    fail_on: FailOnOpt = None,
+) -> None:
+    """Check each connection's identity against least privilege (trust, permissions, scope, sharing).
+
+    Exit 0 whatever the findings, unless --fail-on: then 1 when a finding is at least that severe.
+    Exit 2 for invalid input or a target keyless cannot audit (GCP, for now).
+    """
+    from keyless import __version__ as version
+    from keyless.audit import Severity
+    from keyless.audit.render import render_text, to_json, to_sarif
+    from keyless.bindings import desired_bindings
+    from keyless.spec import resolve_app_name
+    from keyless.targets import GcpTarget
+
+    loaded = _load(file)
+    _print_diagnostics(loaded.diagnostics)
+    name, tgt = _target(target, targets)
+    resolved = resolve_app_name(loaded, app_name, os.environ)
+    if isinstance(tgt, GcpTarget):
+        _audit_report(name, tgt, resolved, [])  # raises: say so before anything else happens
+    bindings, notes = desired_bindings(loaded, resolved, name, tgt)
+    _print_diagnostics(notes)
+    report = _audit_report(name, tgt, resolved, bindings)
+    if output is AuditFormat.JSON:
+        print(json.dumps(to_json(report), indent=2))
+    elif output is AuditFormat.SARIF:
+        root = os.environ.get("GITHUB_WORKSPACE") or os.getcwd()
+        print(json.dumps(to_sarif(report, tool_version=version, root=root), indent=2))
+    else:
+        out.print(render_text(report), markup=False)
+    if report.fails(Severity(fail_on.value) if fail_on is not None else None):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -422,12 +534,14 @@ def sandbox_exec(
     pod: Annotated[str, typer.Argument(help="Pod name.")],
     command: Annotated[list[str], typer.Argument(help="Command to run, after `--`.")],
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "shop",
+    context: Annotated[str | None, typer.Option(
+        "--context", help="sandbox-eks or sandbox-aks (default: whichever cluster runs the pod).")] = None,
 ) -> None:
     """Run a command with the environment and token files one of the sandbox's pods would see."""
     from keyless.sandbox import control
 
     state = control.require(control.state_dir(os.environ))
-    result = control.exec_in_pod(state, namespace, pod, command)
+    result = control.exec_in_pod(state, namespace, pod, command, context=context)
     raise typer.Exit(result.returncode)
 
 

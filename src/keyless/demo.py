@@ -13,12 +13,12 @@ from lightkube.resources.core_v1 import Pod
 from rich.console import Console
 
 from keyless import engine
-from keyless.bindings import desired_bindings
+from keyless.bindings import Binding, desired_bindings, target_cloud
 from keyless.console import apply_with_progress
 from keyless.plan import render_text
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import EKS_CONTEXT, EKS_TARGET
+from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET, SandboxState
 from keyless.spec import load_app_file, resolve_app_name
 from keyless.spec.model import ServiceType
 from keyless.targets import load_targets_file
@@ -39,6 +39,40 @@ def _running_pod(client: Client, namespace: str, app: str, service: str, timeout
     return None
 
 
+def _prove(state: SandboxState, kube_client: Client, app: str, target_name: str, context: str,
+           binding: Binding, out: Console) -> bool:
+    """Run `keyless doctor` in a pod of the binding's service and print the identity it resolved."""
+    namespace = binding.namespace
+    if binding.kind is ServiceType.JOB:
+        job = control.run_job(state, namespace, f"{app}-{binding.service}", context=context)
+        out.print(f"  started job {job} for {binding.service}", markup=False)
+    pod = _running_pod(kube_client, namespace, app, binding.service)
+    if pod is None:
+        out.print(f"  {binding.service}: no running pod found", markup=False)
+        return False
+    result = control.exec_in_pod(state, namespace, pod, [sys.executable, "-m", "keyless", "doctor", "--format", "json"],
+                                 capture=True, context=context)
+    try:
+        checks = json.loads(result.stdout)
+    except ValueError:
+        out.print(f"  {binding.service}: doctor failed: {result.stderr.strip() or result.stdout.strip()}", markup=False)
+        return False
+    cloud = binding.cloud.value
+    check = next((c for c in checks if c["cloud"] == cloud and c["verdict"] in ("ok", "warning")), None)
+    label = f"  {target_name:<12} {binding.service:<16} pod {pod}:"
+    if check is None:
+        problem = "; ".join(c["summary"] for c in checks if c["cloud"] == cloud)
+        out.print(f"{label} NO identity: {problem}", markup=False)
+        return False
+    details = check["details"]
+    if cloud == "aws":
+        out.print(f"{label} assumed {details['arn']} (via {details.get('method')})", markup=False)
+    else:
+        out.print(f"{label} got a token for managed identity client {details.get('appid') or details.get('azp')} "
+                  f"(object {details.get('oid')}, via {details.get('method')})", markup=False)
+    return True
+
+
 def run_demo(file: Path, out: Console, err: Console) -> int:
     directory = control.state_dir(os.environ)
     state, started = control.up(directory)
@@ -48,55 +82,35 @@ def run_demo(file: Path, out: Console, err: Console) -> int:
     env = dict(os.environ)
     loaded = load_app_file(file, env)
     app = resolve_app_name(loaded, None, env)
-    target = load_targets_file(env["KEYLESS_TARGETS"], env).get(EKS_TARGET)
-
-    kube_client = Client(KubeConfig.from_file(env["KUBECONFIG"]), namespace=target.namespace)
-    for created in deploy_workloads(kube_client, app, loaded.app, target.namespace):
-        out.print(f"(as Porter would) deployed {created}", markup=False)
-
-    provider, kube = engine.connect(EKS_TARGET, target)
-    planned = engine.plan_app(engine.PlanInput(loaded, app, EKS_TARGET, target), provider, kube)
-    out.print(render_text(planned.plan, markup=out.is_terminal), markup=out.is_terminal)
-    if planned.plan.blockers:
-        return 3
-    if planned.plan.changes:
-        observed = engine.observe_saved(planned.plan, provider, kube, target.namespace)
-        report = apply_with_progress(planned.plan, provider, kube, observed, err)
-        if report.failures:
+    targets = load_targets_file(env["KEYLESS_TARGETS"], env)
+    status = 0
+    proofs: list[tuple[str, str, Binding]] = []
+    for target_name, context in ((EKS_TARGET, EKS_CONTEXT), (AKS_TARGET, AKS_CONTEXT)):
+        target = targets.get(target_name)
+        out.print(f"\n== {target_name} ({target_cloud(target).value}) ==", markup=False)
+        kube_client = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=context),
+                             namespace=target.namespace)
+        for created in deploy_workloads(kube_client, app, loaded.app, target.namespace):
+            out.print(f"(as Porter would) deployed {created}", markup=False)
+        provider, kube = engine.connect(target_name, target)
+        planned = engine.plan_app(engine.PlanInput(loaded, app, target_name, target), provider, kube)
+        out.print(render_text(planned.plan, markup=out.is_terminal), markup=out.is_terminal)
+        if planned.plan.blockers:
+            return 3
+        if planned.plan.changes:
+            observed = engine.observe_saved(planned.plan, provider, kube, target.namespace)
+            report = apply_with_progress(planned.plan, provider, kube, observed, err)
             for failure in report.failures:
                 err.print(f"FAILED {failure.action.service}: {failure.message}", markup=False)
-            return 1
-    out.print("", markup=False)
-    out.print(f"Proof from inside the pods (keyless doctor, run in each pod of context {EKS_CONTEXT}):", markup=False)
-    bindings, _ = desired_bindings(loaded, app, EKS_TARGET, target)
-    status = 0
-    for binding in bindings:
-        if binding.kind is ServiceType.JOB:
-            job = control.run_job(state, target.namespace, f"{app}-{binding.service}")
-            out.print(f"  started job {job} for {binding.service}", markup=False)
-        pod = _running_pod(kube_client, target.namespace, app, binding.service)
-        if pod is None:
-            out.print(f"  {binding.service}: no running pod found", markup=False)
-            status = 1
-            continue
-        result = control.exec_in_pod(state, target.namespace, pod,
-                                     [sys.executable, "-m", "keyless", "doctor", "--format", "json"], capture=True)
-        try:
-            checks = json.loads(result.stdout)
-        except ValueError:
-            out.print(f"  {binding.service}: doctor failed: {result.stderr.strip() or result.stdout.strip()}",
-                      markup=False)
-            status = 1
-            continue
-        aws = next((c for c in checks if c["cloud"] == "aws" and c["verdict"] != "error"), None)
-        if aws is not None and "arn" in aws["details"]:
-            out.print(f"  {binding.service:<16} pod {pod}: assumed {aws['details']['arn']} "
-                      f"(via {aws['details'].get('method')})", markup=False)
-        else:
-            problem = "; ".join(c["summary"] for c in checks)
-            out.print(f"  {binding.service:<16} pod {pod}: NO identity: {problem}", markup=False)
+                status = 1
+        bindings, _ = desired_bindings(loaded, app, target_name, target)
+        proofs += [(target_name, context, b) for b in bindings]
+    out.print("\nProof from inside the pods (keyless doctor, run in a pod of each connected service):", markup=False)
+    for target_name, context, binding in proofs:
+        client = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=context), namespace=binding.namespace)
+        if not _prove(state, client, app, target_name, context, binding, out):
             status = 1
     out.print("", markup=False)
-    out.print("Run `keyless demo` again: the plan shows no changes. `keyless sandbox down` stops the sandbox.",
+    out.print("Run `keyless demo` again: the plans show no changes. `keyless sandbox down` stops the sandbox.",
               markup=False)
     return status

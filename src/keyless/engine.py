@@ -82,6 +82,7 @@ def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide) -> PlannedApp:
     cloud_actions, blockers = plan_bindings(
         resolved, observed.bindings, app=spec.app, target=spec.target_name,
         in_place_identity_change=provider.in_place_identity_change, services_in_app=declared,
+        marks_adopted=provider.marks_adopted,
     )
     kube_actions = plan_kubernetes(
         resolved, declared, observed.service_accounts, observed.workloads, spec.app, spec.target_name,
@@ -257,19 +258,26 @@ def render_app(spec: PlanInput, provider: Provider, out_dir: str | None) -> list
 def connect(target_name: str, target: AnyTarget) -> tuple[Provider, KubeSide]:
     """The provider and Kubernetes side for a target (clients are built from standard SDK configuration)."""
     from keyless.kube.client import ClusterKube
-    from keyless.targets import AwsTarget, KubernetesMode
+    from keyless.targets import AwsTarget, AzureTarget, KubernetesMode
 
+    provider: Provider
     if isinstance(target, AwsTarget):
         from keyless.providers.aws import AwsProvider
 
-        kube: KubeSide
-        if target.kubernetes.mode is KubernetesMode.RENDER:
-            kube = RenderedKube(target_name, target.kubernetes)
-        else:
-            kube = ClusterKube(target.kubernetes)
-        return AwsProvider(target), kube
-    raise UsageError(f"target {target_name!r} is on {target_cloud(target).value}, which this keyless does not "
-                     "support yet", "AWS (EKS Pod Identity) is supported; Azure and GCP are on the way")
+        provider = AwsProvider(target)
+    elif isinstance(target, AzureTarget):
+        from keyless.providers.azure import AzureProvider
+
+        provider = AzureProvider(target)
+    else:
+        raise UsageError(f"target {target_name!r} is on {target_cloud(target).value}, which this keyless does not "
+                         "support yet", "AWS (EKS Pod Identity) and Azure (workload identity) are supported")
+    kube: KubeSide
+    if target.kubernetes.mode is KubernetesMode.RENDER:
+        kube = RenderedKube(target_name, target.kubernetes)
+    else:
+        kube = ClusterKube(target.kubernetes)
+    return provider, kube
 
 
 # --- status ------------------------------------------------------------------------------------

@@ -328,6 +328,7 @@ def plan_bindings(
     target: str,
     in_place_identity_change: bool,
     services_in_app: Iterable[str],
+    marks_adopted: bool = True,
 ) -> tuple[list[Action], list[Blocker]]:
     """Match desired bindings to what exists; only objects keyless owns for this app and target may change."""
     observed = list(observed)
@@ -369,6 +370,13 @@ def plan_bindings(
                 f"{address} is bound to {identity} by keyless for app {same.owner.app!r} on target "
                 f"{same.owner.target!r}",
                 "two apps cannot share a service account: rename one of the services or apps", desired=want))
+            continue
+        if same is not None and not marks_adopted:
+            # The cloud cannot mark it as keyless's (Azure credentials): use it as it is, never delete it.
+            consumed.add(same.id)
+            actions.append(Action(ActionKind.NOOP, Resource.CLOUD_BINDING, want.service, address,
+                                  f"uses the identical binding {same.id} made outside keyless (keyless never "
+                                  "deletes it)", want, same))
             continue
         if same is not None:
             consumed.add(same.id)

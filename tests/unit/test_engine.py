@@ -96,6 +96,7 @@ class FakeProvider:
     def __init__(self, log: Log, *, in_place: bool = True, fail: Collection[str] = (),
                  resolve_issues: Sequence[PreflightIssue] = (), preflight_issues: Sequence[PreflightIssue] = ()):
         self.in_place_identity_change = in_place
+        self.marks_adopted = True
         self.log = log
         self.fail = set(fail)
         self.resolve_issues = list(resolve_issues)

@@ -393,6 +393,7 @@ class AwsProvider:
 
     cloud = Cloud.AWS
     in_place_identity_change = True  # UpdatePodIdentityAssociation changes roleArn in place
+    marks_adopted = True  # ADOPT tags the association: from then on it is keyless's
 
     def __init__(
         self,

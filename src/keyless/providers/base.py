@@ -50,6 +50,7 @@ class TokenExchanger(Protocol):
 class Provider(Protocol):
     cloud: Cloud
     in_place_identity_change: bool  # AWS can update an association's role; Azure replaces credentials
+    marks_adopted: bool  # AWS tags an adopted association as keyless's; Azure credentials take no marks
 
     def resolve(self, bindings: Sequence[Binding]) -> tuple[list[Binding], list[PreflightIssue]]:
         """Fill in cloud facts (role ARN, client ID); identities that cannot be resolved become issues."""

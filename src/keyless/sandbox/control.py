@@ -95,9 +95,14 @@ def require(directory: Path) -> SandboxState:
     return state
 
 
-def pod_environment(state: SandboxState, namespace: str, pod: str) -> dict[str, str]:
+def _params(**values: str | None) -> dict[str, str]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def pod_environment(state: SandboxState, namespace: str, pod: str, context: str | None = None) -> dict[str, str]:
     """What a process in the pod sees, plus the sandbox's endpoints (never keys) so SDK calls stay local."""
-    response = httpx.get(f"{state.control_url}/exec-env", params={"namespace": namespace, "pod": pod}, timeout=30)
+    response = httpx.get(f"{state.control_url}/exec-env", params=_params(namespace=namespace, pod=pod, context=context),
+                         timeout=30)
     if response.status_code != 200:
         raise SandboxError(f"cannot exec in pod {namespace}/{pod}: {response.json().get('message')}")
     env: dict[str, str] = dict(state.pod_env)
@@ -106,8 +111,8 @@ def pod_environment(state: SandboxState, namespace: str, pod: str) -> dict[str, 
 
 
 def exec_in_pod(state: SandboxState, namespace: str, pod: str, command: Sequence[str],
-                capture: bool = False) -> subprocess.CompletedProcess[str]:
-    env = pod_environment(state, namespace, pod)
+                capture: bool = False, context: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = pod_environment(state, namespace, pod, context)
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -119,9 +124,9 @@ def exec_in_pod(state: SandboxState, namespace: str, pod: str, command: Sequence
         raise SandboxError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
 
 
-def run_job(state: SandboxState, namespace: str, cronjob: str) -> str:
-    response = httpx.post(f"{state.control_url}/run-job", params={"namespace": namespace, "cronjob": cronjob},
-                          timeout=60)
+def run_job(state: SandboxState, namespace: str, cronjob: str, context: str | None = None) -> str:
+    response = httpx.post(f"{state.control_url}/run-job",
+                          params=_params(namespace=namespace, cronjob=cronjob, context=context), timeout=60)
     if response.status_code != 200:
         raise SandboxError(f"cannot run job {namespace}/{cronjob}: {response.json().get('message')}")
     return str(response.json()["job"])

@@ -14,10 +14,19 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from keyless.sandbox.aws import AwsSandbox
-from keyless.sandbox.kube import KubeStandIn, KubeStandInError, eks_pod_identity_mutator
+from keyless.sandbox.azure import AzureSandbox
+from keyless.sandbox.azure_demo import DEMO_CLUSTER, AzureDemoSeed
+from keyless.sandbox.kube import (
+    KubeStandIn,
+    KubeStandInError,
+    azure_workload_identity_mutator,
+    eks_pod_identity_mutator,
+)
 
 EKS_TARGET = "sandbox-eks"
 EKS_CONTEXT = "sandbox-eks"
+AKS_TARGET = "sandbox-aks"
+AKS_CONTEXT = "sandbox-aks"
 DEMO_NAMESPACE = "shop"
 STATE_FILE = "state.json"
 
@@ -40,7 +49,7 @@ class SandboxState:
                    pod_env=dict(data["podEnv"]))
 
 
-def targets_document(region: str, cluster: str) -> str:
+def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: str, ca_bundle: Path) -> str:
     return (
         "# Written by `keyless sandbox up`: the sandbox's own targets.\n"
         "targets:\n"
@@ -50,6 +59,15 @@ def targets_document(region: str, cluster: str) -> str:
         f"    cluster: {cluster}\n"
         f"    namespace: {DEMO_NAMESPACE}\n"
         f"    kubernetes: {{context: {EKS_CONTEXT}, mode: apply}}\n"
+        f"  {AKS_TARGET}:\n"
+        "    cloud: azure\n"
+        f"    subscription: {azure.subscription_id}\n"
+        f"    resourceGroup: {azure.resource_group}\n"
+        f"    cluster: {azure.cluster}\n"
+        f"    namespace: {DEMO_NAMESPACE}\n"
+        f"    armEndpoint: {arm_url}\n"
+        f"    caBundle: {ca_bundle}\n"
+        f"    kubernetes: {{context: {AKS_CONTEXT}, mode: apply}}\n"
     )
 
 
@@ -59,7 +77,9 @@ class SandboxStack:
     def __init__(self, state_dir: Path, *, association_delay: float = 1.0) -> None:
         self.state_dir = state_dir
         self.aws = AwsSandbox(association_delay=association_delay)
+        self.azure = AzureSandbox(state_dir=state_dir / "azure", propagation_delay=association_delay)
         self.eks: KubeStandIn | None = None
+        self.aks: KubeStandIn | None = None
         self._control: ThreadingHTTPServer | None = None
 
     def start(self) -> SandboxState:
@@ -78,13 +98,33 @@ class SandboxStack:
         self.aws.set_cluster_keys(lambda cluster: eks.jwks() if cluster == seed.cluster else None)
         kubeconfig = eks.write_kubeconfig(self.state_dir / "kubeconfig", EKS_CONTEXT)
         eks.ensure_namespace(DEMO_NAMESPACE)
+
+        azure = self.azure.start()
+        # AKS issuers look like https://<region>.oic.prod-aks.azure.com/<tenant>/<id>/: the trailing slash is part of
+        # the URL, and federated credentials must repeat it byte for byte.
+        aks = KubeStandIn(
+            DEMO_CLUSTER,
+            issuer_url=f"{{url}}/{azure.tenant_id}/{DEMO_CLUSTER}/",
+            state_dir=self.state_dir / "clusters" / DEMO_CLUSTER,
+            mutators=[azure_workload_identity_mutator(azure.tenant_id, azure.authority_url)],
+        )
+        aks.start()
+        self.aks = aks
+        azure.set_issuer_keys(lambda issuer: aks.jwks() if issuer == aks.issuer_url else None)
+        azure_seed = azure.seed_demo(aks.issuer_url)
+        aks.write_kubeconfig(kubeconfig, AKS_CONTEXT, make_current=False)
+        aks.ensure_namespace(DEMO_NAMESPACE)
+
         targets = self.state_dir / "keyless.targets.yaml"
-        targets.write_text(targets_document(seed.region, seed.cluster))
+        targets.write_text(targets_document(seed.region, seed.cluster, azure_seed, azure.arm_url, azure.ca_bundle))
         self._control = ThreadingHTTPServer(("127.0.0.1", 0), _control_handler(self))
         threading.Thread(target=self._control.serve_forever, daemon=True, name="keyless-sandbox-control").start()
-        env = {**self.aws.env(), "KUBECONFIG": str(kubeconfig), "KEYLESS_TARGETS": str(targets)}
+        env = {**self.aws.env(), **azure.env(), "KUBECONFIG": str(kubeconfig), "KEYLESS_TARGETS": str(targets)}
+        # What a pod's SDKs need to stay inside the sandbox: endpoints and the sandbox CA, never credentials.
         pod_env = {k: v for k, v in self.aws.pod_env("/dev/null", seed.cluster).items()
                    if k.startswith(("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA"))}
+        pod_env.update(azure.ca_env())
+        pod_env["KEYLESS_DOCTOR_AZURE_SCOPE"] = f"{azure.arm_url}/.default"
         host, port = self._control.server_address[:2]
         state = SandboxState(pid=os.getpid(), control_url=f"http://{host!s}:{port}", env=env, pod_env=pod_env)
         (self.state_dir / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
@@ -93,18 +133,39 @@ class SandboxStack:
     def stop(self) -> None:
         if self._control is not None:
             self._control.shutdown()
-        if self.eks is not None:
-            self.eks.stop()
+        for cluster in (self.eks, self.aks):
+            if cluster is not None:
+                cluster.stop()
         self.aws.stop()
+        if self.azure.running:
+            self.azure.stop()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
-    def exec_env(self, namespace: str, pod: str) -> dict[str, str]:
-        assert self.eks is not None
-        return self.eks.exec_env(namespace, pod)
+    def _clusters(self, context: str | None = None) -> list[KubeStandIn]:
+        by_context = {EKS_CONTEXT: self.eks, AKS_CONTEXT: self.aks}
+        if context is not None and context not in by_context:
+            raise KubeStandInError(f"no sandbox cluster for context {context!r}; contexts: {', '.join(by_context)}")
+        chosen = [by_context[context]] if context else list(by_context.values())
+        return [c for c in chosen if c is not None]
 
-    def run_job(self, namespace: str, cronjob: str) -> str:
-        assert self.eks is not None
-        return self.eks.run_job(namespace, cronjob)
+    def exec_env(self, namespace: str, pod: str, context: str | None = None) -> dict[str, str]:
+        """The pod's environment, from the context's cluster, else from whichever sandbox cluster runs it."""
+        last: KubeStandInError | None = None
+        for cluster in self._clusters(context):
+            try:
+                return cluster.exec_env(namespace, pod)
+            except KubeStandInError as exc:
+                last = exc
+        raise last or KubeStandInError(f"pod {namespace}/{pod} not found")
+
+    def run_job(self, namespace: str, cronjob: str, context: str | None = None) -> str:
+        last: KubeStandInError | None = None
+        for cluster in self._clusters(context):
+            try:
+                return cluster.run_job(namespace, cronjob)
+            except KubeStandInError as exc:
+                last = exc
+        raise last or KubeStandInError(f"cronjob {namespace}/{cronjob} not found")
 
 
 def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
@@ -139,12 +200,13 @@ def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             self._call({
                 "/health": lambda q: {"ok": True},
-                "/exec-env": lambda q: stack.exec_env(q.get("namespace", DEMO_NAMESPACE), q["pod"]),
+                "/exec-env": lambda q: stack.exec_env(q.get("namespace", DEMO_NAMESPACE), q["pod"], q.get("context")),
             })
 
         def do_POST(self) -> None:
             self._call({
-                "/run-job": lambda q: {"job": stack.run_job(q.get("namespace", DEMO_NAMESPACE), q["cronjob"])},
+                "/run-job": lambda q: {"job": stack.run_job(q.get("namespace", DEMO_NAMESPACE), q["cronjob"],
+                                                            q.get("context"))},
             })
 
     return Handler

@@ -1,0 +1,482 @@
+"""The local Azure sandbox: ARM and Entra ID stand-ins over HTTPS with a local CA, reached by the real Azure SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import ssl
+import tempfile
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import certifi
+import trustme
+from aiohttp import web
+
+from keyless.sandbox.azure_arm import ArmStandIn
+from keyless.sandbox.azure_demo import (
+    DEMO_CLUSTER,
+    DEMO_CLUSTER_OFF,
+    DEMO_LOCATION,
+    DEMO_RESOURCE_GROUP,
+    DEPLOYER_IDENTITY,
+    AzureDemoSeed,
+    DemoIdentity,
+    assignment_name,
+    seed_demo,
+)
+from keyless.sandbox.azure_entra import ARM_AUDIENCES, EntraStandIn, IssuerKeys
+from keyless.sandbox.azure_limits import REAL_WRITE_LIMITS, RateLimit, WriteLimits, WriteThrottle
+from keyless.sandbox.azure_rbac import RoleAssignments
+from keyless.sandbox.azure_roles import MANAGED_IDENTITY_CONTRIBUTOR, READER
+from keyless.sandbox.azure_state import (
+    MAX_FEDERATED_CREDENTIALS,
+    TOKEN_EXCHANGE_AUDIENCE,
+    ArmError,
+    AzureState,
+    Identity,
+    ManagedCluster,
+)
+from keyless.sandbox.kube_tokens import ServiceAccountIssuer
+
+if TYPE_CHECKING:
+    from azure.identity import WorkloadIdentityCredential
+
+__all__ = [
+    "DEMO_CLUSTER",
+    "DEMO_CLUSTER_OFF",
+    "DEMO_LOCATION",
+    "DEMO_RESOURCE_GROUP",
+    "DEPLOYER_IDENTITY",
+    "MAX_FEDERATED_CREDENTIALS",
+    "REAL_WRITE_LIMITS",
+    "SANDBOX_SUBSCRIPTION_ID",
+    "SANDBOX_TENANT_ID",
+    "TOKEN_EXCHANGE_AUDIENCE",
+    "AzureDemoSeed",
+    "AzureSandbox",
+    "DemoIdentity",
+    "IssuerKeys",
+    "ManagedCluster",
+    "RateLimit",
+    "WriteLimits",
+]
+
+SANDBOX_TENANT_ID = "7d1f3c2a-5b6e-4f80-9a1b-2c3d4e5f6a7b"
+SANDBOX_SUBSCRIPTION_ID = "3b8e9d41-2f6a-4c7e-8d5b-1a9c0e7f4d23"
+DEPLOYER_CREDENTIAL = "keyless-deployer-sandbox"
+DEPLOYER_NAMESPACE = "keyless-system"
+DEPLOYER_SERVICE_ACCOUNT = "keyless-deployer"
+_DEPLOYER_ISSUER_PATH = "keyless-sandbox/deployer-issuer/"
+_DEPLOYER_UID = uuid.UUID("3f2d8c1e-6a4b-4e9f-8b7a-1c0d2e3f4a5b")
+
+
+@dataclass(frozen=True)
+class _Listening:
+    runner: web.AppRunner
+    port: int
+
+
+class AzureSandbox:
+    """Starts and stops the Azure half of the sandbox: ARM and the Entra ID authority, HTTPS on loopback.
+
+    TLS: a local CA (trustme) signs a certificate for 127.0.0.1 and localhost; ``ca_bundle`` is its PEM.
+    azure-core verifies through requests, which does NOT read the system store or SSL_CERT_FILE (it uses
+    certifi's bundle). Two ways to trust the sandbox, both verified by the tests:
+
+    * ``connection_verify=sandbox.ca_bundle`` on every mgmt client AND on the credential; it reaches the
+      transport of both. This is enough on its own for explicit credentials (``WorkloadIdentityCredential``,
+      ``DefaultAzureCredential(connection_verify=...)`` passes it on too).
+    * ``REQUESTS_CA_BUNDLE``: requests uses it whenever ``connection_verify`` is left at True, for the
+      clients and the credential alike. ``env()`` sets it to ``trust_bundle`` (certifi's roots plus the sandbox
+      CA), so a CLI that only honours the environment still reaches public endpoints as well.
+    SSL_CERT_FILE does not help: requests ignores it (a test pins this down).
+
+    ``env()`` is DefaultAzureCredential's workload identity path for the bootstrap "keyless-deployer"
+    identity: a federated token file that the sandbox signs with its own issuer key, writes and refreshes,
+    and a federated credential on the deployer trusting that issuer. It works offline.
+
+    Usable from pytest and from a long-running process: the servers run on their own asyncio thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        arm_port: int = 0,
+        authority_port: int = 0,
+        state_dir: str | os.PathLike[str] | None = None,
+        tenant_id: str = SANDBOX_TENANT_ID,
+        subscription_id: str = SANDBOX_SUBSCRIPTION_ID,
+        propagation_delay: float = 1.0,
+        write_hold: float = 0.3,
+        write_limits: WriteLimits | None = None,
+        issuer_keys: IssuerKeys | None = None,
+        token_lifetime: int = 3600,
+        deployer_token_lifetime: int = 3600,
+    ) -> None:
+        self.host = host
+        self._ports = (arm_port, authority_port)
+        self._given_state_dir = Path(state_dir) if state_dir is not None else None
+        self._state = AzureState(tenant_id, subscription_id, propagation_delay=propagation_delay,
+                                 write_hold=write_hold)
+        self._rbac = RoleAssignments(self._state)
+        self._throttle = WriteThrottle(subscription_id, write_limits or WriteLimits())
+        self._entra = EntraStandIn(self._state, issuer_keys=issuer_keys, token_lifetime=token_lifetime)
+        self._arm = ArmStandIn(self._state, self._entra, self._rbac, self._throttle)
+        self._registered_issuers: dict[str, Mapping[str, Any]] = {}
+        self._external_issuer_keys = issuer_keys
+        self._entra.issuer_keys = self._lookup_issuer
+        self._deployer_token_lifetime = deployer_token_lifetime
+        self._deployer_issuer: ServiceAccountIssuer | None = None
+        self._deployer_client_id = ""
+        self._state_dir: Path | None = None
+        self._temporary_dir = False
+        self._ca: trustme.CA | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._refresh: asyncio.TimerHandle | None = None
+        self._listening: list[_Listening] = []
+        self._lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> AzureSandbox:
+        with self._lock:
+            if self._loop is not None:
+                return self
+            try:
+                self._prepare_files()
+                loop = asyncio.new_event_loop()
+                self._loop = loop
+                self._thread = threading.Thread(target=loop.run_forever, name="keyless-azure-sandbox", daemon=True)
+                self._thread.start()
+                asyncio.run_coroutine_threadsafe(self._listen(), loop).result(timeout=30)
+                self._bootstrap()
+                loop.call_soon_threadsafe(self._schedule_refresh)
+            except BaseException:
+                self._shutdown()
+                raise
+        return self
+
+    def _prepare_files(self) -> None:
+        if self._given_state_dir is not None:
+            self._given_state_dir.mkdir(parents=True, exist_ok=True)
+            self._state_dir, self._temporary_dir = self._given_state_dir, False
+        else:
+            self._state_dir, self._temporary_dir = Path(tempfile.mkdtemp(prefix="keyless-azure-")), True
+        self._ca = self._ca or trustme.CA(organization_name="keyless sandbox")
+        self._ca.cert_pem.write_to_path(str(self.ca_bundle))
+        # A bundle for REQUESTS_CA_BUNDLE must keep the public roots, or everything else the process reaches breaks.
+        self.trust_bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n" + self._ca.cert_pem.bytes())
+
+    def _server_context(self) -> ssl.SSLContext:
+        assert self._ca is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ca.issue_cert("127.0.0.1", "localhost", "::1").configure_cert(context)
+        return context
+
+    async def _listen(self) -> None:
+        context = self._server_context()
+        for app, port in ((self._arm.app(), self._ports[0]), (self._entra.app(), self._ports[1])):
+            runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, port, ssl_context=context)
+            await site.start()
+            self._listening.append(_Listening(runner, int(runner.addresses[0][1])))
+        self._arm.url = self.arm_url
+        self._entra.arm_url = self.arm_url
+        self._entra.authority_url = self.authority_url
+
+    def _bootstrap(self) -> None:
+        """The deployer identity exists before anyone calls the sandbox, as a CI identity would in a real tenant."""
+        issuer_url = f"{self.authority_url}{_DEPLOYER_ISSUER_PATH}"
+        key_file = self.state_dir / "deployer-issuer-key.pem"
+        self._deployer_issuer = ServiceAccountIssuer.load_or_create(issuer_url, key_file)
+        self._entra.own_issuers = {issuer_url: self._deployer_issuer}
+        state, sub = self._state, self._state.subscription_id
+        state.put_resource_group(sub, DEMO_RESOURCE_GROUP, DEMO_LOCATION, {"keyless:sandbox": "demo"})
+        deployer, _ = state.put_identity(sub, DEMO_RESOURCE_GROUP, DEPLOYER_IDENTITY, DEMO_LOCATION,
+                                         {"keyless:sandbox": "deployer"})
+        key = (DEMO_RESOURCE_GROUP.lower(), DEPLOYER_IDENTITY.lower())
+        state.put_credential(key, DEPLOYER_CREDENTIAL, {
+            "issuer": issuer_url,
+            "subject": f"system:serviceaccount:{DEPLOYER_NAMESPACE}:{DEPLOYER_SERVICE_ACCOUNT}",
+            "audiences": [TOKEN_EXCHANGE_AUDIENCE],
+        })
+        state.make_propagated(deployer.client_id)
+        self._deployer_client_id = deployer.client_id
+        group_scope = f"/subscriptions/{sub}/resourceGroups/{DEMO_RESOURCE_GROUP}"
+        for scope, role in ((group_scope, MANAGED_IDENTITY_CONTRIBUTOR), (f"/subscriptions/{sub}", READER)):
+            self._ensure_assignment_direct(scope, role, deployer.principal_id)
+        self.refresh_deployer_token()
+
+    def _ensure_assignment_direct(self, scope: str, role: str, principal_id: str) -> None:
+        try:
+            self._rbac.put_role_assignment(scope, assignment_name(scope, role, principal_id), {
+                "roleDefinitionId": f"/providers/Microsoft.Authorization/roleDefinitions/{role}",
+                "principalId": principal_id, "principalType": "ServicePrincipal",
+            })
+        except ArmError as error:
+            if error.code != "RoleAssignmentExists":
+                raise
+
+    def _schedule_refresh(self) -> None:
+        # Like the kubelet, rewrite the projected token well before it expires (azure-identity rereads every 10 min).
+        assert self._loop is not None
+        self._refresh = self._loop.call_later(max(60.0, self._deployer_token_lifetime / 2), self._refresh_tick)
+
+    def _refresh_tick(self) -> None:
+        try:
+            self.refresh_deployer_token()
+        finally:
+            self._schedule_refresh()
+
+    async def _close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        for listening in reversed(self._listening):
+            await listening.runner.cleanup()
+        self._listening.clear()
+        await asyncio.get_running_loop().shutdown_default_executor()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=30)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout=30)
+        if loop is not None and not loop.is_running():
+            loop.close()
+        self._loop = None
+        self._thread = None
+        self._listening.clear()
+        if self._temporary_dir and self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            self._state_dir = None
+
+    def __enter__(self) -> AzureSandbox:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
+
+    # ---- where things are --------------------------------------------------------------------------
+
+    def _port(self, index: int) -> int:
+        if len(self._listening) <= index:
+            raise RuntimeError("the Azure sandbox is not started")
+        return self._listening[index].port
+
+    @property
+    def arm_url(self) -> str:
+        """The ARM endpoint (base_url of the mgmt clients; `armEndpoint` of a target)."""
+        return f"https://{self.host}:{self._port(0)}"
+
+    @property
+    def authority_url(self) -> str:
+        """The Entra ID authority host (AZURE_AUTHORITY_HOST), with its trailing slash."""
+        return f"https://{self.host}:{self._port(1)}/"
+
+    @property
+    def tenant_id(self) -> str:
+        return self._state.tenant_id
+
+    @property
+    def subscription_id(self) -> str:
+        return self._state.subscription_id
+
+    @property
+    def credential_scope(self) -> str:
+        """The token scope the mgmt clients ask for by default, which this ARM accepts."""
+        return f"{ARM_AUDIENCES[0]}/.default"
+
+    @property
+    def state_dir(self) -> Path:
+        if self._state_dir is None:
+            raise RuntimeError("the Azure sandbox is not started")
+        return self._state_dir
+
+    @property
+    def ca_bundle(self) -> Path:
+        """PEM of the sandbox CA alone: pass it as `connection_verify=` (or `caBundle` in a target)."""
+        return self.state_dir / "azure-sandbox-ca.pem"
+
+    @property
+    def trust_bundle(self) -> Path:
+        """certifi's public roots plus the sandbox CA: what REQUESTS_CA_BUNDLE is set to in env()."""
+        return self.state_dir / "azure-trust-bundle.pem"
+
+    @property
+    def deployer_token_file(self) -> Path:
+        return self.state_dir / "deployer-federated-token"
+
+    @property
+    def deployer_client_id(self) -> str:
+        if not self._deployer_client_id:
+            raise RuntimeError("the Azure sandbox is not started")
+        return self._deployer_client_id
+
+    @property
+    def deployer_issuer_url(self) -> str:
+        if self._deployer_issuer is None:
+            raise RuntimeError("the Azure sandbox is not started")
+        return self._deployer_issuer.issuer_url
+
+    def env(self) -> dict[str, str]:
+        """What DefaultAzureCredential (workload identity path) and azure-core need to use this sandbox offline."""
+        self.refresh_deployer_token()
+        return {
+            "AZURE_CLIENT_ID": self.deployer_client_id,
+            "AZURE_TENANT_ID": self.tenant_id,
+            "AZURE_FEDERATED_TOKEN_FILE": str(self.deployer_token_file),
+            "AZURE_AUTHORITY_HOST": self.authority_url,
+            "AZURE_SUBSCRIPTION_ID": self.subscription_id,
+            "REQUESTS_CA_BUNDLE": str(self.trust_bundle),
+        }
+
+    def ca_env(self) -> dict[str, str]:
+        """Only the CA trust, for processes (pods) whose AZURE_* variables come from the workload identity webhook."""
+        return {"REQUESTS_CA_BUNDLE": str(self.trust_bundle)}
+
+    def refresh_deployer_token(self) -> None:
+        """Write a fresh federated token for the deployer, atomically so that a reader never sees half of one."""
+        if self._deployer_issuer is None:
+            raise RuntimeError("the Azure sandbox is not started")
+        token = self._deployer_issuer.mint(
+            namespace=DEPLOYER_NAMESPACE, service_account=DEPLOYER_SERVICE_ACCOUNT,
+            service_account_uid=str(_DEPLOYER_UID),
+            audiences=[TOKEN_EXCHANGE_AUDIENCE], expiration_seconds=self._deployer_token_lifetime,
+        )
+        partial = self.deployer_token_file.with_suffix(".tmp")
+        partial.write_text(token)
+        os.replace(partial, self.deployer_token_file)
+
+    def deployer_credential(self) -> WorkloadIdentityCredential:
+        """azure-identity's WorkloadIdentityCredential for the deployer, trusting the sandbox CA."""
+        from azure.identity import WorkloadIdentityCredential
+
+        return WorkloadIdentityCredential(
+            tenant_id=self.tenant_id, client_id=self.deployer_client_id,
+            token_file_path=str(self.deployer_token_file), authority=self.authority_url,
+            connection_verify=str(self.ca_bundle),
+        )
+
+    # ---- hooks for the stack and tests ----------------------------------------------------------------
+
+    def _lookup_issuer(self, issuer_url: str) -> Mapping[str, Any] | None:
+        registered = self._registered_issuers.get(issuer_url)
+        if registered is not None:
+            return registered
+        return self._external_issuer_keys(issuer_url) if self._external_issuer_keys is not None else None
+
+    def set_issuer_keys(self, lookup: IssuerKeys | None) -> None:
+        """How the token endpoint finds an issuer's JWKS (the stack asks the Kubernetes stand-ins)."""
+        self._external_issuer_keys = lookup
+
+    def register_issuer(self, issuer_url: str, jwks: Mapping[str, Any]) -> None:
+        """Trust keys for one issuer URL, matched byte for byte (a trailing slash makes another issuer)."""
+        self._registered_issuers[issuer_url] = jwks
+
+    def add_cluster(
+        self,
+        name: str,
+        *,
+        issuer_url: str | None,
+        resource_group: str = DEMO_RESOURCE_GROUP,
+        oidc_issuer_enabled: bool | None = None,
+        workload_identity_enabled: bool | None = None,
+        location: str = DEMO_LOCATION,
+    ) -> ManagedCluster:
+        """Create or replace a managed cluster directly (no ARM rules); the issuer is kept byte for byte."""
+        oidc = issuer_url is not None if oidc_issuer_enabled is None else oidc_issuer_enabled
+        cluster = ManagedCluster(
+            self.subscription_id, self._state.resource_group(self.subscription_id, resource_group).name, name,
+            location, oidc_issuer_enabled=oidc, issuer_url=issuer_url if oidc else None,
+            workload_identity_enabled=oidc if workload_identity_enabled is None else workload_identity_enabled,
+            extra=MappingProxyType({"dnsPrefix": f"{name}-dns"}),
+        )
+        self._state.set_cluster(cluster)
+        return cluster
+
+    def set_cluster(self, cluster: ManagedCluster) -> None:
+        """Replace a cluster as is (e.g. ``dataclasses.replace(sandbox.cluster(...), issuer_url=...)``)."""
+        self._state.set_cluster(cluster)
+
+    def cluster(self, name: str, resource_group: str = DEMO_RESOURCE_GROUP) -> ManagedCluster:
+        return self._state.cluster(self.subscription_id, resource_group, name)
+
+    def identity(self, name: str, resource_group: str = DEMO_RESOURCE_GROUP) -> Identity:
+        return self._state.identity(self.subscription_id, resource_group, name)
+
+    def add_principal(self, object_id: str, principal_type: str = "User") -> None:
+        """A user, group or app that role assignments may name (managed identities are known already)."""
+        self._state.add_principal(object_id, principal_type)
+
+    # ---- faults and knobs -------------------------------------------------------------------------------
+
+    def throttle_next(self, count: int, retry_after: float = 1.0) -> None:
+        """The next `count` managed-identity writes answer 429 TooManyRequests with this Retry-After (seconds)."""
+        self._throttle.throttle_next(count, retry_after)
+
+    def reset_faults(self) -> None:
+        self._throttle.reset()
+
+    @property
+    def propagation_delay(self) -> float:
+        """Seconds before a credential write reaches the token endpoint (new ones fail with AADSTS70021 until then)."""
+        return self._state.propagation_delay
+
+    @propagation_delay.setter
+    def propagation_delay(self, seconds: float) -> None:
+        self._state.propagation_delay = seconds
+
+    @property
+    def write_hold(self) -> float:
+        """Seconds a credential write holds its identity; concurrent writes to it meanwhile get 409."""
+        return self._state.write_hold
+
+    @write_hold.setter
+    def write_hold(self, seconds: float) -> None:
+        self._state.write_hold = seconds
+
+    @property
+    def write_limits(self) -> WriteLimits:
+        """Token buckets on managed-identity writes (none by default; REAL_WRITE_LIMITS are Azure's)."""
+        return self._throttle.limits
+
+    @write_limits.setter
+    def write_limits(self, limits: WriteLimits) -> None:
+        self._throttle.limits = limits
+
+    # ---- the demo -----------------------------------------------------------------------------------------
+
+    def seed_demo(self, cluster_issuer_url: str) -> AzureDemoSeed:
+        """Create the demo's resource group, clusters, storage account, identities and roles through ARM (idempotent).
+
+        Runs the real mgmt clients as the deployer. The cluster's issuer URL is sent in the PUT body: AKS
+        would assign one itself, the sandbox keeps the one given (byte for byte) so that it is a Kubernetes
+        stand-in's issuer.
+        """
+        return seed_demo(self.deployer_credential(), arm_url=self.arm_url, ca_bundle=str(self.ca_bundle),
+                         tenant_id=self.tenant_id, subscription_id=self.subscription_id,
+                         cluster_issuer_url=cluster_issuer_url)

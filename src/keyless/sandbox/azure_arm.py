@@ -1,0 +1,371 @@
+"""The ARM stand-in: the REST paths and JSON shapes azure-mgmt-msi, -containerservice and -authorization use."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from keyless.sandbox.azure_entra import EntraStandIn
+from keyless.sandbox.azure_limits import WriteThrottle
+from keyless.sandbox.azure_rbac import RoleAssignment, RoleAssignments
+from keyless.sandbox.azure_state import (
+    AKS_TYPE,
+    FIC_TYPE,
+    UAMI_TYPE,
+    ArmError,
+    AzureState,
+    FederatedCredential,
+    Identity,
+    ManagedCluster,
+    ResourceGroup,
+)
+
+__all__ = ["ArmStandIn"]
+
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview|-beta|-alpha)?$")
+_JSON = dict[str, Any]
+_Route = Callable[[web.Request, list[str]], Awaitable[web.Response]]
+
+
+def _render_group(group: ResourceGroup) -> _JSON:
+    return {"id": group.id, "name": group.name, "type": "Microsoft.Resources/resourceGroups",
+            "location": group.location, "tags": dict(group.tags), "properties": {"provisioningState": "Succeeded"}}
+
+
+def _render_identity(identity: Identity) -> _JSON:
+    return {
+        "id": identity.id, "name": identity.name, "type": UAMI_TYPE, "location": identity.location,
+        "tags": dict(identity.tags),
+        "properties": {"tenantId": identity.tenant_id, "principalId": identity.principal_id,
+                       "clientId": identity.client_id, "isolationScope": "None"},
+    }
+
+
+def _render_credential(identity: Identity, credential: FederatedCredential) -> _JSON:
+    return {
+        "id": f"{identity.id}/federatedIdentityCredentials/{credential.name}",
+        "name": credential.name,
+        "type": FIC_TYPE,
+        "properties": {"issuer": credential.issuer, "subject": credential.subject,
+                       "audiences": list(credential.audiences)},
+    }
+
+
+def _render_cluster(cluster: ManagedCluster, tenant_id: str) -> _JSON:
+    props = dict(cluster.extra)
+    dns_prefix = str(props.get("dnsPrefix") or f"{cluster.name}-dns")
+    suffix = uuid.uuid5(uuid.NAMESPACE_URL, cluster.id.lower()).hex[:8]
+    security = dict(props.pop("securityProfile", None) or {})
+    # AKS leaves workloadIdentity out entirely until it was enabled once: callers must cope with it missing.
+    if cluster.workload_identity_enabled:
+        security["workloadIdentity"] = {"enabled": True}
+    oidc: _JSON = {"enabled": cluster.oidc_issuer_enabled}
+    if cluster.oidc_issuer_enabled and cluster.issuer_url:
+        oidc["issuerURL"] = cluster.issuer_url
+    props.update({
+        "provisioningState": "Succeeded",
+        "powerState": {"code": "Running"},
+        "kubernetesVersion": cluster.kubernetes_version,
+        "currentKubernetesVersion": cluster.kubernetes_version,
+        "dnsPrefix": dns_prefix,
+        "fqdn": f"{dns_prefix}-{suffix}.hcp.{cluster.location}.azmk8s.io",
+        "nodeResourceGroup": props.get("nodeResourceGroup") or f"MC_{cluster.resource_group}_{cluster.name}_"
+                                                                f"{cluster.location}",
+        "enableRBAC": props.get("enableRBAC", True),
+        "oidcIssuerProfile": oidc,
+        "securityProfile": security,
+    })
+    principal = uuid.uuid5(uuid.NAMESPACE_URL, f"{cluster.id.lower()}#identity")
+    return {
+        "id": cluster.id, "name": cluster.name, "type": AKS_TYPE, "location": cluster.location,
+        "tags": dict(cluster.tags), "sku": {"name": "Base", "tier": "Free"},
+        "identity": {"type": "SystemAssigned", "principalId": str(principal), "tenantId": tenant_id},
+        "properties": props,
+    }
+
+
+def _render_assignment(assignment: RoleAssignment) -> _JSON:
+    return {
+        "id": assignment.id, "name": assignment.name, "type": "Microsoft.Authorization/roleAssignments",
+        "properties": {
+            "roleDefinitionId": assignment.role_definition_id, "principalId": assignment.principal_id,
+            "principalType": assignment.principal_type, "scope": assignment.scope,
+            "condition": assignment.condition, "conditionVersion": assignment.condition_version,
+            "createdOn": assignment.created_on, "updatedOn": assignment.created_on,
+            "createdBy": None, "updatedBy": None, "delegatedManagedIdentityResourceId": None,
+            "description": assignment.description,
+        },
+    }
+
+
+class ArmStandIn:
+    """Routes ARM requests to the state; every request needs a bearer token the Entra stand-in issued."""
+
+    def __init__(self, state: AzureState, entra: EntraStandIn, rbac: RoleAssignments, throttle: WriteThrottle) -> None:
+        self.state = state
+        self.entra = entra
+        self.rbac = rbac
+        self.throttle = throttle
+        self.url = ""  # set once the server has its port
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_route("*", "/{path:.*}", self._dispatch)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+        request_id = str(uuid.uuid4())
+        correlation = request.headers.get("x-ms-correlation-request-id") or request_id
+        ids = {"x-ms-request-id": request_id, "x-ms-correlation-request-id": correlation,
+               "x-ms-routing-request-id": f"SANDBOX:{request_id}"}
+        try:
+            self.entra.verify_arm_token(request.headers.get("Authorization"))
+            api_version = request.query.get("api-version")
+            if not api_version:
+                raise ArmError(400, "MissingApiVersionParameter",
+                               "The api-version query parameter (?api-version=) is required for all requests.")
+            if not _API_VERSION.match(api_version):
+                raise ArmError(400, "InvalidApiVersionParameter",
+                               f"The api-version '{api_version}' is invalid. The supported versions are dates such as "
+                               "'2024-11-30'.")
+            response = await handler(request)
+        except ArmError as error:
+            response = web.json_response(error.body(), status=error.status, headers=error.headers)
+        response.headers.update(ids)
+        return response
+
+    async def _body(self, request: web.Request) -> _JSON:
+        raw = await request.read()
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise ArmError(400, "InvalidRequestContent",
+                           f"The request content was invalid and could not be deserialized: '{exc}'.") from None
+        if not isinstance(body, dict):
+            raise ArmError(400, "InvalidRequestContent", "The request content must be a JSON object.")
+        return body
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        segments = [s for s in request.path.split("/") if s]
+        lowered = [s.lower() for s in segments]
+        # Role assignments and definitions hang below any scope: /{scope}/providers/Microsoft.Authorization/...
+        for index in range(len(lowered) - 2, -1, -1):
+            if lowered[index] == "providers" and lowered[index + 1] == "microsoft.authorization":
+                return await self._authorization(request, "/" + "/".join(segments[:index]), segments[index + 2:])
+        if len(lowered) < 2 or lowered[0] != "subscriptions":
+            raise self._no_route(request)
+        subscription = segments[1]
+        if len(lowered) == 2 and request.method == "GET":
+            self.state.check_subscription(subscription)
+            return web.json_response({
+                "id": f"/subscriptions/{self.state.subscription_id}", "subscriptionId": self.state.subscription_id,
+                "tenantId": self.state.tenant_id, "displayName": "keyless sandbox", "state": "Enabled",
+            })
+        if len(lowered) >= 5 and lowered[2] == "providers":
+            return await self._subscription_list(request, subscription, lowered[3], lowered[4], len(lowered))
+        if lowered[2] != "resourcegroups":
+            raise self._no_route(request)
+        if len(lowered) == 3 and request.method == "GET":
+            self.state.check_subscription(subscription)
+            return web.json_response({"value": [_render_group(g) for g in self.state.resource_groups(subscription)]})
+        group = segments[3]
+        if len(lowered) == 4:
+            return await self._resource_group(request, subscription, group)
+        if len(lowered) < 7 or lowered[4] != "providers":
+            raise self._no_route(request)
+        namespace, type_name = lowered[5], lowered[6]
+        rest = segments[7:]
+        if (namespace, type_name) == ("microsoft.managedidentity", "userassignedidentities"):
+            return await self._identities(request, subscription, group, rest)
+        if (namespace, type_name) == ("microsoft.containerservice", "managedclusters") and len(rest) <= 1:
+            return await self._clusters(request, subscription, group, rest)
+        if len(rest) == 1:
+            return await self._generic(request, subscription, group, f"{segments[5]}/{segments[6]}", rest[0])
+        raise self._no_route(request)
+
+    @staticmethod
+    def _no_route(request: web.Request) -> ArmError:
+        return ArmError(404, "NotFound", f"The Azure sandbox does not serve '{request.method} {request.path}'.")
+
+    @staticmethod
+    def _method_not_allowed(request: web.Request) -> ArmError:
+        return ArmError(405, "HttpMethodNotAllowed",
+                        f"The requested resource does not support http method '{request.method}'.")
+
+    # ---- resource groups -------------------------------------------------------------------------------
+
+    async def _resource_group(self, request: web.Request, subscription: str, group: str) -> web.Response:
+        if request.method == "GET":
+            return web.json_response(_render_group(self.state.resource_group(subscription, group)))
+        if request.method == "HEAD":
+            try:
+                self.state.resource_group(subscription, group)
+            except ArmError as error:
+                if error.status == 404:
+                    return web.Response(status=404)
+                raise
+            return web.Response(status=204)
+        if request.method == "PUT":
+            body = await self._body(request)
+            created_group, created = self.state.put_resource_group(subscription, group, body.get("location"),
+                                                                   body.get("tags"))
+            return web.json_response(_render_group(created_group), status=201 if created else 200)
+        raise self._method_not_allowed(request)
+
+    async def _subscription_list(self, request: web.Request, subscription: str, namespace: str, type_name: str,
+                                 length: int) -> web.Response:
+        if request.method != "GET" or length != 5:
+            raise self._no_route(request)
+        if (namespace, type_name) == ("microsoft.managedidentity", "userassignedidentities"):
+            return web.json_response({"value": [_render_identity(i) for i in self.state.identities(subscription)]})
+        if (namespace, type_name) == ("microsoft.containerservice", "managedclusters"):
+            return web.json_response({"value": [self._cluster_json(c) for c in self.state.clusters(subscription)]})
+        raise self._no_route(request)
+
+    # ---- managed identities and federated credentials ----------------------------------------------------
+
+    async def _identities(self, request: web.Request, subscription: str, group: str, rest: list[str]) -> web.Response:
+        method = request.method
+        if not rest:
+            if method != "GET":
+                raise self._method_not_allowed(request)
+            return web.json_response({"value": [_render_identity(i) for i in self.state.identities(subscription,
+                                                                                                    group)]})
+        name = rest[0]
+        if len(rest) == 1:
+            if method == "GET":
+                return web.json_response(_render_identity(self.state.identity(subscription, group, name)))
+            if method not in ("PUT", "PATCH", "DELETE"):
+                raise self._method_not_allowed(request)
+            self.state.resource_group(subscription, group)
+            headers = self.throttle.check((group.lower(), name.lower()))
+            if method == "PUT":
+                body = await self._body(request)
+                identity, created = self.state.put_identity(subscription, group, name, body.get("location"),
+                                                            body.get("tags"))
+                return web.json_response(_render_identity(identity), status=201 if created else 200, headers=headers)
+            if method == "PATCH":
+                body = await self._body(request)
+                current = self.state.identity(subscription, group, name)
+                identity, _ = self.state.put_identity(subscription, group, name, current.location,
+                                                      body.get("tags", current.tags))
+                return web.json_response(_render_identity(identity), headers=headers)
+            existed = self.state.delete_identity(subscription, group, name)
+            return web.Response(status=200 if existed else 204, headers=headers)
+        if rest[1].lower() != "federatedidentitycredentials" or len(rest) > 3:
+            raise self._no_route(request)
+        if len(rest) == 2:
+            if method != "GET":
+                raise self._method_not_allowed(request)
+            return self._credential_page(request, subscription, group, name)
+        credential = rest[2]
+        if method == "GET":
+            identity = self.state.identity(subscription, group, name)
+            return web.json_response(_render_credential(
+                identity, self.state.credential(subscription, group, name, credential)))
+        if method not in ("PUT", "DELETE"):
+            raise self._method_not_allowed(request)
+        body = await self._body(request) if method == "PUT" else {}
+        self.state.resource_group(subscription, group)
+        headers = self.throttle.check((group.lower(), name.lower()))
+        with self.state.credential_write(subscription, group, name, "write" if method == "PUT" else "delete") as key:
+            identity = self.state.identity(subscription, group, name)
+            if method == "PUT":
+                stored, created = self.state.put_credential(key, credential, body.get("properties"))
+            else:
+                existed = self.state.delete_credential(key, credential)
+            # The write keeps the identity busy for as long as the real RP takes: a second write meanwhile is a 409.
+            await asyncio.sleep(self.state.write_hold)
+        if method == "PUT":
+            return web.json_response(_render_credential(identity, stored), status=201 if created else 200,
+                                     headers=headers)
+        return web.Response(status=200 if existed else 204, headers=headers)
+
+    def _credential_page(self, request: web.Request, subscription: str, group: str, name: str) -> web.Response:
+        identity = self.state.identity(subscription, group, name)
+        everything = self.state.credentials(subscription, group, name)
+        try:
+            start = int(request.query.get("$skiptoken", "0"))
+            top = int(request.query["$top"]) if "$top" in request.query else len(everything)
+        except ValueError:
+            raise ArmError(400, "InvalidQueryParameterValue", "$top and $skiptoken must be integers.") from None
+        page = everything[start:start + max(top, 1)]
+        body: _JSON = {"value": [_render_credential(identity, c) for c in page]}
+        if start + len(page) < len(everything):
+            query = {"api-version": request.query["api-version"], "$top": str(top),
+                     "$skiptoken": str(start + len(page))}
+            body["nextLink"] = f"{self.url}{request.path}?{urlencode(query)}"
+        return web.json_response(body)
+
+    # ---- managed clusters -------------------------------------------------------------------------------
+
+    def _cluster_json(self, cluster: ManagedCluster) -> _JSON:
+        return _render_cluster(cluster, self.state.tenant_id)
+
+    async def _clusters(self, request: web.Request, subscription: str, group: str, rest: list[str]) -> web.Response:
+        if not rest:
+            if request.method != "GET":
+                raise self._method_not_allowed(request)
+            return web.json_response({"value": [self._cluster_json(c) for c in self.state.clusters(subscription,
+                                                                                                  group)]})
+        if request.method == "GET":
+            return web.json_response(self._cluster_json(self.state.cluster(subscription, group, rest[0])))
+        if request.method == "PUT":
+            body = await self._body(request)
+            cluster, created = self.state.put_cluster(subscription, group, rest[0], body)
+            # Finished at once: a terminal provisioningState in the body ends the SDK's poller without polling.
+            return web.json_response(self._cluster_json(cluster), status=201 if created else 200)
+        raise self._method_not_allowed(request)
+
+    # ---- other resources (role-assignment scopes such as storage accounts) ----------------------------------
+
+    async def _generic(self, request: web.Request, subscription: str, group: str, type_name: str,
+                       name: str) -> web.Response:
+        self.state.resource_group(subscription, group)
+        resource_id = f"/subscriptions/{subscription}/resourceGroups/{group}/providers/{type_name}/{name}"
+        if request.method == "GET":
+            return web.json_response(self.state.resource(resource_id, group, type_name, name))
+        if request.method == "PUT":
+            stored, created = self.state.put_resource(resource_id, type_name, name, await self._body(request))
+            return web.json_response(stored, status=201 if created else 200)
+        raise self._method_not_allowed(request)
+
+    # ---- role assignments and definitions --------------------------------------------------------------------
+
+    async def _authorization(self, request: web.Request, scope: str, rest: list[str]) -> web.Response:
+        kind = rest[0].lower() if rest else ""
+        method = request.method
+        if kind == "roleassignments" and len(rest) == 1 and method == "GET":
+            found = self.rbac.role_assignments(scope, request.query.get("$filter"))
+            return web.json_response({"value": [_render_assignment(a) for a in found]})
+        if kind == "roleassignments" and len(rest) == 2:
+            if method == "GET":
+                return web.json_response(_render_assignment(self.rbac.role_assignment(scope, rest[1])))
+            if method == "PUT":
+                body = await self._body(request)
+                assignment, created = self.rbac.put_role_assignment(scope, rest[1], body.get("properties") or {})
+                return web.json_response(_render_assignment(assignment), status=201 if created else 200)
+            if method == "DELETE":
+                removed = self.rbac.delete_role_assignment(scope, rest[1])
+                if removed is None:
+                    return web.Response(status=204)
+                return web.json_response(_render_assignment(removed))
+            raise self._method_not_allowed(request)
+        if kind == "roledefinitions" and len(rest) == 1 and method == "GET":
+            roles = self.rbac.role_definitions(scope, request.query.get("$filter"))
+            return web.json_response({"value": [r.resource(scope) for r in roles]})
+        if kind == "roledefinitions" and len(rest) == 2 and method == "GET":
+            return web.json_response(self.rbac.role_definition(scope, rest[1]).resource(scope))
+        raise self._no_route(request)
+
