@@ -206,6 +206,9 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observe
                 result = ActionResult(action, True, message, time.monotonic() - start)
             except KeylessError as exc:
                 result = ActionResult(action, False, exc.message, time.monotonic() - start)
+            except Exception as exc:  # a bug or an SDK surprise: report it for this service, keep the others going
+                result = ActionResult(action, False, f"unexpected error: {type(exc).__name__}: {exc}",
+                                      time.monotonic() - start)
             results.append(result)
             if progress is not None:
                 progress(result)

@@ -14,6 +14,7 @@ import httpx2
 from lightkube import ApiError, Client, KubeConfig, SingleConfig
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.core_v1 import PodTemplateSpec
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.operators import Operator
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob, Job
@@ -448,7 +449,8 @@ class ClusterKube:
 
     def request_token(self, namespace: str, name: str, audience: str) -> str | None:
         """A TokenRequest for the account, as the kubelet gets the projected token a pod would present."""
-        request = ServiceAccount.Token(spec=TokenRequestSpec(audiences=[audience], expirationSeconds=600))
+        request = ServiceAccount.Token(metadata=ObjectMeta(name=name, namespace=namespace),
+                                       spec=TokenRequestSpec(audiences=[audience], expirationSeconds=600))
         created = self._call(f"request a token for ServiceAccount {namespace}/{name}",
                              lambda: self._client.create(request, name, namespace=namespace))
         status = getattr(created, "status", None)
