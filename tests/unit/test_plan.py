@@ -55,9 +55,9 @@ def seen(service: str = "api", role: str = "api-role", *, id: str = "a-1", owner
 
 
 def plan(desired: list[Binding], observed: list[ObservedBinding], *, in_place: bool = True,
-         services: tuple[str, ...] = ("api",)) -> tuple[list[Action], list[Blocker]]:
+         services: tuple[str, ...] = ("api",), marks_adopted: bool = True) -> tuple[list[Action], list[Blocker]]:
     return plan_bindings(desired, observed, app=APP, target=TARGET, in_place_identity_change=in_place,
-                         services_in_app=services)
+                         services_in_app=services, marks_adopted=marks_adopted)
 
 
 def only(actions: list[Action]) -> Action:
@@ -89,6 +89,20 @@ def test_noop_when_owned_and_bound_to_the_same_identity() -> None:
     assert action.observed == existing
     assert action.reason == f"bound to {arn('api-role')}"
     assert blockers == []
+
+
+def test_an_identical_binding_a_cloud_cannot_mark_is_used_as_is_and_stays_a_noop() -> None:
+    """Azure credentials take no tags: adopting cannot make them keyless's, so every plan would say "adopt"
+    again. Instead the plan uses the identical binding (no change) and never deletes it later."""
+    existing = seen(owner=None, managed_by=None)
+    actions, blockers = plan([want()], [existing], marks_adopted=False)
+    action = only(actions)
+    assert action.kind is ActionKind.NOOP
+    assert "made outside keyless" in action.reason
+    assert blockers == []
+    # The service goes away: the hand-made binding is not keyless's to delete.
+    actions, _ = plan([], [existing], marks_adopted=False, services=())
+    assert actions == []
 
 
 def test_adopt_an_identical_binding_nobody_owns() -> None:
