@@ -9,43 +9,21 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import httpx
 import pytest
+from e2e_support import Sandbox, run_cli
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod, ServiceAccount
-from typer.testing import CliRunner
 
-from keyless.cli import app as cli
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import EKS_TARGET, SandboxStack, SandboxState
+from keyless.sandbox.stack import EKS_TARGET
 from keyless.spec import load_app
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SandboxStack, SandboxState]]:
-    stack = SandboxStack(tmp_path_factory.mktemp("sandbox"), association_delay=0.2)
-    state = stack.start()
-    try:
-        yield stack, state
-    finally:
-        stack.stop()
-
-
-@pytest.fixture
-def env(sandbox: tuple[SandboxStack, SandboxState], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    _, state = sandbox
-    for key, value in state.env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"):
-        monkeypatch.delenv(key, raising=False)
-    return state.env
 
 
 def porter_yaml(tmp_path: Path, app: str, services: dict[str, str | None], name: str = "porter.yaml") -> Path:
@@ -60,10 +38,7 @@ def porter_yaml(tmp_path: Path, app: str, services: dict[str, str | None], name:
     return path
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.output
+run = run_cli
 
 
 def deploy(env: dict[str, str], path: Path, namespace: str = "shop") -> Client:
@@ -92,7 +67,7 @@ def _eks_writes(env: dict[str, str]) -> int:
 
 
 def test_apply_binds_then_second_run_makes_no_changes(
-        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     path = porter_yaml(tmp_path, "e2e-one", {"api": "keyless-demo-api", "web": None})
     client = deploy(env, path)
 
@@ -129,7 +104,7 @@ def test_apply_binds_then_second_run_makes_no_changes(
 
 
 def test_pod_created_after_apply_gets_credentials_for_its_role(
-        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     path = porter_yaml(tmp_path, "e2e-pod", {"api": "keyless-demo-api"})
     client = deploy(env, path)
     code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")

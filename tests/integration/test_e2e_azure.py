@@ -5,42 +5,22 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from azure.identity import WorkloadIdentityCredential
 from azure.mgmt.msi import ManagedServiceIdentityClient
+from e2e_support import Sandbox, run_cli
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod
-from typer.testing import CliRunner
 
-from keyless.cli import app as cli
 from keyless.sandbox import control
 from keyless.sandbox.azure_demo import DEMO_API_IDENTITY, DEMO_BROAD_IDENTITY, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, SandboxStack, SandboxState
+from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET
 from keyless.spec import load_app
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SandboxStack, SandboxState]]:
-    stack = SandboxStack(tmp_path_factory.mktemp("sandbox"), association_delay=0.2)
-    state = stack.start()
-    try:
-        yield stack, state
-    finally:
-        stack.stop()
-
-
-@pytest.fixture
-def env(sandbox: tuple[SandboxStack, SandboxState], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    _, state = sandbox
-    for key, value in state.env.items():
-        monkeypatch.setenv(key, value)
-    return state.env
 
 
 def porter_yaml(tmp_path: Path, app: str, services: dict[str, str | None], name: str = "porter.yaml") -> Path:
@@ -55,13 +35,10 @@ def porter_yaml(tmp_path: Path, app: str, services: dict[str, str | None], name:
     return path
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.output
+run = run_cli
 
 
-def msi(sandbox: tuple[SandboxStack, SandboxState]) -> ManagedServiceIdentityClient:
+def msi(sandbox: Sandbox) -> ManagedServiceIdentityClient:
     stack, _ = sandbox
     azure = stack.azure
     credential = WorkloadIdentityCredential(
@@ -72,7 +49,7 @@ def msi(sandbox: tuple[SandboxStack, SandboxState]) -> ManagedServiceIdentityCli
                                         connection_verify=str(azure.ca_bundle))
 
 
-def credentials(sandbox: tuple[SandboxStack, SandboxState], identity: str) -> dict[str, str]:
+def credentials(sandbox: Sandbox, identity: str) -> dict[str, str]:
     """name -> subject of the federated credentials on an identity."""
     return {c.name: c.subject for c in msi(sandbox).federated_identity_credentials.list(DEMO_RESOURCE_GROUP, identity)
             if c.name and c.subject}
@@ -89,7 +66,7 @@ def deploy(env: dict[str, str], path: Path) -> None:
 
 
 def test_apply_federates_and_a_new_pod_gets_a_token_for_its_identity(
-        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     path = porter_yaml(tmp_path, "az-one", {"api": DEMO_API_IDENTITY})
     deploy(env, path)
     code, output = run("apply", "-f", str(path), "--target", AKS_TARGET, "--auto-approve")
@@ -126,7 +103,7 @@ def _hash(target: str) -> str:
 
 
 def test_two_services_on_one_identity_apply_at_once_without_a_conflict(
-        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     services: dict[str, str | None] = {f"w{i}": DEMO_BROAD_IDENTITY for i in range(4)}
     path = porter_yaml(tmp_path, "az-many", services)
     code, output = run("apply", "-f", str(path), "--target", AKS_TARGET, "--auto-approve")
@@ -137,7 +114,7 @@ def test_two_services_on_one_identity_apply_at_once_without_a_conflict(
 
 
 def test_credential_deleted_by_hand_shows_as_drift_and_apply_restores_it(
-        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     path = porter_yaml(tmp_path, "az-drift", {"api": DEMO_API_IDENTITY})
     assert run("apply", "-f", str(path), "--target", AKS_TARGET, "--auto-approve")[0] == 0
     name = "keyless_az-drift_api_" + _hash(AKS_TARGET)
@@ -153,7 +130,7 @@ def test_credential_deleted_by_hand_shows_as_drift_and_apply_restores_it(
 
 
 def test_removed_service_loses_its_credential_and_a_hand_made_one_stays(
-        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     stack, _ = sandbox
     assert stack.aks is not None
     msi(sandbox).federated_identity_credentials.create_or_update(
@@ -172,7 +149,7 @@ def test_removed_service_loses_its_credential_and_a_hand_made_one_stays(
 
 
 def test_a_cluster_without_issuer_or_workload_identity_blocks_with_the_fix(
-        sandbox: tuple[SandboxStack, SandboxState], env: dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     stack, _ = sandbox
     targets = tmp_path / "targets.yaml"
     targets.write_text(textwrap.dedent(f"""\

@@ -36,7 +36,7 @@ from keyless import names
 from keyless.bindings import AwsRole, Binding, Cloud
 from keyless.errors import CloudError
 from keyless.plan import Action, ActionKind, ObservedBinding, Owner, Resource
-from keyless.providers.base import ActionOutcome, PreflightIssue, Severity
+from keyless.providers.base import ActionOutcome, PreflightIssue, Severity, desired_of, observed_of
 from keyless.providers.retry import RetryPolicy, call_with_retry, poll
 from keyless.targets import AwsTarget
 
@@ -719,18 +719,18 @@ class AwsProvider:
             return ActionOutcome(True, f"{action.address}: nothing to do",
                                  action.observed.id if action.observed else None)
         if kind is ActionKind.CREATE:
-            return self._create(_desired(action))
+            return self._create(desired_of(action))
         if kind is ActionKind.UPDATE:
-            return self._update(_observed(action), _desired(action))
+            return self._update(observed_of(action), desired_of(action))
         if kind is ActionKind.ADOPT:
-            return self._adopt(_observed(action), _desired(action))
+            return self._adopt(observed_of(action), desired_of(action))
         if kind is ActionKind.DELETE:
-            return self._delete(_observed(action))
+            return self._delete(observed_of(action))
         # REPLACE: one association per service account, so the old one must go before the new one.
-        removed = self._delete(_observed(action))
+        removed = self._delete(observed_of(action))
         if not removed.ok:
             return removed
-        created = self._create(_desired(action))
+        created = self._create(desired_of(action))
         return replace(created, message=f"{removed.message}; {created.message}")
 
     def _create(self, binding: Binding) -> ActionOutcome:
@@ -846,10 +846,10 @@ class AwsProvider:
         if action.kind is ActionKind.NOOP:
             return True
         if action.kind is ActionKind.DELETE:
-            observed = _observed(action)
+            observed = observed_of(action)
             return poll(lambda: self._describe(observed.id) is None, policy=schedule,
                         what=f"waiting for association {observed.id} to go")
-        binding = _desired(action)
+        binding = desired_of(action)
         role_arn = _role_arn(binding)
 
         def visible() -> bool:
@@ -862,21 +862,6 @@ class AwsProvider:
                     what=f"waiting for {binding.namespace}/{binding.service_account} to be bound to {role_arn}")
 
 
-def _damaged(action: Action, which: str) -> CloudError:
-    return CloudError(f"{action.address}: a {action.kind} action needs its {which} binding; the plan is damaged",
-                      "plan again")
-
-
-def _desired(action: Action) -> Binding:
-    if action.desired is None:
-        raise _damaged(action, "desired")
-    return action.desired
-
-
-def _observed(action: Action) -> ObservedBinding:
-    if action.observed is None:
-        raise _damaged(action, "observed")
-    return action.observed
 
 
 def _gone(observed: ObservedBinding) -> str:

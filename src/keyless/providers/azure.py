@@ -37,7 +37,14 @@ from keyless import names
 from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError
 from keyless.plan import Action, ActionKind, ObservedBinding, Owner, Resource
-from keyless.providers.base import AZURE_TOKEN_AUDIENCE, ActionOutcome, PreflightIssue, Severity
+from keyless.providers.base import (
+    AZURE_TOKEN_AUDIENCE,
+    ActionOutcome,
+    PreflightIssue,
+    Severity,
+    desired_of,
+    observed_of,
+)
 from keyless.providers.retry import RetryPolicy, call_with_retry, poll
 from keyless.targets import AzureTarget
 
@@ -435,21 +442,6 @@ def _fail(message: str, binding_id: str | None = None) -> ActionOutcome:
     return ActionOutcome(ok=False, message=message, binding_id=binding_id)
 
 
-def _damaged(action: Action, which: str) -> CloudError:
-    return CloudError(f"{action.address}: a {action.kind} action needs its {which} binding; the plan is damaged",
-                      "plan again")
-
-
-def _desired(action: Action) -> Binding:
-    if action.desired is None:
-        raise _damaged(action, "desired")
-    return action.desired
-
-
-def _observed(action: Action) -> ObservedBinding:
-    if action.observed is None:
-        raise _damaged(action, "observed")
-    return action.observed
 
 
 def client_options(target: AzureTarget) -> dict[str, Any]:
@@ -826,13 +818,13 @@ class AzureProvider:
             return ActionOutcome(True, f"{action.address}: nothing to do",
                                  action.observed.id if action.observed else None)
         if kind is ActionKind.CREATE:
-            return self._create(_desired(action))
+            return self._create(desired_of(action))
         if kind is ActionKind.ADOPT:
-            return self._adopt(_observed(action), _desired(action))
+            return self._adopt(observed_of(action), desired_of(action))
         if kind is ActionKind.DELETE:
-            return self._delete(_observed(action))
+            return self._delete(observed_of(action))
         if kind is ActionKind.REPLACE:
-            return self._replace(_observed(action), _desired(action))
+            return self._replace(observed_of(action), desired_of(action))
         raise CloudError(f"{action.address}: Azure credentials are replaced, never updated in place; the plan was "
                          "not made for an Azure target", "plan again")
 
@@ -950,10 +942,10 @@ class AzureProvider:
         if action.kind in (ActionKind.NOOP, ActionKind.ADOPT):
             return True
         if action.kind is ActionKind.DELETE:
-            rg, ident, name = _observed_ref(_observed(action))
+            rg, ident, name = _observed_ref(observed_of(action))
             return poll(lambda: self._get(rg, ident, name) is None, policy=schedule,
                         what=f"waiting for federated credential {name} on {rg}/{ident} to go")
-        binding = _desired(action)
+        binding = desired_of(action)
         rg, ident = _ref(binding)
         issuer = self._require_issuer()
         name = names.federated_credential_name(binding.app, binding.service, binding.target)

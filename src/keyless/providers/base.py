@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from keyless.bindings import Binding, Cloud
+from keyless.errors import CloudError
 from keyless.plan import Action, ObservedBinding
 
 
@@ -31,6 +32,25 @@ class ActionOutcome:
     ok: bool
     message: str
     binding_id: str | None = None
+
+
+def _damaged(action: Action, which: str) -> CloudError:
+    return CloudError(f"{action.address}: a {action.kind} action needs its {which} binding; the plan is damaged",
+                      "plan again")
+
+
+def desired_of(action: Action) -> Binding:
+    """The binding an action wants; a plan file without it is damaged, not something to guess around."""
+    if action.desired is None:
+        raise _damaged(action, "desired")
+    return action.desired
+
+
+def observed_of(action: Action) -> ObservedBinding:
+    """The binding an action found; see desired_of."""
+    if action.observed is None:
+        raise _damaged(action, "observed")
+    return action.observed
 
 
 AZURE_TOKEN_AUDIENCE = "api://AzureADTokenExchange"
