@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import Mapping
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import quote
 
 import boto3
-from aiohttp import web
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -25,6 +23,7 @@ from keyless.sandbox.aws_agent import (
 from keyless.sandbox.aws_eks import DEFAULT_ASSOCIATION_QUOTA, POD_IDENTITY_AGENT_ADDON, EksState
 from keyless.sandbox.aws_eks_api import EksFront, Faults, FaultState, LostResponseMode
 from keyless.sandbox.aws_moto import DEFAULT_ACCOUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoClients, MotoServer
+from keyless.sandbox.servers import BackgroundServers
 
 if TYPE_CHECKING:
     from mypy_boto3_eks import EKSClient
@@ -111,12 +110,6 @@ class DemoSeed:
     roles: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class _Listening:
-    runner: web.AppRunner
-    port: int
-
-
 class AwsSandbox:
     """Starts and stops the AWS half of the sandbox; every server listens on loopback, on free ports by default.
 
@@ -152,18 +145,16 @@ class AwsSandbox:
         self._role_propagation_delay = role_propagation_delay
         self._cluster_keys = cluster_keys
         self._require_agent_addon = require_agent_addon
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._servers = BackgroundServers("keyless-aws-sandbox", host)
         self._front: EksFront | None = None
         self._agent: PodIdentityAgent | None = None
-        self._listening: list[_Listening] = []
         self._lock = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> AwsSandbox:
         with self._lock:
-            if self._loop is not None:
+            if self._servers.running:
                 return self
             self._moto.start()
             try:
@@ -179,48 +170,18 @@ class AwsSandbox:
                     key_lookup=self._cluster_keys,
                     require_addon=self._require_agent_addon,
                 )
-                loop = asyncio.new_event_loop()
-                self._loop = loop
-                self._thread = threading.Thread(target=loop.run_forever, name="keyless-aws-sandbox", daemon=True)
-                self._thread.start()
-                asyncio.run_coroutine_threadsafe(self._listen(), loop).result(timeout=30)
+                self._servers.start([(self._front.app(), self._ports[0]), (self._agent.app(), self._ports[1])])
             except BaseException:
                 self._shutdown()
                 raise
         return self
-
-    async def _listen(self) -> None:
-        assert self._front is not None
-        assert self._agent is not None
-        for app, port in ((self._front.app(), self._ports[0]), (self._agent.app(), self._ports[1])):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, self.host, port)
-            await site.start()
-            self._listening.append(_Listening(runner, int(runner.addresses[0][1])))
-
-    async def _close(self) -> None:
-        for listening in reversed(self._listening):
-            await listening.runner.cleanup()
-        self._listening.clear()
-        await asyncio.get_running_loop().shutdown_default_executor()
 
     def stop(self) -> None:
         with self._lock:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=30)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout=30)
-        if loop is not None and not loop.is_running():
-            loop.close()
-        self._loop = None
-        self._thread = None
+        self._servers.stop()
         if self._moto.url:
             self._moto.stop()
             self._moto.url = ""
@@ -235,14 +196,14 @@ class AwsSandbox:
 
     @property
     def running(self) -> bool:
-        return self._loop is not None
+        return self._servers.running
 
     # ---- where things listen ---------------------------------------------------------------------
 
     def _port(self, index: int) -> int:
-        if len(self._listening) <= index:
+        if len(self._servers.ports) <= index:
             raise RuntimeError("the AWS sandbox is not started")
-        return self._listening[index].port
+        return self._servers.ports[index]
 
     @property
     def moto_url(self) -> str:

@@ -10,14 +10,12 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import certifi
 import trustme
-from aiohttp import web
 
 from keyless.sandbox.azure_arm import ArmStandIn
 from keyless.sandbox.azure_demo import (
@@ -44,6 +42,7 @@ from keyless.sandbox.azure_state import (
     ManagedCluster,
 )
 from keyless.sandbox.kube_tokens import ServiceAccountIssuer
+from keyless.sandbox.servers import BackgroundServers
 
 if TYPE_CHECKING:
     from azure.identity import WorkloadIdentityCredential
@@ -75,12 +74,6 @@ DEPLOYER_NAMESPACE = "keyless-system"
 DEPLOYER_SERVICE_ACCOUNT = "keyless-deployer"
 _DEPLOYER_ISSUER_PATH = "keyless-sandbox/deployer-issuer/"
 _DEPLOYER_UID = uuid.UUID("3f2d8c1e-6a4b-4e9f-8b7a-1c0d2e3f4a5b")
-
-
-@dataclass(frozen=True)
-class _Listening:
-    runner: web.AppRunner
-    port: int
 
 
 class AzureSandbox:
@@ -139,27 +132,26 @@ class AzureSandbox:
         self._state_dir: Path | None = None
         self._temporary_dir = False
         self._ca: trustme.CA | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._servers = BackgroundServers("keyless-azure-sandbox", host)
         self._refresh: asyncio.TimerHandle | None = None
-        self._listening: list[_Listening] = []
         self._lock = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> AzureSandbox:
         with self._lock:
-            if self._loop is not None:
+            if self._servers.running:
                 return self
             try:
                 self._prepare_files()
-                loop = asyncio.new_event_loop()
-                self._loop = loop
-                self._thread = threading.Thread(target=loop.run_forever, name="keyless-azure-sandbox", daemon=True)
-                self._thread.start()
-                asyncio.run_coroutine_threadsafe(self._listen(), loop).result(timeout=30)
+                self._servers.start([(self._arm.app(), self._ports[0]), (self._entra.app(), self._ports[1])],
+                                    ssl_context=self._server_context())
+                self._arm.url = self.arm_url
+                self._entra.arm_url = self.arm_url
+                self._entra.authority_url = self.authority_url
                 self._bootstrap()
-                loop.call_soon_threadsafe(self._schedule_refresh)
+                assert self._servers.loop is not None
+                self._servers.loop.call_soon_threadsafe(self._schedule_refresh)
             except BaseException:
                 self._shutdown()
                 raise
@@ -181,18 +173,6 @@ class AzureSandbox:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost", "::1").configure_cert(context)
         return context
-
-    async def _listen(self) -> None:
-        context = self._server_context()
-        for app, port in ((self._arm.app(), self._ports[0]), (self._entra.app(), self._ports[1])):
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
-            await runner.setup()
-            site = web.TCPSite(runner, self.host, port, ssl_context=context)
-            await site.start()
-            self._listening.append(_Listening(runner, int(runner.addresses[0][1])))
-        self._arm.url = self.arm_url
-        self._entra.arm_url = self.arm_url
-        self._entra.authority_url = self.authority_url
 
     def _bootstrap(self) -> None:
         """The deployer identity exists before anyone calls the sandbox, as a CI identity would in a real tenant."""
@@ -229,8 +209,8 @@ class AzureSandbox:
 
     def _schedule_refresh(self) -> None:
         # Like the kubelet, rewrite the projected token well before it expires (azure-identity rereads every 10 min).
-        assert self._loop is not None
-        self._refresh = self._loop.call_later(max(60.0, self._deployer_token_lifetime / 2), self._refresh_tick)
+        assert self._servers.loop is not None
+        self._refresh = self._servers.loop.call_later(max(60.0, self._deployer_token_lifetime / 2), self._refresh_tick)
 
     def _refresh_tick(self) -> None:
         try:
@@ -238,32 +218,17 @@ class AzureSandbox:
         finally:
             self._schedule_refresh()
 
-    async def _close(self) -> None:
+    def _cancel_refresh(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
-        for listening in reversed(self._listening):
-            await listening.runner.cleanup()
-        self._listening.clear()
-        await asyncio.get_running_loop().shutdown_default_executor()
 
     def stop(self) -> None:
         with self._lock:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=30)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout=30)
-        if loop is not None and not loop.is_running():
-            loop.close()
-        self._loop = None
-        self._thread = None
-        self._listening.clear()
+        self._servers.stop(before=self._cancel_refresh)
         if self._temporary_dir and self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
             self._state_dir = None
@@ -278,14 +243,14 @@ class AzureSandbox:
 
     @property
     def running(self) -> bool:
-        return self._loop is not None
+        return self._servers.running
 
     # ---- where things are --------------------------------------------------------------------------
 
     def _port(self, index: int) -> int:
-        if len(self._listening) <= index:
+        if len(self._servers.ports) <= index:
             raise RuntimeError("the Azure sandbox is not started")
-        return self._listening[index].port
+        return self._servers.ports[index]
 
     @property
     def arm_url(self) -> str:
