@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -148,6 +149,10 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """keyless: cloud identities for Kubernetes services, without static keys."""
+    # The Azure SDK logs every failed token request as a warning; keyless reports failures itself (and expects
+    # some: it probes a new federated credential until it propagates). KEYLESS_DEBUG=1 shows them again.
+    if not os.environ.get("KEYLESS_DEBUG"):
+        logging.getLogger("azure").setLevel(logging.ERROR)
 
 
 def fail(error: KeylessError) -> NoReturn:
