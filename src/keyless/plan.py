@@ -310,7 +310,9 @@ def render_text(plan: Plan, *, show_noop: bool = False, markup: bool = False) ->
             text += f"\n      hint: {blocker.hint}"
         lines.append(f"[bold red]{_escape(text)}[/bold red]" if markup else text)
     lines.extend(f"  note: {_escape(n) if markup else n}" for n in plan.notes)
-    lines += ["", plan.summary()]
+    if len(lines) > 2:
+        lines.append("")
+    lines.append(plan.summary())
     return "\n".join(lines)
 
 
