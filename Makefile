@@ -15,7 +15,7 @@ demo: $(BIN)/keyless
 	$(BIN)/keyless demo
 
 lint: $(BIN)/keyless
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 typecheck: $(BIN)/keyless
 	$(BIN)/mypy src

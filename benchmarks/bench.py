@@ -26,8 +26,8 @@ from lightkube import Client, KubeConfig
 from keyless import engine
 from keyless.kube.client import ClusterKube
 from keyless.providers.aws import AwsProvider
-from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox import control
+from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import EKS_TARGET
 from keyless.spec import load_app
 from keyless.targets import AwsTarget, load_targets_file
@@ -67,7 +67,8 @@ def measure(label: str, fn: Callable[[], T], repeat: int = 1) -> T:
 
 def main() -> int:
     data = porter_yaml(SERVICES)
-    print(f"keyless benchmark: {SERVICES} services ({len(data) / 1024:.0f} KiB porter.yaml), python {sys.version.split()[0]}")
+    print(f"keyless benchmark: {SERVICES} services ({len(data) / 1024:.0f} KiB porter.yaml), "
+          f"python {sys.version.split()[0]}")
     loaded = measure(f"load + validate porter.yaml ({SERVICES} services)",
                      lambda: load_app(data, "porter.yaml", {}), repeat=7)
     with tempfile.TemporaryDirectory() as tmp:
