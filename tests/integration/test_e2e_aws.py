@@ -290,6 +290,11 @@ def test_render_mode_binds_in_the_cloud_and_writes_manifests_instead_of_touching
     client = Client(KubeConfig.from_file(env["KUBECONFIG"]), namespace="shop")
     assert "e2e-render-api" not in {a.metadata.name for a in client.list(ServiceAccount) if a.metadata}
 
+    code, output = run("apply", "-f", str(path), "--target", "gitops-eks", "--targets", str(targets),
+                       "--auto-approve")
+    assert code == 0, output
+    assert "No changes" in output  # the rendered account is read back: nothing to write again
+
     elsewhere = tmp_path / "rendered"
     writes = _eks_writes(env)
     code, output = run("render", "-f", str(path), "--target", "gitops-eks", "--targets", str(targets),

@@ -20,6 +20,8 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob, Job
 from lightkube.resources.core_v1 import ServiceAccount
 from lightkube.types import PatchType
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from keyless.bindings import Binding
 from keyless.errors import CloudError
@@ -469,8 +471,25 @@ class RenderedKube:
     def observe(
         self, namespace: str, app: str, service_accounts: Collection[str] = ()
     ) -> tuple[list[ObservedServiceAccount], list[ObservedWorkload]]:
-        """Nothing: a rendered plan shows every account as a create."""
-        return [], []
+        """The accounts keyless rendered earlier for this app and target (so an unchanged app plans no changes);
+        workloads live in the GitOps repository's own manifests, which keyless does not read."""
+        folder = self._path("serviceaccounts")
+        found: list[ObservedServiceAccount] = []
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            if not _written_by_keyless(path, app, self.target):
+                continue
+            try:
+                document = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+            except (OSError, YAMLError):
+                continue  # unreadable: the plan shows the account as a create, and apply rewrites the file
+            metadata = document.get("metadata") if isinstance(document, dict) else None
+            if not isinstance(metadata, dict) or metadata.get("namespace") != namespace or not metadata.get("name"):
+                continue
+            found.append(ObservedServiceAccount(
+                namespace=namespace, name=str(metadata["name"]),
+                annotations={str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()},
+                labels={str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}))
+        return found, []
 
     def _path(self, relative: str) -> Path:
         path = (self.out_dir / relative).resolve()
