@@ -460,7 +460,7 @@ class ClusterKube:
 
 
 class RenderedKube:
-    """`mode: render`: observes nothing and writes manifests for a GitOps tool into `out_dir`."""
+    """`mode: render`: writes manifests for a GitOps tool into `out_dir`, and reads back only what it wrote there."""
 
     def __init__(self, target: str, side: KubernetesSide | None = None, *, base: Path | None = None) -> None:
         side = side or KubernetesSide()
