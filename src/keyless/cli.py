@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from keyless import __version__
 from keyless.console import apply_with_progress
-from keyless.diagnostics import Diagnostic, Severity
+from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.errors import InvalidInput, KeylessError, UsageError
 from keyless.spec import LoadedApp, load_app_file
 from keyless.spec.model import App
@@ -190,6 +190,12 @@ def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
     from keyless.targets import load_targets_file, targets_path
 
     path = targets_path(str(targets_file) if targets_file else None, os.environ)
+    if not path.exists() and targets_file is None:
+        where = "named by $KEYLESS_TARGETS" if os.environ.get("KEYLESS_TARGETS") else "the default targets file"
+        raise InvalidInput([Diagnostic(
+            Severity.ERROR, str(path), Position(1, 1), f"file not found ({where})",
+            "pass --targets FILE, set KEYLESS_TARGETS, or create keyless.targets.yaml "
+            "(see the README; `keyless sandbox up` writes one for the sandbox)")])
     targets = load_targets_file(path, os.environ)
     _print_diagnostics(targets.diagnostics)
     return name, targets.get(name)
