@@ -24,13 +24,14 @@ from typing import TypeVar
 from lightkube import Client, KubeConfig
 
 from keyless import engine
+from keyless.inputs import load_targets_file
 from keyless.kube.client import ClusterKube
 from keyless.providers.aws import AwsProvider
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import EKS_TARGET
 from keyless.spec import load_app
-from keyless.targets import AwsTarget, load_targets_file
+from keyless.targets import AwsTarget
 
 T = TypeVar("T")
 SERVICES = int(os.environ.get("KEYLESS_BENCH_SERVICES", "300"))

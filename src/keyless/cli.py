@@ -20,7 +20,8 @@ from keyless import __version__
 from keyless.console import apply_with_progress
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.errors import InvalidInput, KeylessError, UsageError
-from keyless.spec import LoadedApp, load_app_file
+from keyless.inputs import load_app_file, load_targets_file
+from keyless.spec import LoadedApp
 from keyless.spec.model import App
 
 T = TypeVar("T")
@@ -187,7 +188,7 @@ TargetsOpt = Annotated[Path | None, typer.Option(
 
 
 def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
-    from keyless.targets import load_targets_file, targets_path
+    from keyless.targets import targets_path
 
     path = targets_path(str(targets_file) if targets_file else None, os.environ)
     if not path.exists() and targets_file is None:

@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 from keyless import names
 from keyless.diagnostics import START, Diagnostic, Severity, errors_in, sort_diagnostics
 from keyless.errors import InvalidInput
-from keyless.spec.loader import read_file, read_mapping, validate_document
+from keyless.spec.loader import read_mapping, validate_document
 from keyless.spec.model import _rule
 
 DEFAULT_FILE = "keyless.targets.yaml"
@@ -177,6 +177,3 @@ def load_targets(data: bytes, file: str, env: Mapping[str, str]) -> Targets:
         raise InvalidInput(sort_diagnostics(out.items))
     return Targets(file=file, by_name=dict(parsed.targets), diagnostics=tuple(sort_diagnostics(out.items)))
 
-
-def load_targets_file(path: str | Path, env: Mapping[str, str]) -> Targets:
-    return load_targets(read_file(path), str(path), env)

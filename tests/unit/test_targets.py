@@ -9,6 +9,7 @@ import pytest
 
 from keyless.diagnostics import Diagnostic, Severity
 from keyless.errors import InvalidInput
+from keyless.inputs import load_targets_file
 from keyless.targets import (
     AwsTarget,
     AzureTarget,
@@ -16,7 +17,6 @@ from keyless.targets import (
     KubernetesMode,
     Targets,
     load_targets,
-    load_targets_file,
     targets_path,
 )
 

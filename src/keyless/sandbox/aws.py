@@ -200,11 +200,6 @@ class AwsSandbox:
 
     # ---- where things listen ---------------------------------------------------------------------
 
-    def _port(self, index: int) -> int:
-        if len(self._servers.ports) <= index:
-            raise RuntimeError("the AWS sandbox is not started")
-        return self._servers.ports[index]
-
     @property
     def moto_url(self) -> str:
         if not self._moto.url:
@@ -213,17 +208,17 @@ class AwsSandbox:
 
     @property
     def eks_url(self) -> str:
-        return f"http://{self.host}:{self._port(0)}"
+        return f"http://{self.host}:{self._servers.port(0)}"
 
     @property
     def agent_url(self) -> str:
         """AWS_CONTAINER_CREDENTIALS_FULL_URI for pods of the agent's own cluster."""
-        return f"http://{self.host}:{self._port(1)}{CREDENTIALS_PATH}"
+        return f"http://{self.host}:{self._servers.port(1)}{CREDENTIALS_PATH}"
 
     def agent_url_for(self, cluster: str) -> str:
         if cluster == self.agent_cluster:
             return self.agent_url
-        return f"http://{self.host}:{self._port(1)}/clusters/{quote(cluster, safe='')}{CREDENTIALS_PATH}"
+        return f"http://{self.host}:{self._servers.port(1)}/clusters/{quote(cluster, safe='')}{CREDENTIALS_PATH}"
 
     def env(self) -> dict[str, str]:
         """What an SDK or the keyless CLI needs to talk to this sandbox instead of AWS."""

@@ -247,20 +247,15 @@ class AzureSandbox:
 
     # ---- where things are --------------------------------------------------------------------------
 
-    def _port(self, index: int) -> int:
-        if len(self._servers.ports) <= index:
-            raise RuntimeError("the Azure sandbox is not started")
-        return self._servers.ports[index]
-
     @property
     def arm_url(self) -> str:
         """The ARM endpoint (base_url of the mgmt clients; `armEndpoint` of a target)."""
-        return f"https://{self.host}:{self._port(0)}"
+        return f"https://{self.host}:{self._servers.port(0)}"
 
     @property
     def authority_url(self) -> str:
         """The Entra ID authority host (AZURE_AUTHORITY_HOST), with its trailing slash."""
-        return f"https://{self.host}:{self._port(1)}/"
+        return f"https://{self.host}:{self._servers.port(1)}/"
 
     @property
     def tenant_id(self) -> str:

@@ -47,6 +47,12 @@ class BackgroundServers:
             self._runners.append(runner)
             self.ports.append(int(runner.addresses[0][1]))
 
+    def port(self, index: int) -> int:
+        """The port the index-th app listens on; a clear error before start (or after stop)."""
+        if len(self.ports) <= index:
+            raise RuntimeError(f"{self.name} is not started")
+        return self.ports[index]
+
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         assert self.loop is not None, "the servers are not started"
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=timeout)

@@ -1,6 +1,6 @@
 """porter.yaml: reading, validating and modelling an app and its services' connections."""
 
-from keyless.spec.loader import LoadedApp, load_app, load_app_file, resolve_app_name
+from keyless.spec.loader import LoadedApp, load_app, resolve_app_name
 from keyless.spec.model import (
     App,
     AwsRoleConnection,
@@ -25,6 +25,5 @@ __all__ = [
     "Service",
     "ServiceType",
     "load_app",
-    "load_app_file",
     "resolve_app_name",
 ]

@@ -7,7 +7,6 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path as FsPath
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -448,24 +447,6 @@ def load_app(data: bytes, file: str, env: Mapping[str, str]) -> LoadedApp:
     if app is None or errors_in(out.items):
         raise InvalidInput(sort_diagnostics(out.items))
     return LoadedApp(app=app, document=doc, diagnostics=tuple(sort_diagnostics(out.items)))
-
-
-def read_file(path: str | FsPath) -> bytes:
-    """The bytes of an input file, or InvalidInput saying why it cannot be read."""
-    file = str(path)
-    try:
-        return FsPath(path).read_bytes()
-    except FileNotFoundError:
-        problem, hint = "file not found", "check the path"
-    except IsADirectoryError:
-        problem, hint = "this is a directory, not a file", "pass the path of the file itself"
-    except OSError as exc:
-        problem, hint = f"cannot read file: {exc.strerror}", ""
-    raise InvalidInput([Diagnostic(Severity.ERROR, file, START, problem, hint)])
-
-
-def load_app_file(path: str | FsPath, env: Mapping[str, str]) -> LoadedApp:
-    return load_app(read_file(path), str(path), env)
 
 
 def resolve_app_name(loaded: LoadedApp, override: str | None, env: Mapping[str, str]) -> str:
