@@ -10,6 +10,7 @@ from keyless import names
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.spec.loader import LoadedApp
 from keyless.spec.model import (
+    JOB_DEFAULT_NAMES,
     AwsRoleConnection,
     AzureManagedIdentityConnection,
     GcpServiceAccountConnection,
@@ -19,8 +20,8 @@ from keyless.spec.model import (
 )
 from keyless.targets import AnyTarget, AwsTarget, AzureTarget, GcpTarget
 
-PREDEPLOY = "predeploy"
-INITIAL_DEPLOY = "initial-deploy"
+PREDEPLOY = JOB_DEFAULT_NAMES["predeploy"]
+INITIAL_DEPLOY = JOB_DEFAULT_NAMES["initialDeploy"]
 
 
 class Cloud(enum.StrEnum):

@@ -194,9 +194,18 @@ def federated_credential_name(app: str, service: str, target: str) -> str:
     or service names (DNS labels), so the parts parse back unambiguously; at most 8+31+1+63+1+6 = 110
     characters, inside Azure's 120.
     """
-    name = f"{FEDERATED_CREDENTIAL_PREFIX}{app}_{service}_{short_hash(target, length=6)}"
+    name = _federated_credential_name(app, service, target_hash(target))
     check_federated_credential_name(name)
     return name
+
+
+def federated_credential_name_before_target(app: str, service: str) -> str:
+    """The same name while no target is chosen yet, its last part shown as `<target hash>`: for display only."""
+    return _federated_credential_name(app, service, "<target hash>")
+
+
+def _federated_credential_name(app: str, service: str, hashed_target: str) -> str:
+    return f"{FEDERATED_CREDENTIAL_PREFIX}{app}_{service}_{hashed_target}"
 
 
 def parse_federated_credential_name(name: str) -> tuple[str, str, str] | None:

@@ -16,8 +16,9 @@ from botocore.config import Config
 from keyless import names
 from keyless.bindings import AwsRole, Binding, Cloud
 from keyless.errors import CloudError
+from keyless.federation import ownership_tags, trust_statement
 from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Owner, Resource, plan_bindings
-from keyless.providers.aws import AwsProvider, ownership_tags, trust_statement
+from keyless.providers.aws import AwsProvider
 from keyless.providers.base import PreflightIssue, Severity
 from keyless.providers.retry import NO_RETRY, RetryPolicy
 from keyless.sandbox.aws import POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed

@@ -22,8 +22,9 @@ from azure.mgmt.msi.models import FederatedIdentityCredential, Identity
 from keyless import names
 from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError, InvalidInput
+from keyless.federation import subject_for
 from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Owner, Resource, plan_bindings
-from keyless.providers.azure import AUDIENCE, AzureProvider, subject_for
+from keyless.providers.azure import AUDIENCE, AzureProvider
 from keyless.providers.base import PreflightIssue, Severity
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.azure import DEMO_CLUSTER, DEMO_CLUSTER_OFF, DEMO_RESOURCE_GROUP, AzureDemoSeed, AzureSandbox

@@ -19,10 +19,9 @@ from botocore.exceptions import (
 
 from keyless.bindings import AwsRole, Binding, Cloud
 from keyless.errors import CloudError
+from keyless.federation import MANAGED_BY_KEYLESS, TAG_MANAGED_BY, owner_from_tags, ownership_tags, trust_statement
 from keyless.plan import Owner
 from keyless.providers.aws import (
-    MANAGED_BY_KEYLESS,
-    TAG_MANAGED_BY,
     TrustFinding,
     check_trust_policy,
     create_request_token,
@@ -31,9 +30,6 @@ from keyless.providers.aws import (
     is_role_not_propagated,
     is_transient,
     load_policy,
-    owner_from_tags,
-    ownership_tags,
-    trust_statement,
 )
 from keyless.providers.retry import NO_RETRY, RetryPolicy, call_with_retry, poll
 from keyless.spec.model import ServiceType

@@ -20,6 +20,7 @@ from azure.core.exceptions import (
 from keyless import names
 from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError
+from keyless.federation import parse_subject, subject_for
 from keyless.plan import ActionKind, Owner, plan_bindings
 from keyless.providers.azure import (
     AUDIENCE,
@@ -39,10 +40,8 @@ from keyless.providers.azure import (
     observed_identity,
     over_cap,
     owner_from_name,
-    parse_subject,
     retry_after,
     select_observed,
-    subject_for,
     to_observed,
 )
 from keyless.spec.model import ServiceType

@@ -13,9 +13,8 @@ from keyless.audit import rules as R
 from keyless.audit.iam_actions import PERMISSIONS_MANAGEMENT, ActionCatalog, ActionInfo, pattern_regex
 from keyless.audit.model import Finding, Location
 from keyless.audit.shared import audit_incomplete
+from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
 
-POD_IDENTITY_SERVICE = R.POD_IDENTITY_SERVICE
-TRUST_ACTIONS = ("sts:AssumeRole", "sts:TagSession")
 # The session tags EKS Pod Identity sends that pin a role to one cluster, namespace and service account.
 SCOPE_TAGS = ("eks-cluster-arn", "kubernetes-namespace", "kubernetes-service-account")
 PASS_ROLE = "iam:passrole"
@@ -194,8 +193,7 @@ def audit_trust(role: AwsRoleDocuments, scope: PodIdentityScope | None) -> list[
     missing = [a for a in TRUST_ACTIONS if not any(_covers(by_index[i], a) for i in admitting)]
     if missing:
         first = pods_statements[0] if pods_statements else None
-        statement_text = _json({"Effect": "Allow", "Principal": {"Service": POD_IDENTITY_SERVICE},
-                                "Action": list(TRUST_ACTIONS)})
+        statement_text = _json(trust_statement())
         found.append(Finding(
             R.AWS_TRUST_TAGSESSION,
             f"{POD_IDENTITY_SERVICE} is not allowed {' and '.join(missing)}: pods get no credentials",

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from keyless.audit.model import Rule, Severity
-
-POD_IDENTITY_SERVICE = "pods.eks.amazonaws.com"
+from keyless.federation import POD_IDENTITY_SERVICE
 
 # --- AWS: the role's trust policy --------------------------------------------------------------
 

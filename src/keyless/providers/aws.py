@@ -35,6 +35,13 @@ from botocore.exceptions import (
 from keyless import names
 from keyless.bindings import AwsRole, Binding, Cloud
 from keyless.errors import CloudError
+from keyless.federation import (
+    POD_IDENTITY_SERVICE,
+    TRUST_ACTIONS,
+    owner_from_tags,
+    ownership_tags,
+    trust_statement,
+)
 from keyless.plan import Action, ActionKind, ObservedBinding, Owner, Resource
 from keyless.providers.base import ActionOutcome, PreflightIssue, Severity, desired_of, observed_of
 from keyless.providers.retry import RetryPolicy, call_with_retry, poll
@@ -50,17 +57,9 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-POD_IDENTITY_SERVICE = "pods.eks.amazonaws.com"
-TRUST_ACTIONS = ("sts:AssumeRole", "sts:TagSession")
 AGENT_ADDON = "eks-pod-identity-agent"
 ASSOCIATION_QUOTA = 1000  # EKS: pod identity associations per cluster (not adjustable)
 PAGE_SIZE = 100  # the largest maxResults ListPodIdentityAssociations accepts
-
-TAG_MANAGED_BY = "keyless.dev/managed-by"
-TAG_APP = "keyless.dev/app"
-TAG_SERVICE = "keyless.dev/service"
-TAG_TARGET = "keyless.dev/target"
-MANAGED_BY_KEYLESS = "keyless"
 
 # Retries live in keyless.providers.retry, not in botocore: the SDK makes exactly one attempt per call
 # (`total_max_attempts: 1`). Stacking botocore's retries under ours would multiply attempts and delays,
@@ -271,29 +270,7 @@ def check_trust_policy(
     return TrustFinding(tuple(missing), tuple(denied), tuple(conditional))
 
 
-def trust_statement(service: str = POD_IDENTITY_SERVICE) -> dict[str, Any]:
-    """The statement EKS Pod Identity needs in a role's trust policy."""
-    return {"Effect": "Allow", "Principal": {"Service": service}, "Action": list(TRUST_ACTIONS)}
-
-
-# --- ownership tags and request tokens (pure) ------------------------------------------------------
-
-
-def ownership_tags(owner: Owner) -> dict[str, str]:
-    """The tags that mark an association as keyless's, and for which app, service and target."""
-    return {TAG_MANAGED_BY: MANAGED_BY_KEYLESS, TAG_APP: owner.app, TAG_SERVICE: owner.service,
-            TAG_TARGET: owner.target}
-
-
-def owner_from_tags(tags: Mapping[str, str] | None) -> Owner | None:
-    """The owner recorded by ownership_tags, or None unless every tag is there."""
-    tags = tags or {}
-    if tags.get(TAG_MANAGED_BY) != MANAGED_BY_KEYLESS:
-        return None
-    app, service, target = tags.get(TAG_APP), tags.get(TAG_SERVICE), tags.get(TAG_TARGET)
-    if not (app and service and target):
-        return None
-    return Owner(app=app, service=service, target=target)
+# --- request tokens (pure) ----------------------------------------------------------------------------
 
 
 def create_request_token(cluster: str, binding: Binding, role_arn: str, attempt: str) -> str:

@@ -17,6 +17,7 @@ from keyless.audit.aws import AwsPolicy, AwsRoleDocuments, PodIdentityScope, Pol
 from keyless.audit.iam_actions import ActionCatalog, default_catalog
 from keyless.audit.shared import audit_incomplete
 from keyless.bindings import AwsRole, Binding, Cloud
+from keyless.federation import owner_from_tags
 from keyless.providers.aws import (
     DEFAULT_RETRY,
     PAGE_SIZE,
@@ -25,7 +26,6 @@ from keyless.providers.aws import (
     explain,
     is_transient,
     load_policy,
-    owner_from_tags,
 )
 from keyless.providers.retry import RetryPolicy, call_with_retry
 from keyless.targets import AwsTarget

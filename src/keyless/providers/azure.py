@@ -36,9 +36,9 @@ from azure.mgmt.msi.v2024_11_30.models import FederatedIdentityCredential, Ident
 from keyless import names
 from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError
+from keyless.federation import AZURE_TOKEN_AUDIENCE, parse_subject, subject_for
 from keyless.plan import Action, ActionKind, ObservedBinding, Owner, Resource
 from keyless.providers.base import (
-    AZURE_TOKEN_AUDIENCE,
     ActionOutcome,
     PreflightIssue,
     Severity,
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 AUDIENCE = AZURE_TOKEN_AUDIENCE
 CREDENTIALS_PER_IDENTITY = 20  # Azure: federated identity credentials per managed identity (not adjustable)
-SUBJECT_PREFIX = "system:serviceaccount:"
 CONCURRENT_WRITES = "ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity"
 RESOURCE_GROUP_NOT_FOUND = "ResourceGroupNotFound"
 AUTHORITY_ENV = "AZURE_AUTHORITY_HOST"
@@ -72,7 +71,6 @@ MAX_RETRY_AFTER = 30.0
 # (try_token_exchange) before it restarts pods, so wait_visible itself only waits for ARM to show the write.
 PROPAGATION_SETTLE = 0.0
 
-_SUBJECT = re.compile(r"^system:serviceaccount:([^:]+):([^:]+)$")
 _ARM_SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)/", re.IGNORECASE)
 _AADSTS = re.compile(r"AADSTS\d+.*", re.DOTALL)
 _DENIED_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed", "Forbidden",
@@ -81,17 +79,6 @@ _DENIED_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed", "
 
 
 # --- subjects, names, ownership (pure) -------------------------------------------------------------
-
-
-def subject_for(namespace: str, service_account: str) -> str:
-    """The subject Kubernetes puts in a service-account token, which the credential must match exactly."""
-    return f"{SUBJECT_PREFIX}{namespace}:{service_account}"
-
-
-def parse_subject(subject: str) -> tuple[str, str] | None:
-    """(namespace, service account) of a Kubernetes service-account subject; None for any other subject."""
-    match = _SUBJECT.fullmatch(subject)
-    return (match.group(1), match.group(2)) if match else None
 
 
 def owner_from_name(name: str, target: str) -> Owner | None:

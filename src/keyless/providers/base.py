@@ -53,9 +53,6 @@ def observed_of(action: Action) -> ObservedBinding:
     return action.observed
 
 
-AZURE_TOKEN_AUDIENCE = "api://AzureADTokenExchange"
-
-
 @runtime_checkable
 class TokenExchanger(Protocol):
     """A provider that can prove a federation works by exchanging a service-account token (Azure)."""

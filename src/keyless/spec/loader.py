@@ -16,7 +16,7 @@ from keyless import names
 from keyless.diagnostics import START, Diagnostic, Position, Severity, errors_in, sort_diagnostics
 from keyless.errors import InvalidInput
 from keyless.names import PORTER_NAME_MAX
-from keyless.spec.model import IDENTITY_TYPES, App, ConnectionType
+from keyless.spec.model import IDENTITY_TYPES, JOB_DEFAULT_NAMES, App, ConnectionType
 from keyless.spec.placeholders import expand
 from keyless.spec.yamlsource import Located, Path, read_yaml
 
@@ -329,7 +329,7 @@ def _cross_checks(raw: dict[str, Any], doc: Located, out: _Collector) -> None:
     services = raw.get("services")
     if isinstance(services, list) and not services:
         out.error(doc.value_at(("services",)), "`services` is empty", FIELD_HINTS["services"])
-    for job_key, default_name in (("predeploy", "predeploy"), ("initialDeploy", "initial-deploy")):
+    for job_key, default_name in JOB_DEFAULT_NAMES.items():
         job = raw.get(job_key)
         if isinstance(job, dict):
             _connection_checks(job, (job_key,), f"`{job_key}`", doc, out)

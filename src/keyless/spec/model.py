@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -251,6 +252,11 @@ class Job(_Workload):
     @classmethod
     def _name(cls, value: str) -> str:
         return _rule(names.check_service_name, value)
+
+
+# Each one-off job by its porter.yaml key, with the name it goes by when it has no `name:` of its own
+# (its service account is `<app>-<name>`, like a service's).
+JOB_DEFAULT_NAMES: Mapping[str, str] = {"predeploy": "predeploy", "initialDeploy": "initial-deploy"}
 
 
 # --- the app -----------------------------------------------------------------------------------
