@@ -56,3 +56,15 @@ class ApplyFailed(KeylessError):
     """One or more actions of a plan failed while applying (exit 1)."""
 
     exit_code = 1
+
+
+class NotFound(KeylessError):
+    """A named thing (app, service, target, deploy, token) does not exist (exit 2; HTTP 404)."""
+
+    exit_code = 2
+
+
+class Conflict(KeylessError):
+    """The request clashes with the current state: a name already taken, a deploy already running (HTTP 409)."""
+
+    exit_code = 1

@@ -1,0 +1,30 @@
+"""The control plane's persistent state: models, Alembic migrations, and the Store that reads and writes them."""
+
+from keyless.store.records import (
+    AppRecord,
+    AuditEvent,
+    ConnectionRecord,
+    DeployActionRecord,
+    DeployRecord,
+    DeployStatus,
+    Role,
+    ServiceRecord,
+    TargetRecord,
+    TokenRecord,
+)
+from keyless.store.store import Store, default_database_url
+
+__all__ = [
+    "AppRecord",
+    "AuditEvent",
+    "ConnectionRecord",
+    "DeployActionRecord",
+    "DeployRecord",
+    "DeployStatus",
+    "Role",
+    "ServiceRecord",
+    "Store",
+    "TargetRecord",
+    "TokenRecord",
+    "default_database_url",
+]
