@@ -343,28 +343,13 @@ FailOnOpt = Annotated[FailOn | None, typer.Option(
     "--fail-on", help="Exit 1 when the least-privilege audit finds something at least this severe.")]
 
 
-def _audit_report(target_name: str, target: Any, app_name: str, bindings: list[Any]) -> Any:
-    """Fetch the documents of each connection's identity and run the audit rules over them."""
-    from keyless.targets import AwsTarget, AzureTarget
-
-    if isinstance(target, AwsTarget):
-        from keyless.providers.aws_audit import AwsAuditor
-
-        return AwsAuditor(target).audit(app_name, target_name, bindings)
-    if isinstance(target, AzureTarget):
-        from keyless.providers.azure_audit import AzureAuditor
-
-        return AzureAuditor(target).audit(app_name, target_name, bindings)
-    raise UsageError(f"target {target_name!r} is on GCP: keyless cannot fetch GCP IAM policies yet, so it cannot "
-                     "audit this target", "the GCP rules run once the GCP provider lands; audit AWS or Azure targets")
-
-
 def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Path | None) -> bool:
     """plan and apply: one audit line per connection on stderr; True when --fail-on says to stop.
 
     The audit never blocks on its own: when it cannot run, plan and apply go on and say so, unless
     --fail-on asked for it, in which case not knowing is treated as failing.
     """
+    from keyless import engine
     from keyless.audit import Severity
     from keyless.audit.render import summary_lines
     from keyless.plan import Resource
@@ -376,7 +361,7 @@ def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Pat
         return False
     source = file or next((Path(b.source.file) for b in wanted if b.source is not None), Path("porter.yaml"))
     try:
-        report = _audit_report(the_plan.target, target, the_plan.app, wanted)
+        report = engine.audit_app(the_plan.target, target, the_plan.app, wanted)
     except KeylessError as exc:
         err.print(f"audit: not run ({exc.message})", markup=False)
         return fail_on is not None
@@ -400,6 +385,7 @@ def audit(
     Exit 2 for invalid input or a target keyless cannot audit (GCP, for now).
     """
     from keyless import __version__ as version
+    from keyless import engine
     from keyless.audit import Severity
     from keyless.audit.render import render_text, to_json, to_sarif
     from keyless.bindings import desired_bindings
@@ -411,10 +397,10 @@ def audit(
     name, tgt = _target(target, targets)
     resolved = resolve_app_name(loaded, app_name, os.environ)
     if isinstance(tgt, GcpTarget):
-        _audit_report(name, tgt, resolved, [])  # raises: say so before anything else happens
+        engine.audit_app(name, tgt, resolved, [])  # raises: say so before anything else happens
     bindings, notes = desired_bindings(loaded, resolved, name, tgt)
     _print_diagnostics(notes)
-    report = _audit_report(name, tgt, resolved, bindings)
+    report = engine.audit_app(name, tgt, resolved, bindings)
     if output is AuditFormat.JSON:
         print(json.dumps(to_json(report), indent=2))
     elif output is AuditFormat.SARIF:
@@ -498,6 +484,72 @@ def doctor(output: FormatOpt = OutputFormat.TEXT) -> None:
                 out.print(f"         {key}: {value}", markup=False)
     if any(c.verdict is Verdict.ERROR for c in checks):
         raise typer.Exit(1)
+
+
+# --- the control plane ---------------------------------------------------------------------------
+
+
+def _free_port_or_fail(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host!r} does not resolve ({exc.strerror})", "use an address such as 127.0.0.1") \
+            from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror})",
+                             "pass another --port, or stop what is using it") from None
+
+
+@app.command()
+def serve(
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", envvar="KEYLESS_DATABASE_URL",
+        help="sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB "
+             "(default: SQLite in $XDG_DATA_HOME/keyless).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8400,
+    targets: TargetsOpt = None,
+    new_admin_token: Annotated[bool, typer.Option(
+        "--new-admin-token", help="Print a new admin token even if tokens exist (lost the first one?).")] = False,
+) -> None:
+    """Run the control plane: the REST API under /api/v1 and the dashboard, on one port.
+
+    On first start it prints an admin token; it is shown once. Targets from --targets (else $KEYLESS_TARGETS,
+    else ./keyless.targets.yaml, when present) are imported at start.
+    """
+    import uvicorn
+
+    from keyless.server.app import create_app
+    from keyless.server.operations import ControlPlane
+    from keyless.store import Role, Store
+    from keyless.targets import targets_path
+
+    _free_port_or_fail(host, port)
+    store = Store.open(database_url)
+    path = targets_path(str(targets) if targets else None, os.environ)
+    if path.exists():
+        imported = ControlPlane(store, os.environ).import_targets(path.read_text(encoding="utf-8"), str(path),
+                                                                  "keyless serve")
+        out.print(f"Targets from {path}: {', '.join(t.name for t, _ in imported)}", markup=False)
+    elif targets is not None:
+        raise UsageError(f"{targets}: file not found", "pass an existing targets file, or leave out --targets")
+    shown = host if ":" not in host else f"[{host}]"
+    url = f"http://{shown}:{port}/"
+    out.print(f"keyless control plane on {url}  (API: {url}api/v1, OpenAPI: {url}api/v1/openapi.json)", markup=False)
+    out.print(f"Database: {store.display_url}", markup=False)
+    if new_admin_token or not store.has_tokens():
+        _, secret = store.create_token("first admin" if not new_admin_token else "admin", Role.ADMIN,
+                                       "keyless serve")
+        out.print(f"Admin token (shown once, keep it safe): {secret}", markup=False)
+        out.print(f"Log in at {url}login, or call the API with `Authorization: Bearer <token>`.", markup=False)
+    uvicorn.run(create_app(store, os.environ), host=host, port=port, log_level="warning")
 
 
 # --- sandbox and demo ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from keyless.audit import AuditReport
 from keyless.bindings import Binding, desired_bindings, target_cloud, workloads
 from keyless.diagnostics import Diagnostic
 from keyless.errors import ApplyFailed, KeylessError, PreflightFailed, UsageError
@@ -281,6 +282,28 @@ def connect(target_name: str, target: AnyTarget) -> tuple[Provider, KubeSide]:
     else:
         kube = ClusterKube(target.kubernetes)
     return provider, kube
+
+
+def preflight_target(target_name: str, target: AnyTarget) -> list[PreflightIssue]:
+    """The checks that hold for a whole target, whatever the app: cluster found, agent or issuer enabled."""
+    provider, _ = connect(target_name, target)
+    return provider.preflight([])
+
+
+def audit_app(target_name: str, target: AnyTarget, app_name: str, bindings: Sequence[Binding]) -> AuditReport:
+    """Fetch the documents of each connection's identity and run the least-privilege rules over them."""
+    from keyless.targets import AwsTarget, AzureTarget
+
+    if isinstance(target, AwsTarget):
+        from keyless.providers.aws_audit import AwsAuditor
+
+        return AwsAuditor(target).audit(app_name, target_name, list(bindings))
+    if isinstance(target, AzureTarget):
+        from keyless.providers.azure_audit import AzureAuditor
+
+        return AzureAuditor(target).audit(app_name, target_name, list(bindings))
+    raise UsageError(f"target {target_name!r} is on GCP: keyless cannot fetch GCP IAM policies yet, so it cannot "
+                     "audit this target", "the GCP rules run once the GCP provider lands; audit AWS or Azure targets")
 
 
 # --- status ------------------------------------------------------------------------------------

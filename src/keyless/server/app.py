@@ -1,0 +1,127 @@
+"""The FastAPI application: the REST API under /api/v1, the dashboard, and how errors reach a person."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keyless import __version__, engine
+from keyless.errors import CloudError, Conflict, InvalidInput, KeylessError, NotFound, PreflightFailed
+from keyless.server.auth import LoginRequired, ServerState, Viewer
+from keyless.server.deploys import DeployRunner
+from keyless.server.operations import Connector, ControlPlane, problems
+from keyless.store import Store, TokenRecord
+
+STATIC = Path(__file__).parent / "static"
+CSRF_SETTING = "csrf-key"
+
+
+def http_status(error: KeylessError) -> int:
+    """The HTTP status of each kind of keyless error."""
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, Conflict | PreflightFailed):
+        return 409
+    if isinstance(error, InvalidInput):
+        return 422
+    if isinstance(error, CloudError):
+        return 502
+    if error.exit_code == 2:
+        return 400
+    return 500
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def error_body(message: str, hint: str = "", items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": message, "hint": hint}
+    if items:
+        body["problems"] = items
+    return body
+
+
+def create_app(store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
+               secure_cookies: bool = False) -> FastAPI:
+    plane = ControlPlane(store, env, connector)
+    runner = DeployRunner(plane)
+    server_state = ServerState(store=store, plane=plane, runner=runner,
+                               csrf_key=store.secret(CSRF_SETTING).encode(), secure_cookies=secure_cookies)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        store.interrupt_abandoned()
+        yield
+        runner.shutdown()
+
+    app = FastAPI(
+        title="keyless", version=__version__, lifespan=lifespan,
+        description="Cloud identities for the services of porter.yaml apps, without static keys. Every route but "
+                    "/healthz needs `Authorization: Bearer <token>`; roles are viewer < deployer < admin.",
+        docs_url=None, redoc_url=None, openapi_url=None,  # served below, behind a token like every route
+    )
+    app.state.keyless = server_state
+
+    from keyless.server import api, dashboard
+
+    app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", include_in_schema=True, tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: answers without a token."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/v1/openapi.json", tags=["health"], response_model=None)
+    def openapi_document(_: TokenRecord = Viewer) -> dict[str, Any]:
+        """This API's OpenAPI 3 document."""
+        return app.openapi()
+
+    @app.exception_handler(KeylessError)
+    async def keyless_error(request: Request, exc: KeylessError) -> Response:
+        status = http_status(exc)
+        if _is_api(request):
+            return JSONResponse(error_body(exc.message if not isinstance(exc, InvalidInput) else
+                                           "the input is not valid", exc.hint, problems(exc)), status_code=status)
+        return dashboard.error_page(request, status, exc.render())
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        if request.headers.get("HX-Request"):
+            # An htmx fragment (live progress) whose session ended: the whole page goes to the login form,
+            # and back to the page (not the fragment) afterwards.
+            page = urlsplit(request.headers.get("HX-Current-URL", "/")).path or "/"
+            return Response(status_code=204, headers={"HX-Redirect": f"/login?next={quote(page, safe='/')}"})
+        return RedirectResponse(f"/login?next={quote(exc.next_url, safe='/')}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail), "hint": ""}
+        if _is_api(request) or not request.url.path.startswith("/") or request.url.path == "/healthz":
+            return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
+        return dashboard.error_page(request, exc.status_code,
+                                    f"{detail.get('error', '')}\n{detail.get('hint', '')}".strip())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        items = [{"location": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+                 for e in exc.errors()]
+        text = "; ".join(f"{i['location']}: {i['message']}" for i in items)
+        if _is_api(request):
+            return JSONResponse(error_body(f"the request is not valid: {text}",
+                                           "see the OpenAPI document at /api/v1/openapi.json", items),
+                                status_code=422)
+        return dashboard.error_page(request, 422, f"the form is not valid: {text}")
+
+    return app

@@ -1,0 +1,502 @@
+"""The dashboard: server-rendered pages over the control plane, readable without JavaScript; htmx adds live parts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from keyless import explain, names
+from keyless.audit.model import Finding, sorted_findings
+from keyless.audit.render import connection_label
+from keyless.bindings import target_cloud
+from keyless.errors import Conflict, KeylessError, NotFound
+from keyless.providers.base import PreflightIssue
+from keyless.providers.base import Severity as IssueSeverity
+from keyless.server.app import http_status
+from keyless.server.auth import (
+    SESSION_COOKIE,
+    check_csrf,
+    csrf_token,
+    dashboard_user,
+    session_user,
+    state,
+)
+from keyless.server.operations import CONNECTION_FIELDS, ConnectionChange
+from keyless.store import AppRecord, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
+from keyless.targets import AnyTarget, AzureTarget, GcpTarget
+
+TEMPLATES = Path(__file__).parent / "templates"
+AUDIT_LOG_PAGE = 100
+HISTORY_LENGTH = 20
+
+router = APIRouter(include_in_schema=False)
+
+Viewer = Annotated[TokenRecord, Depends(dashboard_user(Role.VIEWER))]
+Deployer = Annotated[TokenRecord, Depends(dashboard_user(Role.DEPLOYER))]
+Admin = Annotated[TokenRecord, Depends(dashboard_user(Role.ADMIN))]
+# Declared after the user on each write route, so that a missing login redirects before the CSRF check refuses.
+CsrfChecked = Annotated[None, Depends(check_csrf)]
+
+# Sent with every page: no framing (clickjacking), scripts and styles only from this server, forms post only here.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+# Per connection type: the section's title and the identity it names (for the warning); the fields' labels.
+SECTION_TITLES = {
+    "awsRole": "IAM Role Connection",
+    "azureManagedIdentity": "Azure Managed Identity Connection",
+    "gcpServiceAccount": "GCP Service Account Connection",
+}
+IDENTITY_WORDS = {
+    "awsRole": "this IAM role",
+    "azureManagedIdentity": "this managed identity's role assignments",
+    "gcpServiceAccount": "this Google service account",
+}
+FIELD_LABELS = {
+    "role": "IAM role name or ARN",
+    "identityName": "Managed identity name",
+    "resourceGroup": "Resource group of the managed identity",
+    "serviceAccountEmail": "Google service account email",
+}
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+_environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                           trim_blocks=True, lstrip_blocks=True)
+_environment.filters["when"] = _when
+_environment.filters["pretty"] = _pretty
+templates = Jinja2Templates(env=_environment)
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+
+def _render(request: Request, template: str, context: Mapping[str, Any], user: TokenRecord | None,
+            status_code: int = 200) -> HTMLResponse:
+    values = {
+        "user": user,
+        "csrf": csrf_token(request),
+        "can_deploy": user is not None and user.role.allows(Role.DEPLOYER),
+        "is_admin": user is not None and user.role.allows(Role.ADMIN),
+        **context,
+    }
+    return templates.TemplateResponse(request, template, values, status_code=status_code, headers=SECURITY_HEADERS)
+
+
+def _see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+def _is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    """An HTML page with the status and message (never a traceback), for every non-API error."""
+    try:
+        user = session_user(request)
+    except Exception:  # the error may be the database itself: show the page without the navigation
+        user = None
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    return _render(request, "error.html", {"status": status, "reason": reason, "message": message}, user,
+                   status_code=status)
+
+
+def local_path(value: str) -> str:
+    """`value` when it is a path on this server (where login may send the browser next), else `/`."""
+    if not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return value
+
+
+# --- login -----------------------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_page(request: Request, next_url: Annotated[str, Query(alias="next")] = "/") -> Response:
+    return _render(request, "login.html", {"next": local_path(next_url), "error": None}, session_user(request))
+
+
+@router.post("/login", dependencies=[Depends(check_csrf)])
+def login(request: Request, token: Annotated[str, Form()] = "",
+          next_url: Annotated[str, Form(alias="next")] = "/") -> Response:
+    secret = token.strip()
+    record = state(request).store.authenticate(secret) if secret else None
+    if record is None:
+        return _render(request, "login.html", {
+            "next": local_path(next_url),
+            "error": "That token is not valid (unknown or revoked). Check it, or ask an admin for a new one.",
+        }, None, status_code=401)
+    response = _see_other(local_path(next_url))
+    response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="strict",
+                        secure=state(request).secure_cookies, path="/")
+    return response
+
+
+@router.post("/logout", dependencies=[Depends(check_csrf)])
+def logout(request: Request) -> Response:
+    response = _see_other("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=state(request).secure_cookies)
+    return response
+
+
+# --- apps ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _AppRow:
+    app: AppRecord
+    connections: int
+    last: DeployRecord | None
+
+
+@router.get("/")
+def apps_page(request: Request, user: Viewer) -> Response:
+    store = state(request).store
+    rows = []
+    for app in store.list_apps():
+        last = store.list_deploys(app.name, limit=1)
+        rows.append(_AppRow(app, sum(len(s.connections) for s in app.services), last[0] if last else None))
+    return _render(request, "apps.html", {"rows": rows}, user)
+
+
+@router.get("/apps/{app}")
+def app_page(request: Request, app: str, user: Viewer) -> Response:
+    store = state(request).store
+    record = store.get_app(app)
+    deploys = store.list_deploys(app, limit=HISTORY_LENGTH)
+    return _render(request, "app.html", {
+        "app": record, "deploys": deploys, "last": deploys[0] if deploys else None,
+        "targets": store.list_targets() if user.role.allows(Role.ADMIN) else [],
+        "titles": SECTION_TITLES,
+    }, user)
+
+
+@router.post("/apps/{app}/target")
+def change_target(request: Request, app: str, user: Admin, _: CsrfChecked,
+                  target: Annotated[str, Form()] = "") -> Response:
+    state(request).plane.set_app_target(app, target or None, user.actor)
+    return _see_other(f"/apps/{app}")
+
+
+@router.post("/apps/{app}/plan")
+def plan(request: Request, app: str, user: Deployer, _: CsrfChecked) -> Response:
+    record = state(request).runner.plan(app, None, user.actor)
+    return _see_other(f"/deploys/{record.id}")
+
+
+@router.get("/apps/{app}/status")
+def status_page(request: Request, app: str, user: Viewer) -> Response:
+    plane = state(request).plane
+    record = plane.store.get_app(app)
+    rows, error = [], None
+    try:
+        rows = plane.status(app, None)
+    except KeylessError as exc:
+        error = exc.render()
+    return _render(request, "status.html", {"app": record, "rows": rows, "error": error}, user)
+
+
+# --- a service and its connections -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    label: str
+    value: str
+    placeholder: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    type: str
+    title: str
+    toggle_label: str
+    enabled: bool
+    fields: tuple[_Field, ...]
+    warning: str
+    preview: explain.ConnectionPreview | None
+    preview_error: str | None
+    error: str | None
+
+
+def _placeholders(app: str, service: str, target: AnyTarget | None) -> dict[str, str]:
+    """Example values shown (and used in the info box) while a field is empty, shaped like this service's names."""
+    project = target.project if isinstance(target, GcpTarget) else "my-project"
+    account = f"{app}-{service}"[:30].rstrip("-")
+    return {
+        "role": f"{app}-{service}-role",
+        "identityName": f"{app}-{service}-identity",
+        "resourceGroup": target.resource_group if isinstance(target, AzureTarget) else "my-resource-group",
+        "serviceAccountEmail": f"{account}@{project}.iam.gserviceaccount.com",
+    }
+
+
+def _app_target(request: Request, app: AppRecord) -> tuple[str | None, AnyTarget | None]:
+    """The app's target, or None when it has none or it no longer loads (the page still shows)."""
+    if not app.target_name:
+        return None, None
+    try:
+        return app.target_name, state(request).plane.target(app.target_name)
+    except KeylessError:
+        return app.target_name, None
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A connection form the control plane refused: its message, and what to show in its fields again."""
+
+    type: str
+    message: str
+    entered: Mapping[str, str] | None = None  # None: show what is stored
+    enabled: bool | None = None
+
+
+def _entered(type_: str, given: Mapping[str, str]) -> dict[str, str]:
+    """The fields of a connection of this type, from a form or query string (missing ones empty)."""
+    if type_ not in CONNECTION_FIELDS:
+        raise NotFound(f"there is no {type_!r} connection", f"the dashboard edits {', '.join(CONNECTION_FIELDS)}")
+    return {f: given.get(f, "") for f in CONNECTION_FIELDS[type_]}
+
+
+def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: str | None, target: AnyTarget | None,
+             entered: Mapping[str, str] | None = None, enabled: bool | None = None,
+             error: str | None = None) -> _Section:
+    """One provider's section; `entered` and `enabled` are what a form held, else the stored connection shows."""
+    current = service.connection(type_)
+    values = dict(entered) if entered is not None else dict(current.settings) if current else {}
+    examples = _placeholders(app.name, service.name, target)
+    fields = tuple(_Field(f, FIELD_LABELS.get(f, f), values.get(f, ""), examples[f]) for f in CONNECTION_FIELDS[type_])
+    title = SECTION_TITLES[type_]
+    preview_values = {"type": type_, **{f.name: f.value.strip() or f.placeholder for f in fields}}
+    preview, preview_error = None, None
+    try:
+        preview = explain.preview_connection(app.name, service.name, preview_values, target_name, target)
+    except KeylessError as exc:
+        preview_error = f"keyless cannot show what it will create for these values: {exc.message}"
+    return _Section(
+        type=type_, title=title, toggle_label=f"Enable the {title}",
+        enabled=enabled if enabled is not None else current is not None,
+        fields=fields,
+        warning=(f"Enabling this connection gives the pods of {service.name} access to every cloud resource "
+                 f"{IDENTITY_WORDS[type_]} can reach. Grant it only what this service needs."),
+        preview=preview, preview_error=preview_error, error=error,
+    )
+
+
+def _service(app: AppRecord, name: str) -> ServiceRecord:
+    service = app.service(name)
+    if service is None:
+        known = ", ".join(s.name for s in app.services) or "none"
+        raise NotFound(f"app {app.name!r} has no service {name!r}", f"its services: {known}")
+    return service
+
+
+def _service_page(request: Request, user: TokenRecord, app_name: str, service_name: str,
+                  refused: _Refusal | None = None, status_code: int = 200) -> Response:
+    app = state(request).store.get_app(app_name)
+    service = _service(app, service_name)
+    target_name, target = _app_target(request, app)
+    sections = []
+    for type_ in CONNECTION_FIELDS:
+        if refused is not None and refused.type == type_:
+            sections.append(_section(app, service, type_, target_name, target, refused.entered, refused.enabled,
+                                     refused.message))
+        else:
+            sections.append(_section(app, service, type_, target_name, target))
+    return _render(request, "service.html", {
+        "app": app, "service": service, "sections": sections, "target": target,
+        "target_cloud": target_cloud(target).value if target is not None else None,
+        "service_account": names.service_account_name(app.name, service.name),
+    }, user, status_code=status_code)
+
+
+@router.get("/apps/{app}/services/{service}")
+def service_page(request: Request, app: str, service: str, user: Viewer) -> Response:
+    return _service_page(request, user, app, service)
+
+
+@router.post("/apps/{app}/services/{service}/connections/{type_}")
+def save_connection(
+    request: Request, app: str, service: str, type_: str, user: Deployer, _: CsrfChecked,
+    revision: Annotated[int, Form()],
+    enabled: Annotated[str, Form()] = "",
+    role: Annotated[str, Form()] = "",
+    identity_name: Annotated[str, Form(alias="identityName")] = "",
+    resource_group: Annotated[str, Form(alias="resourceGroup")] = "",
+    service_account_email: Annotated[str, Form(alias="serviceAccountEmail")] = "",
+) -> Response:
+    """The toggle on saves the fields into porter.yaml; off detaches the connection."""
+    fields = _entered(type_, {"role": role, "identityName": identity_name, "resourceGroup": resource_group,
+                              "serviceAccountEmail": service_account_email})
+    on = bool(enabled)
+    try:
+        state(request).plane.change_connection(
+            app, ConnectionChange(service, type_, fields if on else None), user.actor, expected_revision=revision)
+    except NotFound:
+        raise
+    except KeylessError as exc:
+        # A stale form shows what is stored now; any other refusal keeps what the person typed.
+        refusal = (_Refusal(type_, exc.render()) if isinstance(exc, Conflict)
+                   else _Refusal(type_, exc.render(), fields, on))
+        return _service_page(request, user, app, service, refusal, status_code=http_status(exc))
+    return _see_other(f"/apps/{app}/services/{service}#{type_}")
+
+
+@router.get("/apps/{app}/services/{service}/preview/{type_}")
+def connection_preview(request: Request, app: str, service: str, type_: str, user: Viewer) -> Response:
+    """The info box of one section for the values being typed (htmx swaps it in as the fields change)."""
+    entered = _entered(type_, request.query_params)
+    record = state(request).store.get_app(app)
+    found = _service(record, service)
+    target_name, target = _app_target(request, record)
+    section = _section(record, found, type_, target_name, target, entered)
+    return _render(request, "_preview.html", {"app": record, "service": found, "s": section}, user)
+
+
+@dataclass(frozen=True, slots=True)
+class _ConnectionFindings:
+    label: str
+    summary: str
+    findings: list[Finding]  # worst first
+
+    @property
+    def worst(self) -> str:
+        """The CSS class of the summary: the worst severity found, or `ok`."""
+        return f"severity-{self.findings[0].severity.value}" if self.findings else "ok"
+
+
+@router.get("/apps/{app}/services/{service}/findings")
+def findings(request: Request, app: str, service: str, user: Viewer) -> Response:
+    """The least-privilege findings of this service's connections: a fragment for htmx, else a page."""
+    plane = state(request).plane
+    record = plane.store.get_app(app)
+    _service(record, service)
+    context: dict[str, Any] = {"app": record, "service": service, "report": None, "connections": [], "error": None}
+    try:
+        report = plane.audit(app, None)
+    except KeylessError as exc:
+        context["error"] = exc.render()
+    else:
+        context["report"] = report
+        context["connections"] = [
+            _ConnectionFindings(connection_label(c.binding), c.summary(), sorted_findings(c.findings))
+            for c in report.connections if c.binding.service == service]
+    return _render(request, "_findings.html" if _is_htmx(request) else "findings.html", context, user)
+
+
+# --- deploys ---------------------------------------------------------------------------------------
+
+
+def _progress_context(request: Request, deploy_id: int) -> dict[str, Any]:
+    deploy = state(request).store.get_deploy(deploy_id)
+    return {
+        "deploy": deploy,
+        "done": len(deploy.actions),
+        "failed": sum(1 for a in deploy.actions if not a.ok),
+    }
+
+
+@router.get("/deploys/{deploy_id}")
+def deploy_page(request: Request, deploy_id: int, user: Viewer) -> Response:
+    context = _progress_context(request, deploy_id)
+    deploy = context["deploy"]
+    app = state(request).store.get_app(deploy.app)
+    context.update(
+        blockers=list((deploy.plan or {}).get("blockers", [])),
+        stale=app.revision != deploy.app_revision,
+        app_revision=app.revision,
+    )
+    return _render(request, "deploy.html", context, user)
+
+
+@router.get("/deploys/{deploy_id}/progress")
+def deploy_progress(request: Request, deploy_id: int, user: Viewer) -> Response:
+    """The live part of the deploy page; it stops asking to be polled once the deploy has finished."""
+    return _render(request, "_progress.html", _progress_context(request, deploy_id), user)
+
+
+@router.post("/deploys/{deploy_id}/apply")
+def apply(request: Request, deploy_id: int, user: Deployer, _: CsrfChecked) -> Response:
+    record = state(request).runner.apply(deploy_id, user.actor)
+    return _see_other(f"/deploys/{record.id}")
+
+
+# --- targets and the audit log ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _TargetRow:
+    record: TargetRecord
+    settings: list[tuple[str, str]]
+    apps: list[str]
+    issues: list[PreflightIssue]
+    ready: bool
+    error: str | None
+
+
+@router.get("/targets")
+def targets_page(request: Request, user: Viewer) -> Response:
+    """Each target with its preflight checks, run now; one target's failure does not hide the others."""
+    server = state(request)
+    apps = server.store.list_apps()
+    rows = []
+    for record in server.store.list_targets():
+        settings = [(key, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+                    for key, value in record.settings.items() if key != "cloud"]
+        issues, error = [], None
+        try:
+            issues = server.plane.preflight_target(record.name)
+        except KeylessError as exc:
+            error = exc.render()
+        rows.append(_TargetRow(
+            record=record, settings=settings, apps=[a.name for a in apps if a.target_name == record.name],
+            issues=issues, ready=error is None and not any(i.severity is IssueSeverity.BLOCKING for i in issues),
+            error=error))
+    return _render(request, "targets.html", {"rows": rows}, user)
+
+
+@router.get("/audit-log")
+def audit_log(request: Request, user: Viewer, before: int | None = None, subject: str = "") -> Response:
+    events = state(request).store.audit_events(subject_prefix=subject or None, limit=AUDIT_LOG_PAGE,
+                                                before_id=before)
+    older = events[-1].id if len(events) == AUDIT_LOG_PAGE else None
+    return _render(request, "audit_log.html", {"events": events, "subject": subject, "older": older}, user)

@@ -1,0 +1,168 @@
+"""Deploys run in the background: plan, then apply with each action recorded as it finishes; one per app."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from keyless import engine
+from keyless.errors import KeylessError, PreflightFailed
+from keyless.kube import KubeSide
+from keyless.plan import Observed, Plan, render_text
+from keyless.providers.base import Provider
+from keyless.server.operations import ControlPlane
+from keyless.store import DeployActionRecord, DeployRecord, DeployStatus
+
+log = logging.getLogger("keyless.server")
+
+MAX_PARALLEL_DEPLOYS = 4  # different apps deploy side by side; each apply runs its services in parallel too
+HEARTBEAT_SECONDS = 30.0
+
+
+class DeployRunner:
+    """Starts deploys and runs them on worker threads; the store's per-app lock keeps one per app."""
+
+    def __init__(self, plane: ControlPlane, max_parallel: int = MAX_PARALLEL_DEPLOYS) -> None:
+        self.plane = plane
+        self.store = plane.store
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="keyless-deploy")
+        self._running: dict[int, Future[None]] = {}
+        self._lock = threading.Lock()
+
+    # --- starting ------------------------------------------------------------------------------------
+
+    def plan(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
+        """Plan now (synchronously) and keep the plan as a deploy to review and apply later."""
+        app = self.store.get_app(app_name)
+        spec = self.plane.plan_input(app, target_name)
+        provider, kube = self.plane.connector(spec.target_name, spec.target)
+        planned = engine.plan_app(spec, provider, kube)
+        return self.store.create_deploy(app_name, spec.target_name, actor, DeployStatus.PLANNED,
+                                        plan=planned.plan.to_json(), plan_text=render_text(planned.plan))
+
+    def deploy(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
+        """Plan and apply in the background (like `keyless apply --auto-approve`)."""
+        app = self.store.get_app(app_name)
+        name, _ = self.plane.target_of(app, target_name)  # a missing target is refused before anything starts
+        record = self.store.create_deploy(app_name, name, actor, DeployStatus.PLANNING)
+        self._submit(record.id, lambda: self._plan_and_apply(record))
+        return record
+
+    def apply(self, deploy_id: int, actor: str) -> DeployRecord:
+        """Apply a reviewed plan in the background; refused when the app changed since (make a new plan)."""
+        record = self.store.start_planned(deploy_id, actor)
+        self._submit(record.id, lambda: self._apply_saved(record))
+        return record
+
+    def _submit(self, deploy_id: int, work: Callable[[], None]) -> None:
+        def run() -> None:
+            stop = threading.Event()
+            beat = threading.Thread(target=self._heartbeat, args=(deploy_id, stop), daemon=True)
+            beat.start()
+            try:
+                work()
+            except KeylessError as exc:
+                status = DeployStatus.BLOCKED if isinstance(exc, PreflightFailed) else DeployStatus.FAILED
+                self.store.finish_deploy(deploy_id, status, exc.render())
+            except Exception as exc:  # a bug or an SDK surprise: the deploy fails, the server lives on
+                log.exception("deploy %s failed unexpectedly", deploy_id)
+                self.store.finish_deploy(deploy_id, DeployStatus.FAILED,
+                                         f"unexpected error: {type(exc).__name__}: {exc}")
+            finally:
+                stop.set()
+                with self._lock:
+                    self._running.pop(deploy_id, None)
+
+        with self._lock:
+            self._running[deploy_id] = self._pool.submit(run)
+
+    def _heartbeat(self, deploy_id: int, stop: threading.Event) -> None:
+        """Keeps the app's lock fresh while a long step (propagation, rollout) runs."""
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.store.heartbeat(deploy_id)
+            except Exception:  # the database blinked; the next beat or action will refresh the lock
+                log.warning("heartbeat of deploy %s failed", deploy_id, exc_info=True)
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def _plan_and_apply(self, record: DeployRecord) -> None:
+        app = self.store.get_app(record.app)
+        spec = self.plane.plan_input(app, record.target_name)
+        provider, kube = self.plane.connector(spec.target_name, spec.target)
+        planned = engine.plan_app(spec, provider, kube)
+        plan = planned.plan
+        if plan.blockers:
+            self.store.set_deploy_plan(record.id, plan.to_json(), render_text(plan), 0, DeployStatus.PLANNING)
+            self.store.finish_deploy(record.id, DeployStatus.BLOCKED, _blockers_text(plan))
+            return
+        observed = engine.observe_saved(plan, provider, kube, spec.target.namespace)
+        self._apply(record.id, plan, provider, kube, observed)
+
+    def _apply_saved(self, record: DeployRecord) -> None:
+        assert record.plan is not None
+        plan = Plan.from_json(record.plan)
+        if plan.blockers:
+            self.store.finish_deploy(record.id, DeployStatus.BLOCKED, _blockers_text(plan))
+            return
+        target = self.plane.target(plan.target)
+        provider, kube = self.plane.connector(plan.target, target)
+        observed = engine.observe_saved(plan, provider, kube, target.namespace)
+        if observed.digest() != plan.observed_digest:
+            raise engine.StalePlan()
+        self._apply(record.id, plan, provider, kube, observed)
+
+    def _apply(self, deploy_id: int, plan: Plan, provider: Provider, kube: KubeSide,
+               observed: Observed) -> None:
+        changes = plan.changes
+        self.store.set_deploy_plan(deploy_id, plan.to_json(), render_text(plan), len(changes), DeployStatus.APPLYING)
+        if not changes:
+            self.store.finish_deploy(deploy_id, DeployStatus.NO_CHANGES, plan.summary())
+            return
+        seq = iter(range(1, len(changes) + 1))
+        seq_lock = threading.Lock()
+
+        def progress(result: engine.ActionResult) -> None:
+            with seq_lock:
+                n = next(seq)
+            action = result.action
+            self.store.record_action(deploy_id, DeployActionRecord(
+                seq=n, service=action.service, resource=action.resource.value, kind=action.kind.value,
+                address=action.address, ok=result.ok, message=result.message, seconds=result.seconds,
+                finished_at=dt.datetime.now(dt.UTC)))
+
+        report = engine.apply_plan(plan, provider, kube, observed, progress=progress)
+        failures = report.failures
+        if failures:
+            lines = [f"{f.action.service}: {f.action.resource.value} {f.action.address}: {f.message}"
+                     for f in failures]
+            self.store.finish_deploy(deploy_id, DeployStatus.FAILED,
+                                     f"{len(failures)} action(s) failed; deploy again once fixed: it picks up "
+                                     "where this one stopped\n" + "\n".join(lines))
+        else:
+            self.store.finish_deploy(deploy_id, DeployStatus.SUCCEEDED,
+                                     f"{len(report.results)} change(s) applied")
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def running(self) -> list[int]:
+        with self._lock:
+            return sorted(self._running)
+
+    def wait(self, deploy_id: int, timeout: float | None = None) -> None:
+        with self._lock:
+            future = self._running.get(deploy_id)
+        if future is not None:
+            future.result(timeout=timeout)
+
+    def shutdown(self) -> None:
+        """Let running deploys finish (they are bounded); nothing new starts."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _blockers_text(plan: Plan) -> str:
+    return "blocked before any change:\n" + "\n".join(
+        f"{b.service}: {b.message}" + (f" ({b.hint})" if b.hint else "") for b in plan.blockers)

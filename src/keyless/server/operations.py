@@ -1,0 +1,222 @@
+"""What the API and the dashboard do, in one place: check the input, change the store, and call the engine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keyless import engine
+from keyless.audit import AuditReport
+from keyless.bindings import desired_bindings, target_cloud, workloads
+from keyless.diagnostics import START, Diagnostic, Severity
+from keyless.errors import InvalidInput, KeylessError, NotFound, UsageError
+from keyless.kube import KubeSide
+from keyless.providers.base import PreflightIssue, Provider
+from keyless.spec import edit
+from keyless.spec.loader import LoadedApp, identity_types, load_app, resolve_app_name
+from keyless.store import AppRecord, ConnectionRecord, DeployRecord, ServiceRecord, Store, TargetRecord
+from keyless.targets import AnyTarget, load_targets
+
+Connector = Callable[[str, AnyTarget], tuple[Provider, KubeSide]]
+
+# Per connection type, the fields a person fills in (porter.yaml spelling), in the order the dashboard shows them.
+CONNECTION_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "awsRole": ("role",),
+    "azureManagedIdentity": ("identityName", "resourceGroup"),
+    "gcpServiceAccount": ("serviceAccountEmail",),
+}
+
+
+def app_file(app: str) -> str:
+    """The file name diagnostics use for an app's stored porter.yaml."""
+    return f"{app}/porter.yaml"
+
+
+def services_of(loaded: LoadedApp) -> list[ServiceRecord]:
+    """Every workload of the app with its identity connections, as the store indexes them."""
+    kinds = set(identity_types())
+    found: list[ServiceRecord] = []
+    for name, kind, workload, path in workloads(loaded):
+        connections = []
+        for connection in workload.connections:
+            written = connection.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if written.get("type") in kinds:
+                settings = {k: str(v) for k, v in written.items() if k != "type"}
+                connections.append(ConnectionRecord(type=str(written["type"]), settings=settings))
+        found.append(ServiceRecord(name=name, kind=kind.value if path[0] == "services" else str(path[0]),
+                                   connections=tuple(connections)))
+    return found
+
+
+def target_settings(target: AnyTarget) -> dict[str, Any]:
+    """A validated target as the targets file spells it (what the store keeps and the API returns)."""
+    return target.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _invalid(file: str, message: str, hint: str = "") -> InvalidInput:
+    return InvalidInput([Diagnostic(Severity.ERROR, file, START, message, hint)])
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChange:
+    """One change made from the dashboard or the API to a service's identity connection."""
+
+    service: str
+    type: str
+    fields: Mapping[str, str] | None  # None detaches
+
+
+class ControlPlane:
+    """The operations behind every API route and dashboard page."""
+
+    def __init__(self, store: Store, env: Mapping[str, str], connector: Connector = engine.connect) -> None:
+        self.store = store
+        self.env = env
+        self.connector = connector
+
+    # --- targets -----------------------------------------------------------------------------------
+
+    def _parse_targets(self, text: str, file: str) -> dict[str, AnyTarget]:
+        return dict(load_targets(text.encode(), file, self.env).by_name)
+
+    def put_target(self, name: str, body: Mapping[str, Any], actor: str) -> tuple[TargetRecord, bool]:
+        """Create or replace a target from the fields a targets file gives it (validated the same way)."""
+        document = json.dumps({"targets": {name: dict(body)}}, indent=2)
+        target = self._parse_targets(document, f"target {name} (request body)")[name]
+        return self.store.put_target(name, target_cloud(target).value, target_settings(target), actor)
+
+    def import_targets(self, text: str, file: str, actor: str) -> list[tuple[TargetRecord, bool]]:
+        """Every target of a targets file, created or replaced."""
+        parsed = self._parse_targets(text, file)
+        return [self.store.put_target(name, target_cloud(t).value, target_settings(t), actor)
+                for name, t in parsed.items()]
+
+    def target(self, name: str) -> AnyTarget:
+        record = self.store.get_target(name)
+        document = json.dumps({"targets": {name: record.settings}})
+        return self._parse_targets(document, f"target {name}")[name]
+
+    def preflight_target(self, name: str) -> list[PreflightIssue]:
+        target = self.target(name)
+        provider, _ = self.connector(name, target)
+        return provider.preflight([])
+
+    # --- apps --------------------------------------------------------------------------------------
+
+    def load(self, app: AppRecord) -> LoadedApp:
+        return load_app(app.porter_yaml.encode(), app_file(app.name), self.env)
+
+    def import_app(self, text: str, name: str | None, target_name: str | None, actor: str) -> AppRecord:
+        """Validate a porter.yaml (as `keyless validate` does) and store it as a new app."""
+        loaded = load_app(text.encode(), "porter.yaml", self.env)
+        app_name = resolve_app_name(loaded, name, {})
+        if loaded.app.name and name and loaded.app.name != name:
+            raise _invalid("porter.yaml", f"the file names the app {loaded.app.name!r}, the request {name!r}",
+                           "leave out the name in the request or make them the same")
+        if target_name is not None:
+            self.store.get_target(target_name)  # NotFound before anything is written
+        return self.store.create_app(app_name, text, services_of(loaded), target_name, actor)
+
+    def replace_app(self, name: str, text: str, actor: str, expected_revision: int | None = None) -> AppRecord:
+        loaded = load_app(text.encode(), app_file(name), self.env)
+        if loaded.app.name and loaded.app.name != name:
+            raise _invalid(app_file(name), f"the file names the app {loaded.app.name!r}, not {name!r}",
+                           "an app keeps its name; import the file as a new app instead")
+        return self.store.update_app(name, actor=actor, action="app.update", subject=f"app/{name}",
+                                     expected_revision=expected_revision, porter_yaml=text,
+                                     services=services_of(loaded))
+
+    def export_app(self, name: str) -> str:
+        """The app's porter.yaml, with its name, so that `keyless apply -f` on it needs no --app."""
+        app = self.store.get_app(name)
+        return edit.with_app_name(app.porter_yaml, app.name)
+
+    def set_app_target(self, name: str, target_name: str | None, actor: str) -> AppRecord:
+        if target_name is not None:
+            self.store.get_target(target_name)
+        return self.store.update_app(name, actor=actor, action="app.target", subject=f"app/{name}",
+                                     target_name=target_name, set_target=True)
+
+    def change_connection(self, app_name: str, change: ConnectionChange, actor: str,
+                          expected_revision: int | None = None) -> AppRecord:
+        """Attach, change or detach one identity connection: the same edit a person would make to porter.yaml."""
+        if change.type not in CONNECTION_FIELDS:
+            raise UsageError(f"connection type {change.type!r} is not an identity connection",
+                             f"use one of {', '.join(CONNECTION_FIELDS)}")
+        app = self.store.get_app(app_name)
+        service = app.service(change.service)
+        if service is None:
+            known = ", ".join(s.name for s in app.services) or "none"
+            raise NotFound(f"app {app_name!r} has no service {change.service!r}", f"its services: {known}")
+        if change.fields is None:
+            if service.connection(change.type) is None:
+                return app
+            text = edit.remove_connection(app.porter_yaml, change.service, change.type)
+            action = "connection.detach"
+        else:
+            allowed = CONNECTION_FIELDS[change.type]
+            unknown = sorted(set(change.fields) - set(allowed))
+            if unknown:
+                raise UsageError(f"{change.type} connections have no field {', '.join(map(repr, unknown))}",
+                                 f"its fields: {', '.join(allowed)}")
+            missing = [f for f in allowed if not str(change.fields.get(f) or "").strip()]
+            if missing:
+                raise UsageError(f"{change.type} needs {', '.join(missing)}",
+                                 f"fill in {', '.join(allowed)}")
+            wanted = {"type": change.type, **{f: str(change.fields[f]).strip() for f in allowed}}
+            current = service.connection(change.type)
+            if current is not None and {"type": current.type, **current.settings} == wanted:
+                return app
+            text = edit.set_connection(app.porter_yaml, change.service, wanted)
+            action = "connection.change" if current is not None else "connection.attach"
+        # The edited document goes through the same validation as a file given to the CLI.
+        loaded = load_app(text.encode(), app_file(app_name), self.env)
+        return self.store.update_app(
+            app_name, actor=actor, action=action, subject=f"app/{app_name}/service/{change.service}",
+            expected_revision=expected_revision if expected_revision is not None else app.revision,
+            porter_yaml=text, services=services_of(loaded))
+
+    # --- reading the world -------------------------------------------------------------------------
+
+    def target_of(self, app: AppRecord, target_name: str | None) -> tuple[str, AnyTarget]:
+        name = target_name or app.target_name
+        if not name:
+            raise UsageError(f"app {app.name!r} has no deploy target",
+                             "choose one on the app page, or pass ?target=NAME")
+        return name, self.target(name)
+
+    def plan_input(self, app: AppRecord, target_name: str | None) -> engine.PlanInput:
+        name, target = self.target_of(app, target_name)
+        return engine.PlanInput(self.load(app), app.name, name, target)
+
+    def status(self, app_name: str, target_name: str | None) -> list[engine.ServiceStatus]:
+        app = self.store.get_app(app_name)
+        name, target = self.target_of(app, target_name)
+        provider, kube = self.connector(name, target)
+        return engine.app_status(app.name, name, target, provider, kube, self.load(app))
+
+    def audit(self, app_name: str, target_name: str | None) -> AuditReport:
+        app = self.store.get_app(app_name)
+        name, target = self.target_of(app, target_name)
+        bindings, _ = desired_bindings(self.load(app), app.name, name, target)
+        return engine.audit_app(name, target, app.name, bindings)
+
+    def deploys(self, app_name: str) -> list[DeployRecord]:
+        return self.store.list_deploys(app_name)
+
+
+def problems(error: KeylessError) -> list[dict[str, Any]]:
+    """An error's located findings for a JSON response (one plain entry when it has none)."""
+    if isinstance(error, InvalidInput):
+        return [d.as_json() for d in error.diagnostics]
+    return [{"message": error.message, "hint": error.hint}]
+
+
+def issue_json(issue: PreflightIssue) -> dict[str, Any]:
+    return {"severity": issue.severity.value, "service": issue.service, "message": issue.message, "fix": issue.fix}
+
+
+def issues_json(issues: Sequence[PreflightIssue]) -> list[dict[str, Any]]:
+    return [issue_json(i) for i in issues]

@@ -1,0 +1,597 @@
+"""The dashboard: login, roles, CSRF and every page through TestClient; then Chromium drives it against the sandbox."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import boto3
+import pytest
+from e2e_support import Sandbox
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from server_support import running_server
+
+from keyless.errors import CloudError
+from keyless.providers.base import PreflightIssue, Severity
+from keyless.server.app import create_app
+from keyless.server.auth import SESSION_COOKIE, ServerState
+from keyless.server.operations import Connector
+from keyless.store import DeployActionRecord, DeployStatus, Role, Store
+from keyless.store.models import utcnow
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+
+PORTER_YAML = """\
+name: shop
+services:
+  - name: api
+    type: web
+    run: echo '<b>not bold</b>'
+    port: 8080
+  - name: worker
+    type: worker
+    run: python worker.py
+"""
+
+TARGET = {"cloud": "aws", "region": "us-east-1", "cluster": "prod", "namespace": "shop"}
+CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+
+
+class FakeProvider:
+    """Stands in for a cloud on the targets page: preflight is all it is asked for."""
+
+    def preflight(self, bindings: list[Any]) -> list[PreflightIssue]:
+        return [PreflightIssue(Severity.BLOCKING, "the EKS Pod Identity agent add-on is not installed on prod",
+                               fix="aws eks create-addon --cluster-name prod --addon-name eks-pod-identity-agent")]
+
+
+def fake_connector(name: str, target: Any) -> Any:
+    if name == "unreachable":
+        raise CloudError("cannot reach the cluster of target 'unreachable'", "check the network")
+    return FakeProvider(), None
+
+
+@dataclass
+class Dashboard:
+    app: FastAPI
+    store: Store
+    secrets: dict[Role, str]
+
+    @property
+    def state(self) -> ServerState:
+        found: ServerState = self.app.state.keyless
+        return found
+
+    def client(self, role: Role | None = None) -> TestClient:
+        """A browser with its own cookies, logged in with a token of `role` (None: not logged in)."""
+        client = TestClient(self.app, follow_redirects=False)
+        if role is not None:
+            login(client, self.secrets[role])
+        return client
+
+
+def csrf_of(client: TestClient, path: str = "/login") -> str:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    found = CSRF.search(page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def login(client: TestClient, secret: str, next_url: str = "/") -> Any:
+    response = client.post("/login", data={"token": secret, "next": next_url, "csrf": csrf_of(client)})
+    assert response.status_code == 303, response.text
+    return response
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
+    store = Store.open(f"sqlite:///{tmp_path}/k.db")
+    app = create_app(store, {}, connector=cast(Connector, fake_connector))
+    plane = cast(ServerState, app.state.keyless).plane
+    plane.put_target("prod-eks", TARGET, "test")
+    plane.put_target("unreachable", {**TARGET, "cluster": "gone"}, "test")
+    plane.import_app(PORTER_YAML, None, None, "test")
+    secrets = {role: store.create_token(f"{role.value}-person", role, "test")[1] for role in Role}
+    try:
+        yield Dashboard(app, store, secrets)
+    finally:
+        store.close()
+
+
+def save_connection(client: TestClient, dashboard: Dashboard, **form: str) -> Any:
+    revision = str(dashboard.store.get_app("shop").revision)
+    data = {"csrf": csrf_of(client, "/apps/shop/services/api"), "revision": revision, **form}
+    return client.post("/apps/shop/services/api/connections/awsRole", data=data)
+
+
+# --- login and sessions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/apps/shop", "/apps/shop/services/api", "/targets", "/audit-log",
+                                  "/apps/shop/status"])
+def test_pages_need_login(dashboard: Dashboard, path: str) -> None:
+    response = dashboard.client().get(path)
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/login?next={path}"
+
+
+def test_login_sets_a_strict_http_only_cookie_and_goes_to_next(dashboard: Dashboard) -> None:
+    client = dashboard.client()
+    response = login(client, dashboard.secrets[Role.VIEWER], next_url="/apps/shop")
+    assert response.headers["location"] == "/apps/shop"
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Secure" not in cookie
+    page = client.get("/apps/shop")
+    assert page.status_code == 200
+    assert "viewer-person (viewer)" in page.text
+
+
+def test_secure_cookies_when_configured(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/k.db")
+    try:
+        _, secret = store.create_token("someone", Role.VIEWER, "test")
+        client = TestClient(create_app(store, {}, secure_cookies=True), follow_redirects=False)
+        assert "Secure" in login(client, secret).headers["set-cookie"]
+    finally:
+        store.close()
+
+
+def test_wrong_token_is_refused(dashboard: Dashboard) -> None:
+    client = dashboard.client()
+    response = client.post("/login", data={"token": "kl_not-a-token", "next": "/", "csrf": csrf_of(client)})
+    assert response.status_code == 401
+    assert "not valid" in response.text
+    assert "set-cookie" not in response.headers
+    assert client.get("/").status_code == 303
+
+
+@pytest.mark.parametrize("next_url", ["//evil.example/x", "https://evil.example/", "/\\evil.example",
+                                      "javascript:alert(1)", "evil.example", "/\t/evil.example"])
+def test_login_never_redirects_off_the_site(dashboard: Dashboard, next_url: str) -> None:
+    response = login(dashboard.client(), dashboard.secrets[Role.VIEWER], next_url=next_url)
+    assert response.headers["location"] == "/"
+
+
+def test_logout_clears_the_session(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.VIEWER)
+    response = client.post("/logout", data={"csrf": csrf_of(client, "/")})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login"
+    assert f'{SESSION_COOKIE}=""' in response.headers["set-cookie"]
+    assert client.get("/").status_code == 303
+
+
+# --- roles and CSRF ----------------------------------------------------------------------------------
+
+
+def test_viewer_sees_no_write_buttons_and_is_refused_on_posts(dashboard: Dashboard) -> None:
+    viewer = dashboard.client(Role.VIEWER)
+    service = viewer.get("/apps/shop/services/api").text
+    assert "IAM Role Connection" in service
+    assert ">Save</button>" not in service
+    assert "disabled" in service
+    assert "readonly" in service
+    app_page = viewer.get("/apps/shop").text
+    assert ">Plan</button>" not in app_page
+    assert 'name="target"' not in app_page  # changing the target is for admins
+
+    csrf = csrf_of(viewer, "/")
+    for path, form in [("/apps/shop/services/api/connections/awsRole", {"revision": "1", "enabled": "on",
+                                                                       "role": "shop-api-role"}),
+                       ("/apps/shop/plan", {}), ("/apps/shop/target", {"target": "prod-eks"}),
+                       ("/deploys/1/apply", {})]:
+        response = viewer.post(path, data={"csrf": csrf, **form})
+        assert response.status_code == 403, path
+        assert "needs the" in response.text
+    assert "awsRole" not in dashboard.store.get_app("shop").porter_yaml
+
+
+def test_deployer_sees_save_and_plan_but_not_the_target_select(dashboard: Dashboard) -> None:
+    dashboard.state.plane.set_app_target("shop", "prod-eks", "test")
+    deployer = dashboard.client(Role.DEPLOYER)
+    assert ">Save</button>" in deployer.get("/apps/shop/services/api").text
+    page = deployer.get("/apps/shop").text
+    assert ">Plan</button>" in page
+    assert 'name="target"' not in page
+    assert deployer.post("/apps/shop/target", data={"csrf": csrf_of(deployer, "/"), "target": ""}).status_code == 403
+
+
+def test_admin_changes_the_target(dashboard: Dashboard) -> None:
+    admin = dashboard.client(Role.ADMIN)
+    page = admin.get("/apps/shop").text
+    assert '<option value="prod-eks">prod-eks (aws)</option>' in page
+    response = admin.post("/apps/shop/target", data={"csrf": csrf_of(admin, "/apps/shop"), "target": "prod-eks"})
+    assert response.status_code == 303
+    assert dashboard.store.get_app("shop").target_name == "prod-eks"
+
+
+@pytest.mark.parametrize("csrf", [None, "", "0" * 64])
+def test_posts_without_the_right_csrf_token_are_refused(dashboard: Dashboard, csrf: str | None) -> None:
+    deployer = dashboard.client(Role.DEPLOYER)
+    form = {"revision": "1", "enabled": "on", "role": "shop-api-role"}
+    if csrf is not None:
+        form["csrf"] = csrf
+    response = deployer.post("/apps/shop/services/api/connections/awsRole", data=form)
+    assert response.status_code == 403
+    assert "CSRF" in response.text
+    assert "awsRole" not in dashboard.store.get_app("shop").porter_yaml
+
+
+def test_the_csrf_token_of_another_session_is_refused(dashboard: Dashboard) -> None:
+    other = csrf_of(dashboard.client(Role.ADMIN), "/")
+    deployer = dashboard.client(Role.DEPLOYER)
+    response = deployer.post("/apps/shop/plan", data={"csrf": other})
+    assert response.status_code == 403
+
+
+def test_htmx_requests_send_the_csrf_token_as_a_header(dashboard: Dashboard) -> None:
+    deployer = dashboard.client(Role.DEPLOYER)
+    page = deployer.get("/").text
+    header = re.search(r"hx-headers='\{&#34;X-CSRF-Token&#34;: &#34;([0-9a-f]+)&#34;\}'", page)
+    if header is None:  # tojson's own escaping of quotes
+        header = re.search(r"hx-headers='\{\"X-CSRF-Token\": \"([0-9a-f]+)\"\}'", page)
+    assert header, page
+    response = deployer.post("/apps/shop/services/api/connections/awsRole",
+                             data={"revision": "1", "enabled": "on", "role": "shop-api-role"},
+                             headers={"X-CSRF-Token": header.group(1)})
+    assert response.status_code == 303
+
+
+# --- pages, read without JavaScript ------------------------------------------------------------------
+
+
+def test_pages_render_their_content_as_html(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.DEPLOYER)
+    apps = client.get("/")
+    assert apps.status_code == 200
+    assert apps.headers["content-type"].startswith("text/html")
+    assert "frame-ancestors 'none'" in apps.headers["content-security-policy"]
+    assert '<a href="/apps/shop">shop</a>' in apps.text
+    assert "never deployed" in apps.text
+
+    app_page = client.get("/apps/shop").text
+    assert '<a href="/apps/shop/services/api">api</a>' in app_page
+    assert '<a href="/apps/shop/services/worker">worker</a>' in app_page
+    assert "none: choose one to deploy" in app_page
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in app_page  # porter.yaml is shown escaped
+    assert "<b>not bold</b>" not in app_page
+
+    service = client.get("/apps/shop/services/api").text
+    for title in ("IAM Role Connection", "Azure Managed Identity Connection", "GCP Service Account Connection"):
+        assert f">{title}</h2>" in service
+    assert 'placeholder="shop-api-role"' in service
+    assert "gives the pods of api access to every cloud resource" in service
+    assert "pods.eks.amazonaws.com" in service  # the trust policy keyless needs, in the info box
+    assert "shop-api-role" in service
+    assert 'hx-get="/apps/shop/services/api/findings"' in service
+    assert 'href="/apps/shop/services/api/findings"' in service  # the same findings without JavaScript
+
+    findings = client.get("/apps/shop/services/api/findings")
+    assert findings.status_code == 200
+    assert "<html" in findings.text
+    assert "The audit could not run: app &#39;shop&#39; has no deploy target" in findings.text
+    fragment = client.get("/apps/shop/services/api/findings", headers={"HX-Request": "true"})
+    assert "<html" not in fragment.text
+    assert "The audit could not run" in fragment.text
+
+    status = client.get("/apps/shop/status").text
+    assert "The status could not be read: app &#39;shop&#39; has no deploy target" in status
+
+
+def test_the_info_box_follows_what_is_typed(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.DEPLOYER)
+    box = client.get("/apps/shop/services/api/preview/awsRole", params={"role": "billing-reader"},
+                     headers={"HX-Request": "true"}).text
+    assert "<html" not in box
+    assert "billing-reader" in box
+    azure = client.get("/apps/shop/services/api/preview/azureManagedIdentity",
+                       params={"identityName": "shop-id", "resourceGroup": "rg-shop"}).text
+    assert "shop-id" in azure
+    assert "system:serviceaccount:" in azure
+
+
+def test_targets_page_shows_each_targets_preflight(dashboard: Dashboard) -> None:
+    page = dashboard.client(Role.VIEWER).get("/targets").text
+    assert 'id="target-prod-eks"' in page
+    assert "us-east-1" in page
+    assert "the EKS Pod Identity agent add-on is not installed on prod" in page
+    assert "aws eks create-addon --cluster-name prod" in page
+    assert "The checks could not run: cannot reach the cluster of target &#39;unreachable&#39;" in page
+    assert ">ready</span>" not in page
+
+
+def test_errors_are_html_pages_without_a_traceback(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.VIEWER)
+    response = client.get("/apps/nope")
+    assert response.status_code == 404
+    assert "app &#39;nope&#39; does not exist" in response.text
+    assert "Traceback" not in response.text
+    assert client.get("/deploys/999").status_code == 404
+    assert client.get("/apps/shop/services/nope").status_code == 404
+
+
+# --- changing a connection ---------------------------------------------------------------------------
+
+
+def test_toggling_a_connection_on_edits_porter_yaml_and_is_audited(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.DEPLOYER)
+    response = save_connection(client, dashboard, enabled="on", role=" shop-api-role ")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/apps/shop/services/api#awsRole"
+    app = dashboard.store.get_app("shop")
+    assert "type: awsRole" in app.porter_yaml
+    assert "role: shop-api-role" in app.porter_yaml
+    assert "run: echo '<b>not bold</b>'" in app.porter_yaml  # the rest of the file is kept as written
+    service = app.service("api")
+    assert service is not None
+    assert service.connection("awsRole") is not None
+
+    event = dashboard.store.audit_events("app/shop")[0]
+    assert event.action == "connection.attach"
+    assert event.subject == "app/shop/service/api"
+    assert event.actor.startswith("deployer-person")
+    log = client.get("/audit-log").text
+    assert "connection.attach" in log
+    assert "shop-api-role" in log
+
+    page = client.get("/apps/shop/services/api").text
+    assert re.search(r'id="awsRole-enabled" name="enabled" value="on" checked', page)
+    assert 'value="shop-api-role"' in page
+
+    off = save_connection(client, dashboard)  # the toggle unchecked: the browser sends no `enabled`
+    assert off.status_code == 303
+    assert "awsRole" not in dashboard.store.get_app("shop").porter_yaml
+    assert dashboard.store.audit_events("app/shop")[0].action == "connection.detach"
+
+
+def test_a_stale_form_gets_the_conflict_message(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.DEPLOYER)
+    csrf = csrf_of(client, "/apps/shop/services/api")
+    first = client.post("/apps/shop/services/api/connections/awsRole",
+                        data={"csrf": csrf, "revision": "1", "enabled": "on", "role": "first-role"})
+    assert first.status_code == 303
+    second = client.post("/apps/shop/services/api/connections/awsRole",
+                         data={"csrf": csrf, "revision": "1", "enabled": "on", "role": "second-role"})
+    assert second.status_code == 409
+    assert "changed since you loaded it" in second.text
+    assert 'value="first-role"' in second.text  # the form now shows what is stored
+    assert 'name="revision" value="2"' in second.text
+    assert "role: first-role" in dashboard.store.get_app("shop").porter_yaml
+
+
+def test_a_refused_form_keeps_what_was_typed(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.DEPLOYER)
+    response = save_connection(client, dashboard, enabled="on", role="")
+    assert response.status_code == 400
+    assert "awsRole needs role" in response.text
+    bad = save_connection(client, dashboard, enabled="on", role="not a role name")
+    assert bad.status_code == 422
+    assert 'value="not a role name"' in bad.text
+    assert "awsRole" not in dashboard.store.get_app("shop").porter_yaml
+
+
+# --- deploys -----------------------------------------------------------------------------------------
+
+
+def test_deploy_page_shows_the_plan_and_apply_only_to_deployers(dashboard: Dashboard) -> None:
+    plan = {"blockers": []}
+    planned = dashboard.store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNED, plan=plan,
+                                            plan_text="+ cloud_binding shop/shop-api\n  role: shop-api-role")
+    page = dashboard.client(Role.DEPLOYER).get(f"/deploys/{planned.id}").text
+    assert "+ cloud_binding shop/shop-api" in page
+    assert ">Apply</button>" in page
+    assert 'http-equiv="refresh"' not in page
+    assert ">Apply</button>" not in dashboard.client(Role.VIEWER).get(f"/deploys/{planned.id}").text
+
+    blocked = dashboard.store.create_deploy(
+        "shop", "prod-eks", "test", DeployStatus.PLANNED, plan_text="! blocked",
+        plan={"blockers": [{"service": "api", "message": "shop-api is bound to another role by hand",
+                            "hint": "delete that association"}]})
+    page = dashboard.client(Role.DEPLOYER).get(f"/deploys/{blocked.id}").text
+    assert "shop-api is bound to another role by hand" in page
+    assert ">Apply</button>" not in page
+
+
+def test_deploy_progress_is_polled_while_active_and_stops_when_finished(dashboard: Dashboard) -> None:
+    store = dashboard.store
+    deploy = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    store.set_deploy_plan(deploy.id, {"blockers": []}, "2 changes", 2, DeployStatus.APPLYING)
+    store.record_action(deploy.id, DeployActionRecord(
+        seq=1, service="api", resource="cloud_binding", kind="create", address="shop/shop-api", ok=True,
+        message="created", seconds=1.25, finished_at=utcnow()))
+    client = dashboard.client(Role.VIEWER)
+
+    page = client.get(f"/deploys/{deploy.id}").text
+    assert '<noscript><meta http-equiv="refresh" content="2"></noscript>' in page
+    progress = client.get(f"/deploys/{deploy.id}/progress", headers={"HX-Request": "true"}).text
+    assert "<html" not in progress
+    assert 'hx-trigger="every 1s"' in progress
+    assert "1 of 2 actions done" in progress
+    assert "create cloud_binding shop/shop-api" in progress
+    assert ">ok</span>" in progress
+
+    store.finish_deploy(deploy.id, DeployStatus.SUCCEEDED, "2 change(s) applied")
+    done = client.get(f"/deploys/{deploy.id}/progress").text
+    assert "hx-trigger" not in done
+    assert ">succeeded</span>" in done
+    assert "2 change(s) applied" in done
+    assert "http-equiv" not in client.get(f"/deploys/{deploy.id}").text
+    history = client.get("/apps/shop").text
+    assert f'<a href="/deploys/{deploy.id}">#{deploy.id}</a>' in history
+    assert "succeeded" in client.get("/").text
+
+
+# --- the browser, against the sandbox ----------------------------------------------------------------
+
+BROWSER_APP = "dash"
+BROWSER_ROLE = "keyless-demo-api"  # seeded by the sandbox; its trust policy lets pods.eks.amazonaws.com in
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's Chromium, from $KEYLESS_TEST_CHROMIUM; the browser test is skipped only when that is unset."""
+    path = os.environ.get("KEYLESS_TEST_CHROMIUM")
+    if not path:
+        pytest.skip("KEYLESS_TEST_CHROMIUM is not set (make unit sets it to /usr/bin/chromium)")
+    return path
+
+
+def pod_identity_roles(cluster: str, namespace: str) -> dict[str, str]:
+    """Service account -> role ARN of every Pod Identity association in the namespace, read with boto3."""
+    eks = boto3.client("eks")
+    found = {}
+    for page in eks.get_paginator("list_pod_identity_associations").paginate(clusterName=cluster,
+                                                                             namespace=namespace):
+        for summary in page["associations"]:
+            described = eks.describe_pod_identity_association(clusterName=cluster,
+                                                              associationId=summary["associationId"])
+            found[summary["serviceAccount"]] = described["association"]["roleArn"]
+    return found
+
+
+@pytest.mark.integration
+def test_browser_connects_a_role_deploys_and_disconnects_it(
+        chromium: str, sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
+    from lightkube import Client, KubeConfig
+    from playwright.sync_api import Page, expect, sync_playwright
+
+    from keyless.sandbox.porter import deploy_workloads
+    from keyless.sandbox.stack import DEMO_NAMESPACE, EKS_TARGET
+    from keyless.spec import load_app
+
+    text = f"name: {BROWSER_APP}\nservices:\n  - name: api\n    type: web\n    run: node index.js\n    port: 8080\n"
+    store = Store.open(f"sqlite:///{tmp_path}/k.db")
+    app = create_app(store, os.environ)
+    plane = cast(ServerState, app.state.keyless).plane
+    targets_file = Path(env["KEYLESS_TARGETS"])
+    plane.import_targets(targets_file.read_text(), str(targets_file), "test")
+    plane.import_app(text, None, EKS_TARGET, "test")
+    _, secret = store.create_token("browser", Role.DEPLOYER, "test")
+    kube = Client(KubeConfig.from_file(env["KUBECONFIG"]), namespace=DEMO_NAMESPACE)
+    deploy_workloads(kube, BROWSER_APP, load_app(text.encode(), "porter.yaml", {}).app, DEMO_NAMESPACE)
+    cluster = plane.target(EKS_TARGET).cluster
+    account = f"{BROWSER_APP}-api"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def shot(page: Page, name: str) -> None:
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def plan_and_apply(page: Page, base: str, expected: str, screenshots: bool) -> None:
+        page.goto(f"{base}/apps/{BROWSER_APP}")
+        page.get_by_role("button", name="Plan", exact=True).click()
+        expect(page.locator("#plan-text")).to_contain_text(expected)
+        if screenshots:
+            shot(page, "05-plan")
+        page.get_by_role("button", name="Apply", exact=True).click()
+        expect(page.locator("#deploy-status")).to_have_text("succeeded", timeout=120_000)
+        expect(page.locator("#progress")).to_contain_text("actions done")
+        if screenshots:
+            shot(page, "06-deploy")
+
+    try:
+        with running_server(app) as base, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(30_000)
+                errors: list[str] = []  # script errors, CSP refusals, failed loads (htmx itself, say)
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+
+                page.goto(f"{base}/")
+                expect(page).to_have_url(re.compile(r"/login\?next=/$"))
+                shot(page, "01-login")
+                page.get_by_label("Token", exact=True).fill(secret)
+                page.get_by_role("button", name="Log in").click()
+                expect(page.get_by_role("heading", name="Apps", exact=True)).to_be_visible()
+                shot(page, "02-apps")
+
+                page.get_by_role("link", name=BROWSER_APP, exact=True).click()
+                expect(page.get_by_role("heading", name=f"App {BROWSER_APP}")).to_be_visible()
+                shot(page, "03-app")
+
+                # Connect: toggle the IAM Role Connection on, enter the role, save.
+                page.get_by_role("link", name="api", exact=True).click()
+                page.wait_for_url(f"{base}/apps/{BROWSER_APP}/services/api")  # loaded: htmx listens from here on
+                section = page.locator("section#awsRole")
+                toggle = section.get_by_label("Enable the IAM Role Connection")
+                expect(toggle).not_to_be_checked()
+                toggle.check()
+                section.get_by_label("IAM role name or ARN").fill(BROWSER_ROLE)
+                expect(section.locator(".infobox")).to_contain_text(BROWSER_ROLE)  # htmx refreshed the preview
+                section.get_by_role("button", name="Save").click()
+                expect(toggle).to_be_checked()
+                expect(section.get_by_label("IAM role name or ARN")).to_have_value(BROWSER_ROLE)
+                expect(section.locator(".infobox")).to_contain_text("pods.eks.amazonaws.com")
+                expect(page.locator("#findings")).to_contain_text(f":role/{BROWSER_ROLE}")  # loaded by htmx
+                shot(page, "04-service")
+
+                plan_and_apply(page, base, f"+ cloud_binding {DEMO_NAMESPACE}/{account}", screenshots=True)
+                page.goto(f"{base}/apps/{BROWSER_APP}/status")
+                row = page.get_by_role("row").filter(has_text=account)
+                expect(row).to_contain_text(f":role/{BROWSER_ROLE}")
+                expect(row).to_contain_text("in sync")
+                shot(page, "07-status")
+                assert pod_identity_roles(cluster, DEMO_NAMESPACE)[account].endswith(f":role/{BROWSER_ROLE}")
+
+                # Disconnect: toggle it off, save, deploy again.
+                page.goto(f"{base}/apps/{BROWSER_APP}/services/api")
+                toggle.uncheck()
+                section.get_by_role("button", name="Save").click()
+                expect(toggle).not_to_be_checked()
+                plan_and_apply(page, base, f"- cloud_binding {DEMO_NAMESPACE}/{account}", screenshots=False)
+                page.goto(f"{base}/apps/{BROWSER_APP}/status")
+                expect(page.get_by_role("main")).not_to_contain_text(BROWSER_ROLE)
+                assert account not in pod_identity_roles(cluster, DEMO_NAMESPACE)
+
+                page.goto(f"{base}/targets")
+                expect(page.locator(f"#target-{EKS_TARGET}")).to_contain_text("ready")
+                shot(page, "08-targets")
+                page.goto(f"{base}/audit-log")
+                expect(page.get_by_role("main")).to_contain_text("connection.detach")
+                expect(page.get_by_role("main")).to_contain_text("connection.attach")
+                shot(page, "09-audit-log")
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        store.close()
+
+
+def test_a_form_posted_from_another_site_is_refused(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'k.db'}")
+    _, secret = store.create_token("admin", Role.ADMIN, "test")
+    with TestClient(create_app(store, {})) as client:
+        page = client.get("/login")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        assert csrf
+        refused = client.post("/login", data={"token": secret, "csrf": csrf.group(1)},
+                              headers={"Origin": "https://evil.example"}, follow_redirects=False)
+        assert refused.status_code == 403
+        assert "another site" in refused.text
+        assert "keyless_session" not in refused.cookies
+        same = client.post("/login", data={"token": secret, "csrf": csrf.group(1)},
+                           headers={"Origin": "http://testserver"}, follow_redirects=False)
+        assert same.status_code == 303
+
+
+def test_an_expired_session_sends_htmx_to_the_login_page(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'k.db'}")
+    with TestClient(create_app(store, {})) as client:
+        response = client.get("/deploys/1/progress", headers={"HX-Request": "true",
+                                                               "HX-Current-URL": "http://testserver/deploys/1"},
+                              follow_redirects=False)
+        assert response.status_code == 204
+        assert response.headers["HX-Redirect"] == "/login?next=/deploys/1"
