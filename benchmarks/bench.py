@@ -4,7 +4,9 @@ Measures, each as the median of several runs where cheap:
   1. loading and validating a 300-service porter.yaml (pure core);
   2. planning it against the sandbox (IAM GetRole per role, paginated association listing, Kubernetes reads);
   3. applying it (associations, service accounts, rollouts), with propagation waits set to zero;
-  4. planning again when nothing changed (must be "no changes", no write call).
+  4. planning again when nothing changed (must be "no changes", no write call);
+  5. the control plane on SQLite, in process: importing the app through the API, changing one connection
+     (the porter.yaml edit, re-validation and the store write), and exporting it again.
 Time is wall-clock (the sandbox runs in its own process, as `keyless sandbox up` starts it, so it does not
 count against keyless's memory); memory is the keyless process's peak resident set size after each phase.
 """
@@ -66,12 +68,42 @@ def measure(label: str, fn: Callable[[], T], repeat: int = 1) -> T:
     return result
 
 
+def control_plane(data: bytes) -> None:
+    """The API's cost for a big app: each connection change re-validates the whole porter.yaml."""
+    from fastapi.testclient import TestClient
+
+    from keyless.server.app import create_app
+    from keyless.store import Role, Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(f"sqlite:///{tmp}/bench.db")
+        admin = {"Authorization": f"Bearer {store.create_token('bench', Role.ADMIN, 'bench')[1]}"}
+        with TestClient(create_app(store, {})) as client:
+            def post() -> int:
+                return client.post("/api/v1/apps", headers=admin | {"content-type": "application/yaml"},
+                                   content=data).status_code
+
+            assert measure("API: import the app", post) == 201
+            roles = iter(f"keyless-bench-{i}" for i in range(1000))
+
+            def toggle() -> int:
+                return client.put("/api/v1/apps/bench/services/svc-150/connections/awsRole", headers=admin,
+                                  json={"role": next(roles)}).status_code
+
+            assert measure("API: change one connection", toggle, repeat=7) == 200
+            exported = measure("API: export porter.yaml",
+                               lambda: client.get("/api/v1/apps/bench/porter.yaml", headers=admin).text, repeat=7)
+            assert len(exported) > len(data) // 2
+        store.close()
+
+
 def main() -> int:
     data = porter_yaml(SERVICES)
     print(f"keyless benchmark: {SERVICES} services ({len(data) / 1024:.0f} KiB porter.yaml), "
           f"python {sys.version.split()[0]}")
     loaded = measure(f"load + validate porter.yaml ({SERVICES} services)",
                      lambda: load_app(data, "porter.yaml", {}), repeat=7)
+    control_plane(data)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KEYLESS_SANDBOX_DIR"] = tmp
         state, _ = control.up(Path(tmp))
