@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from keyless.audit.render import to_json as audit_json
-from keyless.errors import NotFound, UsageError
+from keyless.errors import UsageError
 from keyless.providers.base import Severity
 from keyless.server.auth import Admin, Deployer, Viewer, state
-from keyless.server.operations import CONNECTION_FIELDS, ConnectionChange, issues_json
+from keyless.server.operations import ConnectionChange, identity_connection_type, issues_json, require_service
 from keyless.store import AppRecord, AuditEvent, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
 
 router = APIRouter(prefix="/api/v1")
@@ -248,12 +248,7 @@ def list_services(app: str, request: Request, _: TokenRecord = Viewer) -> list[d
 
 
 def _service(request: Request, app: str, service: str) -> ServiceRecord:
-    record = state(request).store.get_app(app)
-    found = record.service(service)
-    if found is None:
-        known = ", ".join(s.name for s in record.services) or "none"
-        raise NotFound(f"app {app!r} has no service {service!r}", f"its services: {known}")
-    return found
+    return require_service(state(request).store.get_app(app), service)
 
 
 @router.get("/apps/{app}/services/{service}", tags=["services"])
@@ -268,13 +263,6 @@ def list_connections(app: str, service: str, request: Request, _: TokenRecord = 
     return [{"type": c.type, **c.settings} for c in found.connections]
 
 
-def _connection_type(type_: str) -> str:
-    if type_ not in CONNECTION_FIELDS:
-        raise UsageError(f"connection type {type_!r} is not an identity connection",
-                         f"use one of {', '.join(CONNECTION_FIELDS)}")
-    return type_
-
-
 @router.put("/apps/{app}/services/{service}/connections/{type}", tags=["connections"])
 def put_connection(app: str, service: str, type: str, request: Request,
                    body: Annotated[dict[str, str], Body(examples=[{"role": "my-app-api-role"}, {
@@ -284,7 +272,7 @@ def put_connection(app: str, service: str, type: str, request: Request,
                    revision: Annotated[int | None, Query(description="refuse (409) if the app moved past this "
                                                                      "revision")] = None) -> dict[str, Any]:
     """Attach or change a connection (awsRole, azureManagedIdentity, gcpServiceAccount); the next deploy binds it."""
-    change = ConnectionChange(service=service, type=_connection_type(type), fields=body)
+    change = ConnectionChange(service=service, type=identity_connection_type(type), fields=body)
     record = state(request).plane.change_connection(app, change, caller.actor, revision)
     return app_json(record)
 
@@ -293,7 +281,7 @@ def put_connection(app: str, service: str, type: str, request: Request,
 def delete_connection(app: str, service: str, type: str, request: Request, caller: TokenRecord = Deployer,
                       revision: Annotated[int | None, Query()] = None) -> dict[str, Any]:
     """Detach a connection; the next deploy removes the binding keyless made for it."""
-    change = ConnectionChange(service=service, type=_connection_type(type), fields=None)
+    change = ConnectionChange(service=service, type=identity_connection_type(type), fields=None)
     return app_json(state(request).plane.change_connection(app, change, caller.actor, revision))
 
 

@@ -32,7 +32,7 @@ from keyless.server.auth import (
     session_user,
     state,
 )
-from keyless.server.operations import CONNECTION_FIELDS, ConnectionChange
+from keyless.server.operations import CONNECTION_FIELDS, ConnectionChange, identity_connection_type, require_service
 from keyless.store import AppRecord, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
 from keyless.targets import AnyTarget, AzureTarget, GcpTarget
 
@@ -292,9 +292,7 @@ class _Refusal:
 
 def _entered(type_: str, given: Mapping[str, str]) -> dict[str, str]:
     """The fields of a connection of this type, from a form or query string (missing ones empty)."""
-    if type_ not in CONNECTION_FIELDS:
-        raise NotFound(f"there is no {type_!r} connection", f"the dashboard edits {', '.join(CONNECTION_FIELDS)}")
-    return {f: given.get(f, "") for f in CONNECTION_FIELDS[type_]}
+    return {f: given.get(f, "") for f in CONNECTION_FIELDS[identity_connection_type(type_)]}
 
 
 def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: str | None, target: AnyTarget | None,
@@ -322,18 +320,10 @@ def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: st
     )
 
 
-def _service(app: AppRecord, name: str) -> ServiceRecord:
-    service = app.service(name)
-    if service is None:
-        known = ", ".join(s.name for s in app.services) or "none"
-        raise NotFound(f"app {app.name!r} has no service {name!r}", f"its services: {known}")
-    return service
-
-
 def _service_page(request: Request, user: TokenRecord, app_name: str, service_name: str,
                   refused: _Refusal | None = None, status_code: int = 200) -> Response:
     app = state(request).store.get_app(app_name)
-    service = _service(app, service_name)
+    service = require_service(app, service_name)
     target_name, target = _app_target(request, app)
     sections = []
     for type_ in CONNECTION_FIELDS:
@@ -386,7 +376,7 @@ def connection_preview(request: Request, app: str, service: str, type_: str, use
     """The info box of one section for the values being typed (htmx swaps it in as the fields change)."""
     entered = _entered(type_, request.query_params)
     record = state(request).store.get_app(app)
-    found = _service(record, service)
+    found = require_service(record, service)
     target_name, target = _app_target(request, record)
     section = _section(record, found, type_, target_name, target, entered)
     return _render(request, "_preview.html", {"app": record, "service": found, "s": section}, user)
@@ -409,7 +399,7 @@ def findings(request: Request, app: str, service: str, user: Viewer) -> Response
     """The least-privilege findings of this service's connections: a fragment for htmx, else a page."""
     plane = state(request).plane
     record = plane.store.get_app(app)
-    _service(record, service)
+    require_service(record, service)
     context: dict[str, Any] = {"app": record, "service": service, "report": None, "connections": [], "error": None}
     try:
         report = plane.audit(app, None)

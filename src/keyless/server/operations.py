@@ -29,6 +29,23 @@ CONNECTION_FIELDS: Mapping[str, tuple[str, ...]] = {
 }
 
 
+def identity_connection_type(type_: str) -> str:
+    """`type_` when it is a connection the control plane edits (awsRole, ...); else a UsageError naming them."""
+    if type_ not in CONNECTION_FIELDS:
+        raise UsageError(f"connection type {type_!r} is not an identity connection",
+                         f"use one of {', '.join(CONNECTION_FIELDS)}")
+    return type_
+
+
+def require_service(app: AppRecord, name: str) -> ServiceRecord:
+    """The app's service (or predeploy/initialDeploy job) of this name; NotFound lists the ones it has."""
+    service = app.service(name)
+    if service is None:
+        known = ", ".join(s.name for s in app.services) or "none"
+        raise NotFound(f"app {app.name!r} has no service {name!r}", f"its services: {known}")
+    return service
+
+
 def app_file(app: str) -> str:
     """The file name diagnostics use for an app's stored porter.yaml."""
     return f"{app}/porter.yaml"
@@ -142,14 +159,9 @@ class ControlPlane:
     def change_connection(self, app_name: str, change: ConnectionChange, actor: str,
                           expected_revision: int | None = None) -> AppRecord:
         """Attach, change or detach one identity connection: the same edit a person would make to porter.yaml."""
-        if change.type not in CONNECTION_FIELDS:
-            raise UsageError(f"connection type {change.type!r} is not an identity connection",
-                             f"use one of {', '.join(CONNECTION_FIELDS)}")
+        identity_connection_type(change.type)
         app = self.store.get_app(app_name)
-        service = app.service(change.service)
-        if service is None:
-            known = ", ".join(s.name for s in app.services) or "none"
-            raise NotFound(f"app {app_name!r} has no service {change.service!r}", f"its services: {known}")
+        service = require_service(app, change.service)
         if change.fields is None:
             if service.connection(change.type) is None:
                 return app
