@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -15,8 +16,13 @@ from keyless.providers.base import Severity
 from keyless.server.auth import Admin, Deployer, Viewer, state
 from keyless.server.operations import ConnectionChange, identity_connection_type, issues_json, require_service
 from keyless.store import AppRecord, AuditEvent, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
+from keyless.store.models import MAX_ID
 
 router = APIRouter(prefix="/api/v1")
+
+RowId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+RevisionQuery = Annotated[int | None, Query(ge=0, le=MAX_ID, description="refuse (409) if the app moved past "
+                                                                            "this revision")]
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 MAX_DOCUMENT = 1024 * 1024  # the same cap porter.yaml files have on the command line
@@ -225,8 +231,7 @@ def export_app(app: str, request: Request, _: TokenRecord = Viewer) -> Response:
 
 @router.put("/apps/{app}/porter.yaml", tags=["apps"], openapi_extra=_YAML_BODY)
 async def replace_app(app: str, request: Request, caller: TokenRecord = Admin,
-                      revision: Annotated[int | None, Query(description="refuse (409) if the app moved past this "
-                                                                        "revision")] = None) -> dict[str, Any]:
+                      revision: RevisionQuery = None) -> dict[str, Any]:
     """Replace the app's porter.yaml (validated as the CLI does)."""
     text = await _document(request)
     return app_json(state(request).plane.replace_app(app, text, caller.actor, revision), full=True)
@@ -269,8 +274,7 @@ def put_connection(app: str, service: str, type: str, request: Request,
                        "identityName": "my-app-api-identity", "resourceGroup": "my-resource-group"}, {
                        "serviceAccountEmail": "api@my-project.iam.gserviceaccount.com"}])],
                    caller: TokenRecord = Deployer,
-                   revision: Annotated[int | None, Query(description="refuse (409) if the app moved past this "
-                                                                     "revision")] = None) -> dict[str, Any]:
+                   revision: RevisionQuery = None) -> dict[str, Any]:
     """Attach or change a connection (awsRole, azureManagedIdentity, gcpServiceAccount); the next deploy binds it."""
     change = ConnectionChange(service=service, type=identity_connection_type(type), fields=body)
     record = state(request).plane.change_connection(app, change, caller.actor, revision)
@@ -279,7 +283,7 @@ def put_connection(app: str, service: str, type: str, request: Request,
 
 @router.delete("/apps/{app}/services/{service}/connections/{type}", tags=["connections"])
 def delete_connection(app: str, service: str, type: str, request: Request, caller: TokenRecord = Deployer,
-                      revision: Annotated[int | None, Query()] = None) -> dict[str, Any]:
+                      revision: RevisionQuery = None) -> dict[str, Any]:
     """Detach a connection; the next deploy removes the binding keyless made for it."""
     change = ConnectionChange(service=service, type=identity_connection_type(type), fields=None)
     return app_json(state(request).plane.change_connection(app, change, caller.actor, revision))
@@ -310,7 +314,7 @@ def deploy_app(app: str, request: Request, response: Response, caller: TokenReco
 
 
 @router.post("/deploys/{deploy_id}/apply", tags=["deploys"], status_code=202)
-def apply_deploy(deploy_id: int, request: Request, caller: TokenRecord = Deployer) -> dict[str, Any]:
+def apply_deploy(deploy_id: RowId, request: Request, caller: TokenRecord = Deployer) -> dict[str, Any]:
     """Apply a planned deploy in the background; refused (409) when the app or the world changed since the plan."""
     return deploy_json(state(request).runner.apply(deploy_id, caller.actor))
 
@@ -321,7 +325,7 @@ def list_deploys(app: str, request: Request, _: TokenRecord = Viewer) -> list[di
 
 
 @router.get("/deploys/{deploy_id}", tags=["deploys"])
-def get_deploy(deploy_id: int, request: Request, _: TokenRecord = Viewer) -> dict[str, Any]:
+def get_deploy(deploy_id: RowId, request: Request, _: TokenRecord = Viewer) -> dict[str, Any]:
     """A deploy's progress (actions done of total, each with its outcome) and, once finished, its result."""
     return deploy_json(state(request).store.get_deploy(deploy_id))
 
@@ -343,7 +347,8 @@ def audit_app(app: str, request: Request, _: TokenRecord = Viewer, target: Targe
 def audit_log(request: Request, _: TokenRecord = Viewer,
               subject: Annotated[str | None, Query(description="e.g. app/shop: that app and its services")] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100,
-              before: Annotated[int | None, Query(description="events older than this id (paging)")] = None,
+              before: Annotated[int | None, Query(ge=1, le=MAX_ID,
+                                                 description="events older than this id (paging)")] = None,
               ) -> list[dict[str, Any]]:
     """Every change made through the control plane, newest first: who, what, before and after."""
     return [event_json(e) for e in state(request).store.audit_events(subject, limit, before)]
@@ -365,5 +370,5 @@ def create_token(body: NewToken, request: Request, caller: TokenRecord = Admin) 
 
 
 @router.delete("/tokens/{token_id}", tags=["tokens"])
-def revoke_token(token_id: int, request: Request, caller: TokenRecord = Admin) -> dict[str, Any]:
+def revoke_token(token_id: RowId, request: Request, caller: TokenRecord = Admin) -> dict[str, Any]:
     return token_json(state(request).store.revoke_token(token_id, caller.actor))

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -34,6 +35,7 @@ from keyless.server.auth import (
 )
 from keyless.server.operations import CONNECTION_FIELDS, ConnectionChange, identity_connection_type, require_service
 from keyless.store import AppRecord, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
+from keyless.store.models import MAX_ID
 from keyless.targets import AnyTarget, AzureTarget, GcpTarget
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -41,6 +43,8 @@ AUDIT_LOG_PAGE = 100
 HISTORY_LENGTH = 20
 
 router = APIRouter(include_in_schema=False)
+
+DeployId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 Viewer = Annotated[TokenRecord, Depends(dashboard_user(Role.VIEWER))]
 Deployer = Annotated[TokenRecord, Depends(dashboard_user(Role.DEPLOYER))]
@@ -347,7 +351,7 @@ def service_page(request: Request, app: str, service: str, user: Viewer) -> Resp
 @router.post("/apps/{app}/services/{service}/connections/{type_}")
 def save_connection(
     request: Request, app: str, service: str, type_: str, user: Deployer, _: CsrfChecked,
-    revision: Annotated[int, Form()],
+    revision: Annotated[int, Form(ge=0, le=MAX_ID)],
     enabled: Annotated[str, Form()] = "",
     role: Annotated[str, Form()] = "",
     identity_name: Annotated[str, Form(alias="identityName")] = "",
@@ -426,7 +430,7 @@ def _progress_context(request: Request, deploy_id: int) -> dict[str, Any]:
 
 
 @router.get("/deploys/{deploy_id}")
-def deploy_page(request: Request, deploy_id: int, user: Viewer) -> Response:
+def deploy_page(request: Request, deploy_id: DeployId, user: Viewer) -> Response:
     context = _progress_context(request, deploy_id)
     deploy = context["deploy"]
     app = state(request).store.get_app(deploy.app)
@@ -439,13 +443,13 @@ def deploy_page(request: Request, deploy_id: int, user: Viewer) -> Response:
 
 
 @router.get("/deploys/{deploy_id}/progress")
-def deploy_progress(request: Request, deploy_id: int, user: Viewer) -> Response:
+def deploy_progress(request: Request, deploy_id: DeployId, user: Viewer) -> Response:
     """The live part of the deploy page; it stops asking to be polled once the deploy has finished."""
     return _render(request, "_progress.html", _progress_context(request, deploy_id), user)
 
 
 @router.post("/deploys/{deploy_id}/apply")
-def apply(request: Request, deploy_id: int, user: Deployer, _: CsrfChecked) -> Response:
+def apply(request: Request, deploy_id: DeployId, user: Deployer, _: CsrfChecked) -> Response:
     record = state(request).runner.apply(deploy_id, user.actor)
     return _see_other(f"/deploys/{record.id}")
 
@@ -485,7 +489,8 @@ def targets_page(request: Request, user: Viewer) -> Response:
 
 
 @router.get("/audit-log")
-def audit_log(request: Request, user: Viewer, before: int | None = None, subject: str = "") -> Response:
+def audit_log(request: Request, user: Viewer, before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+              subject: str = "") -> Response:
     events = state(request).store.audit_events(subject_prefix=subject or None, limit=AUDIT_LOG_PAGE,
                                                 before_id=before)
     older = events[-1].id if len(events) == AUDIT_LOG_PAGE else None

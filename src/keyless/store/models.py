@@ -10,6 +10,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+# Ids and revisions are INTEGER columns: 32 bits in PostgreSQL. Requests naming a larger one are refused early.
+MAX_ID = 2**31 - 1
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
