@@ -36,8 +36,8 @@ OPERATIONS = {f"{op.method.upper()} {op.path}": op for op in (r.ok() for r in SC
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Store]]:
-    store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'keyless.db'}")
+def client(module_database_url: str) -> Iterator[tuple[TestClient, Store]]:
+    store = Store.open(module_database_url)
     plane = ControlPlane(store, {})
     plane.put_target("gke", GKE, "seed")
     plane.import_app(PORTER_YAML, None, "gke", "seed")

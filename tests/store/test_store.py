@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -18,43 +15,6 @@ from keyless.errors import Conflict, NotFound, UsageError
 from keyless.store import ConnectionRecord, DeployActionRecord, DeployStatus, Role, ServiceRecord, Store
 from keyless.store.models import ApiTokenRow, AppLockRow, Base
 from keyless.store.store import LOCK_STALE_AFTER, hash_token
-
-POSTGRES_URL = os.environ.get("KEYLESS_TEST_POSTGRES_URL")
-
-
-def _postgres_schema_url(base: str, schema: str) -> str:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(base)
-    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(plain, autocommit=True) as conn:  # fails the test when the server is not there
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-
-
-def _drop_postgres_schema(base: str, schema: str) -> None:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    plain = make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'keyless.db'}"
-        return
-    if not POSTGRES_URL:
-        pytest.skip("KEYLESS_TEST_POSTGRES_URL is not set (`make test` starts PostgreSQL and sets it)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    url = _postgres_schema_url(POSTGRES_URL, schema)
-    try:
-        yield url
-    finally:
-        _drop_postgres_schema(POSTGRES_URL, schema)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from keyless.errors import Conflict, NotFound, UsageError
@@ -169,8 +169,13 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
+            raise UsageError(f"the database cannot store or look up this value: {str(exc.orig).splitlines()[0]}",
+                             "names are lowercase letters, digits and '-'; text cannot contain NUL characters") \
+                from None
 
     @staticmethod
     def _record(session: Session, actor: str, action: str, subject: str,
