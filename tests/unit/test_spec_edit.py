@@ -293,7 +293,7 @@ def test_a_connection_that_is_not_an_identity_connection_is_refused(connection: 
 
 
 @pytest.mark.parametrize("value", [
-    "x\nservices: []", "a: b", "- c", "#x", "'q", "true", "123", "null", "~", "&anchor", "*alias", "!tag",
+    "x services: []", "x: y: z", "a: b", "- c", "#x", "'q", "true", "123", "null", "~", "&anchor", "*alias", "!tag",
     "", "   ", "}{", "[1]", 'a"b', "x #y", "${KEYLESS_TEST_ROLE", "é ✓", "\t", "---", "...",
 ])
 def test_values_are_written_as_scalars_never_as_yaml(value: str) -> None:
@@ -444,7 +444,9 @@ def _cases() -> list[tuple[Path, str, str]]:
 
 
 CASES = _cases()
-FIELD_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+# What a person can type into a one-line field: no controls but tab, no line or paragraph separators, no BOM.
+FIELD_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\ufeff")
+                     | st.just("\t"), max_size=40)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -513,3 +515,10 @@ def test_an_edit_changes_exactly_that_connection_and_nothing_else(
     else:
         workload.pop("connections", None)
     assert _data(remove_connection(text, service, connection_type)) == expected
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\x85b", "a\u2028b", "a\u2029b", "\x00", "a\x1bb", "\ufeffx"])
+def test_a_value_yaml_cannot_carry_on_one_line_is_refused(value: str) -> None:
+    text = _read(EXAMPLE)
+    with pytest.raises(UsageError, match="line break or control character"):
+        set_connection(text, "worker", {"type": "awsRole", "role": value})

@@ -256,6 +256,11 @@ def _workload(doc: _Document, service: str) -> CommentedMap:
     raise UsageError(f"{FILE} has no service named {service!r}", f"its services: {listing}")
 
 
+# Characters a one-line YAML scalar cannot carry as they are: controls (but tab), line and paragraph
+# separators, the byte-order mark, and lone surrogates.
+_UNWRITABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff]")
+
+
 def _wanted_connection(connection: Mapping[str, str]) -> dict[str, str]:
     """`connection` with `type` first. Only its shape is checked here: the loader validates the values."""
     kinds = [t.value for t in IDENTITY_TYPES]
@@ -266,6 +271,10 @@ def _wanted_connection(connection: Mapping[str, str]) -> dict[str, str]:
         if not isinstance(key, str) or not isinstance(value, str):
             raise UsageError(f"connection field {key!r} must be text, got {type(value).__name__}",
                              "pass every field of the connection as a string")
+        if _UNWRITABLE.search(value):
+            # YAML turns these into line breaks or refuses them, so the file would not say what was asked.
+            raise UsageError(f"connection field {key!r} contains a line break or control character",
+                             "enter the value on one line, without control characters")
     return {TYPE: kind, **{k: v for k, v in connection.items() if k != TYPE}}
 
 
