@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from server_support import running_server
 
-from keyless.errors import CloudError
+from keyless.errors import CloudError, NotFound
 from keyless.providers.base import PreflightIssue, Severity
 from keyless.server.app import create_app
 from keyless.server.auth import SESSION_COOKIE, ServerState
@@ -595,3 +595,42 @@ def test_an_expired_session_sends_htmx_to_the_login_page(tmp_path: Path) -> None
                               follow_redirects=False)
         assert response.status_code == 204
         assert response.headers["HX-Redirect"] == "/login?next=/deploys/1"
+
+
+# --- importing an app ------------------------------------------------------------------------------
+
+
+def test_an_admin_imports_a_porter_yaml_from_the_apps_page(dashboard: Dashboard) -> None:
+    admin = dashboard.client(Role.ADMIN)
+    page = admin.get("/").text
+    assert "Import a porter.yaml" in page
+    assert 'value="prod-eks"' in page
+    text = "name: blog\nservices:\n  - name: web\n    type: web\n    port: 80\n"
+    response = admin.post("/apps", data={"csrf": csrf_of(admin, "/"), "porter_yaml": text, "target": "prod-eks"})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/apps/blog"
+    stored = dashboard.store.get_app("blog")
+    assert stored.porter_yaml == text
+    assert stored.target_name == "prod-eks"
+    assert dashboard.store.audit_events("app/blog")[0].actor.startswith("admin-person")
+
+
+def test_an_invalid_import_shows_each_problem_with_its_line_and_keeps_the_text(dashboard: Dashboard) -> None:
+    admin = dashboard.client(Role.ADMIN)
+    text = "name: blog\nservices:\n  - name: web\n    type: web\n    connections:\n      - type: awsRole\n"
+    response = admin.post("/apps", data={"csrf": csrf_of(admin, "/"), "porter_yaml": text})
+    assert response.status_code == 422
+    assert "porter.yaml:6:" in response.text
+    assert "connections:" in response.text  # the pasted text is still in the form
+    taken = admin.post("/apps", data={"csrf": csrf_of(admin, "/"), "porter_yaml": PORTER_YAML})
+    assert taken.status_code == 409
+    assert "already exists" in taken.text
+    with pytest.raises(NotFound):
+        dashboard.store.get_app("blog")
+
+
+def test_only_admins_import(dashboard: Dashboard) -> None:
+    deployer = dashboard.client(Role.DEPLOYER)
+    assert "Import a porter.yaml" not in deployer.get("/").text
+    refused = deployer.post("/apps", data={"csrf": csrf_of(deployer, "/"), "porter_yaml": PORTER_YAML})
+    assert refused.status_code == 403

@@ -191,14 +191,37 @@ class _AppRow:
     last: DeployRecord | None
 
 
-@router.get("/")
-def apps_page(request: Request, user: Viewer) -> Response:
+def _apps_page(request: Request, user: TokenRecord, import_form: Mapping[str, str] | None = None,
+               import_error: str | None = None, status_code: int = 200) -> Response:
     store = state(request).store
     rows = []
     for app in store.list_apps():
         last = store.list_deploys(app.name, limit=1)
         rows.append(_AppRow(app, sum(len(s.connections) for s in app.services), last[0] if last else None))
-    return _render(request, "apps.html", {"rows": rows}, user)
+    return _render(request, "apps.html", {
+        "rows": rows, "targets": store.list_targets() if user.role.allows(Role.ADMIN) else [],
+        "import_form": import_form or {"porter_yaml": "", "name": "", "target": ""}, "import_error": import_error,
+    }, user, status_code=status_code)
+
+
+@router.get("/")
+def apps_page(request: Request, user: Viewer) -> Response:
+    return _apps_page(request, user)
+
+
+@router.post("/apps")
+def import_app(request: Request, user: Admin, _: CsrfChecked,
+               porter_yaml: Annotated[str, Form(max_length=1024 * 1024)] = "",
+               name: Annotated[str, Form(max_length=200)] = "", target: Annotated[str, Form(max_length=200)] = "",
+               ) -> Response:
+    """Import a pasted porter.yaml as a new app; every problem is shown with its line, above the kept text."""
+    try:
+        app = state(request).plane.import_app(porter_yaml.replace("\r\n", "\n"), name.strip() or None,
+                                              target or None, user.actor)
+    except KeylessError as exc:
+        form = {"porter_yaml": porter_yaml, "name": name, "target": target}
+        return _apps_page(request, user, form, exc.render(), status_code=http_status(exc))
+    return _see_other(f"/apps/{app.name}")
 
 
 @router.get("/apps/{app}")
