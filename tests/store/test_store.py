@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -298,3 +299,34 @@ def test_interrupt_abandoned_frees_apps_but_not_live_deploys(store: Store) -> No
     assert store.get_deploy(live.id).status is DeployStatus.APPLYING
     with store.engine.connect() as connection:
         assert connection.execute(text("SELECT deploy_id FROM app_locks")).scalars().all() == [live.id]
+
+
+def test_the_migrations_go_down_and_up_again(store: Store) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from keyless.store.store import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    assert set(inspect(store.engine).get_table_names()) <= {"alembic_version"}
+    store.migrate()
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"apps", "deploys", "api_tokens", "audit_events", "app_locks"} <= tables
+
+
+def test_the_url_picks_the_driver_keyless_ships(database_url: str, tmp_path: Path) -> None:
+    if database_url.startswith("postgresql"):
+        url, driver = database_url.replace("postgresql+psycopg://", "postgresql://", 1), "psycopg"
+    else:
+        url, driver = f"sqlite:///{tmp_path / 'not' / 'yet' / 'there.db'}", "pysqlite"  # the folder is made
+    opened = Store.open(url)
+    try:
+        assert opened.engine.dialect.driver == driver
+        assert opened.list_apps() == []
+        assert ":keyless@" not in opened.display_url  # a password is never shown
+    finally:
+        opened.close()
