@@ -112,7 +112,7 @@ ROUTES = [
     Route("POST", "/api/v1/apps", Role.ADMIN, 201, json={"porterYaml": "services:\n  - name: web\n    type: web\n",
                                                           "name": "blog"}),
     Route("GET", "/api/v1/apps/shop", Role.VIEWER, 200),
-    Route("DELETE", "/api/v1/apps/shop", Role.ADMIN, 204),
+    Route("DELETE", "/api/v1/apps/shop?force=true", Role.ADMIN, 204),
     Route("GET", "/api/v1/apps/shop/porter.yaml", Role.VIEWER, 200),
     Route("PUT", "/api/v1/apps/shop/porter.yaml", Role.ADMIN, 200, content=PORTER_YAML.replace("8080", "9090")),
     Route("PUT", "/api/v1/apps/shop/target", Role.ADMIN, 200, json={"target": "spare"}),
@@ -349,3 +349,30 @@ def test_the_openapi_document_describes_every_route(world: World) -> None:
     assert "/api/v1/apps/{app}/services/{service}/connections/{type}" in document["paths"]
     assert "/healthz" in document["paths"]
     assert len(document["paths"]) >= 20
+
+
+def test_an_app_whose_bindings_may_remain_is_not_forgotten_unless_forced(world: World) -> None:
+    admin = world.headers("admin")
+    refused = world.client.delete("/api/v1/apps/shop", headers=admin)
+    assert refused.status_code == 409
+    assert "still has identity connections (api)" in refused.json()["error"]
+    assert "force=true" in refused.json()["hint"]
+    world.client.delete("/api/v1/apps/shop/services/api/connections/gcpServiceAccount", headers=admin)
+    # Detached, and never deployed at all: nothing can be bound, so it goes.
+    assert world.client.delete("/api/v1/apps/shop", headers=admin).status_code == 204
+
+
+def test_undeployed_changes_keep_an_app_from_being_forgotten(world: World) -> None:
+    admin = world.headers("admin")
+    world.client.delete("/api/v1/apps/shop/services/api/connections/gcpServiceAccount", headers=admin)
+    deployed = world.store.create_deploy("shop", "gke", "test", DeployStatus.PLANNING)
+    world.store.finish_deploy(deployed.id, DeployStatus.SUCCEEDED, "ok")  # deployed at the current revision
+    world.client.put("/api/v1/apps/shop/porter.yaml", headers=admin | YAML,
+                     content=PORTER_YAML.replace("      - type: gcpServiceAccount\n        serviceAccountEmail: "
+                                                 "shop-api@my-project.iam.gserviceaccount.com\n", "").replace(
+                                                     "    connections:\n", "").replace("8080", "8081"))
+    refused = world.client.delete("/api/v1/apps/shop", headers=admin)
+    assert refused.status_code == 409
+    assert "never deployed" in refused.json()["error"]
+    assert world.client.delete("/api/v1/apps/shop?force=true", headers=admin).status_code == 204
+    assert world.client.get("/api/v1/apps/shop", headers=admin).status_code == 404

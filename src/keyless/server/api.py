@@ -216,9 +216,12 @@ def get_app(app: str, request: Request, _: TokenRecord = Viewer) -> dict[str, An
 
 
 @router.delete("/apps/{app}", tags=["apps"], status_code=204)
-def delete_app(app: str, request: Request, caller: TokenRecord = Admin) -> Response:
-    """Forget the app (its deploy history too). Cloud bindings stay: detach connections and deploy first."""
-    state(request).store.delete_app(app, caller.actor)
+def delete_app(app: str, request: Request, caller: TokenRecord = Admin,
+               force: Annotated[bool, Query(description="forget it even if cloud bindings may remain")] = False,
+               ) -> Response:
+    """Forget the app and its deploy history. Refused (409) while it has connections or undeployed changes,
+    since its cloud bindings would stay behind untracked; detach, deploy, then delete (or force)."""
+    state(request).plane.delete_app(app, caller.actor, force)
     return Response(status_code=204)
 
 

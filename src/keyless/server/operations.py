@@ -11,12 +11,12 @@ from keyless import engine
 from keyless.audit import AuditReport
 from keyless.bindings import desired_bindings, target_cloud, workloads
 from keyless.diagnostics import START, Diagnostic, Severity
-from keyless.errors import InvalidInput, KeylessError, NotFound, UsageError
+from keyless.errors import Conflict, InvalidInput, KeylessError, NotFound, UsageError
 from keyless.kube import KubeSide
 from keyless.providers.base import PreflightIssue, Provider
 from keyless.spec import edit
 from keyless.spec.loader import LoadedApp, identity_types, load_app, resolve_app_name
-from keyless.store import AppRecord, ConnectionRecord, DeployRecord, ServiceRecord, Store, TargetRecord
+from keyless.store import AppRecord, ConnectionRecord, DeployRecord, DeployStatus, ServiceRecord, Store, TargetRecord
 from keyless.targets import AnyTarget, load_targets
 
 Connector = Callable[[str, AnyTarget], tuple[Provider, KubeSide]]
@@ -149,6 +149,25 @@ class ControlPlane:
         """The app's porter.yaml, with its name, so that `keyless apply -f` on it needs no --app."""
         app = self.store.get_app(name)
         return edit.with_app_name(app.porter_yaml, app.name)
+
+    def delete_app(self, name: str, actor: str, force: bool = False) -> None:
+        """Forget an app. Refused while that could leave bindings in the cloud that nothing tracks any more:
+        the app still has identity connections, or its last changes were never deployed."""
+        app = self.store.get_app(name)
+        if not force:
+            connected = sorted(s.name for s in app.services if s.connections)
+            if connected:
+                raise Conflict(f"app {name!r} still has identity connections ({', '.join(connected)}); forgetting "
+                               "it would leave their cloud bindings behind",
+                               "detach the connections and deploy, then delete; or add ?force=true to forget it "
+                               "anyway (the bindings stay; `keyless status --app` still finds them)")
+            deployed = [d for d in self.store.list_deploys(name)
+                        if d.status in (DeployStatus.SUCCEEDED, DeployStatus.NO_CHANGES)]
+            if deployed and deployed[0].app_revision < app.revision:
+                raise Conflict(f"app {name!r} has changes that were never deployed (revision {app.revision}, last "
+                               f"deployed {deployed[0].app_revision}); its cloud bindings may still exist",
+                               "deploy it first, then delete; or add ?force=true to forget it anyway")
+        self.store.delete_app(name, actor)
 
     def set_app_target(self, name: str, target_name: str | None, actor: str) -> AppRecord:
         if target_name is not None:
