@@ -42,8 +42,8 @@ from keyless.federation import (
     ownership_tags,
     trust_statement,
 )
-from keyless.plan import Action, ActionKind, ObservedBinding, Owner, Resource
-from keyless.providers.base import ActionOutcome, PreflightIssue, Severity, desired_of, observed_of
+from keyless.plan import Action, ActionKind, ObservedBinding, Owner
+from keyless.providers.base import ActionOutcome, BindingWrites, PreflightIssue, Severity, desired_of, observed_of
 from keyless.providers.retry import RetryPolicy, call_with_retry, poll
 from keyless.targets import AwsTarget
 
@@ -689,25 +689,15 @@ class AwsProvider:
     def apply(self, action: Action) -> ActionOutcome:
         """Carry out one cloud action. Refusals come back as a failed outcome; AWS failures that retries
         did not cure raise CloudError."""
-        if action.resource is not Resource.CLOUD_BINDING:
-            raise CloudError(f"{action.address}: the AWS provider applies cloud bindings, not {action.resource}")
-        kind = action.kind
-        if kind is ActionKind.NOOP:
-            return ActionOutcome(True, f"{action.address}: nothing to do",
-                                 action.observed.id if action.observed else None)
-        if kind is ActionKind.CREATE:
-            return self._create(desired_of(action))
-        if kind is ActionKind.UPDATE:
-            return self._update(observed_of(action), desired_of(action))
-        if kind is ActionKind.ADOPT:
-            return self._adopt(observed_of(action), desired_of(action))
-        if kind is ActionKind.DELETE:
-            return self._delete(observed_of(action))
-        # REPLACE: one association per service account, so the old one must go before the new one.
-        removed = self._delete(observed_of(action))
+        return BindingWrites("AWS", create=self._create, adopt=self._adopt, replace=self._replace,
+                             delete=self._delete, update=self._update).apply(action)
+
+    def _replace(self, observed: ObservedBinding, binding: Binding) -> ActionOutcome:
+        # One association per service account, so the old one must go before the new one.
+        removed = self._delete(observed)
         if not removed.ok:
             return removed
-        created = self._create(desired_of(action))
+        created = self._create(binding)
         return replace(created, message=f"{removed.message}; {created.message}")
 
     def _create(self, binding: Binding) -> ActionOutcome:

@@ -37,9 +37,10 @@ from keyless import names
 from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError
 from keyless.federation import AZURE_TOKEN_AUDIENCE, parse_subject, subject_for
-from keyless.plan import Action, ActionKind, ObservedBinding, Owner, Resource
+from keyless.plan import Action, ActionKind, ObservedBinding, Owner
 from keyless.providers.base import (
     ActionOutcome,
+    BindingWrites,
     PreflightIssue,
     Severity,
     desired_of,
@@ -798,22 +799,10 @@ class AzureProvider:
     def apply(self, action: Action) -> ActionOutcome:
         """Carry out one cloud action. Refusals come back as a failed outcome; Azure failures that retries did
         not cure raise CloudError."""
-        if action.resource is not Resource.CLOUD_BINDING:
-            raise CloudError(f"{action.address}: the Azure provider applies cloud bindings, not {action.resource}")
-        kind = action.kind
-        if kind is ActionKind.NOOP:
-            return ActionOutcome(True, f"{action.address}: nothing to do",
-                                 action.observed.id if action.observed else None)
-        if kind is ActionKind.CREATE:
-            return self._create(desired_of(action))
-        if kind is ActionKind.ADOPT:
-            return self._adopt(observed_of(action), desired_of(action))
-        if kind is ActionKind.DELETE:
-            return self._delete(observed_of(action))
-        if kind is ActionKind.REPLACE:
-            return self._replace(observed_of(action), desired_of(action))
-        raise CloudError(f"{action.address}: Azure credentials are replaced, never updated in place; the plan was "
-                         "not made for an Azure target", "plan again")
+        return BindingWrites("Azure", create=self._create, adopt=self._adopt, replace=self._replace,
+                             delete=self._delete,
+                             no_update="Azure credentials are replaced, never updated in place; the plan was not "
+                                       "made for an Azure target").apply(action)
 
     def _create(self, binding: Binding) -> ActionOutcome:
         rg, ident = _ref(binding)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from keyless.bindings import Binding, Cloud
 from keyless.errors import CloudError
-from keyless.plan import Action, ObservedBinding
+from keyless.plan import Action, ActionKind, ObservedBinding, Resource
 
 
 class Severity(enum.StrEnum):
@@ -51,6 +51,44 @@ def observed_of(action: Action) -> ObservedBinding:
     if action.observed is None:
         raise _damaged(action, "observed")
     return action.observed
+
+
+Create = Callable[[Binding], ActionOutcome]
+Change = Callable[[ObservedBinding, Binding], ActionOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingWrites:
+    """How one provider carries out each kind of cloud-binding action; `update` is None where a cloud has none."""
+
+    cloud: str  # as a person names it, for messages
+    create: Create
+    adopt: Change
+    replace: Change
+    delete: Callable[[ObservedBinding], ActionOutcome]
+    update: Change | None = None
+    no_update: str = ""  # why there is no in-place update (an UPDATE action then means a damaged plan)
+
+    def apply(self, action: Action) -> ActionOutcome:
+        """Dispatch one action to its write. Only cloud bindings are a provider's to apply."""
+        if action.resource is not Resource.CLOUD_BINDING:
+            raise CloudError(f"{action.address}: the {self.cloud} provider applies cloud bindings, "
+                             f"not {action.resource}")
+        kind = action.kind
+        if kind is ActionKind.NOOP:
+            return ActionOutcome(True, f"{action.address}: nothing to do",
+                                 action.observed.id if action.observed else None)
+        if kind is ActionKind.CREATE:
+            return self.create(desired_of(action))
+        if kind is ActionKind.ADOPT:
+            return self.adopt(observed_of(action), desired_of(action))
+        if kind is ActionKind.DELETE:
+            return self.delete(observed_of(action))
+        if kind is ActionKind.REPLACE:
+            return self.replace(observed_of(action), desired_of(action))
+        if self.update is None:
+            raise CloudError(f"{action.address}: {self.no_update}", "plan again")
+        return self.update(observed_of(action), desired_of(action))
 
 
 @runtime_checkable

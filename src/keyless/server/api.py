@@ -75,7 +75,6 @@ def target_json(target: TargetRecord) -> dict[str, Any]:
 
 
 def deploy_json(deploy: DeployRecord) -> dict[str, Any]:
-    done = sum(1 for a in deploy.actions)
     return {
         "id": deploy.id, "app": deploy.app, "appRevision": deploy.app_revision, "target": deploy.target_name,
         "status": deploy.status.value, "finished": deploy.status.finished, "requestedBy": deploy.requested_by,
@@ -83,8 +82,7 @@ def deploy_json(deploy: DeployRecord) -> dict[str, Any]:
         "startedAt": deploy.started_at.isoformat() if deploy.started_at else None,
         "finishedAt": deploy.finished_at.isoformat() if deploy.finished_at else None,
         "seconds": deploy.seconds, "message": deploy.message,
-        "progress": {"done": done, "total": deploy.total_actions,
-                     "failed": sum(1 for a in deploy.actions if not a.ok)},
+        "progress": {"done": deploy.done, "total": deploy.total_actions, "failed": deploy.failed},
         "plan": deploy.plan, "planText": deploy.plan_text,
         "actions": [{"seq": a.seq, "service": a.service, "resource": a.resource, "kind": a.kind,
                      "address": a.address, "ok": a.ok, "message": a.message, "seconds": round(a.seconds, 3),

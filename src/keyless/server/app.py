@@ -108,7 +108,7 @@ def create_app(store: Store, env: Mapping[str, str], connector: Connector = engi
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail), "hint": ""}
-        if _is_api(request) or not request.url.path.startswith("/") or request.url.path == "/healthz":
+        if _is_api(request) or request.url.path == "/healthz":
             return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
         return dashboard.error_page(request, exc.status_code,
                                     f"{detail.get('error', '')}\n{detail.get('hint', '')}".strip())

@@ -444,12 +444,7 @@ def findings(request: Request, app: str, service: str, user: Viewer) -> Response
 
 
 def _progress_context(request: Request, deploy_id: int) -> dict[str, Any]:
-    deploy = state(request).store.get_deploy(deploy_id)
-    return {
-        "deploy": deploy,
-        "done": len(deploy.actions),
-        "failed": sum(1 for a in deploy.actions if not a.ok),
-    }
+    return {"deploy": state(request).store.get_deploy(deploy_id)}
 
 
 @router.get("/deploys/{deploy_id}")

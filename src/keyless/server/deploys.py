@@ -36,12 +36,9 @@ class DeployRunner:
 
     def plan(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
         """Plan now (synchronously) and keep the plan as a deploy to review and apply later."""
-        app = self.store.get_app(app_name)
-        spec = self.plane.plan_input(app, target_name)
-        provider, kube = self.plane.connector(spec.target_name, spec.target)
-        planned = engine.plan_app(spec, provider, kube)
+        spec, _, _, plan = self._plan(app_name, target_name)
         return self.store.create_deploy(app_name, spec.target_name, actor, DeployStatus.PLANNED,
-                                        plan=planned.plan.to_json(), plan_text=render_text(planned.plan))
+                                        plan=plan.to_json(), plan_text=render_text(plan))
 
     def deploy(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
         """Plan and apply in the background (like `keyless apply --auto-approve`)."""
@@ -89,12 +86,14 @@ class DeployRunner:
 
     # --- running -------------------------------------------------------------------------------------
 
-    def _plan_and_apply(self, record: DeployRecord) -> None:
-        app = self.store.get_app(record.app)
-        spec = self.plane.plan_input(app, record.target_name)
+    def _plan(self, app_name: str, target_name: str | None) -> tuple[engine.PlanInput, Provider, KubeSide, Plan]:
+        """The app's current porter.yaml planned on the target, with the clients that observed it."""
+        spec = self.plane.plan_input(self.store.get_app(app_name), target_name)
         provider, kube = self.plane.connector(spec.target_name, spec.target)
-        planned = engine.plan_app(spec, provider, kube)
-        plan = planned.plan
+        return spec, provider, kube, engine.plan_app(spec, provider, kube).plan
+
+    def _plan_and_apply(self, record: DeployRecord) -> None:
+        spec, provider, kube, plan = self._plan(record.app, record.target_name)
         if plan.blockers:
             self.store.set_deploy_plan(record.id, plan.to_json(), render_text(plan), 0, DeployStatus.PLANNING)
             self.store.finish_deploy(record.id, DeployStatus.BLOCKED, _blockers_text(plan))

@@ -111,6 +111,15 @@ class DeployRecord:
     actions: tuple[DeployActionRecord, ...] = field(default=())
 
     @property
+    def done(self) -> int:
+        """Actions finished so far (each is recorded as it finishes)."""
+        return len(self.actions)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for a in self.actions if not a.ok)
+
+    @property
     def seconds(self) -> float | None:
         if self.started_at is None:
             return None
