@@ -28,11 +28,11 @@ from lightkube import Client, KubeConfig
 from keyless import engine
 from keyless.inputs import load_targets_file
 from keyless.kube.client import ClusterKube
+from keyless.porter import load_app
 from keyless.providers.aws import AwsProvider
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import EKS_TARGET
-from keyless.spec import load_app
 from keyless.targets import AwsTarget
 
 T = TypeVar("T")

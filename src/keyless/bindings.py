@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from keyless import names
 from keyless.diagnostics import Diagnostic, Position, Severity
-from keyless.spec.loader import LoadedApp
-from keyless.spec.model import (
+from keyless.porter.loader import LoadedApp
+from keyless.porter.model import (
     JOB_DEFAULT_NAMES,
     AwsRoleConnection,
     AzureManagedIdentityConnection,

@@ -21,8 +21,8 @@ from keyless.console import apply_with_progress
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.errors import InvalidInput, KeylessError, UsageError
 from keyless.inputs import load_app_file, load_targets_file
-from keyless.spec import LoadedApp
-from keyless.spec.model import App
+from keyless.porter import LoadedApp
+from keyless.porter.model import App
 
 T = TypeVar("T")
 
@@ -204,7 +204,7 @@ def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
 
 def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None) -> Any:
     from keyless import engine
-    from keyless.spec import resolve_app_name
+    from keyless.porter import resolve_app_name
 
     loaded = _load(file)
     _print_diagnostics(loaded.diagnostics)
@@ -389,7 +389,7 @@ def audit(
     from keyless.audit import Severity
     from keyless.audit.render import render_text, to_json, to_sarif
     from keyless.bindings import desired_bindings
-    from keyless.spec import resolve_app_name
+    from keyless.porter import resolve_app_name
     from keyless.targets import GcpTarget
 
     loaded = _load(file)
@@ -423,7 +423,7 @@ def render(
 ) -> None:
     """Write the service accounts, pod-template patches and Helm values for GitOps; change nothing in the cloud."""
     from keyless import engine
-    from keyless.spec import resolve_app_name
+    from keyless.porter import resolve_app_name
 
     loaded = _load(file)
     _print_diagnostics(loaded.diagnostics)
@@ -444,7 +444,7 @@ def status(
 ) -> None:
     """Per service: its cloud binding, identity, service account, and drift made outside keyless."""
     from keyless import engine
-    from keyless.spec import resolve_app_name
+    from keyless.porter import resolve_app_name
 
     loaded = _load(file) if file is not None else None
     name, tgt = _target(target, targets)

@@ -17,11 +17,11 @@ from keyless.bindings import Binding, desired_bindings, target_cloud
 from keyless.console import apply_with_progress
 from keyless.inputs import load_app_file, load_targets_file
 from keyless.plan import render_text
+from keyless.porter import resolve_app_name
+from keyless.porter.model import ServiceType
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET, SandboxState
-from keyless.spec import resolve_app_name
-from keyless.spec.model import ServiceType
 
 
 def _running_pod(client: Client, namespace: str, app: str, service: str, timeout: float = 60.0) -> str | None:

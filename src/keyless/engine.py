@@ -23,9 +23,9 @@ from keyless.kube.manifests import (
     service_account_manifest,
 )
 from keyless.plan import Action, ActionKind, Observed, ObservedWorkload, Plan, Resource, plan_bindings
+from keyless.porter.loader import LoadedApp
 from keyless.providers.base import PreflightIssue, Provider, Severity, TokenExchanger
 from keyless.providers.retry import RetryPolicy, poll
-from keyless.spec.loader import LoadedApp
 from keyless.targets import AnyTarget
 
 VISIBILITY_TIMEOUT = 60.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from keyless.diagnostics import START, Diagnostic, Severity
 from keyless.errors import InvalidInput
-from keyless.spec.loader import LoadedApp, load_app
+from keyless.porter.loader import LoadedApp, load_app
 from keyless.targets import Targets, load_targets
 
 

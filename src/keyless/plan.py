@@ -246,7 +246,7 @@ def _binding_json(binding: Binding) -> dict[str, Any]:
 def _binding_from_json(data: Mapping[str, Any]) -> Binding:
     from keyless import bindings as b  # local: only plan files need the reverse mapping
     from keyless.diagnostics import Position
-    from keyless.spec.model import ServiceType
+    from keyless.porter.model import ServiceType
 
     identity_types = {"AwsRole": b.AwsRole, "AzureIdentity": b.AzureIdentity, "GcpIdentity": b.GcpIdentity}
     identity = identity_types[data["identityType"]](**data["identity"])

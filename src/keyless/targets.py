@@ -15,8 +15,8 @@ from pydantic.alias_generators import to_camel
 from keyless import names
 from keyless.diagnostics import START, Diagnostic, Severity, errors_in, sort_diagnostics
 from keyless.errors import InvalidInput
-from keyless.spec.loader import read_mapping, validate_document
-from keyless.spec.model import _rule
+from keyless.porter.loader import read_mapping, validate_document
+from keyless.porter.model import _rule
 
 DEFAULT_FILE = "keyless.targets.yaml"
 ENV_VAR = "KEYLESS_TARGETS"

@@ -18,11 +18,11 @@ from e2e_support import run_cli
 from fastapi.testclient import TestClient
 from lightkube import Client, KubeConfig
 
+from keyless.porter import load_app
 from keyless.sandbox.azure_demo import DEMO_API_IDENTITY, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET
 from keyless.server.app import create_app
-from keyless.spec import load_app
 from keyless.store import DeployStatus, Role, Store
 
 pytestmark = pytest.mark.integration

@@ -467,9 +467,9 @@ def test_browser_connects_a_role_deploys_and_disconnects_it(
     from lightkube import Client, KubeConfig
     from playwright.sync_api import Page, expect, sync_playwright
 
+    from keyless.porter import load_app
     from keyless.sandbox.porter import deploy_workloads
     from keyless.sandbox.stack import DEMO_NAMESPACE, EKS_TARGET
-    from keyless.spec import load_app
 
     text = f"name: {BROWSER_APP}\nservices:\n  - name: api\n    type: web\n    run: node index.js\n    port: 8080\n"
     store = Store.open(f"sqlite:///{tmp_path}/k.db")

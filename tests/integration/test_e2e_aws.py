@@ -18,10 +18,10 @@ from e2e_support import Sandbox, run_cli
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod, ServiceAccount
 
+from keyless.porter import load_app
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import EKS_TARGET
-from keyless.spec import load_app
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ from e2e_support import Sandbox, run_cli
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod
 
+from keyless.porter import load_app
 from keyless.sandbox import control
 from keyless.sandbox.azure_demo import DEMO_API_IDENTITY, DEMO_BROAD_IDENTITY, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET
-from keyless.spec import load_app
 
 pytestmark = pytest.mark.integration
 

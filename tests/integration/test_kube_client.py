@@ -24,9 +24,9 @@ from keyless.kube import manifests as m
 from keyless.kube.client import ClusterKube, RenderedKube, load_config
 from keyless.names import service_account_name
 from keyless.plan import IDENTITY_ANNOTATION, ActionKind, Resource
+from keyless.porter.model import ServiceType
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.kube import KubeStandIn
-from keyless.spec.model import ServiceType
 from keyless.targets import KubernetesSide
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ from keyless.bindings import AwsRole, Binding, Cloud
 from keyless.errors import CloudError
 from keyless.federation import ownership_tags, trust_statement
 from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Owner, Resource, plan_bindings
+from keyless.porter.model import ServiceType
 from keyless.providers.aws import AwsProvider
 from keyless.providers.base import PreflightIssue, Severity
 from keyless.providers.retry import NO_RETRY, RetryPolicy
 from keyless.sandbox.aws import POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed
-from keyless.spec.model import ServiceType
 from keyless.targets import AwsTarget
 
 pytestmark = pytest.mark.integration

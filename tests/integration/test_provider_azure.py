@@ -24,13 +24,13 @@ from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError, InvalidInput
 from keyless.federation import subject_for
 from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Owner, Resource, plan_bindings
+from keyless.porter.loader import load_app
+from keyless.porter.model import ServiceType
 from keyless.providers.azure import AUDIENCE, AzureProvider
 from keyless.providers.base import PreflightIssue, Severity
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.azure import DEMO_CLUSTER, DEMO_CLUSTER_OFF, DEMO_RESOURCE_GROUP, AzureDemoSeed, AzureSandbox
 from keyless.sandbox.kube_tokens import ServiceAccountIssuer
-from keyless.spec.loader import load_app
-from keyless.spec.model import ServiceType
 from keyless.targets import AzureTarget
 
 pytestmark = pytest.mark.integration

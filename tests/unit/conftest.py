@@ -10,7 +10,7 @@ import pytest
 
 from keyless.diagnostics import Diagnostic, Severity
 from keyless.errors import InvalidInput
-from keyless.spec import LoadedApp, load_app
+from keyless.porter import LoadedApp, load_app
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

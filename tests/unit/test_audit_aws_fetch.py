@@ -13,9 +13,9 @@ from botocore.stub import Stubber
 
 from keyless.audit import rules as R
 from keyless.bindings import AwsRole, Binding, Cloud
+from keyless.porter.model import ServiceType
 from keyless.providers.aws_audit import AwsAuditor
 from keyless.providers.retry import NO_RETRY
-from keyless.spec.model import ServiceType
 from keyless.targets import AwsTarget
 
 TARGET = AwsTarget.model_validate({"cloud": "aws", "region": "us-east-1", "cluster": "prod", "namespace": "shop"})

@@ -17,9 +17,9 @@ from keyless.audit.azure import AzureIdentityDocuments, AzureRoleAssignment, Sco
 from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError
 from keyless.names import federated_credential_name
+from keyless.porter.model import ServiceType
 from keyless.providers.azure_audit import AzureAuditor
 from keyless.providers.retry import NO_RETRY
-from keyless.spec.model import ServiceType
 from keyless.targets import AzureTarget
 
 SUB = "00000000-0000-0000-0000-000000000001"

@@ -16,7 +16,7 @@ from keyless.audit.model import Finding, Location
 from keyless.audit.render import artifact_uri, render_text, summary_lines, to_json, to_sarif
 from keyless.bindings import AwsRole, Binding, Cloud, GcpIdentity, Source
 from keyless.diagnostics import Position
-from keyless.spec.model import ServiceType
+from keyless.porter.model import ServiceType
 
 EMAIL = "api@my-project.iam.gserviceaccount.com"
 API_ARN = "arn:aws:iam::123456789012:role/api"

@@ -18,7 +18,7 @@ from keyless.bindings import (
 )
 from keyless.diagnostics import Position, Severity
 from keyless.names import DNS_LABEL_MAX
-from keyless.spec import LoadedApp, ServiceType, load_app
+from keyless.porter import LoadedApp, ServiceType, load_app
 from keyless.targets import AnyTarget, load_targets
 
 TARGETS = """\

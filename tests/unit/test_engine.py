@@ -32,8 +32,8 @@ from keyless.plan import (
     Plan,
     Resource,
 )
+from keyless.porter import load_app
 from keyless.providers.base import ActionOutcome, PreflightIssue, Severity
-from keyless.spec import load_app
 from keyless.targets import AnyTarget, load_targets
 
 APP = "shop"

@@ -19,7 +19,7 @@ from keyless.plan import (
     ObservedWorkload,
     Resource,
 )
-from keyless.spec.model import ServiceType
+from keyless.porter.model import ServiceType
 
 APP = "shop"
 TARGET = "prod"

@@ -26,7 +26,7 @@ from keyless.plan import (
     plan_bindings,
     render_text,
 )
-from keyless.spec.model import ServiceType
+from keyless.porter.model import ServiceType
 
 APP = "shop"
 TARGET = "prod"

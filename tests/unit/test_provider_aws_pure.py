@@ -21,6 +21,7 @@ from keyless.bindings import AwsRole, Binding, Cloud
 from keyless.errors import CloudError
 from keyless.federation import MANAGED_BY_KEYLESS, TAG_MANAGED_BY, owner_from_tags, ownership_tags, trust_statement
 from keyless.plan import Owner
+from keyless.porter.model import ServiceType
 from keyless.providers.aws import (
     TrustFinding,
     check_trust_policy,
@@ -32,7 +33,6 @@ from keyless.providers.aws import (
     load_policy,
 )
 from keyless.providers.retry import NO_RETRY, RetryPolicy, call_with_retry, poll
-from keyless.spec.model import ServiceType
 
 POD = "pods.eks.amazonaws.com"
 

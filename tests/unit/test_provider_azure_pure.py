@@ -22,6 +22,7 @@ from keyless.bindings import AzureIdentity, Binding, Cloud
 from keyless.errors import CloudError
 from keyless.federation import parse_subject, subject_for
 from keyless.plan import ActionKind, Owner, plan_bindings
+from keyless.porter.model import ServiceType
 from keyless.providers.azure import (
     AUDIENCE,
     CONCURRENT_WRITES,
@@ -44,7 +45,6 @@ from keyless.providers.azure import (
     select_observed,
     to_observed,
 )
-from keyless.spec.model import ServiceType
 from keyless.targets import AzureTarget
 
 APP = "shop"

@@ -22,7 +22,7 @@ from keyless.plan import (
     ObservedWorkload,
     Resource,
 )
-from keyless.spec.model import ServiceType
+from keyless.porter.model import ServiceType
 
 MANAGER = "keyless"  # the label value and the server-side apply field manager
 

@@ -8,7 +8,7 @@ from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob
 
-from keyless.spec.model import App, ServiceType
+from keyless.porter.model import App, ServiceType
 
 IMAGE = "registry.sandbox.local/porter/app:latest"
 

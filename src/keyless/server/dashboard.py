@@ -17,7 +17,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from keyless import explain, names
+from keyless import names
+from keyless import preview as preview_module
 from keyless.audit.model import Finding, sorted_findings
 from keyless.audit.render import connection_label
 from keyless.bindings import target_cloud
@@ -280,7 +281,7 @@ class _Section:
     enabled: bool
     fields: tuple[_Field, ...]
     warning: str
-    preview: explain.ConnectionPreview | None
+    preview: preview_module.ConnectionPreview | None
     preview_error: str | None
     error: str | None
 
@@ -334,7 +335,7 @@ def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: st
     preview_values = {"type": type_, **{f.name: f.value.strip() or f.placeholder for f in fields}}
     preview, preview_error = None, None
     try:
-        preview = explain.preview_connection(app.name, service.name, preview_values, target_name, target)
+        preview = preview_module.preview_connection(app.name, service.name, preview_values, target_name, target)
     except KeylessError as exc:
         preview_error = f"keyless cannot show what it will create for these values: {exc.message}"
     return _Section(

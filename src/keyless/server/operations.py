@@ -13,9 +13,9 @@ from keyless.bindings import desired_bindings, target_cloud, workloads
 from keyless.diagnostics import START, Diagnostic, Severity
 from keyless.errors import Conflict, InvalidInput, KeylessError, NotFound, UsageError
 from keyless.kube import KubeSide
+from keyless.porter import edit
+from keyless.porter.loader import LoadedApp, identity_types, load_app, resolve_app_name
 from keyless.providers.base import PreflightIssue, Provider
-from keyless.spec import edit
-from keyless.spec.loader import LoadedApp, identity_types, load_app, resolve_app_name
 from keyless.store import AppRecord, ConnectionRecord, DeployRecord, DeployStatus, ServiceRecord, Store, TargetRecord
 from keyless.targets import AnyTarget, load_targets
 

@@ -18,9 +18,9 @@ from ruamel.yaml import YAML
 
 from keyless.bindings import workloads
 from keyless.errors import InvalidInput, KeylessError, UsageError
-from keyless.spec import LoadedApp, load_app
-from keyless.spec.edit import remove_connection, set_connection, with_app_name
-from keyless.spec.model import (
+from keyless.porter import LoadedApp, load_app
+from keyless.porter.edit import remove_connection, set_connection, with_app_name
+from keyless.porter.model import (
     IDENTITY_TYPES,
     JOB_DEFAULT_NAMES,
     AwsRoleConnection,

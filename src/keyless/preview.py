@@ -20,7 +20,7 @@ from keyless.federation import (
 )
 from keyless.kube.manifests import GCP_SERVICE_ACCOUNT_ANNOTATION, to_yaml
 from keyless.plan import Owner
-from keyless.spec.model import (
+from keyless.porter.model import (
     AwsRoleConnection,
     AzureManagedIdentityConnection,
     ConnectionType,

@@ -1,7 +1,7 @@
 """porter.yaml: reading, validating and modelling an app and its services' connections."""
 
-from keyless.spec.loader import LoadedApp, load_app, resolve_app_name
-from keyless.spec.model import (
+from keyless.porter.loader import LoadedApp, load_app, resolve_app_name
+from keyless.porter.model import (
     App,
     AwsRoleConnection,
     AzureManagedIdentityConnection,

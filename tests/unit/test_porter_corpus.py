@@ -26,8 +26,8 @@ import pytest
 
 from keyless.diagnostics import Diagnostic, Severity
 from keyless.errors import InvalidInput
-from keyless.spec import load_app
-from keyless.spec.yamlsource import MAX_BYTES
+from keyless.porter import load_app
+from keyless.porter.yamlsource import MAX_BYTES
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 INVALID_DIR = DATA / "invalid"

@@ -16,9 +16,9 @@ from keyless import names
 from keyless.diagnostics import START, Diagnostic, Position, Severity, errors_in, sort_diagnostics
 from keyless.errors import InvalidInput
 from keyless.names import PORTER_NAME_MAX
-from keyless.spec.model import IDENTITY_TYPES, JOB_DEFAULT_NAMES, App, ConnectionType
-from keyless.spec.placeholders import expand
-from keyless.spec.yamlsource import Located, Path, read_yaml
+from keyless.porter.model import IDENTITY_TYPES, JOB_DEFAULT_NAMES, App, ConnectionType
+from keyless.porter.placeholders import expand
+from keyless.porter.yamlsource import Located, Path, read_yaml
 
 M = TypeVar("M", bound=BaseModel)
 

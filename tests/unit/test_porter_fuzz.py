@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 
 from keyless.diagnostics import Diagnostic, Severity
 from keyless.errors import InvalidInput
-from keyless.spec import load_app
+from keyless.porter import load_app
 from keyless.targets import load_targets
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

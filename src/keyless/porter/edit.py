@@ -18,8 +18,8 @@ from ruamel.yaml.tokens import CommentToken
 
 from keyless.diagnostics import errors_in, sort_diagnostics
 from keyless.errors import InvalidInput, UsageError
-from keyless.spec.model import IDENTITY_TYPES, JOB_DEFAULT_NAMES
-from keyless.spec.yamlsource import read_yaml
+from keyless.porter.model import IDENTITY_TYPES, JOB_DEFAULT_NAMES
+from keyless.porter.yamlsource import read_yaml
 
 FILE = "porter.yaml"  # how diagnostics name the document: the text comes with no file name
 CONNECTIONS = "connections"

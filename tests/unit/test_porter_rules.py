@@ -11,7 +11,7 @@ import pytest
 
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.errors import InvalidInput
-from keyless.spec import (
+from keyless.porter import (
     AwsRoleConnection,
     AzureManagedIdentityConnection,
     GcpServiceAccountConnection,
@@ -20,8 +20,8 @@ from keyless.spec import (
     load_app,
     resolve_app_name,
 )
-from keyless.spec.placeholders import expand
-from keyless.spec.yamlsource import MAX_DEPTH, read_yaml
+from keyless.porter.placeholders import expand
+from keyless.porter.yamlsource import MAX_DEPTH, read_yaml
 
 LoadOk = Callable[..., LoadedApp]  # the conftest fixtures
 LoadErrors = Callable[..., list[Diagnostic]]

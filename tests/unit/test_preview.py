@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 
 from keyless import names
 from keyless.errors import UsageError
-from keyless.explain import ConnectionPreview, PreviewDocument, preview_connection
+from keyless.preview import ConnectionPreview, PreviewDocument, preview_connection
 from keyless.targets import AnyTarget, AwsTarget, AzureTarget, GcpTarget
 
 AWS_TARGET = AwsTarget.model_validate({"cloud": "aws", "region": "us-east-1", "cluster": "prod",
