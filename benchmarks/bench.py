@@ -27,7 +27,7 @@ from lightkube import Client, KubeConfig
 
 from keyless import engine
 from keyless.inputs import load_targets_file
-from keyless.kube.client import ClusterKube
+from keyless.kube.cluster import ClusterKube
 from keyless.porter import load_app
 from keyless.providers.aws import AwsProvider
 from keyless.sandbox import control

@@ -2,76 +2,18 @@
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from dataclasses import dataclass
 
-from keyless import names
+from keyless import clouds, names
+from keyless.clouds import Cloud, Identity
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.porter.loader import LoadedApp
-from keyless.porter.model import (
-    JOB_DEFAULT_NAMES,
-    AwsRoleConnection,
-    AzureManagedIdentityConnection,
-    GcpServiceAccountConnection,
-    IdentityConnection,
-    ServiceType,
-    _Workload,
-)
-from keyless.targets import AnyTarget, AwsTarget, AzureTarget, GcpTarget
+from keyless.porter.model import JOB_DEFAULT_NAMES, ServiceType, _Workload
+from keyless.targets import AnyTarget
 
 PREDEPLOY = JOB_DEFAULT_NAMES["predeploy"]
 INITIAL_DEPLOY = JOB_DEFAULT_NAMES["initialDeploy"]
-
-
-class Cloud(enum.StrEnum):
-    AWS = "aws"
-    AZURE = "azure"
-    GCP = "gcp"
-
-
-_CONNECTION_CLOUD: dict[type, Cloud] = {
-    AwsRoleConnection: Cloud.AWS,
-    AzureManagedIdentityConnection: Cloud.AZURE,
-    GcpServiceAccountConnection: Cloud.GCP,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class AwsRole:
-    """The role as written (name, path, or ARN); the provider resolves it to an ARN."""
-
-    role: str
-    arn: str | None = None  # filled in by the provider's resolve step
-
-    @property
-    def ref(self) -> names.RoleRef:
-        return names.parse_role(self.role)
-
-    def describe(self) -> str:
-        return self.arn or self.role
-
-
-@dataclass(frozen=True, slots=True)
-class AzureIdentity:
-    identity_name: str
-    resource_group: str
-    client_id: str | None = None  # filled in by the provider
-    tenant_id: str | None = None
-
-    def describe(self) -> str:
-        return f"{self.resource_group}/{self.identity_name}"
-
-
-@dataclass(frozen=True, slots=True)
-class GcpIdentity:
-    email: str
-
-    def describe(self) -> str:
-        return self.email
-
-
-Identity = AwsRole | AzureIdentity | GcpIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,23 +48,6 @@ class Binding:
         return hashlib.sha256(f"{self.cloud}|{self.identity.describe()}".encode()).hexdigest()[:16]
 
 
-def target_cloud(target: AnyTarget) -> Cloud:
-    if isinstance(target, AwsTarget):
-        return Cloud.AWS
-    if isinstance(target, AzureTarget):
-        return Cloud.AZURE
-    assert isinstance(target, GcpTarget)
-    return Cloud.GCP
-
-
-def _identity(connection: IdentityConnection) -> Identity:
-    if isinstance(connection, AwsRoleConnection):
-        return AwsRole(role=connection.role)
-    if isinstance(connection, AzureManagedIdentityConnection):
-        return AzureIdentity(identity_name=connection.identity_name, resource_group=connection.resource_group)
-    return GcpIdentity(email=connection.service_account_email)
-
-
 def workloads(loaded: LoadedApp) -> list[tuple[str, ServiceType, _Workload, tuple[str | int, ...]]]:
     """Every workload that runs pods: the services, then predeploy and initialDeploy (each a job)."""
     app = loaded.app
@@ -141,23 +66,21 @@ def desired_bindings(
     loaded: LoadedApp, app_name: str, target_name: str, target: AnyTarget
 ) -> tuple[list[Binding], list[Diagnostic]]:
     """The bindings this app wants on this target, and notes on connections for other clouds."""
-    cloud = target_cloud(target)
+    cloud = clouds.for_target(target).cloud
     found: list[Binding] = []
     notes: list[Diagnostic] = []
     for service, kind, workload, path in workloads(loaded):
         for index, connection in enumerate(workload.connections):
-            conn_cloud = _CONNECTION_CLOUD.get(type(connection))
-            if conn_cloud is None:
-                continue
+            entry = clouds.for_connection(connection)
+            if entry is None:
+                continue  # cloudSql, disk: connections that bind no identity
             position = loaded.document.value_at((*path, "connections", index))
-            if conn_cloud is not cloud:
+            if entry.cloud is not cloud:
                 notes.append(Diagnostic(
                     Severity.NOTE, loaded.file, position,
                     f"{connection.type} connection of service {service!r} does not apply to target "
-                    f"{target_name!r} ({cloud.value})", f"it applies when you deploy to a {conn_cloud.value} target"))
+                    f"{target_name!r} ({cloud.value})", f"it applies when you deploy to a {entry.cloud.value} target"))
                 continue
-            assert isinstance(connection, AwsRoleConnection | AzureManagedIdentityConnection
-                              | GcpServiceAccountConnection)
             found.append(Binding(
                 app=app_name,
                 service=service,
@@ -166,7 +89,7 @@ def desired_bindings(
                 cloud=cloud,
                 namespace=target.namespace,
                 service_account=names.service_account_name(app_name, service),
-                identity=_identity(connection),
+                identity=entry.identity_of(connection),
                 source=Source(loaded.file, position),
             ))
     return found, notes

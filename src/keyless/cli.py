@@ -16,7 +16,7 @@ from rich.console import Console
 from typer._click.core import Context as ClickContext  # typer vendors click; this is its Context
 from typer.core import TyperGroup
 
-from keyless import __version__
+from keyless import __version__, clouds
 from keyless.console import apply_with_progress
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.errors import InvalidInput, KeylessError, UsageError
@@ -114,19 +114,15 @@ def validate(
     out.print(f"{file}: valid. App {name}, {len(a.services)} service(s)"
               + (f", {warnings} warning(s)" if warnings else ""), markup=False)
     for s in a.services:
-        conns = ", ".join(_describe_connection(c.model_dump(by_alias=True)) for c in s.connections) or "-"
+        conns = ", ".join(_describe_connection(c) for c in s.connections) or "-"
         out.print(f"  {s.name:<24} {s.kind.value:<7} {conns}", markup=False)
 
 
-def _describe_connection(data: dict[str, Any]) -> str:
-    ctype = data.get("type", "?")
-    if ctype == "awsRole":
-        return f"awsRole {data['role']}"
-    if ctype == "azureManagedIdentity":
-        return f"azureManagedIdentity {data['resourceGroup']}/{data['identityName']}"
-    if ctype == "gcpServiceAccount":
-        return f"gcpServiceAccount {data['serviceAccountEmail']}"
-    return f"{ctype} (not handled by keyless)"
+def _describe_connection(connection: Any) -> str:
+    entry = clouds.for_connection(connection)
+    if entry is None:
+        return f"{connection.type} (not handled by keyless)"
+    return f"{entry.connection_type} {entry.identity_of(connection).describe()}"
 
 
 @app.command()
@@ -217,10 +213,10 @@ def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: 
 
 
 def _show_plan(plan: Any, output: OutputFormat) -> None:
-    from keyless.plan import render_text
+    from keyless.plan.render import render_json, render_text
 
     if output is OutputFormat.JSON:
-        print(json.dumps(plan.to_json(), indent=2))
+        print(json.dumps(render_json(plan), indent=2))
     else:
         out.print(render_text(plan, markup=out.is_terminal), markup=out.is_terminal)
 
@@ -244,7 +240,9 @@ def plan(
     _show_plan(the_plan, output)
     failing = _audit_summary(the_plan, tgt, fail_on, file)
     if save is not None:
-        save.write_text(json.dumps(the_plan.to_json(), indent=2) + "\n")
+        from keyless.plan import planfile
+
+        save.write_text(json.dumps(planfile.dump(the_plan), indent=2) + "\n")
         err.print(f"Saved the plan to {save}. Apply it with: keyless apply {save}", markup=False)
     if the_plan.blockers:
         raise typer.Exit(3)
@@ -277,14 +275,18 @@ def apply_command(
     """Bind each service's identity: cloud binding, then service account, then a rollout of its pods.
     With --fail-on, nothing is applied (exit 1) when the least-privilege audit finds something that severe."""
     from keyless import engine
-    from keyless.plan import Plan
+    from keyless.plan import planfile
 
     if plan_file is not None:
         try:
-            saved = Plan.from_json(json.loads(plan_file.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            data = json.loads(plan_file.read_text())
+        except (OSError, ValueError) as exc:
             raise UsageError(f"{plan_file}: not a keyless plan file ({exc})",
                              "create one with `keyless plan --out plan.json`") from None
+        try:
+            saved = planfile.load(data)
+        except ValueError as exc:
+            raise UsageError(f"{plan_file}: {exc}", "create one with `keyless plan --out plan.json`") from None
         if saved.blockers:
             _show_plan(saved, output)
             raise typer.Exit(3)
@@ -293,14 +295,13 @@ def apply_command(
         fresh_observed = engine.observe_saved(saved, provider, kube, tgt.namespace)
         if fresh_observed.digest() != saved.observed_digest:
             raise engine.StalePlan()
-        the_plan, observed = saved, fresh_observed
+        the_plan = saved
     else:
         if target is None:
             raise UsageError("apply needs --target NAME (or a saved plan file)",
                              "e.g. keyless apply -f porter.yaml --target prod-eks")
         planned, provider, kube, tgt = _plan_for(file, target, app_name, targets)
-        the_plan = planned.plan
-        observed = engine.observe_saved(the_plan, provider, kube, tgt.namespace)
+        the_plan = planned.plan  # observed once, just now: apply carries out exactly this plan
     _show_plan(the_plan, output)
     failing = _audit_summary(the_plan, tgt, fail_on, file if plan_file is None else None)
     if the_plan.blockers:
@@ -311,7 +312,7 @@ def apply_command(
     if not the_plan.changes:
         return
     _confirm(auto_approve)
-    report = apply_with_progress(the_plan, provider, kube, observed, err)
+    report = apply_with_progress(the_plan, provider, kube, err)
     if report.failures:
         err.print(f"\n{len(report.failures)} action(s) failed:", markup=False)
         for failure in report.failures:
@@ -352,12 +353,8 @@ def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Pat
     from keyless import engine
     from keyless.audit import Severity
     from keyless.audit.render import summary_lines
-    from keyless.plan import Resource
-    from keyless.targets import GcpTarget
-
-    wanted = [a.desired for a in the_plan.actions if a.resource is Resource.CLOUD_BINDING and a.desired is not None]
-    wanted += [b.desired for b in the_plan.blockers if b.desired is not None]
-    if not wanted or isinstance(target, GcpTarget):
+    wanted = the_plan.wanted_bindings()
+    if not wanted or clouds.for_target(target).auditor is None:
         return False
     source = file or next((Path(b.source.file) for b in wanted if b.source is not None), Path("porter.yaml"))
     try:
@@ -390,13 +387,12 @@ def audit(
     from keyless.audit.render import render_text, to_json, to_sarif
     from keyless.bindings import desired_bindings
     from keyless.porter import resolve_app_name
-    from keyless.targets import GcpTarget
 
     loaded = _load(file)
     _print_diagnostics(loaded.diagnostics)
     name, tgt = _target(target, targets)
     resolved = resolve_app_name(loaded, app_name, os.environ)
-    if isinstance(tgt, GcpTarget):
+    if clouds.for_target(tgt).auditor is None:
         engine.audit_app(name, tgt, resolved, [])  # raises: say so before anything else happens
     bindings, notes = desired_bindings(loaded, resolved, name, tgt)
     _print_diagnostics(notes)

@@ -6,12 +6,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from keyless import engine
-from keyless.kube import KubeSide
-from keyless.plan import Observed, Plan
+from keyless.kube.base import KubeSide
+from keyless.plan import Plan
 from keyless.providers.base import Provider
 
 
-def apply_with_progress(plan: Plan, provider: Provider, kube: KubeSide, observed: Observed,
+def apply_with_progress(plan: Plan, provider: Provider, kube: KubeSide,
                         console: Console) -> engine.ApplyReport:
     """Apply the plan with a progress bar and one line per finished action."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -25,4 +25,4 @@ def apply_with_progress(plan: Plan, provider: Provider, kube: KubeSide, observed
                               markup=False)
             bar.advance(task)
 
-        return engine.apply_plan(plan, provider, kube, observed, progress=tick)
+        return engine.apply_plan(plan, provider, kube, progress=tick)

@@ -12,11 +12,11 @@ from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod
 from rich.console import Console
 
-from keyless import engine
-from keyless.bindings import Binding, desired_bindings, target_cloud
+from keyless import clouds, engine
+from keyless.bindings import Binding, desired_bindings
 from keyless.console import apply_with_progress
 from keyless.inputs import load_app_file, load_targets_file
-from keyless.plan import render_text
+from keyless.plan.render import render_text
 from keyless.porter import resolve_app_name
 from keyless.porter.model import ServiceType
 from keyless.sandbox import control
@@ -87,7 +87,7 @@ def run_demo(file: Path, out: Console, err: Console) -> int:
     proofs: list[tuple[str, str, Binding]] = []
     for target_name, context in ((EKS_TARGET, EKS_CONTEXT), (AKS_TARGET, AKS_CONTEXT)):
         target = targets.get(target_name)
-        out.print(f"\n== {target_name} ({target_cloud(target).value}) ==", markup=False)
+        out.print(f"\n== {target_name} ({clouds.for_target(target).cloud.value}) ==", markup=False)
         kube_client = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=context),
                              namespace=target.namespace)
         for created in deploy_workloads(kube_client, app, loaded.app, target.namespace):
@@ -98,8 +98,7 @@ def run_demo(file: Path, out: Console, err: Console) -> int:
         if planned.plan.blockers:
             return 3
         if planned.plan.changes:
-            observed = engine.observe_saved(planned.plan, provider, kube, target.namespace)
-            report = apply_with_progress(planned.plan, provider, kube, observed, err)
+            report = apply_with_progress(planned.plan, provider, kube, err)
             for failure in report.failures:
                 err.print(f"FAILED {failure.action.service}: {failure.message}", markup=False)
                 status = 1

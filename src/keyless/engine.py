@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+from keyless import clouds
 from keyless.audit import AuditReport
-from keyless.bindings import Binding, desired_bindings, target_cloud, workloads
+from keyless.bindings import Binding, desired_bindings, workloads
+from keyless.clouds import CloudEntry
 from keyless.diagnostics import Diagnostic
 from keyless.errors import ApplyFailed, KeylessError, PreflightFailed, UsageError
-from keyless.kube import KubeSide
-from keyless.kube.client import RenderedKube
-from keyless.kube.manifests import (
-    IDENTITY_RECORD,
-    SERVICE_LABEL,
-    kubernetes_blockers,
-    plan_kubernetes,
-    pod_template_settings,
-    service_account_manifest,
-)
-from keyless.plan import Action, ActionKind, Observed, ObservedWorkload, Plan, Resource, plan_bindings
+from keyless.kube.base import KubeSide
+from keyless.kube.manifests import IDENTITY_RECORD
+from keyless.ownership import SERVICE_LABEL
+from keyless.plan.model import Action, ActionKind, Observed, Plan, Resource
+from keyless.plan.planner import PlanRequest, make_plan
 from keyless.porter.loader import LoadedApp
-from keyless.providers.base import PreflightIssue, Provider, Severity, TokenExchanger
+from keyless.providers.base import PreflightIssue, PreflightSeverity, Provider, TokenExchanger
 from keyless.providers.retry import RetryPolicy, poll
 from keyless.targets import AnyTarget
 
@@ -53,7 +51,7 @@ class PlannedApp:
 
 
 def _blocking(issues: Sequence[PreflightIssue]) -> None:
-    blocking = [i for i in issues if i.severity is Severity.BLOCKING]
+    blocking = [i for i in issues if i.severity is PreflightSeverity.BLOCKING]
     if not blocking:
         return
     lines = []
@@ -79,31 +77,13 @@ def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide) -> PlannedApp:
     issues = [*issues, *provider.preflight(resolved)]
     _blocking(issues)
     observed = observe_all(provider, kube, spec.app, spec.target_name, spec.target.namespace, resolved)
-    declared = [name for name, _, _, _ in workloads(spec.loaded)]  # services, predeploy and initialDeploy
-    cloud_actions, blockers = plan_bindings(
-        resolved, observed.bindings, app=spec.app, target=spec.target_name,
-        in_place_identity_change=provider.in_place_identity_change, services_in_app=declared,
-        marks_adopted=provider.marks_adopted,
-    )
-    kube_actions = plan_kubernetes(
-        resolved, declared, observed.service_accounts, observed.workloads, spec.app, spec.target_name,
-    )
-    plan = Plan(
-        app=spec.app, target=spec.target_name, cloud=target_cloud(spec.target),
-        actions=tuple(_ordered([*cloud_actions, *kube_actions])), observed_digest=observed.digest(),
-        blockers=(*blockers, *kubernetes_blockers(resolved, observed.service_accounts, spec.app, spec.target_name)),
+    declared = tuple(name for name, _, _, _ in workloads(spec.loaded))  # services, predeploy and initialDeploy
+    request = PlanRequest(
+        app=spec.app, target=spec.target_name, cloud=clouds.for_target(spec.target).cloud, desired=tuple(resolved),
+        services_in_app=declared,
         notes=tuple(f"{i.service + ': ' if i.service else ''}{i.message}" for i in issues),
     )
-    return PlannedApp(plan=plan, warnings=tuple(issues), notes=tuple(notes))
-
-
-_RESOURCE_ORDER = {Resource.CLOUD_BINDING: 0, Resource.SERVICE_ACCOUNT: 1, Resource.WORKLOAD: 2}
-
-
-def _ordered(actions: Sequence[Action]) -> list[Action]:
-    """Per service: cloud binding, then service account, then workloads (the order apply needs)."""
-    services = list(dict.fromkeys(a.service for a in actions))
-    return sorted(actions, key=lambda a: (services.index(a.service), _RESOURCE_ORDER[a.resource]))
+    return PlannedApp(plan=make_plan(request, observed), warnings=tuple(issues), notes=tuple(notes))
 
 
 # --- applying ----------------------------------------------------------------------------------
@@ -129,9 +109,12 @@ class ApplyReport:
 Progress = Callable[[ActionResult], None]
 
 
-def _apply_one(action: Action, provider: Provider, kube: KubeSide, workloads: Sequence[ObservedWorkload]) -> str:
+def _apply_one(action: Action, provider: Provider, kube: KubeSide, writes: _WriteLocks) -> str:
+    """Carry out one action exactly as the plan's typed fields say."""
+    ref = action.ref
     if action.resource is Resource.CLOUD_BINDING:
-        outcome = provider.apply(action)
+        with writes.lock_for(action):
+            outcome = provider.apply(action)
         if not outcome.ok:
             raise ApplyFailed(outcome.message)
         if action.kind in (ActionKind.CREATE, ActionKind.UPDATE, ActionKind.REPLACE) and not provider.wait_visible(
@@ -139,24 +122,46 @@ def _apply_one(action: Action, provider: Provider, kube: KubeSide, workloads: Se
             return outcome.message + f" (not yet visible after {VISIBILITY_TIMEOUT:.0f}s; pods may wait for it)"
         return outcome.message
     if action.resource is Resource.SERVICE_ACCOUNT:
-        namespace, _, name = action.address.partition("/")
         if action.kind is ActionKind.DELETE:
-            kube.delete_service_account(namespace, name)
+            kube.delete_service_account(ref)
             return f"deleted service account {action.address}"
-        if action.desired is not None:
-            kube.apply_service_account(service_account_manifest(action.desired))
+        if action.account is not None:
+            kube.apply_service_account(ref, action.account, action.remove_annotations)
         else:
-            kube.strip_service_account(namespace, name)
+            kube.remove_annotations(ref, action.remove_annotations)
         return f"applied service account {action.address}"
-    workload = next((w for w in workloads if f"{w.kind} {w.namespace}/{w.name}" == action.address), None)
-    if workload is None:
-        raise ApplyFailed(f"{action.address} disappeared since the plan was made; re-run plan")
-    settings = pod_template_settings(action.desired) if action.desired is not None else None
+    if action.pod_template is None:
+        raise ApplyFailed(f"{action.address}: a workload update without its pod template; the plan is damaged",
+                          "plan again")
     propagation = _wait_propagation(action.desired, provider, kube) if action.desired is not None else ""
-    kube.update_workload(workload, settings)
-    if workload.kind == "Deployment" and not kube.wait_rollout(workload.namespace, workload.name, ROLLOUT_TIMEOUT):
+    kube.update_workload(ref, action.service, action.pod_template)
+    if ref.kind == "Deployment" and not kube.wait_rollout(ref.namespace, ref.name, ROLLOUT_TIMEOUT):
         return f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s{propagation}"
     return f"restarted {action.address}{propagation}"
+
+
+class _WriteLocks:
+    """One write at a time per identity where the cloud refuses concurrent writes on one (Azure); else no lock."""
+
+    def __init__(self, entry: CloudEntry) -> None:
+        self._serialized = entry.writes_per_identity_serialized
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock_for(self, action: Action) -> threading.Lock | _NoLock:
+        binding = action.desired or action.observed
+        if not self._serialized or binding is None:
+            return _NoLock()
+        with self._guard:
+            return self._locks.setdefault(binding.identity.key, threading.Lock())
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _wait_propagation(binding: Binding, provider: Provider, kube: KubeSide) -> str:
@@ -187,14 +192,14 @@ def _wait_propagation(binding: Binding, provider: Provider, kube: KubeSide) -> s
             "anyway and the SDK retries until the credential propagates")
 
 
-def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observed,
-               progress: Progress | None = None) -> ApplyReport:
+def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progress | None = None) -> ApplyReport:
     """Apply each service's actions in order; services run concurrently; one failure stops only its service."""
     by_service: dict[str, list[Action]] = {}
     for action in plan.changes:
         by_service.setdefault(action.service, []).append(action)
 
     stopping = threading.Event()
+    writes = _WriteLocks(clouds.entry(plan.cloud))
 
     def run_service(actions: list[Action]) -> list[ActionResult]:
         results: list[ActionResult] = []
@@ -203,7 +208,7 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observe
                 break  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
             start = time.monotonic()
             try:
-                message = _apply_one(action, provider, kube, observed.workloads)
+                message = _apply_one(action, provider, kube, writes)
                 result = ActionResult(action, True, message, time.monotonic() - start)
             except KeylessError as exc:
                 result = ActionResult(action, False, exc.message, time.monotonic() - start)
@@ -227,10 +232,8 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, observed: Observe
         raise
     pool.shutdown()
     results = [r for batch in batches for r in batch]
-    if isinstance(kube, RenderedKube) and not any(not r.ok for r in results):
-        # Render mode: the whole app's manifests and Helm values are written once the cloud side is done.
-        desired = [a.desired for a in plan.actions if a.desired is not None and a.resource is Resource.CLOUD_BINDING]
-        kube.render(desired, app=plan.app)
+    if not any(not r.ok for r in results) and not stopping.is_set():
+        kube.complete(plan)  # render mode writes the whole app's files once the cloud side is done
     return ApplyReport(results=tuple(results))
 
 
@@ -244,42 +247,54 @@ class StalePlan(ApplyFailed):
 
 def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str) -> Observed:
     """Observe again what a (saved) plan was computed from."""
-    desired = [a.desired for a in plan.actions if a.desired is not None and a.resource is Resource.CLOUD_BINDING]
-    desired += [b.desired for b in plan.blockers if b.desired is not None]
-    return observe_all(provider, kube, plan.app, plan.target, namespace, desired)
+    return observe_all(provider, kube, plan.app, plan.target, namespace, plan.wanted_bindings())
 
 
 def render_app(spec: PlanInput, provider: Provider, out_dir: str | None) -> list[str]:
     """`keyless render`: resolve identities (read-only) and write the Kubernetes side to files; no cloud writes."""
+    from keyless.kube.manifests import rendered_services
+    from keyless.kube.render import RenderedKube
+
     desired, _ = desired_bindings(spec.loaded, spec.app, spec.target_name, spec.target)
     resolved, issues = provider.resolve(desired)
     _blocking(issues)
     side = spec.target.kubernetes.model_copy(update={"out_dir": out_dir}) if out_dir else spec.target.kubernetes
-    written = RenderedKube(spec.target_name, side).render(resolved, app=spec.app)
+    # The plan of a cluster with nothing on it: every bound service's account and pod template.
+    request = PlanRequest(app=spec.app, target=spec.target_name, cloud=clouds.for_target(spec.target).cloud,
+                          desired=tuple(resolved), services_in_app=tuple(n for n, _, _, _ in workloads(spec.loaded)))
+    plan = make_plan(request, Observed())
+    written = RenderedKube(spec.target_name, side).write_app(rendered_services(plan.actions), app=spec.app)
     return [str(p) for p in written]
+
+
+def _load(path: str) -> Any:
+    """The class an entry names as `module:attribute` (the registry names I/O code without importing it)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _supported(target_name: str, entry: CloudEntry, what: str | None) -> str:
+    if what is None:
+        supported = ", ".join(f"{e.name} ({e.mechanism})" for e in clouds.REGISTRY if e.provider is not None)
+        raise UsageError(f"target {target_name!r} is on {entry.name}, which this keyless does not support yet",
+                         f"supported: {supported}")
+    return what
 
 
 def connect(target_name: str, target: AnyTarget) -> tuple[Provider, KubeSide]:
     """The provider and Kubernetes side for a target (clients are built from standard SDK configuration)."""
-    from keyless.kube.client import ClusterKube
-    from keyless.targets import AwsTarget, AzureTarget, KubernetesMode
+    from keyless.targets import KubernetesMode
 
-    provider: Provider
-    if isinstance(target, AwsTarget):
-        from keyless.providers.aws import AwsProvider
-
-        provider = AwsProvider(target)
-    elif isinstance(target, AzureTarget):
-        from keyless.providers.azure import AzureProvider
-
-        provider = AzureProvider(target)
-    else:
-        raise UsageError(f"target {target_name!r} is on {target_cloud(target).value}, which this keyless does not "
-                         "support yet", "AWS (EKS Pod Identity) and Azure (workload identity) are supported")
+    entry = clouds.for_target(target)
+    provider: Provider = _load(_supported(target_name, entry, entry.provider))(target)
     kube: KubeSide
     if target.kubernetes.mode is KubernetesMode.RENDER:
+        from keyless.kube.render import RenderedKube
+
         kube = RenderedKube(target_name, target.kubernetes)
     else:
+        from keyless.kube.cluster import ClusterKube
+
         kube = ClusterKube(target.kubernetes)
     return provider, kube
 
@@ -292,18 +307,13 @@ def preflight_target(target_name: str, target: AnyTarget) -> list[PreflightIssue
 
 def audit_app(target_name: str, target: AnyTarget, app_name: str, bindings: Sequence[Binding]) -> AuditReport:
     """Fetch the documents of each connection's identity and run the least-privilege rules over them."""
-    from keyless.targets import AwsTarget, AzureTarget
-
-    if isinstance(target, AwsTarget):
-        from keyless.providers.aws_audit import AwsAuditor
-
-        return AwsAuditor(target).audit(app_name, target_name, list(bindings))
-    if isinstance(target, AzureTarget):
-        from keyless.providers.azure_audit import AzureAuditor
-
-        return AzureAuditor(target).audit(app_name, target_name, list(bindings))
-    raise UsageError(f"target {target_name!r} is on GCP: keyless cannot fetch GCP IAM policies yet, so it cannot "
-                     "audit this target", "the GCP rules run once the GCP provider lands; audit AWS or Azure targets")
+    entry = clouds.for_target(target)
+    if entry.auditor is None:
+        raise UsageError(f"target {target_name!r} is on {entry.name}: keyless cannot fetch its IAM policies yet, so "
+                         "it cannot audit this target",
+                         "audit a target on " + " or ".join(e.name for e in clouds.REGISTRY if e.auditor is not None))
+    report: AuditReport = _load(entry.auditor)(target).audit(app_name, target_name, list(bindings))
+    return report
 
 
 # --- status ------------------------------------------------------------------------------------
@@ -344,18 +354,18 @@ def app_status(app: str, target_name: str, target: AnyTarget, provider: Provider
         drift: list[str] = []
         if binding is None and recorded:
             drift.append("cloud binding deleted outside keyless")
-        if binding is not None and recorded and binding.identity != recorded:
+        if binding is not None and recorded and binding.describe_identity() != recorded:
             drift.append(f"binding changed outside keyless (keyless set {recorded})")
         if binding is not None and account is None:
             drift.append("service account missing")
-        if want is not None and (binding is None or binding.identity != want.identity.describe()):
+        if want is not None and (binding is None or not binding.binds(want.identity)):
             drift.append(f"porter.yaml wants {want.identity.describe()}: run apply")
         if loaded is not None and want is None and binding is not None:
             drift.append("no longer in porter.yaml: run apply to remove it")
         rows.append(ServiceStatus(
             service=service,
             binding_id=binding.id if binding else None,
-            identity=binding.identity if binding else None,
+            identity=binding.describe_identity() if binding else None,
             service_account=f"{account.namespace}/{account.name}" if account else None,
             drift="; ".join(drift) or None,
         ))

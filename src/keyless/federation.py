@@ -1,12 +1,9 @@
-"""What each cloud must trust for keyless's workload identity federation, and how keyless marks what it makes."""
+"""What each cloud must trust for keyless's workload identity federation (ownership marks live in `ownership`)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
-
-from keyless.plan import Owner
 
 # --- AWS: EKS Pod Identity ---------------------------------------------------------------------
 
@@ -14,13 +11,6 @@ POD_IDENTITY_SERVICE = "pods.eks.amazonaws.com"
 # Pod Identity assumes the role with session tags, so sts:TagSession is as necessary as sts:AssumeRole.
 TRUST_ACTIONS = ("sts:AssumeRole", "sts:TagSession")
 POLICY_VERSION = "2012-10-17"
-
-TAG_MANAGED_BY = "keyless.dev/managed-by"
-TAG_APP = "keyless.dev/app"
-TAG_SERVICE = "keyless.dev/service"
-TAG_TARGET = "keyless.dev/target"
-MANAGED_BY_KEYLESS = "keyless"
-
 
 def trust_statement(service: str = POD_IDENTITY_SERVICE) -> dict[str, Any]:
     """The statement EKS Pod Identity needs in a role's trust policy."""
@@ -30,23 +20,6 @@ def trust_statement(service: str = POD_IDENTITY_SERVICE) -> dict[str, Any]:
 def trust_policy() -> dict[str, Any]:
     """A whole trust policy holding only the Pod Identity statement."""
     return {"Version": POLICY_VERSION, "Statement": [trust_statement()]}
-
-
-def ownership_tags(owner: Owner) -> dict[str, str]:
-    """The tags that mark an association as keyless's, and for which app, service and target."""
-    return {TAG_MANAGED_BY: MANAGED_BY_KEYLESS, TAG_APP: owner.app, TAG_SERVICE: owner.service,
-            TAG_TARGET: owner.target}
-
-
-def owner_from_tags(tags: Mapping[str, str] | None) -> Owner | None:
-    """The owner recorded by ownership_tags, or None unless every tag is there."""
-    tags = tags or {}
-    if tags.get(TAG_MANAGED_BY) != MANAGED_BY_KEYLESS:
-        return None
-    app, service, target = tags.get(TAG_APP), tags.get(TAG_SERVICE), tags.get(TAG_TARGET)
-    if not (app and service and target):
-        return None
-    return Owner(app=app, service=service, target=target)
 
 
 # --- Azure: federated identity credentials ------------------------------------------------------

@@ -16,8 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keyless.cli import app as cli
-from keyless.federation import ownership_tags
-from keyless.plan import Owner
+from keyless.ownership import Owner, ownership_tags
 from keyless.sandbox.aws import POD_IDENTITY_TRUST_POLICY
 from keyless.sandbox.stack import AKS_TARGET, EKS_TARGET, SandboxStack, SandboxState
 

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from server_support import running_server
 
 from keyless.errors import CloudError, NotFound
-from keyless.providers.base import PreflightIssue, Severity
+from keyless.providers.base import PreflightIssue
+from keyless.providers.base import PreflightSeverity as Severity
 from keyless.server.app import create_app
 from keyless.server.auth import SESSION_COOKIE, ServerState
 from keyless.server.operations import Connector

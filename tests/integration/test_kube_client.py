@@ -17,13 +17,16 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob
 from lightkube.resources.core_v1 import Pod, ServiceAccount
 
-from keyless.bindings import AwsRole, AzureIdentity, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import IDENTITY_ANNOTATION, AwsRole, AzureIdentity, Cloud
 from keyless.errors import CloudError
-from keyless.kube import KubeSide
 from keyless.kube import manifests as m
-from keyless.kube.client import ClusterKube, RenderedKube, load_config
+from keyless.kube.base import KubeSide
+from keyless.kube.cluster import ClusterKube
+from keyless.kube.config import load_config
+from keyless.kube.render import RenderedKube
 from keyless.names import service_account_name
-from keyless.plan import IDENTITY_ANNOTATION, ActionKind, Resource
+from keyless.plan import ActionKind, Resource
 from keyless.porter.model import ServiceType
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.kube import KubeStandIn

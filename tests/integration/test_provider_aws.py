@@ -14,13 +14,17 @@ import pytest
 from botocore.config import Config
 
 from keyless import names
-from keyless.bindings import AwsRole, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AwsRole, Cloud
 from keyless.errors import CloudError
-from keyless.federation import ownership_tags, trust_statement
-from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Owner, Resource, plan_bindings
+from keyless.federation import trust_statement
+from keyless.ownership import Owner, ownership_tags
+from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Resource
+from keyless.plan.planner import plan_bindings
 from keyless.porter.model import ServiceType
 from keyless.providers.aws import AwsProvider
-from keyless.providers.base import PreflightIssue, Severity
+from keyless.providers.base import PreflightIssue
+from keyless.providers.base import PreflightSeverity as Severity
 from keyless.providers.retry import NO_RETRY, RetryPolicy
 from keyless.sandbox.aws import POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed
 from keyless.targets import AwsTarget

@@ -20,14 +20,18 @@ from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.msi.models import FederatedIdentityCredential, Identity
 
 from keyless import names
-from keyless.bindings import AzureIdentity, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AzureIdentity, Cloud
 from keyless.errors import CloudError, InvalidInput
 from keyless.federation import subject_for
-from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Owner, Resource, plan_bindings
+from keyless.ownership import Owner
+from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Resource
+from keyless.plan.planner import plan_bindings
 from keyless.porter.loader import load_app
 from keyless.porter.model import ServiceType
 from keyless.providers.azure import AUDIENCE, AzureProvider
-from keyless.providers.base import PreflightIssue, Severity
+from keyless.providers.base import PreflightIssue
+from keyless.providers.base import PreflightSeverity as Severity
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.azure import DEMO_CLUSTER, DEMO_CLUSTER_OFF, DEMO_RESOURCE_GROUP, AzureDemoSeed, AzureSandbox
 from keyless.sandbox.kube_tokens import ServiceAccountIssuer

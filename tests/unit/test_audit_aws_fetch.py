@@ -12,7 +12,8 @@ import pytest
 from botocore.stub import Stubber
 
 from keyless.audit import rules as R
-from keyless.bindings import AwsRole, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AwsRole, Cloud
 from keyless.porter.model import ServiceType
 from keyless.providers.aws_audit import AwsAuditor
 from keyless.providers.retry import NO_RETRY

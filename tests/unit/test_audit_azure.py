@@ -14,7 +14,8 @@ from azure.core.rest._http_response_impl import HttpResponseImpl
 
 from keyless.audit import rules as R
 from keyless.audit.azure import AzureIdentityDocuments, AzureRoleAssignment, ScopeLevel, audit_identity, scope_level
-from keyless.bindings import AzureIdentity, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AzureIdentity, Cloud
 from keyless.errors import CloudError
 from keyless.names import federated_credential_name
 from keyless.porter.model import ServiceType

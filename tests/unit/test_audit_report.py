@@ -14,7 +14,8 @@ from keyless.audit import rules as R
 from keyless.audit.gcp import GcpPolicy, GcpServiceAccountDocuments, audit_service_account
 from keyless.audit.model import Finding, Location
 from keyless.audit.render import artifact_uri, render_text, summary_lines, to_json, to_sarif
-from keyless.bindings import AwsRole, Binding, Cloud, GcpIdentity, Source
+from keyless.bindings import Binding, Source
+from keyless.clouds import AwsRole, Cloud, GcpIdentity
 from keyless.diagnostics import Position
 from keyless.porter.model import ServiceType
 

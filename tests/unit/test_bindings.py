@@ -7,15 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from keyless.bindings import (
-    AwsRole,
-    AzureIdentity,
-    Binding,
-    Cloud,
-    GcpIdentity,
-    desired_bindings,
-    target_cloud,
-)
+from keyless.bindings import Binding, desired_bindings, target_cloud
+from keyless.clouds import AwsRole, AzureIdentity, Cloud, GcpIdentity
 from keyless.diagnostics import Position, Severity
 from keyless.names import DNS_LABEL_MAX
 from keyless.porter import LoadedApp, ServiceType, load_app

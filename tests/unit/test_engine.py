@@ -12,28 +12,24 @@ from typing import Any
 import pytest
 
 from keyless import engine
-from keyless.bindings import AwsRole, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import IDENTITY_ANNOTATION, AwsRole, Cloud
 from keyless.errors import PreflightFailed
-from keyless.kube.manifests import (
-    ALL_IDENTITY_ANNOTATIONS,
-    APP_LABEL,
-    IDENTITY_RECORD,
-    SERVICE_LABEL,
-    PodTemplateSettings,
-)
+from keyless.kube.manifests import ALL_IDENTITY_ANNOTATIONS, IDENTITY_RECORD
+from keyless.ownership import APP_LABEL, SERVICE_LABEL, Owner
 from keyless.plan import (
-    IDENTITY_ANNOTATION,
     Action,
     ActionKind,
     ObservedBinding,
     ObservedServiceAccount,
     ObservedWorkload,
-    Owner,
     Plan,
     Resource,
 )
+from keyless.plan.model import PodTemplateSettings
 from keyless.porter import load_app
-from keyless.providers.base import ActionOutcome, PreflightIssue, Severity
+from keyless.providers.base import ActionOutcome, PreflightIssue
+from keyless.providers.base import PreflightSeverity as Severity
 from keyless.targets import AnyTarget, load_targets
 
 APP = "shop"

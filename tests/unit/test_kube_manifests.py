@@ -8,17 +8,12 @@ from dataclasses import replace
 import pytest
 from ruamel.yaml import YAML
 
-from keyless.bindings import AwsRole, AzureIdentity, Binding, Cloud, GcpIdentity, Identity
+from keyless.bindings import Binding
+from keyless.clouds import IDENTITY_ANNOTATION, AwsRole, AzureIdentity, Cloud, GcpIdentity, Identity
 from keyless.errors import PreflightFailed
 from keyless.kube import manifests as m
 from keyless.names import service_account_name
-from keyless.plan import (
-    IDENTITY_ANNOTATION,
-    ActionKind,
-    ObservedServiceAccount,
-    ObservedWorkload,
-    Resource,
-)
+from keyless.plan import ActionKind, ObservedServiceAccount, ObservedWorkload, Resource
 from keyless.porter.model import ServiceType
 
 APP = "shop"

@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from keyless.bindings import AwsRole, AzureIdentity, Binding, Cloud, GcpIdentity, Identity, Source
+from keyless.bindings import Binding, Source
+from keyless.clouds import AwsRole, AzureIdentity, Cloud, GcpIdentity, Identity
 from keyless.diagnostics import Position
+from keyless.ownership import Owner
 from keyless.plan import (
-    PLAN_FORMAT,
     Action,
     ActionKind,
     Blocker,
@@ -20,12 +21,12 @@ from keyless.plan import (
     ObservedBinding,
     ObservedServiceAccount,
     ObservedWorkload,
-    Owner,
     Plan,
     Resource,
-    plan_bindings,
-    render_text,
 )
+from keyless.plan.planfile import PLAN_FORMAT
+from keyless.plan.planner import plan_bindings
+from keyless.plan.render import render_text
 from keyless.porter.model import ServiceType
 
 APP = "shop"

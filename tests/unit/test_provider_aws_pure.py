@@ -17,10 +17,11 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from keyless.bindings import AwsRole, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AwsRole, Cloud
 from keyless.errors import CloudError
-from keyless.federation import MANAGED_BY_KEYLESS, TAG_MANAGED_BY, owner_from_tags, ownership_tags, trust_statement
-from keyless.plan import Owner
+from keyless.federation import trust_statement
+from keyless.ownership import MANAGED_BY_KEYLESS, TAG_MANAGED_BY, Owner, owner_from_tags, ownership_tags
 from keyless.porter.model import ServiceType
 from keyless.providers.aws import (
     TrustFinding,

@@ -18,10 +18,14 @@ from azure.core.exceptions import (
 )
 
 from keyless import names
-from keyless.bindings import AzureIdentity, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AzureIdentity, Cloud
 from keyless.errors import CloudError
 from keyless.federation import parse_subject, subject_for
-from keyless.plan import ActionKind, Owner, plan_bindings
+from keyless.ownership import Owner
+from keyless.ownership import owner_from_credential_name as owner_from_name
+from keyless.plan import ActionKind
+from keyless.plan.planner import plan_bindings
 from keyless.porter.model import ServiceType
 from keyless.providers.azure import (
     AUDIENCE,
@@ -40,7 +44,6 @@ from keyless.providers.azure import (
     jwt_claim,
     observed_identity,
     over_cap,
-    owner_from_name,
     retry_after,
     select_observed,
     to_observed,

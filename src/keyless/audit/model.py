@@ -6,7 +6,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from keyless.bindings import AwsRole, AzureIdentity, Binding, Cloud, GcpIdentity
+from keyless.bindings import Binding
+from keyless.clouds import Cloud
 
 
 class Severity(enum.StrEnum):
@@ -72,13 +73,7 @@ class Finding:
 
 def identity_key(binding: Binding) -> str:
     """The identity a binding uses, spelled the same way for every binding that uses it."""
-    identity = binding.identity
-    if isinstance(identity, AwsRole):
-        return identity.arn or identity.role
-    if isinstance(identity, AzureIdentity):
-        return f"{identity.resource_group}/{identity.identity_name}".lower()
-    assert isinstance(identity, GcpIdentity)
-    return identity.email.lower()
+    return binding.identity.spelled_once
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,10 @@ import hashlib
 from pathlib import PurePosixPath
 from typing import Any
 
+from keyless import clouds
 from keyless.audit.model import AuditReport, ConnectionAudit, Finding, Rule, Severity, summarize
 from keyless.audit.rules import ALL_RULES
-from keyless.bindings import AwsRole, AzureIdentity, Binding
+from keyless.bindings import Binding
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -19,10 +20,7 @@ _SECURITY_SEVERITY = {Severity.ERROR: "8.0", Severity.WARNING: "5.0", Severity.I
 
 
 def connection_label(binding: Binding) -> str:
-    identity = binding.identity
-    kind = ("awsRole" if isinstance(identity, AwsRole) else
-            "azureManagedIdentity" if isinstance(identity, AzureIdentity) else "gcpServiceAccount")
-    return f"{kind} {identity.describe()}"
+    return f"{clouds.entry(binding.cloud).connection_type} {binding.identity.describe()}"
 
 
 def _where(binding: Binding) -> str:

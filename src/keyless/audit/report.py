@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from keyless.audit.model import AuditReport, ConnectionAudit, Finding, identity_key, sorted_findings
 from keyless.audit.shared import IdentityUse, shared_identity
-from keyless.bindings import Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import Cloud
 
 
 def build_report(app: str, target: str, cloud: Cloud, bindings: Sequence[Binding],

@@ -33,17 +33,22 @@ from botocore.exceptions import (
 )
 
 from keyless import names
-from keyless.bindings import AwsRole, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AwsRole, Cloud
 from keyless.errors import CloudError
-from keyless.federation import (
-    POD_IDENTITY_SERVICE,
-    TRUST_ACTIONS,
-    owner_from_tags,
-    ownership_tags,
-    trust_statement,
+from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
+from keyless.ownership import Owner, owner_from_tags, ownership_tags
+from keyless.plan import Action, ActionKind, ObservedBinding
+from keyless.providers.base import (
+    ActionOutcome,
+    BindingWrites,
+    PreflightIssue,
+    desired_of,
+    observed_of,
 )
-from keyless.plan import Action, ActionKind, ObservedBinding, Owner
-from keyless.providers.base import ActionOutcome, BindingWrites, PreflightIssue, Severity, desired_of, observed_of
+from keyless.providers.base import (
+    PreflightSeverity as Severity,
+)
 from keyless.providers.retry import RetryPolicy, call_with_retry, poll
 from keyless.targets import AwsTarget
 
@@ -680,7 +685,8 @@ class AwsProvider:
                 details["targetRoleArn"] = association.target_role_arn
             found.append(ObservedBinding(
                 cloud=Cloud.AWS, id=association.id, namespace=association.namespace,
-                service_account=association.service_account, identity=association.role_arn,
+                service_account=association.service_account,
+                identity=AwsRole(role=association.role_arn, arn=association.role_arn),
                 owner=owner, managed_by=association.owner_arn, details=details))
         return found
 

@@ -16,8 +16,9 @@ from keyless.audit import AuditReport, Finding, IdentityUse, build_report, ident
 from keyless.audit.aws import AwsPolicy, AwsRoleDocuments, PodIdentityScope, PolicyKind, audit_role
 from keyless.audit.iam_actions import ActionCatalog, default_catalog
 from keyless.audit.shared import audit_incomplete
-from keyless.bindings import AwsRole, Binding, Cloud
-from keyless.federation import owner_from_tags
+from keyless.bindings import Binding
+from keyless.clouds import AwsRole, Cloud
+from keyless.ownership import owner_from_tags
 from keyless.providers.aws import (
     DEFAULT_RETRY,
     PAGE_SIZE,

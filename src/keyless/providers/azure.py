@@ -34,17 +34,21 @@ from azure.mgmt.msi.v2024_11_30 import ManagedServiceIdentityClient
 from azure.mgmt.msi.v2024_11_30.models import FederatedIdentityCredential, Identity
 
 from keyless import names
-from keyless.bindings import AzureIdentity, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AzureIdentity, Cloud
 from keyless.errors import CloudError
 from keyless.federation import AZURE_TOKEN_AUDIENCE, parse_subject, subject_for
-from keyless.plan import Action, ActionKind, ObservedBinding, Owner
+from keyless.ownership import Owner
+from keyless.plan import Action, ActionKind, ObservedBinding
 from keyless.providers.base import (
     ActionOutcome,
     BindingWrites,
     PreflightIssue,
-    Severity,
     desired_of,
     observed_of,
+)
+from keyless.providers.base import (
+    PreflightSeverity as Severity,
 )
 from keyless.providers.retry import RetryPolicy, call_with_retry, poll
 from keyless.targets import AzureTarget
@@ -161,18 +165,17 @@ class Credential:
                    arm_id=raw.id or "", modified_at=when.timestamp() if when is not None else None)
 
 
-def observed_identity(credential: Credential, issuer: str | None) -> str:
-    """The identity an observed credential binds its service account to, as the plan compares it.
+def credential_mismatch(credential: Credential, issuer: str | None) -> tuple[str, ...]:
+    """What keeps a credential from working for this cluster: another issuer (byte for byte) or audience.
 
-    Only a credential that works for this cluster (its exact issuer, the token-exchange audience) reads as
-    `rg/name`, equal to `AzureIdentity.describe()`. Anything else carries what differs, so the plan never
-    takes it for the binding it wants (and never "adopts" a credential that would not let a pod in)."""
+    A credential with any mismatch is never taken for the binding the plan wants (and never "adopted":
+    it would not let a pod in)."""
     differs: list[str] = []
     if issuer is None or credential.issuer != issuer:
         differs.append(f"issuer {credential.issuer}")
     if credential.audiences != (AUDIENCE,):
         differs.append(f"audience {','.join(credential.audiences) or '(none)'}")
-    return credential.identity + (f" [{'; '.join(differs)}]" if differs else "")
+    return tuple(differs)
 
 
 def to_observed(credential: Credential, issuer: str | None, target: str) -> ObservedBinding | None:
@@ -185,7 +188,8 @@ def to_observed(credential: Credential, issuer: str | None, target: str) -> Obse
     owner = owner_from_name(credential.name, target) if issuer is not None and credential.issuer == issuer else None
     return ObservedBinding(
         cloud=Cloud.AZURE, id=credential.binding_id, namespace=key[0], service_account=key[1],
-        identity=observed_identity(credential, issuer), owner=owner,
+        identity=AzureIdentity(identity_name=credential.identity_name, resource_group=credential.resource_group),
+        mismatch=credential_mismatch(credential, issuer), owner=owner,
         details={"name": credential.name, "issuer": credential.issuer, "audience": ",".join(credential.audiences),
                  "resourceGroup": credential.resource_group, "identityName": credential.identity_name})
 
@@ -208,7 +212,7 @@ def select_observed(
         if observed.key in desired or mine:
             seen.add(observed.id)
             found.append(observed)
-    found.sort(key=lambda o: (o.owner is None, o.identity.lower(), o.details.get("name", "")))
+    found.sort(key=lambda o: (o.owner is None, o.describe_identity().lower(), o.details.get("name", "")))
     return found
 
 
@@ -400,18 +404,12 @@ def _ref(binding: Binding) -> tuple[str, str]:
 
 def _observed_ref(observed: ObservedBinding) -> tuple[str, str, str]:
     """(resource group, identity, credential name) of an observed credential."""
-    group = observed.details.get("resourceGroup", "")
-    identity = observed.details.get("identityName", "")
     name = observed.details.get("name", "")
     where = f"{observed.namespace}/{observed.service_account}"
-    if not (group and identity and name):
-        # Plans written before details carried the identity: the observed identity starts with "rg/name".
-        parsed = identity_ref(observed.identity.split(" ", 1)[0])
-        if parsed is None or not name:
-            raise CloudError(f"{where}: the observed credential {observed.id} lacks its identity or name; the plan "
-                             "is damaged", "plan again")
-        group, identity = parsed
-    group, identity = _checked(group, identity, where)
+    if not isinstance(observed.identity, AzureIdentity) or not name:
+        raise CloudError(f"{where}: the observed credential {observed.id} lacks its identity or name; the plan "
+                         "is damaged", "plan again")
+    group, identity = _checked(observed.identity.resource_group, observed.identity.identity_name, where)
     try:
         names.check_federated_credential_name(name)
     except names.NameRuleError as exc:

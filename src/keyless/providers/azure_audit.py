@@ -18,7 +18,8 @@ from keyless import names
 from keyless.audit import AuditReport, Finding, IdentityUse, build_report, identity_key
 from keyless.audit.azure import AzureIdentityDocuments, AzureRoleAssignment, audit_identity
 from keyless.audit.shared import audit_incomplete
-from keyless.bindings import AzureIdentity, Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import AzureIdentity, Cloud
 from keyless.errors import CloudError
 from keyless.providers.retry import RetryPolicy, call_with_retry
 from keyless.targets import AzureTarget

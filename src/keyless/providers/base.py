@@ -7,19 +7,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from keyless.bindings import Binding, Cloud
+from keyless.bindings import Binding
+from keyless.clouds import Cloud
 from keyless.errors import CloudError
-from keyless.plan import Action, ActionKind, ObservedBinding, Resource
+from keyless.plan.model import Action, ActionKind, ObservedBinding, Resource
 
 
-class Severity(enum.StrEnum):
+class PreflightSeverity(enum.StrEnum):
     BLOCKING = "blocking"  # apply would fail: exit 3 and say what to fix
     WARNING = "warning"
 
 
 @dataclass(frozen=True, slots=True)
 class PreflightIssue:
-    severity: Severity
+    severity: PreflightSeverity
     message: str
     fix: str = ""  # the exact thing to run or paste
     service: str | None = None
@@ -104,8 +105,6 @@ class TokenExchanger(Protocol):
 
 class Provider(Protocol):
     cloud: Cloud
-    in_place_identity_change: bool  # AWS can update an association's role; Azure replaces credentials
-    marks_adopted: bool  # AWS tags an adopted association as keyless's; Azure credentials take no marks
 
     def resolve(self, bindings: Sequence[Binding]) -> tuple[list[Binding], list[PreflightIssue]]:
         """Fill in cloud facts (role ARN, client ID); identities that cannot be resolved become issues."""

@@ -12,7 +12,7 @@ from pydantic.alias_generators import to_camel
 
 from keyless.audit.render import to_json as audit_json
 from keyless.errors import UsageError
-from keyless.providers.base import Severity
+from keyless.providers.base import PreflightSeverity as Severity
 from keyless.server.auth import Admin, Deployer, Viewer, state
 from keyless.server.operations import ConnectionChange, identity_connection_type, issues_json, require_service
 from keyless.store import AppRecord, AuditEvent, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord

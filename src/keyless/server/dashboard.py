@@ -17,14 +17,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from keyless import names
+from keyless import clouds, names
 from keyless import preview as preview_module
 from keyless.audit.model import Finding, sorted_findings
 from keyless.audit.render import connection_label
-from keyless.bindings import target_cloud
 from keyless.errors import Conflict, KeylessError, NotFound
 from keyless.providers.base import PreflightIssue
-from keyless.providers.base import Severity as IssueSeverity
+from keyless.providers.base import PreflightSeverity as IssueSeverity
 from keyless.server.app import http_status
 from keyless.server.auth import (
     SESSION_COOKIE,
@@ -34,10 +33,10 @@ from keyless.server.auth import (
     session_user,
     state,
 )
-from keyless.server.operations import CONNECTION_FIELDS, ConnectionChange, identity_connection_type, require_service
+from keyless.server.operations import ConnectionChange, connection_fields, identity_connection_type, require_service
 from keyless.store import AppRecord, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
 from keyless.store.models import MAX_ID
-from keyless.targets import AnyTarget, AzureTarget, GcpTarget
+from keyless.targets import AnyTarget
 
 TEMPLATES = Path(__file__).parent / "templates"
 AUDIT_LOG_PAGE = 100
@@ -62,25 +61,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-# Per connection type: the section's title and the identity it names (for the warning); the fields' labels.
-SECTION_TITLES = {
-    "awsRole": "IAM Role Connection",
-    "azureManagedIdentity": "Azure Managed Identity Connection",
-    "gcpServiceAccount": "GCP Service Account Connection",
-}
-IDENTITY_WORDS = {
-    "awsRole": "this IAM role",
-    "azureManagedIdentity": "this managed identity's role assignments",
-    "gcpServiceAccount": "this Google service account",
-}
-FIELD_LABELS = {
-    "role": "IAM role name or ARN",
-    "identityName": "Managed identity name",
-    "resourceGroup": "Resource group of the managed identity",
-    "serviceAccountEmail": "Google service account email",
-}
-
 
 def _when(value: dt.datetime | None) -> str:
     if value is None:
@@ -233,7 +213,7 @@ def app_page(request: Request, app: str, user: Viewer) -> Response:
     return _render(request, "app.html", {
         "app": record, "deploys": deploys, "last": deploys[0] if deploys else None,
         "targets": store.list_targets() if user.role.allows(Role.ADMIN) else [],
-        "titles": SECTION_TITLES,
+        "titles": {e.connection_type: e.connection_title for e in clouds.REGISTRY},
     }, user)
 
 
@@ -286,18 +266,6 @@ class _Section:
     error: str | None
 
 
-def _placeholders(app: str, service: str, target: AnyTarget | None) -> dict[str, str]:
-    """Example values shown (and used in the info box) while a field is empty, shaped like this service's names."""
-    project = target.project if isinstance(target, GcpTarget) else "my-project"
-    account = f"{app}-{service}"[:30].rstrip("-")
-    return {
-        "role": f"{app}-{service}-role",
-        "identityName": f"{app}-{service}-identity",
-        "resourceGroup": target.resource_group if isinstance(target, AzureTarget) else "my-resource-group",
-        "serviceAccountEmail": f"{account}@{project}.iam.gserviceaccount.com",
-    }
-
-
 def _app_target(request: Request, app: AppRecord) -> tuple[str | None, AnyTarget | None]:
     """The app's target, or None when it has none or it no longer loads (the page still shows)."""
     if not app.target_name:
@@ -320,7 +288,7 @@ class _Refusal:
 
 def _entered(type_: str, given: Mapping[str, str]) -> dict[str, str]:
     """The fields of a connection of this type, from a form or query string (missing ones empty)."""
-    return {f: given.get(f, "") for f in CONNECTION_FIELDS[identity_connection_type(type_)]}
+    return {f: given.get(f, "") for f in connection_fields(identity_connection_type(type_))}
 
 
 def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: str | None, target: AnyTarget | None,
@@ -329,9 +297,10 @@ def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: st
     """One provider's section; `entered` and `enabled` are what a form held, else the stored connection shows."""
     current = service.connection(type_)
     values = dict(entered) if entered is not None else dict(current.settings) if current else {}
-    examples = _placeholders(app.name, service.name, target)
-    fields = tuple(_Field(f, FIELD_LABELS.get(f, f), values.get(f, ""), examples[f]) for f in CONNECTION_FIELDS[type_])
-    title = SECTION_TITLES[type_]
+    entry = clouds.by_connection_type(type_)
+    examples = entry.example_values(app.name, service.name, target)
+    fields = tuple(_Field(f.name, f.label, values.get(f.name, ""), examples[f.name]) for f in entry.connection_fields)
+    title = entry.connection_title
     preview_values = {"type": type_, **{f.name: f.value.strip() or f.placeholder for f in fields}}
     preview, preview_error = None, None
     try:
@@ -343,7 +312,7 @@ def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: st
         enabled=enabled if enabled is not None else current is not None,
         fields=fields,
         warning=(f"Enabling this connection gives the pods of {service.name} access to every cloud resource "
-                 f"{IDENTITY_WORDS[type_]} can reach. Grant it only what this service needs."),
+                 f"{entry.access_words} can reach. Grant it only what this service needs."),
         preview=preview, preview_error=preview_error, error=error,
     )
 
@@ -354,7 +323,7 @@ def _service_page(request: Request, user: TokenRecord, app_name: str, service_na
     service = require_service(app, service_name)
     target_name, target = _app_target(request, app)
     sections = []
-    for type_ in CONNECTION_FIELDS:
+    for type_ in clouds.connection_types():
         if refused is not None and refused.type == type_:
             sections.append(_section(app, service, type_, target_name, target, refused.entered, refused.enabled,
                                      refused.message))
@@ -362,7 +331,7 @@ def _service_page(request: Request, user: TokenRecord, app_name: str, service_na
             sections.append(_section(app, service, type_, target_name, target))
     return _render(request, "service.html", {
         "app": app, "service": service, "sections": sections, "target": target,
-        "target_cloud": target_cloud(target).value if target is not None else None,
+        "target_cloud": clouds.for_target(target).cloud.value if target is not None else None,
         "service_account": names.service_account_name(app.name, service.name),
     }, user, status_code=status_code)
 

@@ -10,8 +10,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from keyless import engine
 from keyless.errors import KeylessError, PreflightFailed
-from keyless.kube import KubeSide
-from keyless.plan import Observed, Plan, render_text
+from keyless.kube.base import KubeSide
+from keyless.plan import Plan, planfile
+from keyless.plan.render import render_text
 from keyless.providers.base import Provider
 from keyless.server.operations import ControlPlane
 from keyless.store import DeployActionRecord, DeployRecord, DeployStatus
@@ -38,7 +39,7 @@ class DeployRunner:
         """Plan now (synchronously) and keep the plan as a deploy to review and apply later."""
         spec, _, _, plan = self._plan(app_name, target_name)
         return self.store.create_deploy(app_name, spec.target_name, actor, DeployStatus.PLANNED,
-                                        plan=plan.to_json(), plan_text=render_text(plan))
+                                        plan=planfile.dump(plan), plan_text=render_text(plan))
 
     def deploy(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
         """Plan and apply in the background (like `keyless apply --auto-approve`)."""
@@ -93,17 +94,16 @@ class DeployRunner:
         return spec, provider, kube, engine.plan_app(spec, provider, kube).plan
 
     def _plan_and_apply(self, record: DeployRecord) -> None:
-        spec, provider, kube, plan = self._plan(record.app, record.target_name)
+        _, provider, kube, plan = self._plan(record.app, record.target_name)
         if plan.blockers:
-            self.store.set_deploy_plan(record.id, plan.to_json(), render_text(plan), 0, DeployStatus.PLANNING)
+            self.store.set_deploy_plan(record.id, planfile.dump(plan), render_text(plan), 0, DeployStatus.PLANNING)
             self.store.finish_deploy(record.id, DeployStatus.BLOCKED, _blockers_text(plan))
             return
-        observed = engine.observe_saved(plan, provider, kube, spec.target.namespace)
-        self._apply(record.id, plan, provider, kube, observed)
+        self._apply(record.id, plan, provider, kube)
 
     def _apply_saved(self, record: DeployRecord) -> None:
         assert record.plan is not None
-        plan = Plan.from_json(record.plan)
+        plan = planfile.load(record.plan)
         if plan.blockers:
             self.store.finish_deploy(record.id, DeployStatus.BLOCKED, _blockers_text(plan))
             return
@@ -112,12 +112,12 @@ class DeployRunner:
         observed = engine.observe_saved(plan, provider, kube, target.namespace)
         if observed.digest() != plan.observed_digest:
             raise engine.StalePlan()
-        self._apply(record.id, plan, provider, kube, observed)
+        self._apply(record.id, plan, provider, kube)
 
-    def _apply(self, deploy_id: int, plan: Plan, provider: Provider, kube: KubeSide,
-               observed: Observed) -> None:
+    def _apply(self, deploy_id: int, plan: Plan, provider: Provider, kube: KubeSide) -> None:
         changes = plan.changes
-        self.store.set_deploy_plan(deploy_id, plan.to_json(), render_text(plan), len(changes), DeployStatus.APPLYING)
+        self.store.set_deploy_plan(deploy_id, planfile.dump(plan), render_text(plan), len(changes),
+                                   DeployStatus.APPLYING)
         if not changes:
             self.store.finish_deploy(deploy_id, DeployStatus.NO_CHANGES, plan.summary())
             return
@@ -133,7 +133,7 @@ class DeployRunner:
                 address=action.address, ok=result.ok, message=result.message, seconds=result.seconds,
                 finished_at=dt.datetime.now(dt.UTC)))
 
-        report = engine.apply_plan(plan, provider, kube, observed, progress=progress)
+        report = engine.apply_plan(plan, provider, kube, progress=progress)
         failures = report.failures
         if failures:
             lines = [f"{f.action.service}: {f.action.resource.value} {f.action.address}: {f.message}"

@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keyless import engine
+from keyless import clouds, engine
 from keyless.audit import AuditReport
-from keyless.bindings import desired_bindings, target_cloud, workloads
+from keyless.bindings import desired_bindings, workloads
 from keyless.diagnostics import START, Diagnostic, Severity
 from keyless.errors import Conflict, InvalidInput, KeylessError, NotFound, UsageError
-from keyless.kube import KubeSide
+from keyless.kube.base import KubeSide
 from keyless.porter import edit
 from keyless.porter.loader import LoadedApp, identity_types, load_app, resolve_app_name
 from keyless.providers.base import PreflightIssue, Provider
@@ -21,20 +21,14 @@ from keyless.targets import AnyTarget, load_targets
 
 Connector = Callable[[str, AnyTarget], tuple[Provider, KubeSide]]
 
-# Per connection type, the fields a person fills in (porter.yaml spelling), in the order the dashboard shows them.
-CONNECTION_FIELDS: Mapping[str, tuple[str, ...]] = {
-    "awsRole": ("role",),
-    "azureManagedIdentity": ("identityName", "resourceGroup"),
-    "gcpServiceAccount": ("serviceAccountEmail",),
-}
+def connection_fields(type_: str) -> tuple[str, ...]:
+    """The fields a person fills in for a connection type (porter.yaml spelling), in the order the dashboard shows."""
+    return tuple(f.name for f in clouds.by_connection_type(type_).connection_fields)
 
 
 def identity_connection_type(type_: str) -> str:
     """`type_` when it is a connection the control plane edits (awsRole, ...); else a UsageError naming them."""
-    if type_ not in CONNECTION_FIELDS:
-        raise UsageError(f"connection type {type_!r} is not an identity connection",
-                         f"use one of {', '.join(CONNECTION_FIELDS)}")
-    return type_
+    return clouds.by_connection_type(type_).connection_type
 
 
 def require_service(app: AppRecord, name: str) -> ServiceRecord:
@@ -102,12 +96,12 @@ class ControlPlane:
         """Create or replace a target from the fields a targets file gives it (validated the same way)."""
         document = json.dumps({"targets": {name: dict(body)}}, indent=2)
         target = self._parse_targets(document, f"target {name} (request body)")[name]
-        return self.store.put_target(name, target_cloud(target).value, target_settings(target), actor)
+        return self.store.put_target(name, clouds.for_target(target).cloud.value, target_settings(target), actor)
 
     def import_targets(self, text: str, file: str, actor: str) -> list[tuple[TargetRecord, bool]]:
         """Every target of a targets file, created or replaced."""
         parsed = self._parse_targets(text, file)
-        return [self.store.put_target(name, target_cloud(t).value, target_settings(t), actor)
+        return [self.store.put_target(name, clouds.for_target(t).cloud.value, target_settings(t), actor)
                 for name, t in parsed.items()]
 
     def target(self, name: str) -> AnyTarget:
@@ -187,7 +181,7 @@ class ControlPlane:
             text = edit.remove_connection(app.porter_yaml, change.service, change.type)
             action = "connection.detach"
         else:
-            allowed = CONNECTION_FIELDS[change.type]
+            allowed = connection_fields(change.type)
             unknown = sorted(set(change.fields) - set(allowed))
             if unknown:
                 raise UsageError(f"{change.type} connections have no field {', '.join(map(repr, unknown))}",

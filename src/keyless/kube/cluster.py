@@ -1,17 +1,14 @@
-"""Kubernetes I/O: a cluster through lightkube (mode apply), or a directory of manifests (mode render)."""
+"""A target's cluster through lightkube (`mode: apply`): observe, server-side apply, patch, roll, request tokens."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx2
-from lightkube import ApiError, Client, KubeConfig, SingleConfig
+from lightkube import ApiError, Client
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.core_v1 import PodTemplateSpec
 from lightkube.models.meta_v1 import ObjectMeta
@@ -20,31 +17,20 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob, Job
 from lightkube.resources.core_v1 import ServiceAccount
 from lightkube.types import PatchType
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
-from keyless.bindings import Binding
+from keyless.clouds import IDENTITY_ANNOTATION
 from keyless.errors import CloudError
-from keyless.kube.manifests import (
-    ALL_IDENTITY_ANNOTATIONS,
-    APP_LABEL,
-    MANAGED_BY_LABEL,
-    MANAGER,
-    PORTER_APP_LABEL,
-    PORTER_SERVICE_LABEL,
+from keyless.kube.config import load_config
+from keyless.kube.manifests import defer_to_other_manager, service_account_manifest, workload_patch
+from keyless.ownership import APP_LABEL, MANAGED_BY_LABEL, MANAGER, PORTER_APP_LABEL, PORTER_SERVICE_LABEL, label_value
+from keyless.plan.model import (
+    AccountSpec,
+    ObjectRef,
+    ObservedServiceAccount,
+    ObservedWorkload,
+    Plan,
     PodTemplateSettings,
-    defer_to_other_manager,
-    label_value,
-    released_pod_template_settings,
-    render_manifests,
-    service_account_file,
-    service_account_path,
-    stale_annotations_for,
-    workload_patch,
-    workload_patch_document,
-    workload_patch_path,
 )
-from keyless.plan import IDENTITY_ANNOTATION, ObservedServiceAccount, ObservedWorkload
 from keyless.providers.retry import RetryPolicy, call_with_retry, poll
 from keyless.targets import KubernetesSide
 
@@ -116,48 +102,6 @@ def _body_message(response: httpx2.Response) -> str:
 def _pointer(key: str) -> str:
     """A JSON pointer to one annotation (RFC 6901 escapes '~' and '/', which every prefixed key contains)."""
     return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
-
-
-def _choose_kubeconfig(env: Mapping[str, str], context: str | None) -> KubeConfig:
-    """kubectl's order: the $KUBECONFIG files, else ~/.kube/config, else the pod's in-cluster account.
-
-    (lightkube's from_env() tries in-cluster first: keyless run from a CI pod would then talk to the
-    CI cluster instead of the one $KUBECONFIG names.)
-    """
-    listed = [Path(p).expanduser() for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
-    if listed:
-        # kubectl merges a KUBECONFIG list; keyless takes the first file that has the context.
-        loaded = [KubeConfig.from_file(f) for f in listed if f.is_file()]
-        chosen = next((c for c in loaded if context is None or context in c.contexts), None)
-        if chosen is None:
-            raise CloudError(f"no kubeconfig in $KUBECONFIG ({env['KUBECONFIG']}) has context {context!r}"
-                             if context else f"no kubeconfig file in $KUBECONFIG ({env['KUBECONFIG']}) exists",
-                             "check `kubernetes.context` in the targets file (`kubectl config get-contexts`)")
-        return chosen
-    home = Path(env.get("HOME", "~")).expanduser() / ".kube" / "config"
-    if home.is_file() or context is not None:
-        return KubeConfig.from_file(home)
-    return KubeConfig.from_service_account()
-
-
-def load_config(side: KubernetesSide, env: Mapping[str, str] | None = None) -> SingleConfig:
-    """The kubeconfig context the target names: its `kubeconfig` file, else $KUBECONFIG, ~/.kube/config, in-cluster."""
-    env = os.environ if env is None else env
-    context = side.context
-    try:
-        config = KubeConfig.from_file(side.kubeconfig) if side.kubeconfig else _choose_kubeconfig(env, context)
-        single = config.get(context_name=context)
-    except CloudError:
-        raise
-    except Exception as exc:
-        # A kubeconfig goes through YAML, msgspec and lightkube's own checks, each with its own error
-        # types; to a person every one of them means "this kubeconfig cannot be used".
-        where = side.kubeconfig or env.get("KUBECONFIG") or "~/.kube/config"
-        raise CloudError(f"cannot use the kubeconfig {where}" + (f" (context {context!r})" if context else "")
-                         + f": {exc}", "set `kubernetes.kubeconfig` and `kubernetes.context` in the targets file, "
-                         "or KUBECONFIG") from exc
-    assert single is not None  # get() raises rather than return None when no default is given
-    return single
 
 
 def _template_of(obj: Deployment | CronJob | Job) -> PodTemplateSpec | None:
@@ -342,21 +286,19 @@ class ClusterKube:
 
     # --- service accounts ---
 
-    def apply_service_account(
-        self, manifest: Mapping[str, Any], *, remove_annotations: Collection[str] | None = None
-    ) -> None:
-        """Server-side apply as field manager keyless, then strip stale annotations other managers set."""
-        metadata = manifest["metadata"]
-        namespace, name = str(metadata["namespace"]), str(metadata["name"])
+    def apply_service_account(self, ref: ObjectRef, spec: AccountSpec, remove_annotations: Collection[str]) -> None:
+        """Server-side apply as field manager keyless, then strip the annotations the plan says to remove."""
+        namespace, name = ref.namespace, ref.name
         live = self._get_account(namespace, name)
+        labels = dict(spec.labels)
         if live is not None:
-            live_labels = (live.metadata.labels if live.metadata is not None else None) or {}
-            manifest = defer_to_other_manager(manifest, live_labels)
-        account = cast(ServiceAccount, ServiceAccount.from_dict(dict(manifest)))
+            # The plan already deferred; the live account is read again so a manager that appeared since wins.
+            labels = defer_to_other_manager(labels, (live.metadata.labels if live.metadata is not None else None) or {})
+        manifest = service_account_manifest(namespace, name, AccountSpec(labels=labels, annotations=spec.annotations))
+        account = cast(ServiceAccount, ServiceAccount.from_dict(manifest))
         applied = self._call(f"apply service account {namespace}/{name}",
                              lambda: self._client.apply(account, field_manager=MANAGER, force=True))
-        remove = stale_annotations_for(manifest) if remove_annotations is None else remove_annotations
-        self._remove_annotations(applied, remove)
+        self._remove_annotations(applied, remove_annotations)
 
     def _remove_annotations(self, account: ServiceAccount, keys: Collection[str]) -> None:
         """JSON-patch away each key that is present: apply cannot drop a field another manager owns."""
@@ -387,14 +329,15 @@ class ClusterKube:
             raise self._error(what, exc) from exc
         return True
 
-    def strip_service_account(self, namespace: str, name: str) -> None:
-        """Remove every identity annotation keyless writes; the account stays for Porter's pods."""
-        live = self._get_account(namespace, name)
+    def remove_annotations(self, ref: ObjectRef, keys: Collection[str]) -> None:
+        """Remove these annotations (the identity keyless wrote); the account stays for Porter's pods."""
+        live = self._get_account(ref.namespace, ref.name)
         if live is not None:
-            self._remove_annotations(live, ALL_IDENTITY_ANNOTATIONS)
+            self._remove_annotations(live, keys)
 
-    def delete_service_account(self, namespace: str, name: str) -> bool:
+    def delete_service_account(self, ref: ObjectRef) -> bool:
         """Delete the account only if it is labelled managed-by keyless; False when it is already gone."""
+        namespace, name = ref.namespace, ref.name
         live = self._get_account(namespace, name)
         if live is None:
             return False
@@ -411,9 +354,8 @@ class ClusterKube:
 
     # --- workloads ---
 
-    def update_workload(self, workload: ObservedWorkload, settings: PodTemplateSettings | None) -> None:
-        """Merge-patch the pod template (None: drop the identity); Deployments also get a restart stamp."""
-        settings = settings if settings is not None else released_pod_template_settings()
+    def update_workload(self, workload: ObjectRef, service: str, settings: PodTemplateSettings) -> None:
+        """Merge-patch the pod template; Deployments also get a restart stamp."""
         address = f"{workload.kind} {workload.namespace}/{workload.name}"
         if workload.kind == "Deployment":
             patch = workload_patch("Deployment", settings, restarted_at=_restart_stamp(self._now()))
@@ -449,6 +391,10 @@ class ClusterKube:
         except httpx2.HTTPError as exc:
             raise self._error(f"read Deployment {namespace}/{name}", exc) from exc
 
+    def complete(self, plan: Plan) -> None:
+        """Nothing is left to do once every action is applied to a cluster."""
+        return None
+
     def request_token(self, namespace: str, name: str, audience: str) -> str | None:
         """A TokenRequest for the account, as the kubelet gets the projected token a pod would present."""
         request = ServiceAccount.Token(metadata=ObjectMeta(name=name, namespace=namespace),
@@ -457,106 +403,3 @@ class ClusterKube:
                              lambda: self._client.create(request, name, namespace=namespace))
         status = getattr(created, "status", None)
         return str(status.token) if status is not None and status.token else None
-
-
-class RenderedKube:
-    """`mode: render`: writes manifests for a GitOps tool into `out_dir`, and reads back only what it wrote there."""
-
-    def __init__(self, target: str, side: KubernetesSide | None = None, *, base: Path | None = None) -> None:
-        side = side or KubernetesSide()
-        root = base if base is not None else Path.cwd()
-        self.target = target
-        self.out_dir = root / (side.out_dir if side.out_dir else Path("keyless-manifests") / target)
-
-    def observe(
-        self, namespace: str, app: str, service_accounts: Collection[str] = ()
-    ) -> tuple[list[ObservedServiceAccount], list[ObservedWorkload]]:
-        """The accounts keyless rendered earlier for this app and target (so an unchanged app plans no changes);
-        workloads live in the GitOps repository's own manifests, which keyless does not read."""
-        folder = self._path("serviceaccounts")
-        found: list[ObservedServiceAccount] = []
-        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            if not _written_by_keyless(path, app, self.target):
-                continue
-            try:
-                document = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-            except (OSError, YAMLError):
-                continue  # unreadable: the plan shows the account as a create, and apply rewrites the file
-            metadata = document.get("metadata") if isinstance(document, dict) else None
-            if not isinstance(metadata, dict) or metadata.get("namespace") != namespace or not metadata.get("name"):
-                continue
-            found.append(ObservedServiceAccount(
-                namespace=namespace, name=str(metadata["name"]),
-                annotations={str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()},
-                labels={str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}))
-        return found, []
-
-    def _path(self, relative: str) -> Path:
-        path = (self.out_dir / relative).resolve()
-        if not path.is_relative_to(self.out_dir.resolve()):
-            raise ValueError(f"{relative!r} is outside the output directory")
-        return path
-
-    def write(self, files: Mapping[str, str]) -> list[Path]:
-        """Write {relative path: text} under out_dir, each file replaced whole (never half-written)."""
-        written: list[Path] = []
-        for relative, text in sorted(files.items()):
-            path = self._path(relative)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(f".{path.name}.partial")
-                partial.write_text(text, encoding="utf-8")
-                partial.replace(path)
-            except OSError as exc:
-                raise CloudError(f"cannot write {path}: {exc.strerror or exc}",
-                                 "check `kubernetes.outDir` in the targets file") from exc
-            written.append(path)
-        return written
-
-    def render(self, bindings: Sequence[Binding], *, app: str) -> list[Path]:
-        """Write every file of the app (accounts, patches, helm values); drop those of removed services."""
-        files = render_manifests(bindings, app=app, target=self.target)
-        written = self.write(files)
-        keep = set(written)
-        for folder in ("serviceaccounts", "patches"):
-            for path in sorted(self._path(folder).glob("*.yaml")) if self._path(folder).is_dir() else []:
-                if path.resolve() not in keep and _written_by_keyless(path, app, self.target):
-                    path.unlink()
-        return written
-
-    def apply_service_account(
-        self, manifest: Mapping[str, Any], *, remove_annotations: Collection[str] | None = None
-    ) -> None:
-        labels = manifest["metadata"].get("labels", {})
-        app = str(labels.get(APP_LABEL, ""))
-        self.write({service_account_path(str(manifest["metadata"]["name"])):
-                    service_account_file(manifest, app=app, target=self.target)})
-
-    def strip_service_account(self, namespace: str, name: str) -> None:
-        # Nothing was observed, so the engine never asks; a rendered account is rewritten by render().
-        return None
-
-    def delete_service_account(self, namespace: str, name: str) -> bool:
-        path = self._path(service_account_path(name))
-        if not path.exists():
-            return False
-        path.unlink()
-        return True
-
-    def update_workload(self, workload: ObservedWorkload, settings: PodTemplateSettings | None) -> None:
-        settings = settings if settings is not None else released_pod_template_settings()
-        selector = {PORTER_SERVICE_LABEL: label_value(workload.service)}
-        self.write({workload_patch_path(workload.kind, workload.name): workload_patch_document(
-            workload.kind, workload.name, workload.namespace, settings, selector)})
-
-    def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
-        return True  # the GitOps tool rolls the pods when it syncs the patch
-
-    def request_token(self, namespace: str, name: str, audience: str) -> str | None:
-        return None  # no cluster to ask: the propagation check is skipped in render mode
-
-
-def _written_by_keyless(path: Path, app: str, target: str) -> bool:
-    with contextlib.suppress(OSError), path.open(encoding="utf-8") as f:
-        return f.readline().startswith(f"# Written by keyless for app {app!r} on target {target!r}")
-    return False

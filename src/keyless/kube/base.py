@@ -1,0 +1,53 @@
+"""What the engine asks of a target's Kubernetes side: a cluster (`mode: apply`) or files (`mode: render`)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Protocol
+
+from keyless.plan.model import (
+    AccountSpec,
+    ObjectRef,
+    ObservedServiceAccount,
+    ObservedWorkload,
+    Plan,
+    PodTemplateSettings,
+)
+
+
+class KubeSide(Protocol):
+    """Every method takes what the plan's typed fields say; none decides anything the plan already decided."""
+
+    def observe(
+        self, namespace: str, app: str, service_accounts: Collection[str] = ()
+    ) -> tuple[list[ObservedServiceAccount], list[ObservedWorkload]]:
+        """The app's workloads, and the accounts keyless labelled for it plus those named in `service_accounts`."""
+        ...
+
+    def apply_service_account(self, ref: ObjectRef, spec: AccountSpec, remove_annotations: Collection[str]) -> None:
+        """Create or update the account as keyless's, then strip `remove_annotations` where present."""
+        ...
+
+    def remove_annotations(self, ref: ObjectRef, keys: Collection[str]) -> None:
+        """Strip these annotations from an account (a removed connection); keep the account."""
+        ...
+
+    def delete_service_account(self, ref: ObjectRef) -> bool:
+        """Delete the account if keyless manages it; False when it was already gone."""
+        ...
+
+    def update_workload(self, workload: ObjectRef, service: str, settings: PodTemplateSettings) -> None:
+        """Set the pod template of one of `service`'s workloads and make its controller roll the pods."""
+        ...
+
+    def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
+        """Wait until a Deployment runs only pods of its current template; False on timeout."""
+        ...
+
+    def request_token(self, namespace: str, name: str, audience: str) -> str | None:
+        """A short-lived token for the account (TokenRequest), to prove a federation works; None in render mode."""
+        ...
+
+    def complete(self, plan: Plan) -> None:
+        """Once every action of the plan succeeded: render mode writes the app's files; a cluster does nothing."""
+        ...
