@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from keyless.bindings import Binding, desired_bindings, target_cloud
+from keyless import clouds
+from keyless.bindings import Binding, desired_bindings
 from keyless.clouds import AwsRole, AzureIdentity, Cloud, GcpIdentity
 from keyless.diagnostics import Position, Severity
 from keyless.names import DNS_LABEL_MAX
@@ -174,7 +175,7 @@ def test_non_identity_connections_produce_nothing() -> None:
 
 @pytest.mark.parametrize(("name", "cloud"), [("prod", Cloud.AWS), ("prod-aks", Cloud.AZURE), ("prod-gke", Cloud.GCP)])
 def test_target_cloud(name: str, cloud: Cloud) -> None:
-    assert target_cloud(target(name)) is cloud
+    assert clouds.for_target(target(name)).cloud is cloud
 
 
 LONG = "a" * 50 + "-service-name"  # 63 characters: a valid service name, too long with the app prefix

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import textwrap
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,7 +16,7 @@ from keyless import engine
 from keyless.bindings import Binding
 from keyless.clouds import IDENTITY_ANNOTATION, AwsRole, Cloud
 from keyless.errors import PreflightFailed
-from keyless.kube.manifests import ALL_IDENTITY_ANNOTATIONS, IDENTITY_RECORD
+from keyless.kube.manifests import IDENTITY_RECORD
 from keyless.ownership import APP_LABEL, SERVICE_LABEL, Owner
 from keyless.plan import (
     Action,
@@ -25,8 +26,10 @@ from keyless.plan import (
     ObservedWorkload,
     Plan,
     Resource,
+    planfile,
+    planner,
 )
-from keyless.plan.model import PodTemplateSettings
+from keyless.plan.model import AccountSpec, ObjectRef, PodTemplateSettings
 from keyless.porter import load_app
 from keyless.providers.base import ActionOutcome, PreflightIssue
 from keyless.providers.base import PreflightSeverity as Severity
@@ -89,10 +92,8 @@ class FakeProvider:
 
     cloud = Cloud.AWS
 
-    def __init__(self, log: Log, *, in_place: bool = True, fail: Collection[str] = (),
+    def __init__(self, log: Log, *, fail: Collection[str] = (),
                  resolve_issues: Sequence[PreflightIssue] = (), preflight_issues: Sequence[PreflightIssue] = ()):
-        self.in_place_identity_change = in_place
-        self.marks_adopted = True
         self.log = log
         self.fail = set(fail)
         self.resolve_issues = list(resolve_issues)
@@ -134,11 +135,11 @@ class FakeProvider:
         owner = Owner(desired.app, desired.service, desired.target)
         if action.kind in (ActionKind.UPDATE, ActionKind.ADOPT):
             assert action.observed is not None
-            self.add(replace(action.observed, identity=desired.identity.describe(), owner=owner))
+            self.add(replace(action.observed, identity=desired.identity, owner=owner))
         else:
             self.add(ObservedBinding(cloud=Cloud.AWS, id=f"a-{next(self._ids)}", namespace=desired.namespace,
                                      service_account=desired.service_account,
-                                     identity=desired.identity.describe(), owner=owner))
+                                     identity=desired.identity, owner=owner))
         return ActionOutcome(True, f"{action.kind.value}d {action.address}")
 
     def wait_visible(self, action: Action, timeout: float) -> bool:
@@ -153,6 +154,8 @@ class FakeKube:
         self.log = log
         self.accounts: dict[tuple[str, str], ObservedServiceAccount] = {}
         self.workloads = {(w.namespace, w.kind, w.name): w for w in workloads}
+        self.applied: list[tuple[ObjectRef, AccountSpec, tuple[str, ...]]] = []
+        self.completed: list[Plan] = []
 
     def observe(self, namespace: str, app: str, service_accounts: Collection[str] = ()
                 ) -> tuple[list[ObservedServiceAccount], list[ObservedWorkload]]:
@@ -160,35 +163,36 @@ class FakeKube:
                     if a.namespace == namespace and (a.labels.get(APP_LABEL) == app or a.name in service_accounts)]
         return accounts, [w for w in self.workloads.values() if w.namespace == namespace]
 
-    def apply_service_account(self, manifest: Mapping[str, Any], *,
-                              remove_annotations: Collection[str] | None = None) -> None:
-        metadata = manifest["metadata"]
-        self.log.add(metadata["labels"][SERVICE_LABEL], "service account")
-        self.accounts[(metadata["namespace"], metadata["name"])] = ObservedServiceAccount(
-            metadata["namespace"], metadata["name"], dict(metadata.get("annotations", {})), dict(metadata["labels"]))
+    def apply_service_account(self, ref: ObjectRef, spec: AccountSpec, remove_annotations: Collection[str]) -> None:
+        self.log.add(spec.labels[SERVICE_LABEL], "service account")
+        kept = {k: v for k, v in self.accounts[(ref.namespace, ref.name)].annotations.items()
+                if k not in remove_annotations} if (ref.namespace, ref.name) in self.accounts else {}
+        self.accounts[(ref.namespace, ref.name)] = ObservedServiceAccount(
+            ref.namespace, ref.name, {**kept, **spec.annotations}, dict(spec.labels))
+        self.applied.append((ref, spec, tuple(remove_annotations)))
 
-    def strip_service_account(self, namespace: str, name: str) -> None:
-        account = self.accounts[(namespace, name)]
-        self.log.add(account.labels.get(SERVICE_LABEL, name), "strip service account")
-        annotations = {k: v for k, v in account.annotations.items() if k not in ALL_IDENTITY_ANNOTATIONS}
-        self.accounts[(namespace, name)] = replace(account, annotations=annotations)
+    def remove_annotations(self, ref: ObjectRef, keys: Collection[str]) -> None:
+        account = self.accounts[(ref.namespace, ref.name)]
+        self.log.add(account.labels.get(SERVICE_LABEL, ref.name), "strip service account")
+        annotations = {k: v for k, v in account.annotations.items() if k not in keys}
+        self.accounts[(ref.namespace, ref.name)] = replace(account, annotations=annotations)
 
-    def delete_service_account(self, namespace: str, name: str) -> bool:
-        account = self.accounts.pop((namespace, name), None)
-        self.log.add(account.labels.get(SERVICE_LABEL, name) if account else name, "delete service account")
+    def delete_service_account(self, ref: ObjectRef) -> bool:
+        account = self.accounts.pop((ref.namespace, ref.name), None)
+        self.log.add(account.labels.get(SERVICE_LABEL, ref.name) if account else ref.name, "delete service account")
         return account is not None
 
-    def update_workload(self, workload: ObservedWorkload, settings: PodTemplateSettings | None) -> None:
-        self.log.add(workload.service, "workload")
-        key = (workload.namespace, workload.kind, workload.name)
+    def update_workload(self, ref: ObjectRef, service: str, settings: PodTemplateSettings) -> None:
+        self.log.add(service, "workload")
+        key = (ref.namespace, ref.kind, ref.name)
         current = self.workloads[key]
-        if settings is None:
-            self.workloads[key] = replace(current, identity_annotation=None)
-            return
         labels = {**current.pod_labels, **{k: v for k, v in settings.labels.items() if v is not None}}
         self.workloads[key] = replace(
             current, service_account=settings.service_account_name or current.service_account,
             identity_annotation=settings.annotations.get(IDENTITY_ANNOTATION), pod_labels=labels)
+
+    def complete(self, plan: Plan) -> None:
+        self.completed.append(plan)
 
     def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
         return True
@@ -199,6 +203,11 @@ def workload(service: str) -> ObservedWorkload:
     kind = "Job" if service == "predeploy" else "Deployment"
     return ObservedWorkload(namespace=NS, kind=kind, name=f"{APP}-{service}", service=service,
                             service_account=None, identity_annotation=None)
+
+
+def role_of(name: str) -> AwsRole:
+    """A role as a provider reports it, resolved to its ARN."""
+    return AwsRole(arn(name), arn=arn(name))
 
 
 def target() -> AnyTarget:
@@ -220,8 +229,7 @@ class World:
         return engine.plan_app(spec(porter), self.provider, self.kube).plan
 
     def apply(self, plan: Plan) -> engine.ApplyReport:
-        observed = engine.observe_saved(plan, self.provider, self.kube, NS)
-        return engine.apply_plan(plan, self.provider, self.kube, observed)
+        return engine.apply_plan(plan, self.provider, self.kube)
 
 
 def world(*, fail: Collection[str] = (), services: Sequence[str] = ("api", "worker"), **provider: Any) -> World:
@@ -234,11 +242,11 @@ def world(*, fail: Collection[str] = (), services: Sequence[str] = ("api", "work
 
 def test_ordered_groups_by_service_then_cloud_account_workload() -> None:
     def a(service: str, resource: Resource) -> Action:
-        return Action(ActionKind.CREATE, resource, service, f"{service}/{resource.value}", "why")
+        return Action(ActionKind.CREATE, resource, service, ObjectRef(resource.value, NS, service), "why")
 
     shuffled = [a("api", Resource.WORKLOAD), a("worker", Resource.SERVICE_ACCOUNT), a("api", Resource.CLOUD_BINDING),
                 a("worker", Resource.CLOUD_BINDING), a("api", Resource.SERVICE_ACCOUNT), a("worker", Resource.WORKLOAD)]
-    ordered = engine._ordered(shuffled)
+    ordered = planner._ordered(shuffled)
     assert [(x.service, x.resource) for x in ordered] == [
         ("api", Resource.CLOUD_BINDING), ("api", Resource.SERVICE_ACCOUNT), ("api", Resource.WORKLOAD),
         ("worker", Resource.CLOUD_BINDING), ("worker", Resource.SERVICE_ACCOUNT), ("worker", Resource.WORKLOAD),
@@ -392,13 +400,13 @@ def test_a_plan_just_made_is_not_stale() -> None:
     w = world()
     plan = w.plan()
     assert engine.observe_saved(plan, w.provider, w.kube, NS).digest() == plan.observed_digest
-    w.provider.add(ObservedBinding(Cloud.AWS, "x-1", NS, "shop-other", arn("x"), owner=Owner(APP, "other", TARGET)))
+    w.provider.add(ObservedBinding(Cloud.AWS, "x-1", NS, "shop-other", role_of("x"), owner=Owner(APP, "other", TARGET)))
     assert engine.observe_saved(plan, w.provider, w.kube, NS).digest() != plan.observed_digest
 
 
 def test_a_plan_just_made_with_a_blocker_is_not_stale() -> None:
     w = world()
-    w.provider.add(ObservedBinding(Cloud.AWS, "x-1", NS, "shop-api", arn("someone"), owner=None))
+    w.provider.add(ObservedBinding(Cloud.AWS, "x-1", NS, "shop-api", role_of("someone"), owner=None))
     plan = w.plan()
     assert [b.service for b in plan.blockers] == ["api"]
     assert engine.observe_saved(plan, w.provider, w.kube, NS).digest() == plan.observed_digest
@@ -438,7 +446,7 @@ def test_status_reports_a_binding_changed_outside_keyless() -> None:
     w = world()
     w.apply(w.plan())
     api_binding = next(b for b in w.provider.bindings.values() if b.service_account == "shop-api")
-    w.provider.add(replace(api_binding, identity=arn("admin")))
+    w.provider.add(replace(api_binding, identity=role_of("admin")))
     rows = status(w)
     assert rows["api"].drift == f"binding changed outside keyless (keyless set {arn('api-role')})"
     assert rows["api"].identity == arn("admin")
@@ -455,7 +463,7 @@ def test_status_with_porter_yaml_says_what_apply_would_do() -> None:
 
 def test_status_does_not_count_someone_elses_binding_at_the_key_as_keylesss() -> None:
     w = world()
-    w.provider.add(ObservedBinding(Cloud.AWS, "x-1", NS, "shop-api", arn("api-role"), owner=None))
+    w.provider.add(ObservedBinding(Cloud.AWS, "x-1", NS, "shop-api", role_of("api-role"), owner=None))
     w.provider.add(ObservedBinding(Cloud.AWS, "x-2", NS, "shop-worker", arn("worker-role"),
                                    owner=Owner("store", "worker", TARGET)))
     rows = status(w, PORTER)
@@ -463,3 +471,51 @@ def test_status_does_not_count_someone_elses_binding_at_the_key_as_keylesss() ->
         assert rows[service].binding_id is None
         assert rows[service].identity is None
         assert rows[service].drift == f"porter.yaml wants {arn(service + '-role')}: run apply"
+
+
+# --- the plan is the contract ----------------------------------------------------------------------------
+
+
+def test_a_saved_plan_is_applied_exactly_as_saved_even_when_the_planner_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w = world()
+    saved = planfile.load(json.loads(json.dumps(planfile.dump(w.plan()))))
+    printed = [(a.service, a.resource, a.kind, a.ref) for a in saved.changes]
+
+    # A later keyless whose planner decides differently: apply must not consult it.
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise AssertionError("apply re-derived what the saved plan says")
+
+    from keyless.kube import manifests
+    from keyless.plan import kubernetes
+
+    for module, name in [(manifests, "account_spec"), (manifests, "pod_template_settings"),
+                         (manifests, "identity_annotations"), (kubernetes, "account_spec"),
+                         (kubernetes, "pod_template_settings"), (planner, "plan_bindings"),
+                         (planner, "plan_kubernetes"), (planner, "make_plan")]:
+        monkeypatch.setattr(module, name, refuse)
+    report = engine.apply_plan(saved, w.provider, w.kube)
+
+    assert report.failures == []
+    assert [(r.action.service, r.action.resource, r.action.kind, r.action.ref) for r in report.results] == printed
+    wanted_accounts = [(a.ref, a.account, a.remove_annotations) for a in saved.changes
+                       if a.resource is Resource.SERVICE_ACCOUNT]
+    assert w.kube.applied == wanted_accounts
+    for action in saved.changes:
+        if action.resource is Resource.WORKLOAD:
+            assert action.pod_template is not None
+            live = w.kube.workloads[(action.ref.namespace, action.ref.kind, action.ref.name)]
+            assert live.identity_annotation == action.pod_template.annotations[IDENTITY_ANNOTATION]
+    assert w.kube.completed == [saved]
+
+
+def test_apply_strips_exactly_the_annotations_the_plan_lists() -> None:
+    w = world()
+    w.apply(w.plan())
+    plan = w.plan(PORTER.replace("    connections:\n      - type: awsRole\n        role: api-role\n", "", 1))
+    strip = next(a for a in plan.changes if a.resource is Resource.SERVICE_ACCOUNT and a.service == "api")
+    assert strip.account is None
+    assert strip.remove_annotations == (IDENTITY_ANNOTATION,)
+    edited = replace(strip, remove_annotations=())  # a plan that keeps the annotation keeps it
+    w.apply(replace(plan, actions=tuple(edited if a is strip else a for a in plan.actions)))
+    assert IDENTITY_ANNOTATION in w.kube.accounts[(NS, "shop-api")].annotations

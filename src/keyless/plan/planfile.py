@@ -50,7 +50,7 @@ def load(data: Any) -> Plan:
         raise ValueError("a plan file holds a JSON object")
     version = data.get("format")
     if version != PLAN_FORMAT:
-        if isinstance(version, int) and version < PLAN_FORMAT:
+        if isinstance(version, int) and 1 <= version < PLAN_FORMAT:
             raise ValueError(f"this plan was saved by an earlier keyless (plan format {version}), which did not "
                              "record everything apply needs; run `keyless plan --out` again and review the new plan")
         raise ValueError(f"unsupported plan format {version!r} (this keyless reads {PLAN_FORMAT})")
