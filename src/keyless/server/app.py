@@ -15,9 +15,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyless import __version__, engine
-from keyless.errors import CloudError, Conflict, InvalidInput, KeylessError, NotFound, PreflightFailed
+from keyless.errors import InvalidInput, KeylessError
 from keyless.server.auth import LoginRequired, ServerState, Viewer
 from keyless.server.deploys import DeployRunner
+from keyless.server.errors import error_body, http_status
 from keyless.server.operations import Connector, ControlPlane, problems
 from keyless.store import Store, TokenRecord
 
@@ -25,30 +26,8 @@ STATIC = Path(__file__).parent / "static"
 CSRF_SETTING = "csrf-key"
 
 
-def http_status(error: KeylessError) -> int:
-    """The HTTP status of each kind of keyless error."""
-    if isinstance(error, NotFound):
-        return 404
-    if isinstance(error, Conflict | PreflightFailed):
-        return 409
-    if isinstance(error, InvalidInput):
-        return 422
-    if isinstance(error, CloudError):
-        return 502
-    if error.exit_code == 2:
-        return 400
-    return 500
-
-
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
-
-
-def error_body(message: str, hint: str = "", items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": message, "hint": hint}
-    if items:
-        body["problems"] = items
-    return body
 
 
 def create_app(store: Store, env: Mapping[str, str], connector: Connector = engine.connect,

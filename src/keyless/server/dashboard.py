@@ -24,7 +24,6 @@ from keyless.audit.render import connection_label
 from keyless.errors import Conflict, KeylessError, NotFound
 from keyless.providers.base import PreflightIssue
 from keyless.providers.base import PreflightSeverity as IssueSeverity
-from keyless.server.app import http_status
 from keyless.server.auth import (
     SESSION_COOKIE,
     check_csrf,
@@ -33,6 +32,7 @@ from keyless.server.auth import (
     session_user,
     state,
 )
+from keyless.server.errors import http_status
 from keyless.server.operations import ConnectionChange, connection_fields, identity_connection_type, require_service
 from keyless.store import AppRecord, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
 from keyless.store.models import MAX_ID
