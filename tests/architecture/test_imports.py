@@ -103,7 +103,8 @@ def test_the_core_may_only_import_the_core() -> None:
             continue
         for allowed in rule.allowed:
             target = rule_for(allowed)
-            assert target is not None and target.core, f"{rule.prefix} is core but may import {allowed}"
+            assert target is not None, f"{rule.prefix} may import {allowed}, which no row of the table covers"
+            assert target.core, f"{rule.prefix} is core but may import {allowed}, which is not"
 
 
 def violations(path: Path, module: str) -> list[str]:

@@ -26,8 +26,8 @@ from keyless.plan import (
     Plan,
     PodTemplateSettings,
     Resource,
+    planfile,
 )
-from keyless.plan import planfile
 from keyless.plan.planfile import PLAN_FORMAT
 from keyless.plan.planner import plan_bindings
 from keyless.plan.render import render_text
@@ -450,9 +450,11 @@ def test_a_saved_plan_keeps_every_typed_field_apply_reads() -> None:
     account = loaded.actions[1]
     assert account.ref == ObjectRef("ServiceAccount", NS, "shop-api")
     assert account.remove_annotations == ("eks.amazonaws.com/role-arn",)
-    assert account.account is not None and dict(account.account.annotations) == {"keyless.dev/identity": arn("api-role")}
+    assert account.account is not None
+    assert dict(account.account.annotations) == {"keyless.dev/identity": arn("api-role")}
     adopted = loaded.actions[2].observed
-    assert adopted is not None and adopted.mismatch == ("issuer https://other/",)
+    assert adopted is not None
+    assert adopted.mismatch == ("issuer https://other/",)
     assert isinstance(adopted.identity, AzureIdentity)
     restart = loaded.actions[5]
     assert restart.pod_template == PodTemplateSettings(None, annotations={"keyless.dev/identity": None})
