@@ -279,14 +279,10 @@ def apply_command(
 
     if plan_file is not None:
         try:
-            data = json.loads(plan_file.read_text())
+            saved = planfile.load(json.loads(plan_file.read_text()))
         except (OSError, ValueError) as exc:
             raise UsageError(f"{plan_file}: not a keyless plan file ({exc})",
                              "create one with `keyless plan --out plan.json`") from None
-        try:
-            saved = planfile.load(data)
-        except ValueError as exc:
-            raise UsageError(f"{plan_file}: {exc}", "create one with `keyless plan --out plan.json`") from None
         if saved.blockers:
             _show_plan(saved, output)
             raise typer.Exit(3)
@@ -351,7 +347,7 @@ def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Pat
     --fail-on asked for it, in which case not knowing is treated as failing.
     """
     from keyless import engine
-    from keyless.audit import Severity
+    from keyless.audit import FindingSeverity
     from keyless.audit.render import summary_lines
     wanted = the_plan.wanted_bindings()
     if not wanted or clouds.for_target(target).auditor is None:
@@ -364,7 +360,7 @@ def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Pat
         return fail_on is not None
     for line in summary_lines(report, f"keyless audit -f {source} --target {the_plan.target}"):
         err.print(line, markup=False)
-    return bool(report.fails(Severity(fail_on.value) if fail_on is not None else None))
+    return bool(report.fails(FindingSeverity(fail_on.value) if fail_on is not None else None))
 
 
 @app.command()
@@ -383,7 +379,7 @@ def audit(
     """
     from keyless import __version__ as version
     from keyless import engine
-    from keyless.audit import Severity
+    from keyless.audit import FindingSeverity
     from keyless.audit.render import render_text, to_json, to_sarif
     from keyless.bindings import desired_bindings
     from keyless.porter import resolve_app_name
@@ -404,7 +400,7 @@ def audit(
         print(json.dumps(to_sarif(report, tool_version=version, root=root), indent=2))
     else:
         out.print(render_text(report), markup=False)
-    if report.fails(Severity(fail_on.value) if fail_on is not None else None):
+    if report.fails(FindingSeverity(fail_on.value) if fail_on is not None else None):
         raise typer.Exit(1)
 
 

@@ -275,9 +275,9 @@ def _load(path: str) -> Any:
 
 def _supported(target_name: str, entry: CloudEntry, what: str | None) -> str:
     if what is None:
-        supported = ", ".join(f"{e.name} ({e.mechanism})" for e in clouds.REGISTRY if e.provider is not None)
-        raise UsageError(f"target {target_name!r} is on {entry.name}, which this keyless does not support yet",
-                         f"supported: {supported}")
+        supported = " and ".join(f"{e.name} ({e.mechanism})" for e in clouds.REGISTRY if e.provider is not None)
+        raise UsageError(f"target {target_name!r} is on {entry.cloud.value}, which this keyless does not support yet",
+                         f"{supported} are supported")
     return what
 
 
@@ -309,8 +309,8 @@ def audit_app(target_name: str, target: AnyTarget, app_name: str, bindings: Sequ
     """Fetch the documents of each connection's identity and run the least-privilege rules over them."""
     entry = clouds.for_target(target)
     if entry.auditor is None:
-        raise UsageError(f"target {target_name!r} is on {entry.name}: keyless cannot fetch its IAM policies yet, so "
-                         "it cannot audit this target",
+        raise UsageError(f"target {target_name!r} is on {entry.name}: keyless cannot fetch "
+                         f"{entry.cloud.value.upper()} IAM policies yet, so it cannot audit this target",
                          "audit a target on " + " or ".join(e.name for e in clouds.REGISTRY if e.auditor is not None))
     report: AuditReport = _load(entry.auditor)(target).audit(app_name, target_name, list(bindings))
     return report

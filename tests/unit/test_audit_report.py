@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from keyless.audit import ALL_RULES, RULES_BY_ID, IdentityUse, Severity, build_report
+from keyless.audit import ALL_RULES, RULES_BY_ID, FindingSeverity, IdentityUse, build_report
 from keyless.audit import rules as R
 from keyless.audit.gcp import GcpPolicy, GcpServiceAccountDocuments, audit_service_account
 from keyless.audit.model import Finding, Location
@@ -133,12 +133,12 @@ def test_summary_lines_one_per_connection_worst_first() -> None:
 
 def test_fails_at_or_above_the_threshold_only() -> None:
     report = sample_report()
-    assert report.fails(Severity.ERROR)
-    assert report.fails(Severity.WARNING)
+    assert report.fails(FindingSeverity.ERROR)
+    assert report.fails(FindingSeverity.WARNING)
     assert not report.fails(None)
     clean = build_report("shop", "prod", Cloud.AWS, [binding("api")],
                          {API_ARN: [Finding(R.AWS_TRUST_SCOPE, "m", Location(API_ARN), "f")]})
-    assert not clean.fails(Severity.WARNING)
+    assert not clean.fails(FindingSeverity.WARNING)
 
 
 def sarif_schema() -> dict[str, Any]:

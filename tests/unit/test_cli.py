@@ -202,11 +202,12 @@ def test_apply_needs_a_target_or_a_plan_file(porter: Path) -> None:
     "garbage",
     b"\xff\xfe\x00not utf-8",
     "{}",
-    '{"format": 2, "app": "shop"}',
+    '{"format": 3, "app": "shop"}',
     '{"format": 1, "app": "shop"}',
-    '{"format": 1, "app": "shop", "target": "t", "cloud": "aws", "observedDigest": "d", "actions": [{}]}',
-    '{"format": 1, "app": "shop", "target": "t", "cloud": "mars", "observedDigest": "d", "actions": []}',
-], ids=["text", "binary", "empty-object", "format-2", "no-fields", "empty-action", "bad-cloud"])
+    '{"format": 2, "app": "shop"}',
+    '{"format": 2, "app": "shop", "target": "t", "cloud": "aws", "observedDigest": "d", "actions": [{}]}',
+    '{"format": 2, "app": "shop", "target": "t", "cloud": "mars", "observedDigest": "d", "actions": []}',
+], ids=["text", "binary", "empty-object", "format-3", "format-1", "no-fields", "empty-action", "bad-cloud"])
 def test_apply_with_a_garbage_plan_file(tmp_path: Path, content: str | bytes) -> None:
     plan = write(tmp_path, "plan.json", content)
     result = run("apply", plan)
@@ -217,7 +218,7 @@ def test_apply_with_a_garbage_plan_file(tmp_path: Path, content: str | bytes) ->
 
 @pytest.mark.parametrize("content", [
     "[]", '"plan"', "42", "null",
-    '{"format": 1, "app": "shop", "target": "t", "cloud": "aws", "observedDigest": "d", "actions": [1]}',
+    '{"format": 2, "app": "shop", "target": "t", "cloud": "aws", "observedDigest": "d", "actions": [1]}',
 ], ids=["list", "string", "number", "null", "action-not-an-object"])
 def test_apply_with_a_plan_file_that_is_not_made_of_json_objects(tmp_path: Path, content: str) -> None:
     plan = write(tmp_path, "plan.json", content)
@@ -245,3 +246,12 @@ def test_an_unsupported_cloud_is_reported_before_the_kubeconfig_is_read(porter: 
     result = run("plan", "-f", porter, "--target", "prod-gke", "--targets", apply_mode)
     assert result.exit_code == 2
     assert "target 'prod-gke' is on gcp, which this keyless does not support yet" in result.stderr
+
+
+def test_apply_of_a_plan_saved_by_an_earlier_keyless_says_to_plan_again(tmp_path: Path) -> None:
+    plan = write(tmp_path, "plan.json", '{"format": 1, "app": "shop", "target": "t", "cloud": "aws", '
+                                        '"observedDigest": "d", "actions": []}')
+    result = run("apply", plan)
+    assert result.exit_code == 2
+    assert "saved by an earlier keyless (plan format 1)" in result.stderr
+    assert "run `keyless plan --out` again" in result.stderr

@@ -1,6 +1,6 @@
 """Least-privilege audit: pure rules over the documents providers fetch, and their text, JSON and SARIF output."""
 
-from keyless.audit.model import AuditReport, ConnectionAudit, Finding, Location, Rule, Severity, identity_key
+from keyless.audit.model import AuditReport, ConnectionAudit, Finding, FindingSeverity, Location, Rule, identity_key
 from keyless.audit.report import build_report
 from keyless.audit.rules import ALL_RULES, RULES_BY_ID
 from keyless.audit.shared import IdentityUse
@@ -11,10 +11,10 @@ __all__ = [
     "AuditReport",
     "ConnectionAudit",
     "Finding",
+    "FindingSeverity",
     "IdentityUse",
     "Location",
     "Rule",
-    "Severity",
     "build_report",
     "identity_key",
 ]

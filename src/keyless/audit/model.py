@@ -10,7 +10,7 @@ from keyless.bindings import Binding
 from keyless.clouds import Cloud
 
 
-class Severity(enum.StrEnum):
+class FindingSeverity(enum.StrEnum):
     ERROR = "error"
     WARNING = "warning"
     INFO = "info"
@@ -19,11 +19,11 @@ class Severity(enum.StrEnum):
     def rank(self) -> int:
         return _RANK[self]
 
-    def at_least(self, threshold: Severity) -> bool:
+    def at_least(self, threshold: FindingSeverity) -> bool:
         return self.rank >= threshold.rank
 
 
-_RANK = {Severity.INFO: 1, Severity.WARNING: 2, Severity.ERROR: 3}
+_RANK = {FindingSeverity.INFO: 1, FindingSeverity.WARNING: 2, FindingSeverity.ERROR: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class Rule:
 
     id: str
     cloud: str  # "aws", "azure", "gcp", or "any"
-    severity: Severity
+    severity: FindingSeverity
     title: str  # one line: what is wrong when the rule fires
     rationale: str  # why it matters
     fix: str  # the general remedy; each finding carries the concrete one
@@ -67,7 +67,7 @@ class Finding:
     fix: str  # concrete: what to paste or run
 
     @property
-    def severity(self) -> Severity:
+    def severity(self) -> FindingSeverity:
         return self.rule.severity
 
 
@@ -83,7 +83,7 @@ class ConnectionAudit:
     binding: Binding
     findings: tuple[Finding, ...]
 
-    def counts(self) -> dict[Severity, int]:
+    def counts(self) -> dict[FindingSeverity, int]:
         return count(self.findings)
 
     def summary(self) -> str:
@@ -102,16 +102,16 @@ class AuditReport:
     def findings(self) -> list[Finding]:
         return [f for c in self.connections for f in c.findings]
 
-    def counts(self) -> dict[Severity, int]:
+    def counts(self) -> dict[FindingSeverity, int]:
         return count(self.findings)
 
-    def fails(self, threshold: Severity | None) -> bool:
+    def fails(self, threshold: FindingSeverity | None) -> bool:
         """True when some finding is at or above `threshold` (None: never)."""
         return threshold is not None and any(f.severity.at_least(threshold) for f in self.findings)
 
 
-def count(findings: Iterable[Finding]) -> dict[Severity, int]:
-    counts = dict.fromkeys(Severity, 0)
+def count(findings: Iterable[Finding]) -> dict[FindingSeverity, int]:
+    counts = dict.fromkeys(FindingSeverity, 0)
     for finding in findings:
         counts[finding.severity] += 1
     return counts
@@ -120,10 +120,10 @@ def count(findings: Iterable[Finding]) -> dict[Severity, int]:
 def summarize(findings: Iterable[Finding]) -> str:
     counts = count(findings)
     parts = []
-    for severity in Severity:
+    for severity in FindingSeverity:
         n = counts[severity]
         if n:
-            word = severity.value if n == 1 or severity is Severity.INFO else f"{severity.value}s"
+            word = severity.value if n == 1 or severity is FindingSeverity.INFO else f"{severity.value}s"
             parts.append(f"{n} {word}")
     return ", ".join(parts) or "clean"
 

@@ -7,16 +7,16 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from keyless import clouds
-from keyless.audit.model import AuditReport, ConnectionAudit, Finding, Rule, Severity, summarize
+from keyless.audit.model import AuditReport, ConnectionAudit, Finding, FindingSeverity, Rule, summarize
 from keyless.audit.rules import ALL_RULES
 from keyless.bindings import Binding
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SRCROOT = "%SRCROOT%"
-_SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
+_SARIF_LEVEL = {FindingSeverity.ERROR: "error", FindingSeverity.WARNING: "warning", FindingSeverity.INFO: "note"}
 # GitHub code scanning ranks security alerts by this property (0.1-10): high, medium, low.
-_SECURITY_SEVERITY = {Severity.ERROR: "8.0", Severity.WARNING: "5.0", Severity.INFO: "2.0"}
+_SECURITY_SEVERITY = {FindingSeverity.ERROR: "8.0", FindingSeverity.WARNING: "5.0", FindingSeverity.INFO: "2.0"}
 
 
 def connection_label(binding: Binding) -> str:
@@ -101,7 +101,7 @@ def _connection_json(c: ConnectionAudit) -> dict[str, Any]:
 def to_json(report: AuditReport) -> dict[str, Any]:
     counts = report.counts()
     return {"app": report.app, "target": report.target, "cloud": report.cloud.value,
-            "summary": {s.value: counts[s] for s in Severity},
+            "summary": {s.value: counts[s] for s in FindingSeverity},
             "connections": [_connection_json(c) for c in report.connections]}
 
 

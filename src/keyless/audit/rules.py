@@ -2,41 +2,41 @@
 
 from __future__ import annotations
 
-from keyless.audit.model import Rule, Severity
+from keyless.audit.model import FindingSeverity, Rule
 from keyless.federation import POD_IDENTITY_SERVICE
 
 # --- AWS: the role's trust policy --------------------------------------------------------------
 
 AWS_TRUST_PUBLIC = Rule(
-    "AWS-TRUST-PUBLIC", "aws", Severity.ERROR,
+    "AWS-TRUST-PUBLIC", "aws", FindingSeverity.ERROR,
     "The trust policy lets any principal assume the role",
     "A Principal of \"*\" (or {\"AWS\": \"*\"}) lets every AWS account try to assume the role; only conditions "
     "stand between the service's permissions and the world.",
     f"Make the statement's Principal exactly {{\"Service\": \"{POD_IDENTITY_SERVICE}\"}}.")
 AWS_TRUST_PRINCIPAL = Rule(
-    "AWS-TRUST-PRINCIPAL", "aws", Severity.WARNING,
+    "AWS-TRUST-PRINCIPAL", "aws", FindingSeverity.WARNING,
     f"The trust policy trusts principals other than {POD_IDENTITY_SERVICE}",
     "Another service, account or identity provider that can assume the role gets the service's permissions "
     "outside the pod; a leftover IRSA (OIDC) statement is the usual case.",
     f"Remove the other principals, so that only {POD_IDENTITY_SERVICE} is trusted; give the other user its own role.")
 AWS_TRUST_NOTPRINCIPAL = Rule(
-    "AWS-TRUST-NOTPRINCIPAL", "aws", Severity.ERROR,
+    "AWS-TRUST-NOTPRINCIPAL", "aws", FindingSeverity.ERROR,
     "The trust policy allows with NotPrincipal",
     "Allow with NotPrincipal trusts every principal except the ones listed.",
     f"Replace NotPrincipal with \"Principal\": {{\"Service\": \"{POD_IDENTITY_SERVICE}\"}}.")
 AWS_TRUST_TAGSESSION = Rule(
-    "AWS-TRUST-TAGSESSION", "aws", Severity.ERROR,
+    "AWS-TRUST-TAGSESSION", "aws", FindingSeverity.ERROR,
     f"The trust policy does not allow {POD_IDENTITY_SERVICE} both sts:AssumeRole and sts:TagSession",
     "EKS Pod Identity assumes the role with session tags; without sts:TagSession pods get no credentials.",
     f"Allow {POD_IDENTITY_SERVICE} the actions [\"sts:AssumeRole\", \"sts:TagSession\"].")
 AWS_TRUST_ACTIONS = Rule(
-    "AWS-TRUST-ACTIONS", "aws", Severity.WARNING,
+    "AWS-TRUST-ACTIONS", "aws", FindingSeverity.WARNING,
     "The trust policy grants EKS Pod Identity more than sts:AssumeRole and sts:TagSession",
     "Pod Identity needs exactly these two actions; wildcards or NotAction also allow other ways of assuming the "
     "role.",
     "Set the statement's Action to exactly [\"sts:AssumeRole\", \"sts:TagSession\"].")
 AWS_TRUST_SCOPE = Rule(
-    "AWS-TRUST-SCOPE", "aws", Severity.INFO,
+    "AWS-TRUST-SCOPE", "aws", FindingSeverity.INFO,
     "The trust policy does not pin the account, cluster, namespace and service account",
     "Without conditions any EKS cluster of any account that is told the role ARN can bind it to any service "
     "account; the session tags EKS sends (aws:RequestTag/...) and aws:SourceAccount narrow it to this binding.",
@@ -45,35 +45,35 @@ AWS_TRUST_SCOPE = Rule(
 # --- AWS: the role's permissions ---------------------------------------------------------------
 
 AWS_PERM_WILDCARD_ACTION = Rule(
-    "AWS-PERM-WILDCARD-ACTION", "aws", Severity.ERROR,
+    "AWS-PERM-WILDCARD-ACTION", "aws", FindingSeverity.ERROR,
     "A statement allows every action (\"*\") or every action of a service (\"s3:*\")",
     "Wildcard actions grant every present and future action, including deleting data and changing policies.",
     "List the actions the service calls instead of the wildcard.")
 AWS_PERM_ACTION_PATTERN = Rule(
-    "AWS-PERM-ACTION-PATTERN", "aws", Severity.INFO,
+    "AWS-PERM-ACTION-PATTERN", "aws", FindingSeverity.INFO,
     "A statement allows actions by a partial wildcard (\"s3:Get*\")",
     "A pattern grants every action that matches it, now and in the future, often more than was meant.",
     "Replace the pattern with the actions the service calls (the finding lists what it expands to today).")
 AWS_PERM_RESOURCE_STAR = Rule(
-    "AWS-PERM-RESOURCE-STAR", "aws", Severity.WARNING,
+    "AWS-PERM-RESOURCE-STAR", "aws", FindingSeverity.WARNING,
     "A statement allows, on Resource \"*\", actions that accept resource ARNs",
     "These actions can be limited to named resources; on \"*\" they reach every such resource in the account. "
     "(Actions that only work on \"*\", like sts:GetCallerIdentity, are not reported.)",
     "Replace \"*\" with the ARNs of the resources the service uses (the finding shows the ARN formats).")
 AWS_PERM_PASSROLE_STAR = Rule(
-    "AWS-PERM-PASSROLE-STAR", "aws", Severity.ERROR,
+    "AWS-PERM-PASSROLE-STAR", "aws", FindingSeverity.ERROR,
     "A statement allows iam:PassRole on every role",
     "Passing any role to a service (EC2, Lambda, ECS...) lets the pod run code with that role's permissions, "
     "including an administrator's.",
     "Limit iam:PassRole to the ARNs of the roles the service must pass, with an iam:PassedToService condition.")
 AWS_PERM_PERMISSIONS_MGMT = Rule(
-    "AWS-PERM-PERMISSIONS-MGMT", "aws", Severity.WARNING,
+    "AWS-PERM-PERMISSIONS-MGMT", "aws", FindingSeverity.WARNING,
     "A statement allows permissions-management actions",
     "Actions of the \"Permissions management\" access level change who may do what (resource policies, grants, "
     "IAM); a workload rarely needs them.",
     "Remove them, or limit them to the named resources the service owns.")
 AWS_PERM_PRIVESC = Rule(
-    "AWS-PERM-PRIVESC", "aws", Severity.ERROR,
+    "AWS-PERM-PRIVESC", "aws", FindingSeverity.ERROR,
     "The role can escalate its own privileges",
     "IAM actions such as iam:PutRolePolicy or iam:CreatePolicyVersion, or iam:PassRole together with an action "
     "that starts compute (ec2:RunInstances, lambda:CreateFunction, ...), let the pod obtain more permissions than "
@@ -81,12 +81,12 @@ AWS_PERM_PRIVESC = Rule(
     "Remove the escalation actions; if the service really launches compute, give it iam:PassRole on exactly the "
     "role it passes.")
 AWS_PERM_NOTACTION = Rule(
-    "AWS-PERM-NOTACTION", "aws", Severity.ERROR,
+    "AWS-PERM-NOTACTION", "aws", FindingSeverity.ERROR,
     "A statement allows with NotAction",
     "Allow with NotAction grants every action except those listed, including actions AWS adds later.",
     "Replace NotAction with an Action list of what the service calls.")
 AWS_PERM_NOTRESOURCE = Rule(
-    "AWS-PERM-NOTRESOURCE", "aws", Severity.WARNING,
+    "AWS-PERM-NOTRESOURCE", "aws", FindingSeverity.WARNING,
     "A statement allows with NotResource",
     "Allow with NotResource applies to every resource except those listed, including ones created later.",
     "Replace NotResource with a Resource list of the ARNs the service uses.")
@@ -94,24 +94,24 @@ AWS_PERM_NOTRESOURCE = Rule(
 # --- Azure -------------------------------------------------------------------------------------
 
 AZ_SCOPE_SUBSCRIPTION = Rule(
-    "AZ-SCOPE-SUBSCRIPTION", "azure", Severity.WARNING,
+    "AZ-SCOPE-SUBSCRIPTION", "azure", FindingSeverity.WARNING,
     "The identity has a role assignment at subscription scope or above",
     "An assignment at subscription (or management group) scope applies to every resource in it, present and "
     "future.",
     "Assign the role on the resource the service uses, then delete the broad assignment.")
 AZ_SCOPE_RESOURCE_GROUP = Rule(
-    "AZ-SCOPE-RESOURCE-GROUP", "azure", Severity.INFO,
+    "AZ-SCOPE-RESOURCE-GROUP", "azure", FindingSeverity.INFO,
     "The identity has a role assignment at resource-group scope",
     "An assignment on a resource group applies to every resource in the group, present and future.",
     "Assign the role on the resource the service uses, then delete the group-wide assignment.")
 AZ_PRIVILEGED_ROLE = Rule(
-    "AZ-PRIVILEGED-ROLE", "azure", Severity.ERROR,
+    "AZ-PRIVILEGED-ROLE", "azure", FindingSeverity.ERROR,
     "The identity holds a privileged role",
     "Owner, Contributor, User Access Administrator and Role Based Access Control Administrator (and custom roles "
     "with \"*\" or role-assignment write actions) can manage everything in scope or grant themselves more.",
     "Replace it with a role limited to what the service does, usually a data-plane role on one resource.")
 AZ_CONTROL_PLANE_ROLE = Rule(
-    "AZ-CONTROL-PLANE-ROLE", "azure", Severity.WARNING,
+    "AZ-CONTROL-PLANE-ROLE", "azure", FindingSeverity.WARNING,
     "The identity holds a control-plane role where a data-plane role exists",
     "Control-plane roles manage the resource itself and often can read its keys (listKeys), which bypasses "
     "data-plane RBAC; a data-plane role grants only data access.",
@@ -120,13 +120,13 @@ AZ_CONTROL_PLANE_ROLE = Rule(
 # --- GCP ---------------------------------------------------------------------------------------
 
 GCP_BASIC_ROLE = Rule(
-    "GCP-BASIC-ROLE", "gcp", Severity.ERROR,
+    "GCP-BASIC-ROLE", "gcp", FindingSeverity.ERROR,
     "The Google service account holds a basic role (roles/owner or roles/editor)",
     "Basic roles grant thousands of permissions across every service of the project.",
     "Grant predefined roles limited to what the service uses, on the resources it uses, and remove the basic "
     "role.")
 GCP_PROJECT_GRANT = Rule(
-    "GCP-PROJECT-GRANT", "gcp", Severity.WARNING,
+    "GCP-PROJECT-GRANT", "gcp", FindingSeverity.WARNING,
     "The Google service account is granted a role on a whole project (or folder, or organization)",
     "A project-level grant applies to every resource of the project, present and future.",
     "Grant the role on the resource the service uses (bucket, topic, secret...) and remove the project-level "
@@ -135,13 +135,13 @@ GCP_PROJECT_GRANT = Rule(
 # --- every cloud -------------------------------------------------------------------------------
 
 SHARED_IDENTITY = Rule(
-    "SHARED-IDENTITY", "any", Severity.WARNING,
+    "SHARED-IDENTITY", "any", FindingSeverity.WARNING,
     "One identity is used by several services or apps",
     "Services that share an identity share their permissions: each gets what all of them need, and a "
     "compromise of one reaches the others' data.",
     "Give each service its own role, managed identity or Google service account with only what it needs.")
 AUDIT_INCOMPLETE = Rule(
-    "AUDIT-INCOMPLETE", "any", Severity.WARNING,
+    "AUDIT-INCOMPLETE", "any", FindingSeverity.WARNING,
     "keyless could not read everything it needs to audit the identity",
     "Part of the identity's policies or assignments could not be read, so the audit may miss problems.",
     "Grant keyless the read permissions listed in docs/AUDIT.md, or fix the identity reference.")

@@ -12,7 +12,7 @@ from pydantic.alias_generators import to_camel
 
 from keyless.audit.render import to_json as audit_json
 from keyless.errors import UsageError
-from keyless.providers.base import PreflightSeverity as Severity
+from keyless.providers.base import PreflightSeverity
 from keyless.server.auth import Admin, Deployer, Viewer, state
 from keyless.server.operations import ConnectionChange, identity_connection_type, issues_json, require_service
 from keyless.store import AppRecord, AuditEvent, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
@@ -169,7 +169,7 @@ def delete_target(name: str, request: Request, caller: TokenRecord = Admin) -> R
 def preflight_target(name: str, request: Request, _: TokenRecord = Viewer) -> dict[str, Any]:
     """The target's own checks (cluster found, Pod Identity agent or OIDC issuer and workload identity on)."""
     issues = state(request).plane.preflight_target(name)
-    return {"target": name, "ready": not any(i.severity is Severity.BLOCKING for i in issues),
+    return {"target": name, "ready": not any(i.severity is PreflightSeverity.BLOCKING for i in issues),
             "issues": issues_json(issues)}
 
 

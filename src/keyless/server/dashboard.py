@@ -22,8 +22,7 @@ from keyless import preview as preview_module
 from keyless.audit.model import Finding, sorted_findings
 from keyless.audit.render import connection_label
 from keyless.errors import Conflict, KeylessError, NotFound
-from keyless.providers.base import PreflightIssue
-from keyless.providers.base import PreflightSeverity as IssueSeverity
+from keyless.providers.base import PreflightIssue, PreflightSeverity
 from keyless.server.auth import (
     SESSION_COOKIE,
     check_csrf,
@@ -471,7 +470,7 @@ def targets_page(request: Request, user: Viewer) -> Response:
             error = exc.render()
         rows.append(_TargetRow(
             record=record, settings=settings, apps=[a.name for a in apps if a.target_name == record.name],
-            issues=issues, ready=error is None and not any(i.severity is IssueSeverity.BLOCKING for i in issues),
+            issues=issues, ready=error is None and not any(i.severity is PreflightSeverity.BLOCKING for i in issues),
             error=error))
     return _render(request, "targets.html", {"rows": rows}, user)
 
