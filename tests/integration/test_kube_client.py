@@ -17,16 +17,20 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob
 from lightkube.resources.core_v1 import Pod, ServiceAccount
 
+from keyless import clouds, ownership
 from keyless.bindings import Binding
 from keyless.clouds import IDENTITY_ANNOTATION, AwsRole, AzureIdentity, Cloud
 from keyless.errors import CloudError
-from keyless.kube import manifests as m
+from keyless.kube import manifests as km
 from keyless.kube.base import KubeSide
 from keyless.kube.cluster import ClusterKube
 from keyless.kube.config import load_config
 from keyless.kube.render import RenderedKube
 from keyless.names import service_account_name
-from keyless.plan import ActionKind, Resource
+from keyless.plan import ActionKind, Observed, ObservedWorkload, Resource
+from keyless.plan import kubernetes as pk
+from keyless.plan.model import ObjectRef, PodTemplateSettings
+from keyless.plan.planner import PlanRequest, make_plan
 from keyless.porter.model import ServiceType
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.kube import KubeStandIn
@@ -83,6 +87,27 @@ def binding(namespace: str, *, service: str = "api", role: str = "shop-api", arn
                    identity=AwsRole(role, arn=arn))
 
 
+def account_ref(namespace: str, name: str) -> ObjectRef:
+    return ObjectRef("ServiceAccount", namespace, name)
+
+
+def apply_account(kube: ClusterKube, b: Binding) -> None:
+    """Apply the account as the planner would for an account with the cloud's stale annotations on it."""
+    stale = tuple(sorted(clouds.entry(b.cloud).stale_annotations))
+    kube.apply_service_account(account_ref(b.namespace, b.service_account), km.account_spec(b), stale)
+
+
+def update(kube: ClusterKube, workload: ObservedWorkload, settings: PodTemplateSettings) -> None:
+    kube.update_workload(ObjectRef(workload.kind, workload.namespace, workload.name), workload.service, settings)
+
+
+def render(rendered: RenderedKube, bindings: list[Binding]) -> list[Path]:
+    """Render mode after an apply: the files of the plan of these bindings."""
+    plan = make_plan(PlanRequest(APP, TARGET, Cloud.AWS, tuple(bindings), tuple(b.service for b in bindings)),
+                     Observed())
+    return rendered.write_app(km.rendered_services(plan.actions), app=APP)
+
+
 def porter_labels(service: str) -> dict[str, str]:
     return {"porter.run/app-name": APP, "porter.run/service-name": service}
 
@@ -121,28 +146,27 @@ def test_both_sides_implement_the_protocol(kube: ClusterKube, tmp_path: Path) ->
 
 def test_apply_creates_then_updates_the_account(kube: ClusterKube, other: Client, namespace: str) -> None:
     first = binding(namespace)
-    kube.apply_service_account(m.service_account_manifest(first))
+    apply_account(kube, (first))
     account = read_account(other, namespace, "shop-api")
     assert annotations_of(account) == {"keyless.dev/identity": ROLE_ARN}
-    assert labels_of(account) == m.ownership_labels(APP, "api", TARGET)
+    assert labels_of(account) == ownership.ownership_labels(APP, "api", TARGET)
 
     second = binding(namespace, role="shop-api-v2", arn=ROLE_ARN + "-v2")
-    kube.apply_service_account(m.service_account_manifest(second))
+    apply_account(kube, (second))
     assert annotations_of(read_account(other, namespace, "shop-api")) == {"keyless.dev/identity": ROLE_ARN + "-v2"}
 
     accounts, workloads = kube.observe(namespace, APP)
     assert [(a.name, dict(a.annotations)) for a in accounts] == [("shop-api", {"keyless.dev/identity": ROLE_ARN
                                                                                + "-v2"})]
     assert workloads == []
-    actions = m.plan_kubernetes([second], ["api"], accounts, workloads, APP, TARGET)
+    actions = pk.plan_kubernetes([second], ["api"], accounts, workloads, APP, TARGET)
     assert [a.kind for a in actions] == [ActionKind.NOOP]
 
 
 def test_apply_is_idempotent(kube: ClusterKube, other: Client, namespace: str) -> None:
-    manifest = m.service_account_manifest(binding(namespace))
-    kube.apply_service_account(manifest)
+    apply_account(kube, binding(namespace))
     before = read_account(other, namespace, "shop-api")
-    kube.apply_service_account(manifest)
+    apply_account(kube, binding(namespace))
     after = read_account(other, namespace, "shop-api")
     assert before.metadata is not None
     assert after.metadata is not None
@@ -156,26 +180,26 @@ def test_stale_irsa_annotation_is_removed_and_others_kept(kube: ClusterKube, oth
     })
     b = binding(namespace)
     accounts, _ = kube.observe(namespace, APP, ["shop-api"])
-    [action] = m.plan_kubernetes([b], ["api"], accounts, [], APP, TARGET)
+    [action] = pk.plan_kubernetes([b], ["api"], accounts, [], APP, TARGET)
     assert action.kind is ActionKind.UPDATE
     assert "eks.amazonaws.com/role-arn" in action.reason
 
-    kube.apply_service_account(m.service_account_manifest(b))
+    apply_account(kube, (b))
     annotations = annotations_of(read_account(other, namespace, "shop-api"))
     assert "eks.amazonaws.com/role-arn" not in annotations
     assert annotations["example.com/owner"] == "team-a"  # someone else's: kept
     assert annotations["keyless.dev/identity"] == ROLE_ARN
 
     accounts, _ = kube.observe(namespace, APP)
-    assert [a.kind for a in m.plan_kubernetes([b], ["api"], accounts, [], APP, TARGET)] == [ActionKind.NOOP]
+    assert [a.kind for a in pk.plan_kubernetes([b], ["api"], accounts, [], APP, TARGET)] == [ActionKind.NOOP]
 
 
 def test_annotation_another_manager_set_later_is_kept(kube: ClusterKube, other: Client, namespace: str) -> None:
     b = binding(namespace)
-    kube.apply_service_account(m.service_account_manifest(b))
+    apply_account(kube, (b))
     other.patch(ServiceAccount, "shop-api", {"metadata": {"annotations": {"example.com/cost-centre": "42"}}},
                 namespace=namespace)
-    kube.apply_service_account(m.service_account_manifest(binding(namespace, role="v2", arn=ROLE_ARN + "-v2")))
+    apply_account(kube, (binding(namespace, role="v2", arn=ROLE_ARN + "-v2")))
     annotations = annotations_of(read_account(other, namespace, "shop-api"))
     assert annotations["example.com/cost-centre"] == "42"
     assert annotations["keyless.dev/identity"] == ROLE_ARN + "-v2"
@@ -184,7 +208,7 @@ def test_annotation_another_manager_set_later_is_kept(kube: ClusterKube, other: 
 def test_helm_keeps_its_managed_by_label(kube: ClusterKube, other: Client, namespace: str) -> None:
     create_foreign_account(other, namespace, "shop-api", annotations={},
                            labels={"app.kubernetes.io/managed-by": "Helm"})
-    kube.apply_service_account(m.service_account_manifest(binding(namespace)))
+    apply_account(kube, (binding(namespace)))
     labels = labels_of(read_account(other, namespace, "shop-api"))
     assert labels["app.kubernetes.io/managed-by"] == "Helm"
     assert labels["keyless.dev/app"] == APP
@@ -195,28 +219,29 @@ def test_strip_removes_identity_annotations_only(kube: ClusterKube, other: Clien
                           tenant_id="99999999-8888-7777-6666-555555555555")
     b = Binding(app=APP, service="api", kind=ServiceType.WEB, target=TARGET, cloud=Cloud.AZURE,
                 namespace=namespace, service_account="shop-api", identity=azure)
-    kube.apply_service_account(m.service_account_manifest(b))
+    apply_account(kube, (b))
     other.patch(ServiceAccount, "shop-api", {"metadata": {"annotations": {"example.com/owner": "team-a"}}},
                 namespace=namespace)
-    kube.strip_service_account(namespace, "shop-api")
+    kube.remove_annotations(account_ref(namespace, "shop-api"), sorted(clouds.all_annotation_keys()))
     account = read_account(other, namespace, "shop-api")
     assert annotations_of(account) == {"example.com/owner": "team-a"}
     assert labels_of(account)["keyless.dev/app"] == APP  # still keyless's
-    kube.strip_service_account(namespace, "absent")  # nothing to do, no error
+    # An account that is not there: nothing to do, no error.
+    kube.remove_annotations(account_ref(namespace, "absent"), sorted(clouds.all_annotation_keys()))
 
 
 def test_delete_only_managed_accounts(kube: ClusterKube, other: Client, namespace: str) -> None:
-    kube.apply_service_account(m.service_account_manifest(binding(namespace)))
+    apply_account(kube, (binding(namespace)))
     create_foreign_account(other, namespace, "shop-worker", annotations={},
                            labels={"app.kubernetes.io/managed-by": "Helm"})
     create_foreign_account(other, namespace, "unlabelled", annotations={})
 
-    assert kube.delete_service_account(namespace, "shop-api") is True
-    assert kube.delete_service_account(namespace, "shop-api") is False  # already gone
+    assert kube.delete_service_account(account_ref(namespace, "shop-api")) is True
+    assert kube.delete_service_account(account_ref(namespace, "shop-api")) is False  # already gone
     with pytest.raises(CloudError, match="managed by Helm"):
-        kube.delete_service_account(namespace, "shop-worker")
+        kube.delete_service_account(account_ref(namespace, "shop-worker"))
     with pytest.raises(CloudError, match="managed by no tool"):
-        kube.delete_service_account(namespace, "unlabelled")
+        kube.delete_service_account(account_ref(namespace, "unlabelled"))
     names = sorted(a.metadata.name for a in other.list(ServiceAccount, namespace=namespace)
                    if a.metadata is not None and a.metadata.name is not None)
     assert "shop-api" not in names
@@ -224,7 +249,7 @@ def test_delete_only_managed_accounts(kube: ClusterKube, other: Client, namespac
 
 
 def test_observe_finds_labelled_and_named_accounts(kube: ClusterKube, other: Client, namespace: str) -> None:
-    kube.apply_service_account(m.service_account_manifest(binding(namespace, service="old")))
+    apply_account(kube, (binding(namespace, service="old")))
     create_foreign_account(other, namespace, "shop-api", annotations={})
     create_foreign_account(other, namespace, "unrelated", annotations={})
     accounts, _ = kube.observe(namespace, APP)
@@ -242,17 +267,17 @@ def test_workload_update_rolls_the_pods(kube: ClusterKube, other: Client, stand_
     stand_in.seed_workload(namespace, "other-app", "Deployment", {"porter.run/app-name": "other",
                                                                   "porter.run/service-name": "api"})
     b = binding(namespace)
-    kube.apply_service_account(m.service_account_manifest(b))
+    apply_account(kube, (b))
 
     accounts, workloads = kube.observe(namespace, APP)
     assert [(w.kind, w.name, w.service, w.service_account, w.identity_annotation) for w in workloads] == [
         ("Deployment", "shop-api", "api", None, None)]
-    actions = m.plan_kubernetes([b], ["api"], accounts, workloads, APP, TARGET)
+    actions = pk.plan_kubernetes([b], ["api"], accounts, workloads, APP, TARGET)
     [restart] = [a for a in actions if a.resource is Resource.WORKLOAD]
     assert restart.kind is ActionKind.UPDATE
     assert restart.reason.startswith("restart: identity changed")
 
-    kube.update_workload(workloads[0], m.pod_template_settings(b))
+    update(kube, workloads[0], km.pod_template_settings(b))
     assert kube.wait_rollout(namespace, "shop-api", timeout=30.0) is True
 
     deployment = other.get(Deployment, "shop-api", namespace=namespace)
@@ -270,24 +295,24 @@ def test_workload_update_rolls_the_pods(kube: ClusterKube, other: Client, stand_
     assert all(p.spec is not None and p.spec.serviceAccountName == "shop-api" for p in pods)
 
     accounts, workloads = kube.observe(namespace, APP)
-    assert all(a.kind is ActionKind.NOOP for a in m.plan_kubernetes([b], ["api"], accounts, workloads, APP, TARGET))
+    assert all(a.kind is ActionKind.NOOP for a in pk.plan_kubernetes([b], ["api"], accounts, workloads, APP, TARGET))
 
 
 def test_removed_connection_drops_the_identity_from_the_template(kube: ClusterKube, other: Client,
                                                                  stand_in: KubeStandIn, namespace: str) -> None:
     stand_in.seed_workload(namespace, "shop-api", "Deployment", porter_labels("api"))
     b = binding(namespace)
-    kube.apply_service_account(m.service_account_manifest(b))
+    apply_account(kube, (b))
     _, [workload] = kube.observe(namespace, APP)
-    kube.update_workload(workload, m.pod_template_settings(b))
+    update(kube, workload, km.pod_template_settings(b))
     assert kube.wait_rollout(namespace, "shop-api", timeout=30.0)
 
     accounts, workloads = kube.observe(namespace, APP)
-    actions = m.plan_kubernetes([], ["api"], accounts, workloads, APP, TARGET)
+    actions = pk.plan_kubernetes([], ["api"], accounts, workloads, APP, TARGET)
     assert [(a.kind, a.resource) for a in actions] == [(ActionKind.UPDATE, Resource.SERVICE_ACCOUNT),
                                                        (ActionKind.UPDATE, Resource.WORKLOAD)]
-    kube.strip_service_account(namespace, "shop-api")
-    kube.update_workload(workloads[0], None)
+    kube.remove_annotations(account_ref(namespace, "shop-api"), sorted(clouds.all_annotation_keys()))
+    update(kube, workloads[0], km.released_pod_template_settings())
     assert kube.wait_rollout(namespace, "shop-api", timeout=30.0)
     deployment = other.get(Deployment, "shop-api", namespace=namespace)
     assert deployment.spec is not None
@@ -297,7 +322,7 @@ def test_removed_connection_drops_the_identity_from_the_template(kube: ClusterKu
     assert deployment.spec.template.spec.serviceAccountName == "shop-api"  # Porter's pods keep their account
 
     accounts, workloads = kube.observe(namespace, APP)
-    assert all(a.kind is ActionKind.NOOP for a in m.plan_kubernetes([], ["api"], accounts, workloads, APP, TARGET))
+    assert all(a.kind is ActionKind.NOOP for a in pk.plan_kubernetes([], ["api"], accounts, workloads, APP, TARGET))
 
 
 def test_cronjob_template_is_updated(kube: ClusterKube, other: Client, stand_in: KubeStandIn,
@@ -307,7 +332,7 @@ def test_cronjob_template_is_updated(kube: ClusterKube, other: Client, stand_in:
     b = binding(namespace, service="nightly")
     _, workloads = kube.observe(namespace, APP)
     assert [(w.kind, w.name) for w in workloads] == [("CronJob", "shop-nightly")]
-    kube.update_workload(workloads[0], m.pod_template_settings(b))
+    update(kube, workloads[0], km.pod_template_settings(b))
     cron = other.get(CronJob, "shop-nightly", namespace=namespace)
     assert cron.spec is not None
     template = cron.spec.jobTemplate.spec.template if cron.spec.jobTemplate.spec is not None else None
@@ -325,7 +350,7 @@ def test_jobs_are_observed_but_not_updated(kube: ClusterKube, stand_in: KubeStan
     _, workloads = kube.observe(namespace, APP)
     assert [(w.kind, w.name, w.service) for w in workloads] == [("Job", "shop-migrate", "migrate")]
     with pytest.raises(CloudError, match="cannot change"):
-        kube.update_workload(workloads[0], m.pod_template_settings(binding(namespace, service="migrate")))
+        update(kube, workloads[0], km.pod_template_settings(binding(namespace, service="migrate")))
 
 
 def test_wait_rollout_of_a_missing_deployment_is_an_error(kube: ClusterKube, namespace: str) -> None:
@@ -382,7 +407,7 @@ def fail_first(stand_in: KubeStandIn, namespace: str, method: str, plural: str, 
 def test_server_errors_are_retried(kube: ClusterKube, stand_in: KubeStandIn, other: Client, namespace: str) -> None:
     # A bare 503 with no body, as a load balancer in front of the API server answers.
     failed = fail_first(stand_in, namespace, "PATCH", "serviceaccounts", 2, 503)
-    kube.apply_service_account(m.service_account_manifest(binding(namespace)))
+    apply_account(kube, (binding(namespace)))
     assert len(failed) == 2
     assert annotations_of(read_account(other, namespace, "shop-api"))["keyless.dev/identity"] == ROLE_ARN
 
@@ -400,15 +425,14 @@ def test_retries_end_in_a_readable_error(kube: ClusterKube, stand_in: KubeStandI
         "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500,
         "message": "etcdserver: request timed out"})
     with pytest.raises(CloudError, match=f"{namespace}/shop-api") as caught:
-        kube.apply_service_account(m.service_account_manifest(binding(namespace)))
+        apply_account(kube, (binding(namespace)))
     assert "etcdserver: request timed out (HTTP 500)" in caught.value.message
     assert len(failed) == FAST.max_attempts
 
 
 def test_refusals_become_cloud_errors_naming_the_object(kube: ClusterKube) -> None:
-    manifest = m.service_account_manifest(binding("no-such-namespace"))
     with pytest.raises(CloudError, match=r"no-such-namespace/shop-api") as caught:
-        kube.apply_service_account(manifest)
+        apply_account(kube, binding("no-such-namespace"))
     assert "HTTP 404" in caught.value.message
     assert caught.value.hint
 
@@ -462,28 +486,32 @@ def test_rendered_side_observes_nothing_and_writes_files(tmp_path: Path) -> None
     assert rendered.out_dir == tmp_path / "keyless-manifests" / TARGET
     assert rendered.observe("shop", APP) == ([], [])
     api, worker = binding("shop"), binding("shop", service="worker", role="w", arn=ROLE_ARN + "-w")
-    written = rendered.render([api, worker], app=APP)
+    written = render(rendered, [api, worker])
     files = sorted(str(p.relative_to(rendered.out_dir)) for p in written)
     assert files == ["helm-values.yaml", "patches/deployment-shop-api.yaml", "patches/deployment-shop-worker.yaml",
                      "serviceaccounts/shop-api.yaml", "serviceaccounts/shop-worker.yaml"]
-    expected = m.render_manifests([api, worker], app=APP, target=TARGET)
+    plan = make_plan(PlanRequest(APP, TARGET, Cloud.AWS, (api, worker), ("api", "worker")), Observed())
+    expected = km.render_manifests(km.rendered_services(plan.actions), app=APP, target=TARGET)
     assert all((rendered.out_dir / k).read_text() == v for k, v in expected.items())
 
-    # The engine's path (apply each account) writes the same text as render().
+    # The engine's path (apply each account) writes the same text as the whole app's files.
     (rendered.out_dir / "serviceaccounts/shop-api.yaml").unlink()
-    rendered.apply_service_account(m.service_account_manifest(api))
+    [account] = [a for a in plan.actions if a.resource is Resource.SERVICE_ACCOUNT and a.service == "api"]
+    assert account.account is not None
+    rendered.apply_service_account(account.ref, account.account, account.remove_annotations)
     assert (rendered.out_dir / "serviceaccounts/shop-api.yaml").read_text() == expected[
         "serviceaccounts/shop-api.yaml"]
 
     # A service removed from porter.yaml loses its files; files keyless did not write stay.
     (rendered.out_dir / "serviceaccounts/handmade.yaml").write_text("kind: ServiceAccount\n")
-    rendered.render([api], app=APP)
+    render(rendered, [api])
+    rendered.complete(make_plan(PlanRequest(APP, TARGET, Cloud.AWS, (api,), ("api",)), Observed()))
     assert not (rendered.out_dir / "serviceaccounts/shop-worker.yaml").exists()
     assert not (rendered.out_dir / "patches/deployment-shop-worker.yaml").exists()
     assert (rendered.out_dir / "serviceaccounts/handmade.yaml").exists()
     assert rendered.wait_rollout("shop", "shop-api", 1.0) is True
-    assert rendered.delete_service_account("shop", "shop-api") is True
-    assert rendered.delete_service_account("shop", "shop-api") is False
+    assert rendered.delete_service_account(account_ref("shop", "shop-api")) is True
+    assert rendered.delete_service_account(account_ref("shop", "shop-api")) is False
 
 
 def test_rendered_side_uses_out_dir_and_refuses_escapes(tmp_path: Path) -> None:
