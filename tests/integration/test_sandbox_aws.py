@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import botocore.session
+import httpx
 import jwt
 import pytest
 from botocore.config import Config
@@ -386,7 +387,7 @@ def test_lost_create_response_leaves_the_association(sandbox: AwsSandbox, seed: 
     healed = _associate(sandbox.client("eks"), cluster, "shop", "jobs", role)
     assert len(eks.list_pod_identity_associations(clusterName=cluster, serviceAccount="jobs")["associations"]) == 1
     assert healed["serviceAccount"] == "jobs"
-    assert _sandbox_api(sandbox, "faults/reset", {}) == {"throttleRemaining": 0, "loseNextCreate": None}
+    assert _sandbox_api(sandbox, "faults/reset", {}) == {"throttleRemaining": 0, "loseNextCreate": None, "denied": []}
 
 
 # ---- add-ons and Auto Mode ---------------------------------------------------------------------------
@@ -604,3 +605,35 @@ def test_update_keeps_the_old_role_until_it_propagates(
     assert sandbox.association_for(DEMO_CLUSTER, namespace, "api") == seed.roles["keyless-demo-api"]
     time.sleep(DELAY + 0.1)
     assert sandbox.association_for(DEMO_CLUSTER, namespace, "api") == seed.roles["keyless-demo-worker"]
+
+
+# ---- denied actions: a least-privileged caller ------------------------------------------------------
+
+
+def test_denied_actions_answer_like_aws_and_can_be_allowed_again(sandbox: AwsSandbox, seed: DemoSeed) -> None:
+    iam, eks = sandbox.client("iam"), sandbox.client("eks", NO_RETRIES)
+    sandbox.deny("iam:ListRoles", "eks:DescribeCluster")
+    try:
+        with pytest.raises(ClientError) as denied_iam:
+            iam.list_roles()
+        assert denied_iam.value.response["Error"]["Code"] == "AccessDenied"
+        assert denied_iam.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert "is not authorized to perform: iam:ListRoles" in denied_iam.value.response["Error"]["Message"]
+        with pytest.raises(ClientError) as denied_eks:
+            eks.describe_cluster(name=seed.cluster)
+        assert denied_eks.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert denied_eks.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        iam.get_role(RoleName="keyless-demo-api")  # what is not denied still works, through the same front
+        eks.list_pod_identity_associations(clusterName=seed.cluster)
+        assert sandbox.faults.denied == ("eks:describecluster", "iam:listroles")
+    finally:
+        sandbox.deny()
+    assert iam.list_roles()["Roles"]
+    assert eks.describe_cluster(name=seed.cluster)["cluster"]["name"] == seed.cluster
+
+
+def test_deny_refuses_what_is_not_an_iam_action(sandbox: AwsSandbox) -> None:
+    with pytest.raises(ValueError, match="not IAM actions"):
+        sandbox.deny("ListRoles")
+    answer = httpx.post(f"{sandbox.eks_url}/_sandbox/faults/deny", json={"actions": ["nope"]})
+    assert answer.status_code == 400

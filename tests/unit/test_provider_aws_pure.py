@@ -21,18 +21,11 @@ from keyless.bindings import Binding
 from keyless.clouds import AwsRole, Cloud
 from keyless.errors import CloudError
 from keyless.federation import trust_statement
+from keyless.iam_policy import TrustFinding, check_trust_policy, load_policy
 from keyless.ownership import MANAGED_BY_KEYLESS, TAG_MANAGED_BY, Owner, owner_from_tags, ownership_tags
 from keyless.porter.model import ServiceType
-from keyless.providers.aws import (
-    TrustFinding,
-    check_trust_policy,
-    create_request_token,
-    error_code,
-    explain,
-    is_role_not_propagated,
-    is_transient,
-    load_policy,
-)
+from keyless.providers.aws import create_request_token
+from keyless.providers.aws_api import error_code, explain, is_role_not_propagated, is_transient
 from keyless.providers.retry import NO_RETRY, RetryPolicy, call_with_retry, poll
 
 POD = "pods.eks.amazonaws.com"

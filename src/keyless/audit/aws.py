@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyless.audit import rules as R
-from keyless.audit.iam_actions import PERMISSIONS_MANAGEMENT, ActionCatalog, ActionInfo, pattern_regex
+from keyless.audit.iam_actions import PERMISSIONS_MANAGEMENT, ActionCatalog, ActionInfo
 from keyless.audit.model import Finding, Location
 from keyless.audit.shared import audit_incomplete
 from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
+from keyless.iam_policy import as_list, covers_action, statements
 
 # The session tags EKS Pod Identity sends that pin a role to one cluster, namespace and service account.
 SCOPE_TAGS = ("eks-cluster-arn", "kubernetes-namespace", "kubernetes-service-account")
@@ -67,19 +68,6 @@ class PodIdentityScope:
 # --- reading policy documents -------------------------------------------------------------------
 
 
-def as_list(value: object) -> list[Any]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def statements(document: Mapping[str, Any] | None) -> list[tuple[int, Mapping[str, Any]]]:
-    """(index, statement) pairs; a single Statement object counts as index 0."""
-    if document is None:
-        return []
-    return [(i, s) for i, s in enumerate(as_list(document.get("Statement"))) if isinstance(s, Mapping)]
-
-
 def _sid(statement: Mapping[str, Any]) -> str | None:
     sid = statement.get("Sid")
     return str(sid) if sid else None
@@ -100,14 +88,6 @@ def _is_pods(principal: tuple[str, str]) -> bool:
 
 def _is_public(principal: tuple[str, str]) -> bool:
     return principal in (("*", "*"), ("AWS", "*"))
-
-
-def _covers(statement: Mapping[str, Any], action: str) -> bool:
-    if "Action" in statement:
-        return any(pattern_regex(str(p)).fullmatch(action) for p in as_list(statement["Action"]))
-    if "NotAction" in statement:
-        return not any(pattern_regex(str(p)).fullmatch(action) for p in as_list(statement["NotAction"]))
-    return False
 
 
 def _condition_keys(statement: Mapping[str, Any]) -> set[str]:
@@ -190,7 +170,7 @@ def audit_trust(role: AwsRoleDocuments, scope: PodIdentityScope | None) -> list[
     # at statements that name pods.eks.amazonaws.com, the ones the fix edits.
     pods_statements = [(i, by_index[i]) for i in admitting
                        if any(_is_pods(p) for p in _principals(by_index[i].get("Principal")))]
-    missing = [a for a in TRUST_ACTIONS if not any(_covers(by_index[i], a) for i in admitting)]
+    missing = [a for a in TRUST_ACTIONS if not any(covers_action(by_index[i], a) for i in admitting)]
     if missing:
         first = pods_statements[0] if pods_statements else None
         statement_text = _json(trust_statement())

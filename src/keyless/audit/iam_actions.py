@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from keyless.iam_policy import pattern_regex
 
 PERMISSIONS_MANAGEMENT = "Permissions management"
 
@@ -37,11 +38,6 @@ class ActionCatalog(Protocol):
     def privilege_escalation(self) -> frozenset[str]:
         """Lower-case actions known to lead to privilege escalation (alone, or with iam:PassRole)."""
         ...
-
-
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """IAM action and resource patterns: `*` and `?` wildcards, matched case-insensitively."""
-    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), re.IGNORECASE)
 
 
 class TableCatalog:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
 
 from keyless import names
 from keyless.audit import AuditReport, Finding, IdentityUse, build_report, identity_key
@@ -18,32 +18,13 @@ from keyless.audit.iam_actions import ActionCatalog, default_catalog
 from keyless.audit.shared import audit_incomplete
 from keyless.bindings import Binding
 from keyless.clouds import AwsRole, Cloud
+from keyless.iam_policy import load_policy
 from keyless.ownership import owner_from_tags
-from keyless.providers.aws import (
-    DEFAULT_RETRY,
-    PAGE_SIZE,
-    SDK_CONFIG,
-    error_code,
-    explain,
-    is_transient,
-    load_policy,
-)
-from keyless.providers.retry import RetryPolicy, call_with_retry
+from keyless.providers.aws_api import DEFAULT_RETRY, AwsApi, Denied
+from keyless.providers.retry import RetryPolicy
 from keyless.targets import AwsTarget
 
-if TYPE_CHECKING:
-    from mypy_boto3_eks import EKSClient
-    from mypy_boto3_iam import IAMClient
-
-T = TypeVar("T")
-
-# Reads that keyless's own identity may not be allowed: the audit says what it could not see instead of failing.
-_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedException"})
 DESCRIBE_WORKERS = 8  # reading every role and association of a big app one by one would take minutes
-
-
-class _Denied(Exception):
-    """A read AWS refused; carries what was being read, for the AUDIT-INCOMPLETE finding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,41 +37,14 @@ class AwsAuditor:
     """Reads roles and the cluster's associations through boto3 (standard SDK configuration, the target's region)."""
 
     def __init__(self, target: AwsTarget, session: boto3.Session | None = None, *,
-                 retry: RetryPolicy = DEFAULT_RETRY, catalog: ActionCatalog | None = None) -> None:
+                 retry: RetryPolicy = DEFAULT_RETRY, catalog: ActionCatalog | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.target = target
-        self._retry = retry
         self._catalog = catalog
-        try:
-            session = session or boto3.Session()
-            self._iam: IAMClient = session.client("iam", region_name=target.region, config=SDK_CONFIG)
-            self._eks: EKSClient = session.client("eks", region_name=target.region, config=SDK_CONFIG)
-        except BotoCoreError as exc:
-            raise explain(exc, "setting up the AWS clients") from exc
-
-    # ---- calling AWS ------------------------------------------------------------------------------
-
-    def _call(self, doing: str, fn: Callable[[], T]) -> T:
-        """One read through the retry helper: denied reads raise _Denied, other failures a CloudError."""
-        try:
-            return call_with_retry(fn, policy=self._retry, retryable=is_transient, what=doing)
-        except ClientError as exc:
-            if error_code(exc) in _DENIED:
-                raise _Denied(f"{doing} ({error_code(exc)})") from exc
-            raise explain(exc, doing) from exc
-        except BotoCoreError as exc:
-            raise explain(exc, doing) from exc
-
-    def _pages(self, doing: str, fetch: Callable[[dict[str, Any]], Mapping[str, Any]], key: str) -> list[Any]:
-        """Every item of an IAM listing (Marker / IsTruncated)."""
-        items: list[Any] = []
-        kwargs: dict[str, Any] = {}
-        while True:
-            page = self._call(doing, lambda: fetch(dict(kwargs)))
-            items += list(page.get(key, []))
-            marker = page.get("Marker")
-            if not page.get("IsTruncated") or not marker:
-                return items
-            kwargs["Marker"] = marker
+        # Reads are named after the IAM action they need, so an incomplete audit says which permission is missing.
+        self._api = AwsApi(target.region, session, retry=retry, sleep=sleep, clock=clock)
+        self._iam = self._api.iam
+        self._eks = self._api.eks
 
     # ---- roles ------------------------------------------------------------------------------------
 
@@ -101,18 +55,12 @@ class AwsAuditor:
         except names.NameRuleError as exc:
             return _RoleRead(None, f"role {written}: {exc.message}")
 
-        def get() -> Mapping[str, Any] | None:
-            try:
-                return self._iam.get_role(RoleName=ref.name)["Role"]
-            except ClientError as exc:
-                if error_code(exc) == "NoSuchEntity":
-                    return None
-                raise
-
         try:
-            raw = self._call(f"iam:GetRole {ref.name}", get)
-        except _Denied as exc:
-            return _RoleRead(None, str(exc))
+            raw: Mapping[str, Any] | None = self._api.get(
+                f"iam:GetRole {ref.name}", lambda: self._iam.get_role(RoleName=ref.name)["Role"],
+                not_found="NoSuchEntity")
+        except Denied as exc:
+            return _RoleRead(None, _denied(exc))
         if raw is None:
             return _RoleRead(None, f"role {written}: it does not exist in the account keyless runs in")
         arn = str(raw["Arn"])
@@ -129,30 +77,29 @@ class AwsAuditor:
         for read in (self._inline_policies, self._managed_policies):
             try:
                 policies += read(ref.name)
-            except _Denied as exc:
-                unreadable.append(str(exc))
+            except Denied as exc:
+                unreadable.append(_denied(exc))
         return _RoleRead(AwsRoleDocuments(ref.name, arn, trust, tuple(policies), tuple(unreadable)))
 
     def _inline_policies(self, role: str) -> list[AwsPolicy]:
-        names_ = self._pages(f"iam:ListRolePolicies {role}",
-                             lambda kw: self._iam.list_role_policies(RoleName=role, **kw), "PolicyNames")
+        names_ = self._api.iam_pages(f"iam:ListRolePolicies {role}", self._iam.list_role_policies, "PolicyNames",
+                                     RoleName=role)
         found = []
         for name in names_:
-            raw = self._call(f"iam:GetRolePolicy {role} {name}",
+            raw = self._api.call(f"iam:GetRolePolicy {role} {name}",
                              partial(self._iam.get_role_policy, RoleName=role, PolicyName=name))
             found.append(AwsPolicy(PolicyKind.INLINE, str(name), load_policy(raw["PolicyDocument"])))
         return found
 
     def _managed_policies(self, role: str) -> list[AwsPolicy]:
-        attached = self._pages(f"iam:ListAttachedRolePolicies {role}",
-                               lambda kw: self._iam.list_attached_role_policies(RoleName=role, **kw),
-                               "AttachedPolicies")
+        attached = self._api.iam_pages(f"iam:ListAttachedRolePolicies {role}", self._iam.list_attached_role_policies,
+                                       "AttachedPolicies", RoleName=role)
         found = []
         for item in attached:
             arn = str(item["PolicyArn"])
-            policy = self._call(f"iam:GetPolicy {arn}", partial(self._iam.get_policy, PolicyArn=arn))["Policy"]
+            policy = self._api.call(f"iam:GetPolicy {arn}", partial(self._iam.get_policy, PolicyArn=arn))["Policy"]
             version_id = str(policy.get("DefaultVersionId", ""))
-            version = self._call(f"iam:GetPolicyVersion {arn} {version_id}",
+            version = self._api.call(f"iam:GetPolicyVersion {arn} {version_id}",
                                  partial(self._iam.get_policy_version, PolicyArn=arn, VersionId=version_id))
             document = load_policy(version["PolicyVersion"].get("Document"))
             found.append(AwsPolicy(PolicyKind.MANAGED, str(item.get("PolicyName", arn)), document, arn, version_id))
@@ -161,45 +108,26 @@ class AwsAuditor:
     # ---- the cluster --------------------------------------------------------------------------------
 
     def cluster_arn(self) -> str | None:
-        def describe() -> str | None:
-            try:
-                return self._eks.describe_cluster(name=self.target.cluster)["cluster"].get("arn")
-            except ClientError as exc:
-                if error_code(exc) == "ResourceNotFoundException":
-                    return None
-                raise
-
         try:
-            return self._call(f"eks:DescribeCluster {self.target.cluster}", describe)
-        except _Denied:
+            cluster = self._api.get(f"eks:DescribeCluster {self.target.cluster}",
+                                    lambda: self._eks.describe_cluster(name=self.target.cluster)["cluster"],
+                                    not_found="ResourceNotFoundException")
+        except Denied:
             return None
+        return None if cluster is None else cluster.get("arn")
 
     def identity_uses(self, target_name: str) -> list[IdentityUse]:
         """Every association keyless manages for this target on the cluster (any app), with its role."""
-        ids: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"clusterName": self.target.cluster, "maxResults": PAGE_SIZE}
-            if token:
-                kwargs["nextToken"] = token
-            page = self._call(f"eks:ListPodIdentityAssociations {self.target.cluster}",
-                              partial(self._eks.list_pod_identity_associations, **kwargs))
-            ids += [s.get("associationId", "") for s in page.get("associations", [])]
-            token = page.get("nextToken")
-            if not token:
-                break
+        cluster = self.target.cluster
+        summaries = self._api.eks_pages(f"eks:ListPodIdentityAssociations {cluster}",
+                                        self._eks.list_pod_identity_associations, "associations", clusterName=cluster)
+        ids = [str(summary.get("associationId", "")) for summary in summaries]
 
         def describe(association_id: str) -> IdentityUse | None:
-            def once() -> Mapping[str, Any] | None:
-                try:
-                    return self._eks.describe_pod_identity_association(
-                        clusterName=self.target.cluster, associationId=association_id)["association"]
-                except ClientError as exc:
-                    if error_code(exc) == "ResourceNotFoundException":
-                        return None  # deleted since it was listed
-                    raise
-
-            raw = self._call(f"eks:DescribePodIdentityAssociation {association_id}", once)
+            raw = self._api.get(f"eks:DescribePodIdentityAssociation {association_id}",
+                                lambda: self._eks.describe_pod_identity_association(
+                                    clusterName=cluster, associationId=association_id)["association"],
+                                not_found="ResourceNotFoundException")  # None: deleted since it was listed
             owner = owner_from_tags(raw.get("tags")) if raw else None
             if raw is None or owner is None or owner.target != target_name or raw.get("ownerArn"):
                 return None
@@ -224,8 +152,8 @@ class AwsAuditor:
         sharing_problem = ""
         try:
             elsewhere = self.identity_uses(target_name)
-        except _Denied as exc:
-            elsewhere, sharing_problem = [], f"{exc}: sharing with other apps was not checked"
+        except Denied as exc:
+            elsewhere, sharing_problem = [], f"{_denied(exc)}: sharing with other apps was not checked"
         per_identity: dict[str, list[Finding]] = {}
         for original, binding in zip(bindings, resolved, strict=True):
             key = identity_key(binding)
@@ -260,3 +188,8 @@ def _cluster_arn(role_arn: str, target: AwsTarget) -> str:
     """The cluster's ARN when DescribeCluster was not allowed: same partition and account as the role."""
     partition, account = role_arn.split(":")[1], role_arn.split(":")[4]
     return f"arn:{partition}:eks:{target.region}:{account}:cluster/{target.cluster}"
+
+
+def _denied(exc: Denied) -> str:
+    """A read AWS refused, for the AUDIT-INCOMPLETE finding: what was read and AWS's code."""
+    return f"{exc.doing} ({exc.code})"

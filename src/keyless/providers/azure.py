@@ -45,7 +45,9 @@ from keyless.providers.base import (
     BindingWrites,
     PreflightIssue,
     desired_of,
+    failed,
     observed_of,
+    services_label,
 )
 from keyless.providers.base import (
     PreflightSeverity as Severity,
@@ -417,17 +419,6 @@ def _observed_ref(observed: ObservedBinding) -> tuple[str, str, str]:
     return group, identity, name
 
 
-def _services(bindings: Sequence[Binding]) -> tuple[str, str | None]:
-    """("service a" or "services a, b", the service when there is exactly one) for an issue."""
-    found = list(dict.fromkeys(b.service for b in bindings))
-    label = ("service " if len(found) == 1 else "services ") + ", ".join(found)
-    return label, found[0] if len(found) == 1 else None
-
-
-def _fail(message: str, binding_id: str | None = None) -> ActionOutcome:
-    return ActionOutcome(ok=False, message=message, binding_id=binding_id)
-
-
 
 
 def client_options(target: AzureTarget) -> dict[str, Any]:
@@ -647,7 +638,7 @@ class AzureProvider:
         issues: list[PreflightIssue] = []
         subscription = self.target.subscription
         for key, group in groups.items():
-            who, service = _services(group)
+            who, service = services_label(group)
             ident = _azure_identity(group[0])
             rg, name = ident.resource_group, ident.identity_name
             try:
@@ -757,7 +748,7 @@ class AzureProvider:
                        subject_for(b.namespace, b.service_account)) for b in group]
             adding = credentials_to_add(existing, wanted, issuer)
             if over_cap(len(existing), adding):
-                who, service = _services(group)
+                who, service = services_label(group)
                 issues.append(PreflightIssue(
                     Severity.BLOCKING,
                     f"managed identity {rg}/{name} has {len(existing)} federated credentials; {who} would add "
@@ -839,10 +830,10 @@ class AzureProvider:
         subject = subject_for(binding.namespace, binding.service_account)
         current = self._get(rg, ident, name)
         if current is None:
-            return _fail(f"{observed.namespace}/{observed.service_account}: federated credential {name} on "
+            return failed(f"{observed.namespace}/{observed.service_account}: federated credential {name} on "
                          f"{rg}/{ident} is gone; plan again", observed.id)
         if identity_key(rg, ident) != identity_key(*_ref(binding)) or not current.works_for(issuer, subject):
-            return _fail(f"{observed.namespace}/{observed.service_account}: federated credential {name} on "
+            return failed(f"{observed.namespace}/{observed.service_account}: federated credential {name} on "
                          f"{rg}/{ident} changed since the plan (issuer {current.issuer}, subject {current.subject}); "
                          "plan again", current.binding_id)
         return _adopted(current)
@@ -869,7 +860,7 @@ class AzureProvider:
             return ActionOutcome(True, f"federated credential {name} on {rg}/{ident} is gone already", observed.id)
         refusal = self._owned_refusal(observed, current)
         if refusal is not None:
-            return _fail(refusal, current.binding_id)
+            return failed(refusal, current.binding_id)
 
         def once() -> None:
             # A retry after a lost response finds it gone: that is the outcome we wanted.
@@ -888,7 +879,7 @@ class AzureProvider:
         if current is not None:
             refusal = self._owned_refusal(observed, current)
             if refusal is not None:
-                return _fail(refusal, current.binding_id)  # refused before writing anything
+                return failed(refusal, current.binding_id)  # refused before writing anything
         # Create first, then delete: if the create fails, the old credential (and the pods using it) still work.
         # On the same identity under the same name, the create is an in-place update of the subject or audience.
         created = self._create(binding)

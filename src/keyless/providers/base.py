@@ -54,6 +54,18 @@ def observed_of(action: Action) -> ObservedBinding:
     return action.observed
 
 
+def failed(message: str, binding_id: str | None = None) -> ActionOutcome:
+    """A refusal or failure of one action, reported for its service (the others go on)."""
+    return ActionOutcome(ok=False, message=message, binding_id=binding_id)
+
+
+def services_label(bindings: Sequence[Binding]) -> tuple[str, str | None]:
+    """("service a" or "services a, b", the service when there is exactly one), for a preflight issue."""
+    found = list(dict.fromkeys(b.service for b in bindings))
+    label = ("service " if len(found) == 1 else "services ") + ", ".join(found)
+    return label, found[0] if len(found) == 1 else None
+
+
 Create = Callable[[Binding], ActionOutcome]
 Change = Callable[[ObservedBinding, Binding], ActionOutcome]
 

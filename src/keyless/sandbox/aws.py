@@ -21,7 +21,7 @@ from keyless.sandbox.aws_agent import (
     StaticClusterKeys,
 )
 from keyless.sandbox.aws_eks import DEFAULT_ASSOCIATION_QUOTA, POD_IDENTITY_AGENT_ADDON, EksState
-from keyless.sandbox.aws_eks_api import EksFront, Faults, FaultState, LostResponseMode
+from keyless.sandbox.aws_eks_api import IAM_PREFIX, EksFront, Faults, FaultState, LostResponseMode
 from keyless.sandbox.aws_moto import DEFAULT_ACCOUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoClients, MotoServer
 from keyless.sandbox.servers import BackgroundServers
 
@@ -225,7 +225,8 @@ class AwsSandbox:
         return {
             # The catch-all keeps any other service in moto too, so nothing can reach real AWS by accident.
             "AWS_ENDPOINT_URL": self.moto_url,
-            "AWS_ENDPOINT_URL_IAM": self.moto_url,
+            # IAM goes through the front, which can refuse actions like a least-privileged caller (deny()).
+            "AWS_ENDPOINT_URL_IAM": f"{self.eks_url}/{IAM_PREFIX}",
             "AWS_ENDPOINT_URL_STS": self.moto_url,
             "AWS_ENDPOINT_URL_EKS": self.eks_url,
             "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
@@ -266,6 +267,11 @@ class AwsSandbox:
     def lose_next_create_response(self, mode: LostResponseMode = "error") -> None:
         """The next CreatePodIdentityAssociation succeeds, but the client gets a 500 ("error") or a dead socket."""
         self._faults.lose_next_create(mode)
+
+    def deny(self, *actions: str) -> None:
+        """Refuse these IAM actions (`iam:ListRolePolicies`, `eks:DescribeCluster`, ...) with AccessDenied from now
+        on, as AWS does for a caller whose policies lack them; `deny()` with none allows everything again."""
+        self._faults.deny(actions)
 
     def reset_faults(self) -> None:
         self._faults.reset()
@@ -320,7 +326,7 @@ class AwsSandbox:
         if service == "eks":
             return boto3.client("eks", endpoint_url=self.eks_url, **common)
         if service == "iam":
-            return boto3.client("iam", endpoint_url=self.moto_url, **common)
+            return boto3.client("iam", endpoint_url=f"{self.eks_url}/{IAM_PREFIX}", **common)
         return boto3.client("sts", endpoint_url=self.moto_url, **common)
 
     def seed_demo(self) -> DemoSeed:

@@ -8,11 +8,11 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +28,7 @@ from keyless.sandbox.aws_eks_model import (
     validate_max_results,
     validate_tags,
 )
-from keyless.sandbox.aws_moto import MotoClients
+from keyless.sandbox.aws_moto import DEFAULT_ACCOUNT, MotoClients
 
 LostResponseMode = Literal["error", "drop"]
 
@@ -36,6 +36,9 @@ _REGION = re.compile(r"Credential=[^/,]+/\d{8}/([a-z0-9-]+)/")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
 _PASSED_BACK = {"content-type", "x-amzn-errortype", "x-amzn-requestid", "x-amz-request-id"}
 _ROLE_MISSING = "Role provided in the request does not exist"
+_ACTION = re.compile(r"[a-z0-9-]+:[A-Za-z0-9]+")
+IAM_PREFIX = "iam"  # AWS_ENDPOINT_URL_IAM points at /iam on this front, which checks denials and passes on to moto
+_IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class FaultState:
 
     throttle_remaining: int
     lose_next_create: LostResponseMode | None
+    denied: tuple[str, ...] = ()
 
 
 class Faults:
@@ -69,6 +73,21 @@ class Faults:
         self._lock = threading.Lock()
         self._throttle = 0
         self._lose: LostResponseMode | None = None
+        self._denied: frozenset[str] = frozenset()
+
+    def deny(self, actions: Iterable[str]) -> None:
+        """Refuse these IAM actions (`iam:ListRolePolicies`, `eks:DescribeCluster`) with AccessDenied, as AWS
+        does for a caller whose policies do not allow them; replaces the previous list."""
+        found = frozenset(actions)
+        bad = sorted(a for a in found if not _ACTION.fullmatch(a))
+        if bad:
+            raise ValueError(f"not IAM actions (service:Operation): {', '.join(bad)}")
+        with self._lock:
+            self._denied = frozenset(a.lower() for a in found)
+
+    def denies(self, action: str) -> bool:
+        with self._lock:
+            return action.lower() in self._denied
 
     def throttle_next(self, count: int) -> None:
         if count < 0:
@@ -86,10 +105,11 @@ class Faults:
         with self._lock:
             self._throttle = 0
             self._lose = None
+            self._denied = frozenset()
 
     def snapshot(self) -> FaultState:
         with self._lock:
-            return FaultState(self._throttle, self._lose)
+            return FaultState(self._throttle, self._lose, tuple(sorted(self._denied)))
 
     def take_throttle(self) -> bool:
         with self._lock:
@@ -168,6 +188,8 @@ class EksFront:
         segments = [unquote(s) for s in request.rel_url.raw_path.split("/")[1:]]
         if segments and segments[0] == "_sandbox":
             return await self._sandbox_api(request, segments[1:])
+        if segments and segments[0] == IAM_PREFIX:
+            return await self._iam(request)
         self.requests[request.method] += 1
         try:
             if "Authorization" not in request.headers:
@@ -176,6 +198,9 @@ class EksFront:
                 raise EksError("ThrottlingException", "Rate exceeded")
             match = _REGION.search(request.headers["Authorization"])
             region = match.group(1) if match else self.default_region
+            operation = _eks_operation(request.method, segments)
+            if operation is not None and self.faults.denies(f"eks:{operation}"):
+                raise EksError("AccessDeniedException", _not_authorized(f"eks:{operation}"))
             return await self._route(request, region, segments)
         except EksError as error:
             return _error(error)
@@ -204,6 +229,25 @@ class EksFront:
             if self.state.owns_arn(arn):
                 return await self._tags(request, arn)
         return (await self._proxy(request)).response()
+
+    # ---- IAM: a pass-through to moto that refuses denied actions the way IAM does ------------------
+
+    async def _iam(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+        if action and self.faults.denies(f"iam:{action}"):
+            xml = (f'<ErrorResponse xmlns="{_IAM_XMLNS}"><Error><Type>Sender</Type><Code>AccessDenied</Code>'
+                   f"<Message>{_not_authorized(f'iam:{action}')}</Message></Error>"
+                   f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")
+            return web.Response(status=403, text=xml, content_type="text/xml")
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        path = request.raw_path[len(IAM_PREFIX) + 1:] or "/"
+        async with self._session.request(request.method, URL(self.moto_url + path, encoded=True), data=body,
+                                         headers=headers) as upstream:
+            payload = await upstream.read()
+            passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_BACK}
+            return Upstream(upstream.status, payload, passed).response()
 
     # ---- moto ------------------------------------------------------------------------------------
 
@@ -461,6 +505,15 @@ class EksFront:
                 return web.json_response({"message": "mode must be 'error' or 'drop'"}, status=400)
             self.faults.lose_next_create(mode)
             return web.json_response(self._faults_json())
+        if seg == ["faults", "deny"] and request.method == "POST":
+            actions = body.get("actions", [])
+            if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+                return web.json_response({"message": "actions must be a list of IAM actions"}, status=400)
+            try:
+                self.faults.deny(actions)
+            except ValueError as exc:
+                return web.json_response({"message": str(exc)}, status=400)
+            return web.json_response(self._faults_json())
         if seg == ["faults", "reset"] and request.method == "POST":
             self.faults.reset()
             return web.json_response(self._faults_json())
@@ -470,7 +523,8 @@ class EksFront:
 
     def _faults_json(self) -> dict[str, Any]:
         snapshot = self.faults.snapshot()
-        return {"throttleRemaining": snapshot.throttle_remaining, "loseNextCreate": snapshot.lose_next_create}
+        return {"throttleRemaining": snapshot.throttle_remaining, "loseNextCreate": snapshot.lose_next_create,
+                "denied": list(snapshot.denied)}
 
     def _settings(self, body: Mapping[str, Any]) -> web.Response:
         numbers = {
@@ -525,3 +579,29 @@ def _optional_bool(body: Mapping[str, Any], key: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise EksError("InvalidParameterException", f"{key} must be a boolean")
     return value
+
+
+def _not_authorized(action: str) -> str:
+    """AWS's wording for an action the caller's identity-based policies do not allow."""
+    return (f"User: arn:aws:iam::{DEFAULT_ACCOUNT}:user/test is not authorized to perform: {action} because no "
+            "identity-based policy allows the {action} action").replace("{action}", action)
+
+
+# The EKS operations whose denial the sandbox can simulate, by method and path shape.
+def _eks_operation(method: str, seg: Sequence[str]) -> str | None:
+    if seg[:1] != ["clusters"]:
+        return None
+    if len(seg) == 1:
+        return {"POST": "CreateCluster", "GET": "ListClusters"}.get(method)
+    if len(seg) == 2:
+        return {"GET": "DescribeCluster", "DELETE": "DeleteCluster"}.get(method)
+    if seg[2] == "pod-identity-associations":
+        if len(seg) == 3:
+            return {"POST": "CreatePodIdentityAssociation", "GET": "ListPodIdentityAssociations"}.get(method)
+        return {"GET": "DescribePodIdentityAssociation", "POST": "UpdatePodIdentityAssociation",
+                "DELETE": "DeletePodIdentityAssociation"}.get(method)
+    if seg[2] == "addons":
+        if len(seg) == 3:
+            return {"POST": "CreateAddon", "GET": "ListAddons"}.get(method)
+        return {"GET": "DescribeAddon", "DELETE": "DeleteAddon", "POST": "UpdateAddon"}.get(method)
+    return None

@@ -23,6 +23,7 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType(
         "ResourceLimitExceededException": 400,
         "SerializationException": 400,
         "MissingAuthenticationTokenException": 403,
+        "AccessDeniedException": 403,  # botocore's EKS model: AccessDeniedException is HTTP 403
         "NotFoundException": 404,
         "ResourceNotFoundException": 404,
         "ResourceInUseException": 409,
