@@ -20,6 +20,7 @@ from keyless.errors import CloudError
 from keyless.federation import trust_statement
 from keyless.ownership import Owner, ownership_tags
 from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Resource
+from keyless.plan.model import ObjectRef
 from keyless.plan.planner import plan_bindings
 from keyless.porter.model import ServiceType
 from keyless.providers.aws import AwsProvider
@@ -137,7 +138,7 @@ def _plan(provider: AwsProvider, bindings: Sequence[Binding], *, app: str = APP,
     assert not _blocking(issues), issues
     assert not _blocking(provider.preflight(resolved))
     observed = provider.observe(app, TARGET, resolved)
-    return plan_bindings(resolved, observed, app=app, target=TARGET, in_place_identity_change=True,
+    return plan_bindings(resolved, observed, app=app, target=TARGET, cloud=Cloud.AWS,
                          services_in_app=services if services is not None else [b.service for b in bindings])
 
 
@@ -199,7 +200,7 @@ def test_create_observe_then_nothing_to_do(sandbox: AwsSandbox, seed: DemoSeed, 
     assert made[(APP, "shop-api")]["tags"] == ownership_tags(Owner(APP, "api", TARGET))
     observed = {o.service_account: o for o in provider.observe(APP, TARGET, provider.resolve(wanted)[0])}
     assert observed["shop-worker"].owner == Owner(APP, "worker", TARGET)
-    assert observed["shop-worker"].identity == seed.roles["keyless-demo-worker"]
+    assert observed["shop-worker"].identity.describe() == seed.roles["keyless-demo-worker"]
     assert observed["shop-worker"].id == made[(APP, "shop-worker")]["associationId"]
     assert observed["shop-worker"].details["associationArn"] == made[(APP, "shop-worker")]["associationArn"]
 
@@ -445,10 +446,11 @@ def test_a_removed_connection_deletes_the_association_keyless_owns(
 def _forged_delete(association: Mapping[str, Any], owner: Owner) -> Action:
     """A DELETE as a stale or tampered plan file could carry it: it claims keyless owns the association."""
     observed = ObservedBinding(cloud=Cloud.AWS, id=association["associationId"], namespace=association["namespace"],
-                               service_account=association["serviceAccount"], identity=association["roleArn"],
-                               owner=owner)
+                               service_account=association["serviceAccount"],
+                               identity=AwsRole(association["roleArn"], arn=association["roleArn"]), owner=owner)
     return Action(ActionKind.DELETE, Resource.CLOUD_BINDING, owner.service,
-                  f"{association['namespace']}/{association['serviceAccount']}", "forged", None, observed)
+                  ObjectRef("Pod Identity association", association["namespace"], association["serviceAccount"]),
+                  "forged", None, observed)
 
 
 def test_delete_refuses_what_keyless_does_not_own(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
@@ -563,7 +565,8 @@ def test_a_role_that_never_appears_fails_in_bounded_time(sandbox: AwsSandbox) ->
     short = RetryPolicy(max_attempts=100, base_delay=0.05, max_delay=0.1, deadline=1.0)
     provider = _provider(cluster, role_propagation=short)
     ghost = "arn:aws:iam::123456789012:role/deleted-after-planning"
-    create = Action(ActionKind.CREATE, Resource.CLOUD_BINDING, "api", "shop/shop-api", "bind",
+    create = Action(ActionKind.CREATE, Resource.CLOUD_BINDING, "api",
+                    ObjectRef("Pod Identity association", "shop", "shop-api"), "bind",
                     _resolved(_binding("api", ghost), ghost))
     started = time.monotonic()
     with pytest.raises(CloudError) as raised:
@@ -598,7 +601,7 @@ def test_observe_follows_every_page_and_describes_only_candidates(
     assert counts["DescribePodIdentityAssociation"] == 130  # the crowd's are never described
 
     actions, _ = plan_bindings(provider.resolve(wanted)[0], observed, app=app, target=TARGET,
-                               in_place_identity_change=True, services_in_app=["s1", "new"])
+                               cloud=Cloud.AWS, services_in_app=["s1", "new"])
     kinds = [a.kind for a in actions]
     assert kinds.count(ActionKind.CREATE) == 1
     assert kinds.count(ActionKind.NOOP) == 1

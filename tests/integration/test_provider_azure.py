@@ -26,6 +26,7 @@ from keyless.errors import CloudError, InvalidInput
 from keyless.federation import subject_for
 from keyless.ownership import Owner
 from keyless.plan import Action, ActionKind, Blocker, ObservedBinding, Resource
+from keyless.plan.model import ObjectRef
 from keyless.plan.planner import plan_bindings
 from keyless.porter.loader import load_app
 from keyless.porter.model import ServiceType
@@ -138,6 +139,10 @@ def _provider(sandbox: AzureSandbox, providers: list[AzureProvider], cluster: st
     return provider
 
 
+def binding_ref(service_account: str) -> ObjectRef:
+    return ObjectRef("federated identity credential", "shop", service_account)
+
+
 def _binding(service: str, identity: str, *, rg: str = RG, app: str = APP, namespace: str = APP) -> Binding:
     return Binding(app=app, service=service, kind=ServiceType.WEB, target=TARGET, cloud=Cloud.AZURE,
                    namespace=namespace, service_account=names.service_account_name(app, service),
@@ -155,7 +160,7 @@ def _plan(provider: AzureProvider, bindings: Sequence[Binding], *, recorded: Seq
     assert not _blocking(issues), issues
     assert not _blocking(provider.preflight(resolved))
     observed = provider.observe(APP, TARGET, resolved, recorded)
-    return plan_bindings(resolved, observed, app=APP, target=TARGET, in_place_identity_change=False,
+    return plan_bindings(resolved, observed, app=APP, target=TARGET, cloud=Cloud.AZURE,
                          services_in_app=services if services is not None else [b.service for b in bindings])
 
 
@@ -204,7 +209,7 @@ def test_create_observe_then_nothing_to_do(sandbox: AzureSandbox, providers: lis
 
     observed = {o.service_account: o for o in provider.observe(APP, TARGET, resolved)}
     assert observed["shop-api"].owner == Owner(APP, "api", TARGET)
-    assert observed["shop-api"].identity == f"{RG}/{identity}"
+    assert observed["shop-api"].identity == AzureIdentity(identity, RG)
     assert observed["shop-api"].id == stored[name].id
     assert observed["shop-api"].details["issuer"] == ISSUER
 
@@ -371,7 +376,7 @@ def test_twenty_credentials_already_on_the_identity_block(
         # ... and Azure's own answer, were preflight skipped, is a readable error.
         both, _ = provider.resolve([_binding("api", identity), _binding("web", identity)])
         actions, _ = plan_bindings(both, provider.observe(APP, TARGET, both), app=APP, target=TARGET,
-                                   in_place_identity_change=False, services_in_app=["api", "web"])
+                                   cloud=Cloud.AZURE, services_in_app=["api", "web"])
         [create] = [a for a in actions if a.kind is ActionKind.CREATE]
         with pytest.raises(CloudError) as caught:
             provider.apply(create)
@@ -500,8 +505,10 @@ def test_an_identical_hand_made_credential_is_used_as_is_and_never_deleted(
     assert warning.message == (f"identical credential made-by-alice exists on {RG}/{identity}; keyless uses it and "
                                "will not delete it")
     actions, _ = _plan(provider, wanted)
-    assert [a.kind for a in actions] == [ActionKind.ADOPT]
-    [message] = _apply(provider, actions)
+    assert [a.kind for a in actions] == [ActionKind.NOOP]  # credentials take no marks: used as they are
+    assert "made outside keyless (keyless never deletes it)" in actions[0].reason
+    # A plan that says adopt (a hand-edited one) writes nothing either.
+    [message] = _apply(provider, [replace(actions[0], kind=ActionKind.ADOPT)])
     assert message == f"identical credential made-by-alice exists on {RG}/{identity}; keyless uses it and will not " \
                       "delete it"
     assert list(_credentials(msi, identity)) == ["made-by-alice"]  # nothing written
@@ -512,7 +519,7 @@ def test_an_identical_hand_made_credential_is_used_as_is_and_never_deleted(
     # And a forged delete (a hand-edited plan file) is refused, leaving it in place.
     [observed] = [o for o in provider.observe(APP, TARGET, resolved) if o.details["name"] == "made-by-alice"]
     forged = replace(observed, owner=Owner(APP, "api", TARGET))
-    outcome = provider.apply(Action(ActionKind.DELETE, Resource.CLOUD_BINDING, "api", "shop/shop-api", "forged",
+    outcome = provider.apply(Action(ActionKind.DELETE, Resource.CLOUD_BINDING, "api", binding_ref("shop-api"), "forged",
                                     None, forged))
     assert not outcome.ok
     assert "was not named by keyless" in outcome.message
@@ -527,10 +534,11 @@ def test_a_keyless_name_for_another_target_is_never_deleted(
     provider = _provider(sandbox, providers)
     observed = provider.observe(APP, TARGET, [], [_recorded(identity)])
     assert observed == []  # not at a desired key, not this target's: not keyless's business here
-    fake = ObservedBinding(Cloud.AZURE, "x", APP, "shop-worker", f"{RG}/{identity}",
+    fake = ObservedBinding(Cloud.AZURE, "x", APP, "shop-worker", AzureIdentity(identity, RG),
                            owner=Owner(APP, "worker", TARGET),
                            details={"name": theirs, "resourceGroup": RG, "identityName": identity})
-    outcome = provider.apply(Action(ActionKind.DELETE, Resource.CLOUD_BINDING, "worker", "shop/shop-worker", "x",
+    outcome = provider.apply(Action(ActionKind.DELETE, Resource.CLOUD_BINDING, "worker", binding_ref("shop-worker"),
+                                    "x",
                                     None, fake))
     assert not outcome.ok
     assert theirs in _credentials(msi, identity)
@@ -590,7 +598,7 @@ def test_replace_refuses_to_delete_what_keyless_did_not_name(
     assert observed.details["name"] == "made-by-bob"
     forged = replace(observed, owner=Owner(APP, "api", TARGET))
     desired = provider.resolve([_binding("api", new)])[0][0]
-    outcome = provider.apply(Action(ActionKind.REPLACE, Resource.CLOUD_BINDING, "api", "shop/shop-api", "x",
+    outcome = provider.apply(Action(ActionKind.REPLACE, Resource.CLOUD_BINDING, "api", binding_ref("shop-api"), "x",
                                     desired, forged))
     assert not outcome.ok
     assert "was not named by keyless" in outcome.message
@@ -640,12 +648,12 @@ def test_names_that_would_alter_the_url_path_never_reach_the_sdk(
         assert _blocking(issues)
         assert "is not valid" in issues[0].message
         with pytest.raises(CloudError):
-            provider.apply(Action(ActionKind.CREATE, Resource.CLOUD_BINDING, "api", "shop/shop-api", "x", bad))
+            provider.apply(Action(ActionKind.CREATE, Resource.CLOUD_BINDING, "api", binding_ref("shop-api"), "x", bad))
         forged = ObservedBinding(Cloud.AZURE, "x", APP, "shop-api", f"{RG}/x", owner=Owner(APP, "api", TARGET),
                                  details={"name": "keyless_shop_api_000000", "resourceGroup": RG,
                                           "identityName": "../../x"})
         with pytest.raises(CloudError):
-            provider.apply(Action(ActionKind.DELETE, Resource.CLOUD_BINDING, "api", "shop/shop-api", "x", None,
+            provider.apply(Action(ActionKind.DELETE, Resource.CLOUD_BINDING, "api", binding_ref("shop-api"), "x", None,
                                   forged))
     finally:
         provider.msi.federated_identity_credentials = original

@@ -234,7 +234,7 @@ def test_observe_keeps_another_issuers_credential_at_a_desired_key_but_never_own
 
 def _plan(credentials: list[Credential], wanted: list[Binding]) -> list[tuple[ActionKind, str]]:
     observed = select_observed(credentials, app=APP, target=TARGET, issuer=ISSUER, desired_keys=[b.key for b in wanted])
-    actions, blockers = plan_bindings(wanted, observed, app=APP, target=TARGET, in_place_identity_change=False,
+    actions, blockers = plan_bindings(wanted, observed, app=APP, target=TARGET, cloud=Cloud.AZURE,
                                       services_in_app=[b.service for b in wanted])
     assert not blockers
     return [(a.kind, a.service) for a in actions]
