@@ -30,7 +30,8 @@ from keyless.plan.model import ObjectRef
 from keyless.plan.planner import plan_bindings
 from keyless.porter.loader import load_app
 from keyless.porter.model import ServiceType
-from keyless.providers.azure import AUDIENCE, AzureProvider
+from keyless.providers.azure import AzureProvider
+from keyless.providers.azure_credentials import AUDIENCE
 from keyless.providers.base import PreflightIssue
 from keyless.providers.base import PreflightSeverity as Severity
 from keyless.providers.retry import RetryPolicy

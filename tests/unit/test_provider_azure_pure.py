@@ -27,24 +27,26 @@ from keyless.ownership import owner_from_credential_name as owner_from_name
 from keyless.plan import ActionKind
 from keyless.plan.planner import plan_bindings
 from keyless.porter.model import ServiceType
-from keyless.providers.azure import (
-    AUDIENCE,
+from keyless.providers.azure_api import (
     CONCURRENT_WRITES,
     CREDENTIALS_PER_IDENTITY,
-    Credential,
     aadsts,
     arm_code,
     client_options,
-    credentials_to_add,
     explain,
-    identity_key,
-    identity_ref,
     is_concurrent_write,
     is_transient,
-    jwt_claim,
-    observed_identity,
-    over_cap,
     retry_after,
+)
+from keyless.providers.azure_credentials import (
+    AUDIENCE,
+    Credential,
+    credential_mismatch,
+    credentials_to_add,
+    identity_key,
+    identity_ref,
+    jwt_claim,
+    over_cap,
     select_observed,
     to_observed,
 )
@@ -167,12 +169,15 @@ def test_the_issuer_is_compared_byte_for_byte() -> None:
     assert not cred("a").works_for(None, subject)
 
 
-def test_only_a_working_credential_reads_as_the_identity() -> None:
-    assert observed_identity(cred("a"), ISSUER) == f"{RG}/{UAMI}"
-    assert observed_identity(cred("a", issuer=ISSUER.rstrip("/")), ISSUER) == \
-        f"{RG}/{UAMI} [issuer {ISSUER.rstrip('/')}]"
-    assert observed_identity(cred("a", audiences=("api://other",)), ISSUER) == f"{RG}/{UAMI} [audience api://other]"
-    assert observed_identity(cred("a"), None).startswith(f"{RG}/{UAMI} [issuer ")
+def test_only_a_working_credential_binds_the_identity() -> None:
+    assert credential_mismatch(cred("a"), ISSUER) == ()
+    assert credential_mismatch(cred("a", issuer=ISSUER.rstrip("/")), ISSUER) == (f"issuer {ISSUER.rstrip('/')}",)
+    assert credential_mismatch(cred("a", audiences=("api://other",)), ISSUER) == ("audience api://other",)
+    assert credential_mismatch(cred("a"), None)[0].startswith("issuer ")
+    observed = to_observed(cred("a", issuer=ISSUER.rstrip("/")), ISSUER, TARGET)
+    assert observed is not None
+    assert not observed.binds(AzureIdentity(UAMI, RG))  # the identity, but not a working binding of it
+    assert observed.describe_identity() == f"{RG}/{UAMI} [issuer {ISSUER.rstrip('/')}]"
 
 
 def test_a_keyless_credential_observes_with_owner_and_details() -> None:
@@ -182,7 +187,8 @@ def test_a_keyless_credential_observes_with_owner_and_details() -> None:
     assert observed.cloud is Cloud.AZURE
     assert observed.id == credential.arm_id
     assert observed.key == (NS, "shop-api")
-    assert observed.identity == AzureIdentity(UAMI, RG).describe()
+    assert observed.identity == AzureIdentity(UAMI, RG)
+    assert observed.binds(AzureIdentity(UAMI, RG))
     assert observed.owner == Owner(APP, "api", TARGET)
     assert dict(observed.details) == {"name": keyless_name(), "issuer": ISSUER, "audience": AUDIENCE,
                                       "resourceGroup": RG, "identityName": UAMI}
@@ -226,7 +232,7 @@ def test_observe_keeps_another_issuers_credential_at_a_desired_key_but_never_own
                             issuer=ISSUER, desired_keys=[(NS, "shop-api")])
     assert len(found) == 1
     assert found[0].owner is None
-    assert found[0].identity != f"{RG}/{UAMI}"
+    assert not found[0].binds(AzureIdentity(UAMI, RG))
 
 
 # ---- what the plan makes of it (the engine's planner over the provider's observation) ---------------
@@ -240,8 +246,9 @@ def _plan(credentials: list[Credential], wanted: list[Binding]) -> list[tuple[Ac
     return [(a.kind, a.service) for a in actions]
 
 
-def test_an_identical_hand_made_credential_is_adopted_and_never_deleted() -> None:
-    assert _plan([cred("hand-api")], [binding("api")]) == [(ActionKind.ADOPT, "api")]
+def test_an_identical_hand_made_credential_is_used_as_is_and_never_deleted() -> None:
+    # Credentials take no marks (the registry's `marks_adopted` is False for Azure): used as found, not adopted.
+    assert _plan([cred("hand-api")], [binding("api")]) == [(ActionKind.NOOP, "api")]
     assert _plan([cred("hand-api")], []) == []  # the connection removed: keyless leaves it alone
 
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.credentials import TokenCredential
 
 from keyless import names
 from keyless.audit import AuditReport, Finding, IdentityUse, build_report, identity_key
@@ -20,38 +15,12 @@ from keyless.audit.azure import AzureIdentityDocuments, AzureRoleAssignment, aud
 from keyless.audit.shared import audit_incomplete
 from keyless.bindings import Binding
 from keyless.clouds import AzureIdentity, Cloud
-from keyless.errors import CloudError
-from keyless.providers.retry import RetryPolicy, call_with_retry
+from keyless.providers.azure_api import AzureApi, Denied
+from keyless.providers.retry import RetryPolicy
 from keyless.targets import AzureTarget
 
-if TYPE_CHECKING:
-    from azure.core.credentials import TokenCredential
-    from azure.mgmt.authorization import AuthorizationManagementClient
-    from azure.mgmt.msi import ManagedServiceIdentityClient
-
-T = TypeVar("T")
-
-# As for AWS, the SDK makes one attempt (retry_total=0) and keyless.providers.retry decides about the rest.
+# Reads only, so a shorter schedule than the provider's writes need.
 DEFAULT_RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=8.0, deadline=45.0)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Throttling, server errors and lost connections."""
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return True
-    if isinstance(exc, HttpResponseError):
-        status = exc.status_code or 0
-        return status == 429 or status >= 500
-    return False
-
-
-def _denied(exc: BaseException) -> bool:
-    return isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError) \
-        and exc.status_code == 403
-
-
-class _Denied(Exception):
-    """A read ARM refused (403); carries what was being read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,56 +31,24 @@ class _IdentityRead:
 
 
 class AzureAuditor:
-    """Reads role assignments through azure-mgmt-authorization and the identity through azure-mgmt-msi.
-
-    Clients are built like the Azure target's: ARM endpoint `armEndpoint`, CA bundle `caBundle`, and a
-    credential (DefaultAzureCredential unless one is given). `client_options` reach both SDK clients (a test
-    passes its transport there).
-    """
+    """Reads role assignments, the identity and its credentials through the same SDK layer as the provider
+    (`armEndpoint`, `caBundle`, the same retries and errors), with DefaultAzureCredential unless one is given."""
 
     def __init__(self, target: AzureTarget, credential: TokenCredential | None = None, *,
-                 retry: RetryPolicy = DEFAULT_RETRY, **client_options: Any) -> None:
-        from azure.mgmt.authorization import AuthorizationManagementClient
-        from azure.mgmt.msi import ManagedServiceIdentityClient
-
+                 retry: RetryPolicy = DEFAULT_RETRY, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.target = target
-        self._retry = retry
-        if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-        endpoint = target.arm_endpoint.rstrip("/")
-        options: dict[str, Any] = {
-            "base_url": endpoint,
-            "credential_scopes": [f"{endpoint}/.default"],
-            "retry_total": 0,
-            "connection_verify": target.ca_bundle or True,
-            **client_options,
-        }
-        self._auth: AuthorizationManagementClient = AuthorizationManagementClient(
-            credential, target.subscription, **options)
-        self._msi: ManagedServiceIdentityClient = ManagedServiceIdentityClient(
-            credential, target.subscription, **options)
+        self._api = AzureApi(target, credential, retry=retry, sleep=sleep, clock=clock)
+        self._auth = self._api.authorization
+        self._msi = self._api.msi
         self._roles: dict[str, Any] = {}
 
-    def _call(self, doing: str, fn: Callable[[], T]) -> T:
-        try:
-            return call_with_retry(fn, policy=self._retry, retryable=is_transient, what=doing)
-        except HttpResponseError as exc:
-            if _denied(exc):
-                raise _Denied(f"{doing} (403 {exc.error.code if exc.error else 'Forbidden'})") from exc
-            if isinstance(exc, ClientAuthenticationError):
-                raise CloudError(f"{doing}: Azure refused the credentials: {exc.message}",
-                                 "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated token (or `az login`)"
-                                 ) from exc
-            raise CloudError(f"{doing}: {exc.message}") from exc
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise CloudError(f"{doing}: could not reach Azure Resource Manager at {self.target.arm_endpoint}: {exc}",
-                             "check armEndpoint, caBundle and the network") from exc
+    def close(self) -> None:
+        self._api.close()
 
     def _role_definition(self, role_definition_id: str) -> Any:
         if role_definition_id not in self._roles:
-            self._roles[role_definition_id] = self._call(
+            self._roles[role_definition_id] = self._api.call(
                 f"reading role definition {role_definition_id}",
                 lambda: self._auth.role_definitions.get_by_id(role_definition_id))
         return self._roles[role_definition_id]
@@ -120,16 +57,11 @@ class AzureAuditor:
         """The identity's principal, every role assignment of it in the subscription, and keyless's credentials."""
         key = f"{identity.resource_group}/{identity.identity_name}"
 
-        def get() -> Any:
-            try:
-                return self._msi.user_assigned_identities.get(identity.resource_group, identity.identity_name)
-            except ResourceNotFoundError:
-                return None
-
         try:
-            found = self._call(f"reading managed identity {key}", get)
-        except _Denied as exc:
-            return _IdentityRead(None, str(exc))
+            found = self._api.get(f"reading managed identity {key}", lambda: self._msi.user_assigned_identities.get(
+                identity.resource_group, identity.identity_name))
+        except Denied as exc:
+            return _IdentityRead(None, _denied(exc))
         if found is None or not found.principal_id:
             return _IdentityRead(None, f"managed identity {key}: it does not exist in subscription "
                                        f"{self.target.subscription}")
@@ -139,17 +71,17 @@ class AzureAuditor:
         scope = f"/subscriptions/{self.target.subscription}"
         try:
             # principalId filter: assignments at, above (management groups) and below (groups, resources) the scope.
-            listed = self._call(f"listing role assignments of {key}", lambda: list(
+            listed = self._api.call(f"listing role assignments of {key}", lambda: list(
                 self._auth.role_assignments.list_for_scope(scope, filter=f"principalId eq '{principal}'")))
-        except _Denied as exc:
+        except Denied as exc:
             listed = []
-            unreadable.append(str(exc))
+            unreadable.append(_denied(exc))
         for item in listed:
             definition_id = str(item.role_definition_id or "")
             try:
                 definition = self._role_definition(definition_id)
-            except _Denied as exc:
-                unreadable.append(str(exc))
+            except Denied as exc:
+                unreadable.append(_denied(exc))
                 definition = None
             permissions = list(getattr(definition, "permissions", None) or [])
             assignments.append(AzureRoleAssignment(
@@ -162,11 +94,11 @@ class AzureAuditor:
                 condition=item.condition))
         uses: list[IdentityUse] = []
         try:
-            credentials = self._call(f"listing federated credentials of {key}", lambda: list(
+            credentials = self._api.call(f"listing federated credentials of {key}", lambda: list(
                 self._msi.federated_identity_credentials.list(identity.resource_group, identity.identity_name)))
-        except _Denied as exc:
+        except Denied as exc:
             credentials = []
-            unreadable.append(f"{exc}: sharing with other apps was not checked")
+            unreadable.append(f"{_denied(exc)}: sharing with other apps was not checked")
         for credential in credentials:
             owner = names.parse_federated_credential_name(str(credential.name or ""))
             if owner is not None and owner[2] == names.target_hash(target_name):
@@ -189,3 +121,8 @@ class AzureAuditor:
             per_identity[key] = audit_identity(read.documents)
             elsewhere += read.uses
         return build_report(app, target_name, Cloud.AZURE, bindings, per_identity, elsewhere)
+
+
+def _denied(exc: Denied) -> str:
+    """A read ARM refused, for the AUDIT-INCOMPLETE finding: what was read and ARM's code."""
+    return f"{exc.doing} (403 {exc.code})"

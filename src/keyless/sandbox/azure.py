@@ -398,8 +398,23 @@ class AzureSandbox:
         """The next `count` managed-identity writes answer 429 TooManyRequests with this Retry-After (seconds)."""
         self._throttle.throttle_next(count, retry_after)
 
+    def deny(self, *actions: str) -> None:
+        """Refuse these Azure RBAC actions (`Microsoft.Authorization/roleAssignments/read`, ...) with 403
+        AuthorizationFailed, as ARM does for a caller without a role that grants them; none allows all again."""
+        self._arm.faults.deny(actions)
+
+    def fail_next(self, action: str, count: int = 1, status: int = 500) -> None:
+        """The next `count` requests needing `action` answer this 5xx status."""
+        self._arm.faults.fail_next(action, count, status)
+
+    @property
+    def arm_requests(self) -> list[tuple[str, str, str]]:
+        """(method, path, action) of every ARM request so far, in order: count the calls keyless makes."""
+        return list(self._arm.faults.requests)
+
     def reset_faults(self) -> None:
         self._throttle.reset()
+        self._arm.faults.reset()
 
     @property
     def propagation_delay(self) -> float:

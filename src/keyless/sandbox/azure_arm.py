@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -105,10 +106,75 @@ def _render_assignment(assignment: RoleAssignment) -> _JSON:
     }
 
 
+_ACTION = re.compile(r"[A-Za-z]+\.[A-Za-z.]+(/[A-Za-z]+)+/(read|write|delete)")
+SANDBOX_CALLER = "00000000-0000-0000-0000-00000000cafe"
+
+
+class ArmFaults:
+    """Faults armed on ARM from Python (thread-safe): actions refused as for a caller without the role, and
+    server errors for the next requests of an action."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._denied: frozenset[str] = frozenset()
+        self._failing: dict[str, tuple[int, int]] = {}  # action -> (status, remaining)
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, action) of every ARM request, in order
+
+    def deny(self, actions: Iterable[str]) -> None:
+        found = list(actions)
+        bad = sorted(a for a in found if not _ACTION.fullmatch(a))
+        if bad:
+            raise ValueError(f"not ARM actions (Namespace/type/.../read|write|delete): {', '.join(bad)}")
+        with self._lock:
+            self._denied = frozenset(a.lower() for a in found)
+
+    def fail_next(self, action: str, count: int = 1, status: int = 500) -> None:
+        if not _ACTION.fullmatch(action) or count < 0 or not 500 <= status <= 599:
+            raise ValueError("fail_next takes an ARM action, a count >= 0 and a 5xx status")
+        with self._lock:
+            self._failing[action.lower()] = (status, count)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._denied = frozenset()
+            self._failing.clear()
+
+    def check(self, method: str, path: str, action: str) -> None:
+        """Record the request; raise the ArmError an armed fault calls for."""
+        key = action.lower()
+        with self._lock:
+            self.requests.append((method, path, action))
+            if key in self._denied:
+                raise ArmError(403, "AuthorizationFailed",
+                               f"The client '{SANDBOX_CALLER}' with object id '{SANDBOX_CALLER}' does not have "
+                               f"authorization to perform action '{action}' over scope '{path}' or the scope is "
+                               "invalid. If access was recently granted, please refresh your credentials.")
+            status, remaining = self._failing.get(key, (0, 0))
+            if remaining > 0:
+                self._failing[key] = (status, remaining - 1)
+                raise ArmError(status, "InternalServerError", "Encountered internal server error. Diagnostic "
+                               "information: fault injected by the keyless sandbox.")
+
+
+def arm_action(method: str, path: str) -> str:
+    """The Azure RBAC action a request needs, e.g. Microsoft.Authorization/roleAssignments/read."""
+    segments = [s for s in path.split("/") if s]
+    verb = {"GET": "read", "HEAD": "read", "DELETE": "delete"}.get(method, "write")
+    lowered = [s.lower() for s in segments]
+    if "providers" in lowered:
+        at = len(lowered) - 1 - lowered[::-1].index("providers")
+        namespace, types = segments[at + 1] if at + 1 < len(segments) else "", segments[at + 2::2]
+        return "/".join([namespace, *types, verb])
+    types = ["subscriptions"] + (["resourceGroups"] if "resourcegroups" in lowered else [])
+    return "/".join(["Microsoft.Resources", *types, verb])
+
+
 class ArmStandIn:
     """Routes ARM requests to the state; every request needs a bearer token the Entra stand-in issued."""
 
-    def __init__(self, state: AzureState, entra: EntraStandIn, rbac: RoleAssignments, throttle: WriteThrottle) -> None:
+    def __init__(self, state: AzureState, entra: EntraStandIn, rbac: RoleAssignments, throttle: WriteThrottle,
+                 faults: ArmFaults | None = None) -> None:
+        self.faults = faults or ArmFaults()
         self.state = state
         self.entra = entra
         self.rbac = rbac
@@ -137,6 +203,7 @@ class ArmStandIn:
                 raise ArmError(400, "InvalidApiVersionParameter",
                                f"The api-version '{api_version}' is invalid. The supported versions are dates such as "
                                "'2024-11-30'.")
+            self.faults.check(request.method, request.path, arm_action(request.method, request.path))
             response = await handler(request)
         except ArmError as error:
             response = web.json_response(error.body(), status=error.status, headers=error.headers)
