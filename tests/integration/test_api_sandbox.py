@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from lightkube import Client, KubeConfig
 
 from keyless.porter import load_app
-from keyless.sandbox.azure_demo import DEMO_API_IDENTITY, DEMO_RESOURCE_GROUP
+from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET
 from keyless.server.app import create_app

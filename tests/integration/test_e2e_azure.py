@@ -16,7 +16,7 @@ from lightkube.resources.core_v1 import Pod
 
 from keyless.porter import load_app
 from keyless.sandbox import control
-from keyless.sandbox.azure_demo import DEMO_API_IDENTITY, DEMO_BROAD_IDENTITY, DEMO_RESOURCE_GROUP
+from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_BROAD_IDENTITY, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET
 

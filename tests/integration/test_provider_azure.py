@@ -36,7 +36,7 @@ from keyless.providers.base import PreflightIssue
 from keyless.providers.base import PreflightSeverity as Severity
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.azure import DEMO_CLUSTER, DEMO_CLUSTER_OFF, DEMO_RESOURCE_GROUP, AzureDemoSeed, AzureSandbox
-from keyless.sandbox.kube_tokens import ServiceAccountIssuer
+from keyless.sandbox.kube.tokens import ServiceAccountIssuer
 from keyless.targets import AzureTarget
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from keyless.sandbox.kube_merge import (
+from keyless.sandbox.kube.merge import (
     ApplyConflictError,
     PatchError,
     SelectorError,

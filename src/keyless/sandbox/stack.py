@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 from keyless.sandbox.aws import AwsSandbox
 from keyless.sandbox.azure import AzureSandbox
-from keyless.sandbox.azure_demo import DEMO_CLUSTER, AzureDemoSeed
+from keyless.sandbox.azure.demo import DEMO_CLUSTER, AzureDemoSeed
 from keyless.sandbox.kube import (
     KubeStandIn,
     KubeStandInError,

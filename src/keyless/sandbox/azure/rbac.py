@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from keyless.sandbox.azure_roles import BUILT_IN_ROLES, RoleDefinition
-from keyless.sandbox.azure_state import GUID, ArmError, AzureState, normalize_scope
+from keyless.sandbox.azure.roles import BUILT_IN_ROLES, RoleDefinition
+from keyless.sandbox.azure.state import GUID, ArmError, AzureState, normalize_scope
 
 __all__ = ["RoleAssignment", "RoleAssignments"]
 

@@ -18,7 +18,7 @@ from azure.mgmt.containerservice import ContainerServiceClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.msi.models import Identity as IdentityModel
 
-from keyless.sandbox.azure_roles import CONTRIBUTOR, STORAGE_BLOB_DATA_READER
+from keyless.sandbox.azure.roles import CONTRIBUTOR, STORAGE_BLOB_DATA_READER
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

@@ -24,7 +24,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 from ruamel.yaml import YAML
 
-from keyless.sandbox.kube_admission import (
+from keyless.sandbox.kube.admission import (
     AZURE_AUDIENCE,
     AZURE_TOKEN_FILE,
     EKS_AUDIENCE,
@@ -35,11 +35,11 @@ from keyless.sandbox.kube_admission import (
     azure_workload_identity_mutator,
     eks_pod_identity_mutator,
 )
-from keyless.sandbox.kube_api import KubeApiServer, random_suffix
-from keyless.sandbox.kube_controllers import Controllers
-from keyless.sandbox.kube_merge import JsonDict
-from keyless.sandbox.kube_schema import CONFIG_MAPS, NAMESPACES, PODS, SECRETS, StatusError
-from keyless.sandbox.kube_tokens import DEFAULT_EXPIRATION_SECONDS, ServiceAccountIssuer
+from keyless.sandbox.kube.api import KubeApiServer, random_suffix
+from keyless.sandbox.kube.controllers import Controllers
+from keyless.sandbox.kube.merge import JsonDict
+from keyless.sandbox.kube.schema import CONFIG_MAPS, NAMESPACES, PODS, SECRETS, StatusError
+from keyless.sandbox.kube.tokens import DEFAULT_EXPIRATION_SECONDS, ServiceAccountIssuer
 
 __all__ = [
     "AZURE_AUDIENCE",

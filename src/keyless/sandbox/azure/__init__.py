@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import certifi
 import trustme
 
-from keyless.sandbox.azure_arm import ArmStandIn
-from keyless.sandbox.azure_demo import (
+from keyless.sandbox.azure.arm import ArmStandIn
+from keyless.sandbox.azure.demo import (
     DEMO_CLUSTER,
     DEMO_CLUSTER_OFF,
     DEMO_LOCATION,
@@ -29,11 +29,11 @@ from keyless.sandbox.azure_demo import (
     assignment_name,
     seed_demo,
 )
-from keyless.sandbox.azure_entra import ARM_AUDIENCES, EntraStandIn, IssuerKeys
-from keyless.sandbox.azure_limits import REAL_WRITE_LIMITS, RateLimit, WriteLimits, WriteThrottle
-from keyless.sandbox.azure_rbac import RoleAssignments
-from keyless.sandbox.azure_roles import MANAGED_IDENTITY_CONTRIBUTOR, READER
-from keyless.sandbox.azure_state import (
+from keyless.sandbox.azure.entra import ARM_AUDIENCES, EntraStandIn, IssuerKeys
+from keyless.sandbox.azure.limits import REAL_WRITE_LIMITS, RateLimit, WriteLimits, WriteThrottle
+from keyless.sandbox.azure.rbac import RoleAssignments
+from keyless.sandbox.azure.roles import MANAGED_IDENTITY_CONTRIBUTOR, READER
+from keyless.sandbox.azure.state import (
     MAX_FEDERATED_CREDENTIALS,
     TOKEN_EXCHANGE_AUDIENCE,
     ArmError,
@@ -41,7 +41,7 @@ from keyless.sandbox.azure_state import (
     Identity,
     ManagedCluster,
 )
-from keyless.sandbox.kube_tokens import ServiceAccountIssuer
+from keyless.sandbox.kube.tokens import ServiceAccountIssuer
 from keyless.sandbox.servers import BackgroundServers
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from keyless.sandbox.aws_eks_model import (
+from keyless.sandbox.aws.eks_model import (
     DEFAULT_ASSOCIATION_QUOTA,
     KNOWN_ADDONS,
     MAX_TAGS,

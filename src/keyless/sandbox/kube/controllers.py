@@ -13,9 +13,9 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
-from keyless.sandbox.kube_api import ChangeEvent, KubeApiServer, now_rfc3339
-from keyless.sandbox.kube_merge import JsonDict
-from keyless.sandbox.kube_schema import (
+from keyless.sandbox.kube.api import ChangeEvent, KubeApiServer, now_rfc3339
+from keyless.sandbox.kube.merge import JsonDict
+from keyless.sandbox.kube.schema import (
     DEPLOYMENTS,
     EVENTS,
     JOBS,

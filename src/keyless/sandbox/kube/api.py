@@ -24,8 +24,8 @@ import kmock
 from kmock._internal.rendering import Response as KmockResponse
 from ruamel.yaml import YAML
 
-from keyless.sandbox.kube_admission import Mutator, mutator_name, service_account_admission
-from keyless.sandbox.kube_merge import (
+from keyless.sandbox.kube.admission import Mutator, mutator_name, service_account_admission
+from keyless.sandbox.kube.merge import (
     ApplyConflictError,
     FieldRequirement,
     JsonDict,
@@ -42,7 +42,7 @@ from keyless.sandbox.kube_merge import (
     server_side_apply,
     strategic_merge_patch,
 )
-from keyless.sandbox.kube_schema import (
+from keyless.sandbox.kube.schema import (
     JOBS,
     KINDS,
     NAMESPACES,
@@ -61,7 +61,7 @@ from keyless.sandbox.kube_schema import (
     validate,
     verbs,
 )
-from keyless.sandbox.kube_tokens import DEFAULT_EXPIRATION_SECONDS, BoundObject, ServiceAccountIssuer
+from keyless.sandbox.kube.tokens import DEFAULT_EXPIRATION_SECONDS, BoundObject, ServiceAccountIssuer
 
 logger = logging.getLogger("keyless.sandbox.kube")
 

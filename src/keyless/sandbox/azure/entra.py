@@ -15,8 +15,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyless.sandbox.azure_state import ArmError, AzureState, Identity
-from keyless.sandbox.kube_tokens import ServiceAccountIssuer
+from keyless.sandbox.azure.state import ArmError, AzureState, Identity
+from keyless.sandbox.kube.tokens import ServiceAccountIssuer
 
 __all__ = [
     "ARM_AUDIENCES",

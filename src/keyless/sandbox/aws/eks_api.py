@@ -19,8 +19,8 @@ from aiohttp import web
 from botocore.exceptions import ClientError
 from yarl import URL
 
-from keyless.sandbox.aws_eks import EksState
-from keyless.sandbox.aws_eks_model import (
+from keyless.sandbox.aws.eks import EksState
+from keyless.sandbox.aws.eks_model import (
     BindingChange,
     ClusterRef,
     EksError,
@@ -28,7 +28,7 @@ from keyless.sandbox.aws_eks_model import (
     validate_max_results,
     validate_tags,
 )
-from keyless.sandbox.aws_moto import DEFAULT_ACCOUNT, MotoClients
+from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT, MotoClients
 
 LostResponseMode = Literal["error", "drop"]
 

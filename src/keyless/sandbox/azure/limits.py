@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from keyless.sandbox.azure_state import ArmError
+from keyless.sandbox.azure.state import ArmError
 
 __all__ = ["REAL_WRITE_LIMITS", "RateLimit", "WriteLimits", "WriteThrottle"]
 

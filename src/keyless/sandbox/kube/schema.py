@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from keyless.sandbox.kube_merge import JsonDict, SelectorError, labels_match, selector_from_match
+from keyless.sandbox.kube.merge import JsonDict, SelectorError, labels_match, selector_from_match
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from keyless.sandbox.aws_agent import (
+from keyless.sandbox.aws.agent import (
     CREDENTIALS_PATH,
     ClusterKeyLookup,
     PodIdentityAgent,
     StaticClusterKeys,
 )
-from keyless.sandbox.aws_eks import DEFAULT_ASSOCIATION_QUOTA, POD_IDENTITY_AGENT_ADDON, EksState
-from keyless.sandbox.aws_eks_api import IAM_PREFIX, EksFront, Faults, FaultState, LostResponseMode
-from keyless.sandbox.aws_moto import DEFAULT_ACCOUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoClients, MotoServer
+from keyless.sandbox.aws.eks import DEFAULT_ASSOCIATION_QUOTA, POD_IDENTITY_AGENT_ADDON, EksState
+from keyless.sandbox.aws.eks_api import IAM_PREFIX, EksFront, Faults, FaultState, LostResponseMode
+from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoClients, MotoServer
 from keyless.sandbox.servers import BackgroundServers
 
 if TYPE_CHECKING:

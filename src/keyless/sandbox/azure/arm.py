@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from keyless.sandbox.azure_entra import EntraStandIn
-from keyless.sandbox.azure_limits import WriteThrottle
-from keyless.sandbox.azure_rbac import RoleAssignment, RoleAssignments
-from keyless.sandbox.azure_state import (
+from keyless.sandbox.azure.entra import EntraStandIn
+from keyless.sandbox.azure.limits import WriteThrottle
+from keyless.sandbox.azure.rbac import RoleAssignment, RoleAssignments
+from keyless.sandbox.azure.state import (
     AKS_TYPE,
     FIC_TYPE,
     UAMI_TYPE,

@@ -17,10 +17,10 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from keyless.sandbox.aws_eks import EksState
-from keyless.sandbox.aws_eks_model import POD_IDENTITY_AGENT_ADDON, RoleBinding, parse_role_arn
-from keyless.sandbox.aws_moto import MotoClients
-from keyless.sandbox.aws_policy import AssumeRequest, evaluate_trust
+from keyless.sandbox.aws.eks import EksState
+from keyless.sandbox.aws.eks_model import POD_IDENTITY_AGENT_ADDON, RoleBinding, parse_role_arn
+from keyless.sandbox.aws.moto_server import MotoClients
+from keyless.sandbox.aws.policy import AssumeRequest, evaluate_trust
 
 AUDIENCE = "pods.eks.amazonaws.com"
 SERVICE_PRINCIPAL = "pods.eks.amazonaws.com"
