@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from virtual_time import VirtualTime
 
 from keyless import names
 from keyless.bindings import Binding
@@ -256,9 +257,10 @@ def test_wait_visible_waits_until_the_association_has_settled(sandbox: AwsSandbo
     assert sandbox.association_for(cluster, APP, "shop-api") == seed.roles["keyless-demo-api"]
 
     [_, never], _ = _plan(provider, [_binding("api", "keyless-demo-api"), _binding("web", "keyless-demo-api")])
-    started = time.monotonic()
-    assert not provider.wait_visible(never, 0.5)
-    assert time.monotonic() - started < 3.0
+    virtual = VirtualTime()
+    waiting = _provider(cluster, settle=0.5, sleep=virtual.sleep, clock=virtual.clock)
+    assert not waiting.wait_visible(never, 0.5)
+    assert virtual.now == pytest.approx(0.5)  # gave up at its timeout, on the injected clock
 
 
 # ---- resolve: roles that cannot be used ----------------------------------------------------------
@@ -502,12 +504,13 @@ def test_a_throttling_storm_is_ridden_out(sandbox: AwsSandbox, seed: DemoSeed, e
 
 
 def test_endless_throttling_gives_up_in_bounded_time_with_a_clear_error(sandbox: AwsSandbox) -> None:
-    provider = _provider(_cluster(sandbox))
+    virtual = VirtualTime()
+    provider = _provider(_cluster(sandbox), sleep=virtual.sleep, clock=virtual.clock)
     sandbox.throttle_next(10_000)
-    started = time.monotonic()
     with pytest.raises(CloudError) as raised:
         provider.preflight([])
-    assert time.monotonic() - started < FAST.deadline + 2
+    assert virtual.now <= FAST.deadline
+    assert len(virtual.sleeps) == FAST.max_attempts - 1
     assert "ThrottlingException" in raised.value.message
     assert "gave up after 6 attempt(s)" in raised.value.message
     assert "throttl" in raised.value.hint
@@ -563,15 +566,15 @@ def test_a_role_iam_has_not_propagated_is_waited_for(sandbox: AwsSandbox, iam: A
 def test_a_role_that_never_appears_fails_in_bounded_time(sandbox: AwsSandbox) -> None:
     cluster = _cluster(sandbox)
     short = RetryPolicy(max_attempts=100, base_delay=0.05, max_delay=0.1, deadline=1.0)
-    provider = _provider(cluster, role_propagation=short)
+    virtual = VirtualTime()
+    provider = _provider(cluster, role_propagation=short, sleep=virtual.sleep, clock=virtual.clock)
     ghost = "arn:aws:iam::123456789012:role/deleted-after-planning"
     create = Action(ActionKind.CREATE, Resource.CLOUD_BINDING, "api",
                     ObjectRef("Pod Identity association", "shop", "shop-api"), "bind",
                     _resolved(_binding("api", ghost), ghost))
-    started = time.monotonic()
     with pytest.raises(CloudError) as raised:
         provider.apply(create)
-    assert time.monotonic() - started < 3.0
+    assert virtual.now == pytest.approx(short.deadline)  # kept trying until the deadline, and no longer
     assert "Role provided in the request does not exist" in raised.value.message
     assert "propagating" in raised.value.hint
 

@@ -18,6 +18,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.identity import WorkloadIdentityCredential
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.msi.models import FederatedIdentityCredential, Identity
+from virtual_time import VirtualTime
 
 from keyless import names
 from keyless.bindings import Binding
@@ -418,23 +419,32 @@ def test_writes_on_one_identity_queue_while_other_identities_run_in_parallel(
     provider = _provider(sandbox, providers)
     sandbox.write_hold = 0.6
 
-    def together(wanted: list[Binding]) -> float:
+    def together(wanted: list[Binding]) -> dict[str, tuple[float, float]]:
+        """When each service's write started and ended."""
         actions = [a for a in _plan(provider, wanted)[0] if a.changes]
         barrier = threading.Barrier(len(actions))
+        spans: dict[str, tuple[float, float]] = {}
 
         def run(action: Action) -> None:
             barrier.wait()
+            started = time.monotonic()
             assert provider.apply(action).ok
+            spans[action.service] = (started, time.monotonic())
 
-        started = time.monotonic()
         with ThreadPoolExecutor(len(actions)) as pool:
             list(pool.map(run, actions))
-        return time.monotonic() - started
+        return spans
+
+    def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return a[0] < b[1] and b[0] < a[1]
 
     try:
-        assert together([_binding("api", first), _binding("worker", first)]) >= 1.2  # one after the other
+        spans = together([_binding("api", first), _binding("worker", first)])
+        assert max(end for _, end in spans.values()) - min(start for start, _ in spans.values()) >= 1.2
         both = [_binding("api", first), _binding("worker", first), _binding("web", first), _binding("jobs", second)]
-        assert together(both) < 1.1  # web and jobs side by side
+        spans = together(both)
+        # One identity's writes queue behind each other; another identity's run beside them.
+        assert overlap(spans["jobs"], spans["web"])  # api and worker exist already: only these two write
     finally:
         sandbox.write_hold = HOLD
 
@@ -477,14 +487,15 @@ def test_throttling_is_ridden_out_honouring_retry_after(
 def test_endless_throttling_gives_up_in_bounded_time_with_a_clear_error(
         sandbox: AzureSandbox, providers: list[AzureProvider], msi: ManagedServiceIdentityClient) -> None:
     identity = _identity(msi)
+    virtual = VirtualTime()
     provider = _provider(sandbox, providers, retry=RetryPolicy(max_attempts=20, base_delay=0.05, max_delay=0.2,
-                                                               deadline=2.5))
+                                                               deadline=2.5), sleep=virtual.sleep, clock=virtual.clock)
     [create], _ = _plan(provider, [_binding("api", identity)])
     sandbox.throttle_next(1000, retry_after=1.0)
-    started = time.monotonic()
     with pytest.raises(CloudError) as caught:
         provider.apply(create)
-    assert time.monotonic() - started < 6.0
+    assert virtual.now == pytest.approx(2.5)  # Retry-After honoured up to the deadline, not past it
+    assert all(s <= 1.0 for s in virtual.sleeps)
     assert "TooManyRequests" in caught.value.message
     assert "gave up after" in caught.value.message
     assert "throttling" in caught.value.hint
@@ -706,9 +717,10 @@ def test_wait_visible_gives_up_in_bounded_time(
     identity = _identity(msi)
     provider = _provider(sandbox, providers)
     [create], _ = _plan(provider, [_binding("api", identity)])
-    started = time.monotonic()
-    assert not provider.wait_visible(create, 0.5)  # never applied
-    assert time.monotonic() - started < 3.0
+    virtual = VirtualTime()
+    waiting = _provider(sandbox, providers, sleep=virtual.sleep, clock=virtual.clock)
+    assert not waiting.wait_visible(create, 0.5)  # never applied
+    assert virtual.now == pytest.approx(0.5)
 
 
 class _OtherTenant:
