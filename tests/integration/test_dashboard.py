@@ -17,8 +17,7 @@ from fastapi.testclient import TestClient
 from server_support import running_server
 
 from keyless.errors import CloudError, NotFound
-from keyless.providers.base import PreflightIssue
-from keyless.providers.base import PreflightSeverity as Severity
+from keyless.providers.base import PreflightIssue, PreflightSeverity
 from keyless.server.app import create_app
 from keyless.server.auth import SESSION_COOKIE, ServerState
 from keyless.server.operations import Connector
@@ -48,7 +47,7 @@ class FakeProvider:
     """Stands in for a cloud on the targets page: preflight is all it is asked for."""
 
     def preflight(self, bindings: list[Any]) -> list[PreflightIssue]:
-        return [PreflightIssue(Severity.BLOCKING, "the EKS Pod Identity agent add-on is not installed on prod",
+        return [PreflightIssue(PreflightSeverity.BLOCKING, "the EKS Pod Identity agent add-on is not installed on prod",
                                fix="aws eks create-addon --cluster-name prod --addon-name eks-pod-identity-agent")]
 
 

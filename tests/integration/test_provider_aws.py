@@ -25,8 +25,7 @@ from keyless.plan.model import ObjectRef
 from keyless.plan.planner import plan_bindings
 from keyless.porter.model import ServiceType
 from keyless.providers.aws import AwsProvider
-from keyless.providers.base import PreflightIssue
-from keyless.providers.base import PreflightSeverity as Severity
+from keyless.providers.base import PreflightIssue, PreflightSeverity
 from keyless.providers.retry import NO_RETRY, RetryPolicy
 from keyless.sandbox.aws import POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed
 from keyless.targets import AwsTarget
@@ -129,7 +128,7 @@ def _resolved(binding: Binding, arn: str) -> Binding:
 
 
 def _blocking(issues: Sequence[PreflightIssue]) -> list[PreflightIssue]:
-    return [i for i in issues if i.severity is Severity.BLOCKING]
+    return [i for i in issues if i.severity is PreflightSeverity.BLOCKING]
 
 
 def _plan(provider: AwsProvider, bindings: Sequence[Binding], *, app: str = APP,
@@ -270,7 +269,7 @@ def test_a_missing_role_blocks_naming_role_and_service(sandbox: AwsSandbox, seed
     provider = _provider(_cluster(sandbox))
     resolved, issues = provider.resolve([_binding("api", "no-such-role"), _binding("web", "keyless-demo-api")])
     [issue] = issues
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert issue.service == "api"
     assert "'no-such-role'" in issue.message
     assert "service api" in issue.message
@@ -299,7 +298,7 @@ def test_a_role_of_another_account_or_partition_blocks(sandbox: AwsSandbox, seed
     provider = _provider(_cluster(sandbox), session)
     resolved, issues = provider.resolve([_binding("api", role)])
     [issue] = issues
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert issue.service == "api"
     assert "cluster's own account" in issue.message
     assert "targetRoleArn" in issue.fix

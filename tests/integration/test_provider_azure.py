@@ -33,8 +33,7 @@ from keyless.porter.loader import load_app
 from keyless.porter.model import ServiceType
 from keyless.providers.azure import AzureProvider
 from keyless.providers.azure_credentials import AUDIENCE
-from keyless.providers.base import PreflightIssue
-from keyless.providers.base import PreflightSeverity as Severity
+from keyless.providers.base import PreflightIssue, PreflightSeverity
 from keyless.providers.retry import RetryPolicy
 from keyless.sandbox.azure import DEMO_CLUSTER, DEMO_CLUSTER_OFF, DEMO_RESOURCE_GROUP, AzureDemoSeed, AzureSandbox
 from keyless.sandbox.kube.tokens import ServiceAccountIssuer
@@ -152,7 +151,7 @@ def _binding(service: str, identity: str, *, rg: str = RG, app: str = APP, names
 
 
 def _blocking(issues: Sequence[PreflightIssue]) -> list[PreflightIssue]:
-    return [i for i in issues if i.severity is Severity.BLOCKING]
+    return [i for i in issues if i.severity is PreflightSeverity.BLOCKING]
 
 
 def _plan(provider: AzureProvider, bindings: Sequence[Binding], *, recorded: Sequence[str] = (),
@@ -297,7 +296,7 @@ def test_a_missing_identity_blocks_naming_service_identity_and_group(
     provider = _provider(sandbox, providers)
     resolved, issues = provider.resolve([_binding("api", "nobody-home")])
     [issue] = issues
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert issue.service == "api"
     assert "'nobody-home'" in issue.message
     assert "does not exist in resource group" in issue.message
@@ -312,7 +311,7 @@ def test_a_missing_resource_group_is_told_apart_from_a_missing_identity(
     _, issues = provider.resolve([_binding("api", "shop-api", rg="no-such-group"),
                                   _binding("worker", "shop-api", rg="no-such-group")])
     [issue] = issues  # one lookup (and one issue) per distinct identity
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert "resource group 'no-such-group'" in issue.message
     assert "'shop-api'" in issue.message
     assert "services api, worker" in issue.message
@@ -322,7 +321,7 @@ def test_a_missing_resource_group_is_told_apart_from_a_missing_identity(
 
 def test_a_missing_cluster_blocks(sandbox: AzureSandbox, providers: list[AzureProvider]) -> None:
     [issue] = _provider(sandbox, providers, "no-such-aks").preflight([])
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert "'no-such-aks' not found" in issue.message
 
 
@@ -330,7 +329,7 @@ def test_a_cluster_without_the_oidc_issuer_blocks_with_the_exact_fix(
         sandbox: AzureSandbox, providers: list[AzureProvider], msi: ManagedServiceIdentityClient) -> None:
     provider = _provider(sandbox, providers, DEMO_CLUSTER_OFF)
     [issue] = provider.preflight(provider.resolve([_binding("api", _identity(msi))])[0])
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert "OIDC issuer" in issue.message
     assert issue.fix == (f"az aks update -g {RG} -n {DEMO_CLUSTER_OFF} --enable-oidc-issuer "
                          "--enable-workload-identity")
@@ -342,7 +341,7 @@ def test_a_cluster_without_workload_identity_blocks_with_the_exact_fix(
     sandbox.add_cluster(cluster, issuer_url=ISSUER, workload_identity_enabled=False)
     provider = _provider(sandbox, providers, cluster)
     [issue] = provider.preflight(provider.resolve([_binding("api", _identity(msi))])[0])
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert "workload identity" in issue.message
     assert "OIDC issuer" not in issue.message
     assert issue.fix == f"az aks update -g {RG} -n {cluster} --enable-oidc-issuer --enable-workload-identity"
@@ -364,7 +363,7 @@ def test_twenty_credentials_already_on_the_identity_block(
 
         _by_hand(msi, identity, "other-19", subject_for("elsewhere", "sa-19"))
         [issue] = provider.preflight(resolved)
-        assert issue.severity is Severity.BLOCKING
+        assert issue.severity is PreflightSeverity.BLOCKING
         assert f"{RG}/{identity} has 20 federated credentials" in issue.message
         assert "would add 1, 21 in all" in issue.message
         assert "limit of 20" in issue.message
@@ -513,7 +512,7 @@ def test_an_identical_hand_made_credential_is_used_as_is_and_never_deleted(
 
     resolved, _ = provider.resolve(wanted)
     [warning] = provider.preflight(resolved)
-    assert warning.severity is Severity.WARNING
+    assert warning.severity is PreflightSeverity.WARNING
     assert warning.message == (f"identical credential made-by-alice exists on {RG}/{identity}; keyless uses it and "
                                "will not delete it")
     actions, _ = _plan(provider, wanted)
@@ -595,7 +594,7 @@ def test_a_same_subject_credential_with_another_audience_blocks(
     provider = _provider(sandbox, providers)
     resolved, _ = provider.resolve([_binding("api", identity)])
     [issue] = provider.preflight(resolved)
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert "wrong-audience" in issue.message
     assert "api://something-else" in issue.message
     assert "--audiences api://AzureADTokenExchange" in issue.fix
@@ -744,7 +743,7 @@ def test_an_identity_of_another_tenant_blocks(
     provider = AzureProvider(_target(sandbox), _OtherTenant(sandbox.deployer_credential()), retry=FAST)
     providers.append(provider)
     _, [issue] = provider.resolve([_binding("api", identity)])
-    assert issue.severity is Severity.BLOCKING
+    assert issue.severity is PreflightSeverity.BLOCKING
     assert f"belongs to tenant {sandbox.tenant_id}" in issue.message
     assert "99999999-0000-0000-0000-000000000000" in issue.message
 

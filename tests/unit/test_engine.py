@@ -31,8 +31,7 @@ from keyless.plan import (
 )
 from keyless.plan.model import AccountSpec, ObjectRef, PodTemplateSettings
 from keyless.porter import load_app
-from keyless.providers.base import ActionOutcome, PreflightIssue
-from keyless.providers.base import PreflightSeverity as Severity
+from keyless.providers.base import ActionOutcome, PreflightIssue, PreflightSeverity
 from keyless.targets import AnyTarget, load_targets
 
 APP = "shop"
@@ -305,7 +304,7 @@ def test_rerun_after_a_failure_picks_up_where_it_stopped() -> None:
 
 
 def test_a_blocking_preflight_issue_stops_the_plan_with_the_fix() -> None:
-    issue = PreflightIssue(Severity.BLOCKING, "the trust policy of role 'api-role' does not allow pods.eks",
+    issue = PreflightIssue(PreflightSeverity.BLOCKING, "the trust policy of role 'api-role' does not allow pods.eks",
                            "add this statement to the trust policy: {...}", "api")
     w = world(preflight_issues=[issue])
     with pytest.raises(PreflightFailed) as caught:
@@ -317,7 +316,7 @@ def test_a_blocking_preflight_issue_stops_the_plan_with_the_fix() -> None:
 
 
 def test_a_blocking_issue_while_resolving_stops_before_preflight() -> None:
-    issue = PreflightIssue(Severity.BLOCKING, "IAM role 'api-role' does not exist", "create it", "api")
+    issue = PreflightIssue(PreflightSeverity.BLOCKING, "IAM role 'api-role' does not exist", "create it", "api")
     w = world(resolve_issues=[issue])
     with pytest.raises(PreflightFailed, match="fix: create it") as caught:
         w.plan()
@@ -326,7 +325,7 @@ def test_a_blocking_issue_while_resolving_stops_before_preflight() -> None:
 
 
 def test_warnings_become_plan_notes_and_do_not_block() -> None:
-    issue = PreflightIssue(Severity.WARNING, "the add-on is DEGRADED", "wait", None)
+    issue = PreflightIssue(PreflightSeverity.WARNING, "the add-on is DEGRADED", "wait", None)
     w = world(preflight_issues=[issue])
     planned = engine.plan_app(spec(), w.provider, w.kube)
     assert planned.plan.notes == ("the add-on is DEGRADED",)
