@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, CredentialRetrievalError
 from cryptography.hazmat.primitives.asymmetric import rsa
+from virtual_time import VirtualTime
 
 from keyless.sandbox.aws import DEMO_CLUSTER, POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed, StaticClusterKeys
 
@@ -637,3 +638,17 @@ def test_deny_refuses_what_is_not_an_iam_action(sandbox: AwsSandbox) -> None:
         sandbox.deny("ListRoles")
     answer = httpx.post(f"{sandbox.eks_url}/_sandbox/faults/deny", json={"actions": ["nope"]})
     assert answer.status_code == 400
+
+
+def test_the_sandbox_measures_its_delays_on_the_clock_it_is_given() -> None:
+    virtual = VirtualTime()
+    with AwsSandbox(association_delay=30.0, clock=virtual.clock) as timed:
+        seed = timed.seed_demo()
+        eks = timed.client("eks", NO_RETRIES)
+        _associate(eks, seed.cluster, "clocked", "api", seed.roles["keyless-demo-api"])
+        assert timed.association_for(seed.cluster, "clocked", "api") is None  # 30 virtual seconds to go
+        virtual.sleep(29.0)
+        assert timed.association_for(seed.cluster, "clocked", "api") is None
+        virtual.sleep(1.0)
+        assert timed.association_for(seed.cluster, "clocked", "api") == seed.roles["keyless-demo-api"]
+        assert timed.clock == virtual.clock  # exposed, so a test can read the time the sandbox goes by

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -132,14 +133,17 @@ class AwsSandbox:
         cluster_keys: ClusterKeyLookup | None = None,
         agent_cluster: str = DEMO_CLUSTER,
         require_agent_addon: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock  # association and add-on delays are measured on it
         self.region = region
         self.host = host
         self.agent_cluster = agent_cluster
         self._ports = (eks_port, agent_port)
         self._moto = MotoServer(host, moto_port)
         self._state = EksState(
-            association_quota=association_quota, association_delay=association_delay, addon_delay=addon_delay
+            association_quota=association_quota, association_delay=association_delay, addon_delay=addon_delay,
+            clock=clock,
         )
         self._faults = Faults()
         self._role_propagation_delay = role_propagation_delay

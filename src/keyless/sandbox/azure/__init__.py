@@ -8,8 +8,9 @@ import shutil
 import ssl
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -113,14 +114,16 @@ class AzureSandbox:
         issuer_keys: IssuerKeys | None = None,
         token_lifetime: int = 3600,
         deployer_token_lifetime: int = 3600,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock  # propagation delays, write holds and write limits are measured on it
         self.host = host
         self._ports = (arm_port, authority_port)
         self._given_state_dir = Path(state_dir) if state_dir is not None else None
         self._state = AzureState(tenant_id, subscription_id, propagation_delay=propagation_delay,
-                                 write_hold=write_hold)
+                                 write_hold=write_hold, clock=clock)
         self._rbac = RoleAssignments(self._state)
-        self._throttle = WriteThrottle(subscription_id, write_limits or WriteLimits())
+        self._throttle = WriteThrottle(subscription_id, write_limits or WriteLimits(), clock=clock)
         self._entra = EntraStandIn(self._state, issuer_keys=issuer_keys, token_lifetime=token_lifetime)
         self._arm = ArmStandIn(self._state, self._entra, self._rbac, self._throttle)
         self._registered_issuers: dict[str, Mapping[str, Any]] = {}
