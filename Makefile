@@ -22,7 +22,7 @@ lint: $(BIN)/keyless
 	$(BIN)/ruff check src tests benchmarks tools
 
 typecheck: $(BIN)/keyless
-	$(BIN)/mypy src tools
+	$(BIN)/mypy src tools benchmarks
 
 # PostgreSQL and Chromium for the control-plane tests: installed (as root) and started.
 services: $(BIN)/keyless

@@ -119,8 +119,7 @@ def main() -> int:
             spec = engine.PlanInput(loaded, "bench", EKS_TARGET, target)
             planned = measure("plan (nothing bound yet)", lambda: engine.plan_app(spec, provider, kube))
             print(f"  {planned.plan.summary()}")
-            observed = engine.observe_saved(planned.plan, provider, kube, target.namespace)
-            report = measure("apply", lambda: engine.apply_plan(planned.plan, provider, kube, observed))
+            report = measure("apply", lambda: engine.apply_plan(planned.plan, provider, kube))
             print(f"  {len(report.results)} actions, {len(report.failures)} failed")
             again = measure("plan again (no changes expected)", lambda: engine.plan_app(spec, provider, kube),
                             repeat=3)
