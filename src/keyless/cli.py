@@ -273,6 +273,7 @@ def apply_command(
     fail_on: FailOnOpt = None,
 ) -> None:
     """Bind each service's identity: cloud binding, then service account, then a rollout of its pods.
+    A saved plan (PLAN.json) is applied without asking, as Terraform does: it was reviewed when it was saved.
     With --fail-on, nothing is applied (exit 1) when the least-privilege audit finds something that severe."""
     from keyless import engine
     from keyless.plan import planfile
@@ -307,7 +308,8 @@ def apply_command(
         raise typer.Exit(1)
     if not the_plan.changes:
         return
-    _confirm(auto_approve)
+    if plan_file is None:
+        _confirm(auto_approve)  # a saved plan was reviewed when it was made: applying it is the approval
     report = apply_with_progress(the_plan, provider, kube, err)
     if report.failures:
         err.print(f"\n{len(report.failures)} action(s) failed:", markup=False)

@@ -211,7 +211,8 @@ def test_saved_plan_applies_and_refuses_when_stale(env: dict[str, str], tmp_path
 
     code, output = run("plan", "-f", str(path), "--target", EKS_TARGET, "--out", str(saved))
     assert code == 0, output
-    code, output = run("apply", str(saved), "--auto-approve")
+    # No terminal and no --auto-approve, as in CI: the saved plan is the approval (Terraform's rule).
+    code, output = run("apply", str(saved))
     assert code == 0, output
     assert "e2e-saved-api" in associations("keyless-sandbox")
 
