@@ -30,6 +30,7 @@ from keyless.plan import (
     planner,
 )
 from keyless.plan.model import AccountSpec, ObjectRef, PodTemplateSettings
+from keyless.plan.render import render_text
 from keyless.porter import load_app
 from keyless.providers.base import ActionOutcome, PreflightIssue, PreflightSeverity
 from keyless.targets import AnyTarget, load_targets
@@ -518,3 +519,25 @@ def test_apply_strips_exactly_the_annotations_the_plan_lists() -> None:
     edited = replace(strip, remove_annotations=())  # a plan that keeps the annotation keeps it
     w.apply(replace(plan, actions=tuple(edited if a is strip else a for a in plan.actions)))
     assert IDENTITY_ANNOTATION in w.kube.accounts[(NS, "shop-api")].annotations
+
+
+def test_a_service_that_keeps_running_but_loses_its_connection_is_a_loud_warning() -> None:
+    w = world()
+    w.apply(w.plan())
+    plan = w.plan(PORTER.replace("    connections:\n      - type: awsRole\n        role: api-role\n", "", 1))
+    [warning] = plan.warnings
+    assert "service 'api' is still in porter.yaml" in warning
+    assert arn("api-role") in warning
+    assert "! warning: service 'api'" in render_text(plan)
+    saved = planfile.load(json.loads(json.dumps(planfile.dump(plan))))
+    assert saved.warnings == plan.warnings
+
+
+def test_removing_a_whole_service_is_no_warning() -> None:
+    w = world()
+    w.apply(w.plan())
+    head, worker = PORTER.split("  - name: worker")
+    without_api = head.split("services:")[0] + "services:\n  - name: worker" + worker
+    plan = w.plan(without_api)
+    assert any(a.kind is ActionKind.DELETE and a.service == "api" for a in plan.changes)
+    assert plan.warnings == ()

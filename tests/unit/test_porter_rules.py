@@ -20,6 +20,7 @@ from keyless.porter import (
     load_app,
     resolve_app_name,
 )
+from keyless.porter.loader import one_edit_apart
 from keyless.porter.placeholders import expand
 from keyless.porter.yamlsource import MAX_DEPTH, read_yaml
 
@@ -200,6 +201,50 @@ def test_unknown_field_close_to_a_known_one_gets_a_did_you_mean(load_ok: LoadOk,
     d = one(loaded.diagnostics, f"unknown field `{written}`")
     assert d.severity is Severity.WARNING
     assert d.hint == f"did you mean `{meant}`?"
+
+
+@pytest.mark.parametrize(("text", "written", "meant", "where"), [
+    (service("conections:\n  - type: awsRole\n    role: r\n"), "conections", "connections", (4, 5)),
+    (service("Connections:\n  - type: awsRole\n    role: r\n"), "Connections", "connections", (4, 5)),
+    (service("connectinos:\n  - type: awsRole\n    role: r\n"), "connectinos", "connections", (4, 5)),
+    (connection("type: awsRole\nrole: r\nrle: x"), "rle", "role", (7, 9)),
+    (connection("type: azureManagedIdentity\nidentityName: i\nresourceGroup: g\nresourceGroupp: h"),
+     "resourceGroupp", "resourceGroup", (8, 9)),
+    (connection("type: azureManagedIdentity\nidentityName: i\nresourceGroup: g\nidentityname: j"),
+     "identityname", "identityName", (8, 9)),
+    (connection("type: gcpServiceAccount\nserviceAccountEmail: a@p.iam.gserviceaccount.com\nserviceAcountEmail: b"),
+     "serviceAcountEmail", "serviceAccountEmail", (7, 9)),
+    ("nmae: shop\nservices:\n  - name: api\n    type: web\n", "nmae", "name", (1, 1)),
+    ("services:\n  - name: api\n    type: web\nservice:\n  - name: x\n", "service", "services", (4, 1)),
+    (service("tpye: worker\n"), "tpye", "type", (4, 5)),
+])
+def test_a_key_one_edit_away_from_a_field_keyless_acts_on_is_an_error(
+        load_errors: LoadErrors, text: str, written: str, meant: str, where: tuple[int, int]) -> None:
+    d = one(load_errors(text), f"unknown field `{written}`")
+    assert d.severity is Severity.ERROR
+    assert f"did you mean `{meant}`" in d.message
+    assert at(d) == where
+
+
+def test_a_misspelled_connections_key_says_it_would_unbind_the_service(load_errors: LoadErrors) -> None:
+    d = one(load_errors(service("conections:\n  - type: awsRole\n    role: r\n")), "conections")
+    assert "delete its binding" in d.hint
+
+
+def test_a_near_miss_of_a_field_not_valid_at_that_place_stays_a_warning(load_ok: LoadOk) -> None:
+    # `role` is a field of an awsRole connection, not of a service: `rol` under a service is just unknown.
+    d = one(load_ok(service("rol: 1\n")).diagnostics, "unknown field `rol`")
+    assert d.severity is Severity.WARNING
+
+
+@pytest.mark.parametrize(("a", "b", "near"), [
+    ("connections", "conections", True), ("connections", "connectoins", True), ("role", "rloe", True),
+    ("role", "roles", True), ("role", "ROLE", True), ("role", "rol", True), ("name", "nmae", True),
+    ("role", "rl", False), ("connections", "conectoins", False), ("type", "kind", False), ("name", "", False),
+])
+def test_one_edit_apart(a: str, b: str, near: bool) -> None:
+    assert one_edit_apart(a, b) is near
+    assert one_edit_apart(b, a) is near
 
 
 def test_unknown_field_far_from_every_known_one_says_it_is_kept(load_ok: LoadOk) -> None:

@@ -215,6 +215,7 @@ class Plan:
     observed_digest: str
     blockers: tuple[Blocker, ...] = ()
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # what a person must not miss before applying (an unbinding they may not mean)
 
     @property
     def changes(self) -> list[Action]:

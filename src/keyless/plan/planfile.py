@@ -41,6 +41,7 @@ def dump(plan: Plan) -> dict[str, Any]:
         "blockers": [{"service": b.service, "message": b.message, "hint": b.hint,
                       "desired": _binding_json(b.desired) if b.desired else None} for b in plan.blockers],
         "notes": list(plan.notes),
+        "warnings": list(plan.warnings),
     }
 
 
@@ -71,6 +72,7 @@ def _plan(data: Mapping[str, Any]) -> Plan:
                                desired=_binding(b["desired"]) if b.get("desired") else None)
                        for b in data.get("blockers", [])),
         notes=tuple(str(n) for n in data.get("notes", [])),
+        warnings=tuple(str(w) for w in data.get("warnings", [])),
     )
 
 

@@ -46,7 +46,19 @@ def make_plan(request: PlanRequest, observed: Observed) -> Plan:
         blockers=(*blockers, *kubernetes_blockers(request.desired, observed.service_accounts, request.app,
                                                   request.target)),
         notes=request.notes,
+        warnings=tuple(_unbinding_warnings(cloud_actions, request.services_in_app)),
     )
+
+
+def _unbinding_warnings(actions: Sequence[Action], services_in_app: Sequence[str]) -> list[str]:
+    """A service still in porter.yaml whose binding would be deleted: say it loudly, it may be a slip of the pen."""
+    declared = set(services_in_app)
+    return [f"service {a.service!r} is still in porter.yaml but has no {a.observed.describe_identity()} connection "
+            f"any more: applying deletes its binding and its pods lose that identity. If you did not mean to remove "
+            f"the connection, check the service's `connections:` in porter.yaml before you apply"
+            for a in actions
+            if a.resource is Resource.CLOUD_BINDING and a.kind is ActionKind.DELETE and a.service in declared
+            and a.observed is not None]
 
 
 _RESOURCE_ORDER = {Resource.CLOUD_BINDING: 0, Resource.SERVICE_ACCOUNT: 1, Resource.WORKLOAD: 2}

@@ -36,6 +36,9 @@ def render_text(plan: Plan, *, show_noop: bool = False, markup: bool = False) ->
         if blocker.hint:
             text += f"\n      hint: {blocker.hint}"
         lines.append(f"[bold red]{_escape(text)}[/bold red]" if markup else text)
+    for warning in plan.warnings:
+        text = f"  ! warning: {warning}"
+        lines.append(f"[bold yellow]{_escape(text)}[/bold yellow]" if markup else text)
     lines.extend(f"  note: {_escape(n) if markup else n}" for n in plan.notes)
     if len(lines) > 2:
         lines.append("")

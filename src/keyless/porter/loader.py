@@ -130,6 +130,28 @@ def _close_key(wanted: str, present: list[str]) -> str | None:
     return found[0] if found else None
 
 
+# The porter.yaml fields keyless acts on: a key one edit away from one of them is almost surely that field
+# misspelled, and keeping it as an unknown field would silently drop what it says (a misspelled `connections:`
+# makes the plan delete the service's binding). So it is an error, not a warning.
+ACTED_ON_FIELDS = frozenset({"connections", "type", "role", "identityName", "resourceGroup", "serviceAccountEmail",
+                             "name", "services"})
+
+
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether `a` becomes `b` by one insertion, deletion, substitution or swap of neighbours (case ignored)."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
 # The values a discriminator takes, for the hint when it is missing (pydantic does not say).
 DISCRIMINATOR_VALUES = {"type": CONNECTION_TYPES, "cloud": ["aws", "azure", "gcp"]}
 
@@ -403,13 +425,23 @@ def _connection_checks(workload: dict[str, Any], path: Path, label: str, doc: Lo
 # --- entry points ------------------------------------------------------------------------------
 
 
-def validate_document(model: type[M], doc: Located, env: Mapping[str, str], out: _Collector) -> M | None:
-    """Expand placeholders, report unknown fields, validate against `model`; problems go to `out`."""
+def validate_document(model: type[M], doc: Located, env: Mapping[str, str], out: _Collector,
+                      acted_on: frozenset[str] = frozenset()) -> M | None:
+    """Expand placeholders, report unknown fields, validate against `model`; problems go to `out`.
+
+    An unknown key one edit away from a field in `acted_on` that is valid at its place is an error."""
     bad_placeholders: set[Path] = set()
     used: dict[Path, list[str]] = {}
     doc.value = _keep_written_env(doc.value, doc)
     doc.value = _expand_all(doc.value, (), env, out, bad_placeholders, used)
     for path, key, known in unknown_fields(model, doc.value, ()):
+        misspelled = next((k for k in known if k in acted_on and one_edit_apart(key, k)), None)
+        if misspelled is not None:
+            why = ("without it the service has no connections, and the plan would delete its binding"
+                   if misspelled == "connections" else "ignored, it would change what keyless binds")
+            out.add(Severity.ERROR, doc.key_at(path), f"unknown field `{key}`: did you mean `{misspelled}`?",
+                    f"keyless acts on `{misspelled}`, and {why}: write `{misspelled}`")
+            continue
         guess = _close_key(key, known)
         hint = f"did you mean `{guess}`?" if guess else "keyless keeps it as is and does not use it"
         out.add(Severity.WARNING, doc.key_at(path), f"unknown field `{key}`", hint)
@@ -442,7 +474,7 @@ def load_app(data: bytes, file: str, env: Mapping[str, str]) -> LoadedApp:
     """Load and validate porter.yaml content. Raises InvalidInput with every problem found."""
     doc, out = read_mapping(data, file, "porter.yaml",
                             "start with `services:` (and optionally `version: v2` and `name: my-app`)")
-    app = validate_document(App, doc, env, out)
+    app = validate_document(App, doc, env, out, ACTED_ON_FIELDS)
     _cross_checks(doc.value, doc, out)
     if app is None or errors_in(out.items):
         raise InvalidInput(sort_diagnostics(out.items))
