@@ -68,3 +68,7 @@ class Conflict(KeylessError):
     """The request clashes with the current state: a name already taken, a deploy already running (HTTP 409)."""
 
     exit_code = 1
+
+
+class StaleRevision(Conflict):
+    """Someone else changed the app since this change read it: it was not written (HTTP 409)."""

@@ -16,7 +16,16 @@ from keyless.kube.base import KubeSide
 from keyless.porter import edit
 from keyless.porter.loader import LoadedApp, identity_types, load_app, resolve_app_name
 from keyless.providers.base import PreflightIssue, Provider
-from keyless.store import AppRecord, ConnectionRecord, DeployRecord, DeployStatus, ServiceRecord, Store, TargetRecord
+from keyless.store import (
+    AppChange,
+    AppRecord,
+    ConnectionRecord,
+    DeployRecord,
+    DeployStatus,
+    ServiceRecord,
+    Store,
+    TargetRecord,
+)
 from keyless.targets import AnyTarget, load_targets
 
 Connector = Callable[[str, AnyTarget], tuple[Provider, KubeSide]]
@@ -171,13 +180,21 @@ class ControlPlane:
 
     def change_connection(self, app_name: str, change: ConnectionChange, actor: str,
                           expected_revision: int | None = None) -> AppRecord:
-        """Attach, change or detach one identity connection: the same edit a person would make to porter.yaml."""
+        """Attach, change or detach one identity connection: the same edit a person would make to porter.yaml.
+
+        The edit is made on the app's current text inside the store's locked read-modify-write, so concurrent
+        changes of one app queue and none that answered 200 is lost. With `expected_revision` it applies only to
+        that revision (409 otherwise)."""
         identity_connection_type(change.type)
-        app = self.store.get_app(app_name)
+        return self.store.edit_app(app_name, lambda app: self._connection_change(app, change), actor=actor,
+                                   expected_revision=expected_revision)
+
+    def _connection_change(self, app: AppRecord, change: ConnectionChange) -> AppChange | None:
+        """The new porter.yaml text for `change` on `app` (validated like a file), or None when nothing changes."""
         service = require_service(app, change.service)
         if change.fields is None:
             if service.connection(change.type) is None:
-                return app
+                return None
             text = edit.remove_connection(app.porter_yaml, change.service, change.type)
             action = "connection.detach"
         else:
@@ -193,15 +210,13 @@ class ControlPlane:
             wanted = {"type": change.type, **{f: str(change.fields[f]).strip() for f in allowed}}
             current = service.connection(change.type)
             if current is not None and {"type": current.type, **current.settings} == wanted:
-                return app
+                return None
             text = edit.set_connection(app.porter_yaml, change.service, wanted)
             action = "connection.change" if current is not None else "connection.attach"
         # The edited document goes through the same validation as a file given to the CLI.
-        loaded = load_app(text.encode(), app_file(app_name), self.env)
-        return self.store.update_app(
-            app_name, actor=actor, action=action, subject=f"app/{app_name}/service/{change.service}",
-            expected_revision=expected_revision if expected_revision is not None else app.revision,
-            porter_yaml=text, services=services_of(loaded))
+        loaded = load_app(text.encode(), app_file(app.name), self.env)
+        return AppChange(action=action, subject=f"app/{app.name}/service/{change.service}", porter_yaml=text,
+                         services=services_of(loaded))
 
     # --- reading the world -------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The control plane's persistent state: models, Alembic migrations, and the Store that reads and writes them."""
 
 from keyless.store.records import (
+    AppChange,
     AppRecord,
     AuditEvent,
     ConnectionRecord,
@@ -15,6 +16,7 @@ from keyless.store.records import (
 from keyless.store.store import Store, default_database_url
 
 __all__ = [
+    "AppChange",
     "AppRecord",
     "AuditEvent",
     "ConnectionRecord",

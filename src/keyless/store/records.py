@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,3 +154,15 @@ class AuditEvent:
     subject: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppChange:
+    """One change of an app, as Store.edit_app writes it: new porter.yaml and services, and/or a new target."""
+
+    action: str  # for the audit log: app.update, connection.attach, ...
+    subject: str
+    porter_yaml: str | None = None
+    services: Sequence[ServiceRecord] | None = None
+    target_name: str | None = None
+    set_target: bool = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from keyless.errors import Conflict, NotFound, UsageError
+from keyless.errors import Conflict, NotFound, StaleRevision, UsageError
 from keyless.store.models import (
     ApiTokenRow,
     AppLockRow,
@@ -32,6 +32,7 @@ from keyless.store.models import (
     utcnow,
 )
 from keyless.store.records import (
+    AppChange,
     AppRecord,
     AuditEvent,
     ConnectionRecord,
@@ -63,6 +64,8 @@ def hash_token(secret: str) -> str:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # keyless issues BEGIN itself (below), so that a transaction takes the write lock when it starts.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")  # the deploy threads and the web requests share one file
@@ -81,6 +84,9 @@ def _create_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        # A deferred transaction that reads and then writes fails at once ("database is locked") when another
+        # writer went first: IMMEDIATE takes the write lock up front, so transactions queue (busy_timeout).
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
@@ -172,6 +178,11 @@ class Store:
         try:
             with self._sessions() as session, session.begin():
                 yield session
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig).lower() and "busy" not in str(exc.orig).lower():
+                raise
+            # SQLite's busy timeout ran out: another writer held the file that long. Say so; never a 500.
+            raise Conflict("the database is busy with other changes", "try again in a moment") from None
         except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
             raise UsageError(f"the database cannot store or look up this value: {str(exc.orig).splitlines()[0]}",
                              "names are lowercase letters, digits and '-'; text cannot contain NUL characters") \
@@ -290,9 +301,11 @@ class Store:
 
     # --- apps --------------------------------------------------------------------------------------
 
-    def _app_row(self, s: Session, name: str) -> AppRow:
-        row = s.scalars(select(AppRow).where(AppRow.name == name).options(
-            selectinload(AppRow.services).selectinload(ServiceRow.connections))).first()
+    def _app_row(self, s: Session, name: str, *, lock: bool = False) -> AppRow:
+        query = select(AppRow).where(AppRow.name == name)
+        if lock:
+            query = query.with_for_update(of=AppRow)  # PostgreSQL: held until commit; SQLite: ignored
+        row = s.scalars(query.options(selectinload(AppRow.services).selectinload(ServiceRow.connections))).first()
         if row is None:
             raise NotFound(f"app {name!r} does not exist", "import its porter.yaml with POST /api/v1/apps")
         return row
@@ -339,22 +352,36 @@ class Store:
 
         `expected_revision` guards against two people editing the same app at once (HTTP 409 for the second).
         """
+        change = AppChange(action=action, subject=subject, porter_yaml=porter_yaml, services=services,
+                           target_name=target_name, set_target=set_target)
+        return self.edit_app(name, lambda _: change, actor=actor, expected_revision=expected_revision)
+
+    def edit_app(self, name: str, edit: Callable[[AppRecord], AppChange | None], *, actor: str,
+                 expected_revision: int | None = None) -> AppRecord:
+        """Read the app, compute a change from it with `edit`, and write it, as one locked transaction.
+
+        The app's row is locked for the whole read-modify-write (SELECT ... FOR UPDATE on PostgreSQL; SQLite's
+        write transactions are serialized by BEGIN IMMEDIATE), so concurrent edits of one app queue and each one
+        starts from the text the previous one wrote: none is lost. `edit` returning None changes nothing."""
         with self._tx() as s:
-            row = self._app_row(s, name)
+            row = self._app_row(s, name, lock=True)
             if expected_revision is not None and row.revision != expected_revision:
-                raise Conflict(f"app {name!r} changed since you loaded it (revision {row.revision}, "
-                               f"you had {expected_revision})", "reload the app and make your change again")
+                raise StaleRevision(f"app {name!r} changed since you loaded it (revision {row.revision}, "
+                                    f"you had {expected_revision})", "reload the app and make your change again")
             before = _app(row)
-            if porter_yaml is not None:
-                row.porter_yaml = porter_yaml
-            if services is not None:
-                self._set_services(s, row, services)
-            if set_target:
-                row.target_name = target_name
+            change = edit(before)
+            if change is None:
+                return before
+            if change.porter_yaml is not None:
+                row.porter_yaml = change.porter_yaml
+            if change.services is not None:
+                self._set_services(s, row, change.services)
+            if change.set_target:
+                row.target_name = change.target_name
             row.revision += 1
             s.flush()
             after = _app(row)
-            self._record(s, actor, action, subject, _app_summary(before), _app_summary(after))
+            self._record(s, actor, change.action, change.subject, _app_summary(before), _app_summary(after))
             return after
 
     def delete_app(self, name: str, actor: str) -> None:
