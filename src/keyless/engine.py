@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from typing import Any
 from keyless import clouds
 from keyless.audit import AuditReport
 from keyless.bindings import Binding, desired_bindings, workloads
-from keyless.clouds import CloudEntry
+from keyless.clouds import PENDING_ANNOTATION, CloudEntry
 from keyless.diagnostics import Diagnostic
 from keyless.errors import ApplyFailed, KeylessError, PreflightFailed, UsageError
 from keyless.kube.base import KubeSide
@@ -25,6 +26,8 @@ from keyless.porter.loader import LoadedApp
 from keyless.providers.base import PreflightIssue, PreflightSeverity, Provider, TokenExchanger
 from keyless.providers.retry import RetryPolicy, poll
 from keyless.targets import AnyTarget
+
+log = logging.getLogger(__name__)
 
 VISIBILITY_TIMEOUT = 60.0
 # Azure documents seconds to minutes for a new federated credential to work.
@@ -64,7 +67,9 @@ def _blocking(issues: Sequence[PreflightIssue]) -> None:
 def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, namespace: str,
                 bindings: Sequence[Binding]) -> Observed:
     accounts, workloads = kube.observe(namespace, app, [b.service_account for b in bindings])
-    recorded = sorted({a.annotations[IDENTITY_RECORD] for a in accounts if a.annotations.get(IDENTITY_RECORD)})
+    # The identities keyless bound (the record) or was about to bind when an apply was interrupted (pending).
+    recorded = sorted({a.annotations[IDENTITY_RECORD] for a in accounts if a.annotations.get(IDENTITY_RECORD)}
+                      | {i for a in accounts for i in a.annotations.get(PENDING_ANNOTATION, "").split(",") if i})
     cloud = provider.observe(app, target_name, bindings, recorded)
     return Observed(bindings=tuple(cloud), service_accounts=tuple(accounts), workloads=tuple(workloads))
 
@@ -113,6 +118,8 @@ def _apply_one(action: Action, provider: Provider, kube: KubeSide, writes: _Writ
     """Carry out one action exactly as the plan's typed fields say."""
     ref = action.ref
     if action.resource is Resource.CLOUD_BINDING:
+        if action.intent is not None:
+            kube.record_intent(action.intent)  # before the write: an interruption cannot hide what it binds
         with writes.lock_for(action):
             outcome = provider.apply(action)
         if not outcome.ok:
@@ -138,6 +145,16 @@ def _apply_one(action: Action, provider: Provider, kube: KubeSide, writes: _Writ
     if ref.kind == "Deployment" and not kube.wait_rollout(ref.namespace, ref.name, ROLLOUT_TIMEOUT):
         return f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s{propagation}"
     return f"restarted {action.address}{propagation}"
+
+
+def _clear_intents(actions: Sequence[Action], kube: KubeSide) -> None:
+    """The service's apply is done: its account records what is bound, so the pending record can go."""
+    for account in dict.fromkeys(a.intent.account for a in actions if a.intent is not None):
+        try:
+            kube.remove_annotations(account, [PENDING_ANNOTATION])
+        except KeylessError as exc:  # harmless: the next plan clears it, and meanwhile only looks a bit further
+            log.warning("could not clear the pending identities of %s/%s: %s", account.namespace, account.name,
+                        exc.message)
 
 
 class _WriteLocks:
@@ -220,6 +237,8 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
                 progress(result)
             if not result.ok:
                 break  # later steps of this service depend on this one
+        else:
+            _clear_intents(actions, kube)
         return results
 
     workers = max(1, min(MAX_PARALLEL_SERVICES, len(by_service)))

@@ -212,3 +212,63 @@ def test_identity_names_that_would_change_the_url_never_reach_azure(env: dict[st
     assert f"{path}:7:" in output  # identityName
     assert f"{path}:8:" in output  # resourceGroup
 
+
+
+# ---- an apply killed at any step leaves no credential that outlives its connection ---------------------
+
+
+class _Killed(BaseException):
+    """The process dies here (kill -9): nothing after this point runs, no handler cleans up."""
+
+
+KILL_POINTS = ["record_intent", "after_cloud_write", "apply_service_account", "update_workload",
+               "remove_annotations"]
+
+
+class _Dying:
+    """keyless's real provider and Kubernetes side, with the process dying at one named step."""
+
+    def __init__(self, inner: object, kill_at: str) -> None:
+        self._inner = inner
+        self._kill_at = kill_at
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._inner, name)
+        if name == self._kill_at:
+            def die(*args: object, **kwargs: object) -> object:
+                raise _Killed(name)
+            return die
+        if name == "apply" and self._kill_at == "after_cloud_write":
+            def write_then_die(*args: object, **kwargs: object) -> object:
+                real(*args, **kwargs)  # type: ignore[operator]
+                raise _Killed("after the cloud write")
+            return write_then_die
+        return real
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_no_credential_survives_its_connection_after_an_apply_killed_at_any_step(
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path, kill_at: str) -> None:
+    from keyless import engine
+    from keyless.inputs import load_targets_file
+
+    app = f"az-kill-{KILL_POINTS.index(kill_at)}"
+    bound = porter_yaml(tmp_path, app, {"api": DEMO_API_IDENTITY}, name="bound.yaml")
+    deploy(env, bound)
+    target = load_targets_file(Path(env["KEYLESS_TARGETS"]), env).get(AKS_TARGET)
+    provider, kube = engine.connect(AKS_TARGET, target)
+    planned = engine.plan_app(engine.PlanInput(load_app(bound.read_bytes(), str(bound), {}), app, AKS_TARGET, target),
+                              provider, kube)
+    dying_provider, dying_kube = _Dying(provider, kill_at), _Dying(kube, kill_at)
+    with pytest.raises(_Killed):
+        engine.apply_plan(planned.plan, dying_provider, dying_kube)  # type: ignore[arg-type]
+
+    # The connection is taken out of porter.yaml, and keyless runs again (a new process).
+    unbound = porter_yaml(tmp_path, app, {"api": None}, name="unbound.yaml")
+    code, output = run("apply", "-f", str(unbound), "--target", AKS_TARGET, "--auto-approve")
+    assert code == 0, output
+    name = f"keyless_{app}_api_{_hash(AKS_TARGET)}"
+    assert name not in credentials(sandbox, DEMO_API_IDENTITY), output
+    code, output = run("plan", "-f", str(unbound), "--target", AKS_TARGET)
+    assert code == 0, output
+    assert "No changes" in output, output

@@ -10,6 +10,7 @@ from keyless.clouds.aws import AwsRole
 from keyless.clouds.azure import AzureIdentity
 from keyless.clouds.base import (
     IDENTITY_ANNOTATION,
+    PENDING_ANNOTATION,
     Cloud,
     CloudEntry,
     ConnectionField,
@@ -22,6 +23,7 @@ from keyless.errors import UsageError
 
 __all__ = [
     "IDENTITY_ANNOTATION",
+    "PENDING_ANNOTATION",
     "REGISTRY",
     "AwsRole",
     "AzureIdentity",

@@ -108,6 +108,7 @@ ENTRY = CloudEntry(
     updates_in_place=True,
     marks_adopted=True,
     writes_per_identity_serialized=False,
+    found_through_identity=False,
     example_values=_examples,
     preview=_preview,
     provider="keyless.providers.aws:AwsProvider",

@@ -125,6 +125,7 @@ ENTRY = CloudEntry(
     updates_in_place=False,
     marks_adopted=False,
     writes_per_identity_serialized=True,
+    found_through_identity=True,
     example_values=_examples,
     preview=_preview,
     provider="keyless.providers.azure:AzureProvider",

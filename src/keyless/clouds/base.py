@@ -20,6 +20,10 @@ class Cloud(enum.StrEnum):
 # On service accounts keyless records the bound identity in readable form (role ARN, group/name of the
 # managed identity, Google account email); on pod templates the same key holds the identity fingerprint.
 IDENTITY_ANNOTATION = "keyless.dev/identity"
+# Written on the service account BEFORE keyless writes a binding that lives on an identity (Azure credentials,
+# GCP members), and cleared once the service's apply is done: an apply killed in between leaves it, so the next
+# plan looks on those identities too and no binding keyless made can outlive its connection unseen.
+PENDING_ANNOTATION = "keyless.dev/pending-identities"
 
 
 class IdentityValue(Protocol):
@@ -158,6 +162,9 @@ class CloudEntry:
     updates_in_place: bool  # an identity change is an update of the binding, else a replace
     marks_adopted: bool  # an adopted binding can carry keyless's mark (AWS tags); else it is used as found
     writes_per_identity_serialized: bool  # the cloud refuses concurrent writes on one identity (Azure)
+    # Bindings live on the identity (Azure credentials, GCP members): keyless finds its own by the identities its
+    # service accounts record, so it records an identity before it writes a binding there.
+    found_through_identity: bool
     # the dashboard
     example_values: Callable[[str, str, Any | None], dict[str, str]]  # (app, service, target) -> field examples
     preview: Callable[[PreviewContext], ConnectionPreview]

@@ -106,6 +106,7 @@ ENTRY = CloudEntry(
     updates_in_place=False,
     marks_adopted=False,
     writes_per_identity_serialized=True,  # one IAM policy per Google service account: read-modify-write
+    found_through_identity=True,
     example_values=_examples,
     preview=_preview,
     provider=None,  # the GCP provider has not landed yet

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from keyless.plan.model import (
     AccountSpec,
+    Intent,
     ObjectRef,
     ObservedServiceAccount,
     ObservedWorkload,
@@ -26,6 +27,11 @@ class KubeSide(Protocol):
 
     def apply_service_account(self, ref: ObjectRef, spec: AccountSpec, remove_annotations: Collection[str]) -> None:
         """Create or update the account as keyless's, then strip `remove_annotations` where present."""
+        ...
+
+    def record_intent(self, intent: Intent) -> None:
+        """Record on the account (creating it, labelled keyless's, if needed) the identities a cloud write is about
+        to bind, before the write; removed with `remove_annotations` once the service's apply is done."""
         ...
 
     def remove_annotations(self, ref: ObjectRef, keys: Collection[str]) -> None:

@@ -18,13 +18,14 @@ from lightkube.resources.batch_v1 import CronJob, Job
 from lightkube.resources.core_v1 import ServiceAccount
 from lightkube.types import PatchType
 
-from keyless.clouds import IDENTITY_ANNOTATION
+from keyless.clouds import IDENTITY_ANNOTATION, PENDING_ANNOTATION
 from keyless.errors import CloudError
 from keyless.kube.config import load_config
 from keyless.kube.manifests import defer_to_other_manager, service_account_manifest, workload_patch
 from keyless.ownership import APP_LABEL, MANAGED_BY_LABEL, MANAGER, PORTER_APP_LABEL, PORTER_SERVICE_LABEL, label_value
 from keyless.plan.model import (
     AccountSpec,
+    Intent,
     ObjectRef,
     ObservedServiceAccount,
     ObservedWorkload,
@@ -35,6 +36,8 @@ from keyless.providers.retry import RetryPolicy, call_with_retry, poll
 from keyless.targets import KubernetesSide
 
 T = TypeVar("T")
+
+INTENT_MANAGER = "keyless-intent"  # the field manager of the pending-identities record
 
 # Reads and writes are cheap and idempotent; a minute covers an API server restart or a throttled burst.
 DEFAULT_POLICY = RetryPolicy(max_attempts=6, base_delay=0.25, max_delay=4.0, deadline=60.0)
@@ -328,6 +331,26 @@ class ClusterKube:
         except httpx2.HTTPError as exc:
             raise self._error(what, exc) from exc
         return True
+
+    def record_intent(self, intent: Intent) -> None:
+        """Server-side apply of the pending identities under a field manager of their own, so keyless's main
+        apply of the account neither drops them nor is changed by them."""
+        ref = intent.account
+        live = self._get_account(ref.namespace, ref.name)
+        labels = dict(intent.labels)
+        if live is not None:
+            labels = defer_to_other_manager(labels, (live.metadata.labels if live.metadata is not None else None) or {})
+            recorded = ((live.metadata.annotations if live.metadata is not None else None) or {}).get(
+                PENDING_ANNOTATION, "")
+            # An earlier interrupted apply's identities stay listed until a full apply clears them.
+            identities = sorted({*intent.identities, *filter(None, recorded.split(","))})
+        else:
+            identities = sorted(intent.identities)
+        manifest = service_account_manifest(ref.namespace, ref.name, AccountSpec(
+            labels=labels, annotations={PENDING_ANNOTATION: ",".join(identities)}))
+        account = cast(ServiceAccount, ServiceAccount.from_dict(manifest))
+        self._call(f"record pending identities on service account {ref.namespace}/{ref.name}",
+                   lambda: self._client.apply(account, field_manager=INTENT_MANAGER, force=True))
 
     def remove_annotations(self, ref: ObjectRef, keys: Collection[str]) -> None:
         """Remove these annotations (the identity keyless wrote); the account stays for Porter's pods."""

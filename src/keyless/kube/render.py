@@ -23,6 +23,7 @@ from keyless.kube.manifests import (
 from keyless.ownership import APP_LABEL, PORTER_SERVICE_LABEL, label_value
 from keyless.plan.model import (
     AccountSpec,
+    Intent,
     ObjectRef,
     ObservedServiceAccount,
     ObservedWorkload,
@@ -105,6 +106,10 @@ class RenderedKube:
         app = str(spec.labels.get(APP_LABEL, ""))
         manifest = service_account_manifest(ref.namespace, ref.name, spec)
         self.write({service_account_path(ref.name): service_account_file(manifest, app=app, target=self.target)})
+
+    def record_intent(self, intent: Intent) -> None:
+        # Render mode writes files for a GitOps tool and keeps no state in a cluster: nothing to record.
+        return None
 
     def remove_annotations(self, ref: ObjectRef, keys: Collection[str]) -> None:
         # A rendered account is rewritten whole by complete(); there is nothing to strip from a file here.

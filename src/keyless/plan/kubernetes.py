@@ -6,6 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from keyless import clouds
 from keyless.bindings import Binding
+from keyless.clouds import PENDING_ANNOTATION
 from keyless.kube.manifests import (
     account_spec,
     defer_to_other_manager,
@@ -33,6 +34,7 @@ from keyless.plan.model import (
 )
 
 RESTART_REASON = "restart: identity changed"
+LEFTOVER = "left by an interrupted apply"
 SERVICE_ACCOUNT = "ServiceAccount"
 
 
@@ -64,7 +66,7 @@ def _plan_account(binding: Binding, observed: ObservedServiceAccount | None) -> 
     else:
         changes = ["take over the existing account (add keyless's labels)"]
     changes += _differences(spec.annotations, observed.annotations, "annotation")
-    stale = clouds.entry(binding.cloud).stale_annotations
+    stale = {**clouds.entry(binding.cloud).stale_annotations, PENDING_ANNOTATION: LEFTOVER}
     present = tuple(key for key in sorted(stale) if key in observed.annotations)
     changes += [f"remove annotation {key} ({stale[key]})" for key in present]
     if not changes:
@@ -105,7 +107,8 @@ def _plan_released(account: ObservedServiceAccount, service: str, still_declared
                    workloads: Sequence[ObservedWorkload]) -> list[Action]:
     ref = ObjectRef(SERVICE_ACCOUNT, account.namespace, account.name)
     ours = account.labels.get(MANAGED_BY_LABEL) == MANAGER
-    bound = tuple(sorted(key for key in clouds.all_annotation_keys() if key in account.annotations))
+    bound = tuple(sorted(key for key in {*clouds.all_annotation_keys(), PENDING_ANNOTATION}
+                         if key in account.annotations))
     actions: list[Action] = []
     if not still_declared:
         # Porter removes the service's workloads itself; only the account is keyless's to clean up.

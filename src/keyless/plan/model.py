@@ -162,6 +162,15 @@ class PodTemplateSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Intent:
+    """Identities to record on a service account before a cloud write (clouds whose bindings live on the identity)."""
+
+    account: ObjectRef
+    labels: Mapping[str, str]
+    identities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     """One change (or a noop) with everything apply needs in typed fields; `reason` is for people only.
 
@@ -181,6 +190,7 @@ class Action:
     account: AccountSpec | None = None
     remove_annotations: tuple[str, ...] = ()
     pod_template: PodTemplateSettings | None = None
+    intent: Intent | None = None  # cloud bindings: recorded before the write, cleared after the service's apply
 
     @property
     def changes(self) -> bool:

@@ -14,6 +14,7 @@ from keyless.plan.model import (
     Action,
     ActionKind,
     Blocker,
+    Intent,
     ObjectRef,
     ObservedBinding,
     Plan,
@@ -99,12 +100,15 @@ def _action_json(action: Action) -> dict[str, Any]:
         out["removeAnnotations"] = list(action.remove_annotations)
     if action.pod_template is not None:
         out["podTemplate"] = plain(action.pod_template)
+    if action.intent is not None:
+        out["intent"] = plain(action.intent)
     return out
 
 
 def _action(data: Mapping[str, Any]) -> Action:
     account = data.get("account")
     template = data.get("podTemplate")
+    intent = data.get("intent")
     return Action(
         kind=ActionKind(data["kind"]),
         resource=Resource(data["resource"]),
@@ -121,6 +125,8 @@ def _action(data: Mapping[str, Any]) -> Action:
             annotations=_optional_strings(template.get("annotations", {})),
             labels=_optional_strings(template.get("labels", {})),
         ) if template is not None else None,
+        intent=Intent(account=ObjectRef(**_strings(intent["account"])), labels=_strings(intent["labels"]),
+                      identities=tuple(str(i) for i in intent["identities"])) if intent is not None else None,
     )
 
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from keyless import clouds
 from keyless.bindings import Binding
 from keyless.clouds import Cloud
+from keyless.ownership import ownership_labels
 from keyless.plan.kubernetes import kubernetes_blockers, plan_kubernetes
 from keyless.plan.model import (
     Action,
     ActionKind,
     Blocker,
+    Intent,
     ObjectRef,
     Observed,
     ObservedBinding,
@@ -169,4 +171,16 @@ def plan_bindings(
         actions.append(Action(ActionKind.DELETE, Resource.CLOUD_BINDING, item.owner.service,
                               ObjectRef(traits.binding_kind, item.namespace, item.service_account),
                               f"{why} (was bound to {item.describe_identity()})", None, item))
+    if traits.found_through_identity:
+        actions = [_with_intent(a, app, target) if a.changes else a for a in actions]
     return actions, blockers
+
+
+def _with_intent(action: Action, app: str, target: str) -> Action:
+    """The action with the identities it writes on, to record on the service's account before the write."""
+    bindings = [b for b in (action.desired, action.observed) if b is not None]
+    identities = tuple(sorted({b.identity.describe() for b in bindings}))
+    account = action.desired or action.observed
+    assert account is not None
+    return replace(action, intent=Intent(ObjectRef("ServiceAccount", account.namespace, account.service_account),
+                                         ownership_labels(app, action.service, target), identities))
