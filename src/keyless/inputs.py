@@ -12,13 +12,21 @@ from pathlib import Path
 from keyless.diagnostics import START, Diagnostic, Severity
 from keyless.errors import InvalidInput
 from keyless.porter.loader import LoadedApp, load_app
+from keyless.porter.yamlsource import MAX_BYTES, TOO_LARGE_HINT
 from keyless.targets import Targets, load_targets
 
 
 def read_file(path: str | Path) -> bytes:
-    """The bytes of an input file, or InvalidInput saying why it cannot be read."""
+    """The bytes of an input file, or InvalidInput saying why it cannot be read.
+
+    At most one byte past the size cap is read, whatever the file is (a device such as /dev/zero included)."""
     try:
-        return Path(path).read_bytes()
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            problem, hint = f"file is larger than {MAX_BYTES:,} bytes, the most keyless reads", TOO_LARGE_HINT
+        else:
+            return data
     except FileNotFoundError:
         problem, hint = "file not found", "check the path"
     except IsADirectoryError:

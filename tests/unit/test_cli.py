@@ -255,3 +255,14 @@ def test_apply_of_a_plan_saved_by_an_earlier_keyless_says_to_plan_again(tmp_path
     assert result.exit_code == 2
     assert "saved by an earlier keyless (plan format 1)" in result.stderr
     assert "run `keyless plan --out` again" in result.stderr
+
+
+def test_an_endless_input_is_read_only_up_to_the_cap(tmp_path: Path) -> None:
+    # /dev/zero never ends: reading it whole would never finish; one byte past the cap is enough to refuse it.
+    result = run("validate", "-f", Path("/dev/zero"))
+    assert result.exit_code == 2
+    assert "/dev/zero:1:1: file is larger than 1,048,576 bytes" in result.stderr
+    big = write(tmp_path, "porter.yaml", b"services: []\n" + b"#" * (1024 * 1024))
+    result = run("validate", "-f", big)
+    assert result.exit_code == 2
+    assert "larger than 1,048,576 bytes" in result.stderr

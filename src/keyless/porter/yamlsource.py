@@ -15,6 +15,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from keyless.diagnostics import START, Diagnostic, Position, Severity
 
 MAX_BYTES = 1024 * 1024  # porter.yaml files are a few KiB; a megabyte is already absurd
+TOO_LARGE_HINT = "porter.yaml should be a small text file; is this the right file?"
 MAX_NODES = 200_000  # counted after alias expansion: stops "billion laughs" bombs
 MAX_DEPTH = 64
 
@@ -90,8 +91,7 @@ def _decode(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]:
         return None, [Diagnostic(Severity.ERROR, file, pos, message, hint)]
 
     if len(data) > MAX_BYTES:
-        return error(START, f"file is {len(data):,} bytes; keyless reads at most {MAX_BYTES:,}",
-                     "porter.yaml should be a small text file; is this the right file?")
+        return error(START, f"file is {len(data):,} bytes; keyless reads at most {MAX_BYTES:,}", TOO_LARGE_HINT)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
