@@ -19,6 +19,7 @@ from keyless.errors import InvalidInput, KeylessError
 from keyless.server.auth import LoginRequired, ServerState, Viewer
 from keyless.server.deploys import DeployRunner
 from keyless.server.errors import error_body, http_status
+from keyless.server.limits import BoundedRequests
 from keyless.server.operations import Connector, ControlPlane, problems
 from keyless.store import Store, TokenRecord
 
@@ -50,6 +51,8 @@ def create_app(store: Store, env: Mapping[str, str], connector: Connector = engi
         docs_url=None, redoc_url=None, openapi_url=None,  # served below, behind a token like every route
     )
     app.state.keyless = server_state
+    # Outermost: bodies are bounded, and API bodies need a valid token, before anything reads them.
+    app.add_middleware(BoundedRequests, store=store)
 
     from keyless.server import api, dashboard
 

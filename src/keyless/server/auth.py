@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request
 
 from keyless.server.deploys import DeployRunner
+from keyless.server.errors import BAD_TOKEN, NO_TOKEN
+from keyless.server.limits import TOKEN_STATE
 from keyless.server.operations import ControlPlane
 from keyless.store import Role, Store, TokenRecord
 from keyless.store.store import hash_token
@@ -63,13 +65,15 @@ def api_caller(needed: Role) -> Callable[[Request], TokenRecord]:
     """A dependency: the API caller's token (Authorization: Bearer), which must hold `needed` or more."""
 
     def dependency(request: Request) -> TokenRecord:
+        checked: TokenRecord | None = getattr(request.state, TOKEN_STATE, None)
+        if checked is not None:  # the body limit already checked it, before reading the body
+            return _check_role(checked, needed)
         secret = bearer_token(request)
         if secret is None:
-            raise AuthError(401, "this API needs a token", "send `Authorization: Bearer <token>`; `keyless serve` "
-                            "printed the first admin token, and admins create more with POST /api/v1/tokens")
+            raise AuthError(401, *NO_TOKEN)
         token = state(request).store.authenticate(secret)
         if token is None:
-            raise AuthError(401, "this token is not valid (unknown or revoked)", "ask an admin for a new token")
+            raise AuthError(401, *BAD_TOKEN)
         return _check_role(token, needed)
 
     return dependency

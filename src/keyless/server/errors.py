@@ -6,6 +6,11 @@ from typing import Any
 
 from keyless.errors import CloudError, Conflict, InvalidInput, KeylessError, NotFound, PreflightFailed
 
+# What the API answers a request without a usable token (the route's dependency and the body limit alike).
+NO_TOKEN = ("this API needs a token", "send `Authorization: Bearer <token>`; `keyless serve` printed the first admin "
+            "token, and admins create more with POST /api/v1/tokens")
+BAD_TOKEN = ("this token is not valid (unknown or revoked)", "ask an admin for a new token")
+
 
 def http_status(error: KeylessError) -> int:
     """The HTTP status of each kind of keyless error."""
