@@ -518,6 +518,8 @@ def serve(
     On first start it prints an admin token; it is shown once. Targets from --targets (else $KEYLESS_TARGETS,
     else ./keyless.targets.yaml, when present) are imported at start.
     """
+    import socket
+
     import uvicorn
 
     from keyless.server.app import create_app
@@ -543,7 +545,8 @@ def serve(
                                        "keyless serve")
         out.print(f"Admin token (shown once, keep it safe): {secret}", markup=False)
         out.print(f"Log in at {url}login, or call the API with `Authorization: Bearer <token>`.", markup=False)
-    uvicorn.run(create_app(store, os.environ), host=host, port=port, log_level="warning")
+    server = f"{socket.gethostname()}:{port}"  # stable across restarts, so a restart frees this server's own locks
+    uvicorn.run(create_app(store, os.environ, server=server), host=host, port=port, log_level="warning")
 
 
 # --- sandbox and demo ---------------------------------------------------------------------------

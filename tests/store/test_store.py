@@ -330,3 +330,16 @@ def test_the_url_picks_the_driver_keyless_ships(database_url: str, tmp_path: Pat
         assert ":keyless@" not in opened.display_url  # a password is never shown
     finally:
         opened.close()
+
+
+def test_a_restarted_server_frees_its_own_locks_at_once_and_no_one_elses(store: Store) -> None:
+    store.create_app("shop", "a\n", [], None, "alice")
+    store.create_app("blog", "a\n", [], None, "alice")
+    mine = store.create_deploy("shop", "prod", "alice", DeployStatus.APPLYING, server="host-a:8400")
+    theirs = store.create_deploy("blog", "prod", "alice", DeployStatus.APPLYING, server="host-b:8400")
+    # host-a crashed mid-deploy and starts again: its heartbeats are fresh, but the deploy died with it.
+    assert store.interrupt_abandoned("host-a:8400") == [mine.id]
+    assert store.get_deploy(mine.id).status is DeployStatus.INTERRUPTED
+    assert store.get_deploy(theirs.id).status is DeployStatus.APPLYING  # another live server's deploy
+    again = store.create_deploy("shop", "prod", "alice", DeployStatus.APPLYING, server="host-a:8400")
+    assert again.status is DeployStatus.APPLYING  # the app is free for the restarted server at once

@@ -32,15 +32,16 @@ def _is_api(request: Request) -> bool:
 
 
 def create_app(store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
-               secure_cookies: bool = False) -> FastAPI:
+               secure_cookies: bool = False, server: str = "") -> FastAPI:
+    """The application; `server` names this server among those sharing the database (`keyless serve`: host:port)."""
     plane = ControlPlane(store, env, connector)
-    runner = DeployRunner(plane)
+    runner = DeployRunner(plane, server=server)
     server_state = ServerState(store=store, plane=plane, runner=runner,
                                csrf_key=store.secret(CSRF_SETTING).encode(), secure_cookies=secure_cookies)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        store.interrupt_abandoned()
+        store.interrupt_abandoned(server)
         yield
         runner.shutdown()
 

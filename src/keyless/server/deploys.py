@@ -26,7 +26,8 @@ HEARTBEAT_SECONDS = 30.0
 class DeployRunner:
     """Starts deploys and runs them on worker threads; the store's per-app lock keeps one per app."""
 
-    def __init__(self, plane: ControlPlane, max_parallel: int = MAX_PARALLEL_DEPLOYS) -> None:
+    def __init__(self, plane: ControlPlane, max_parallel: int = MAX_PARALLEL_DEPLOYS, server: str = "") -> None:
+        self.server = server  # which server this is: its locks carry it, so it frees its own after a restart
         self.plane = plane
         self.store = plane.store
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="keyless-deploy")
@@ -45,13 +46,13 @@ class DeployRunner:
         """Plan and apply in the background (like `keyless apply --auto-approve`)."""
         app = self.store.get_app(app_name)
         name, _ = self.plane.target_of(app, target_name)  # a missing target is refused before anything starts
-        record = self.store.create_deploy(app_name, name, actor, DeployStatus.PLANNING)
+        record = self.store.create_deploy(app_name, name, actor, DeployStatus.PLANNING, server=self.server)
         self._submit(record.id, lambda: self._plan_and_apply(record))
         return record
 
     def apply(self, deploy_id: int, actor: str) -> DeployRecord:
         """Apply a reviewed plan in the background; refused when the app changed since (make a new plan)."""
-        record = self.store.start_planned(deploy_id, actor)
+        record = self.store.start_planned(deploy_id, actor, self.server)
         self._submit(record.id, lambda: self._apply_saved(record))
         return record
 

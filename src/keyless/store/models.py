@@ -148,6 +148,7 @@ class AppLockRow(Base):
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
     deploy_id: Mapped[int] = mapped_column(Integer)
     holder: Mapped[str] = mapped_column(String(200))
+    server: Mapped[str] = mapped_column(String(200), default="", server_default="")  # which server runs it
     acquired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

@@ -397,7 +397,7 @@ class Store:
     def _lock_holder(self, s: Session, app_id: int) -> AppLockRow | None:
         return s.get(AppLockRow, app_id)
 
-    def _take_lock(self, s: Session, app: AppRow, deploy_id: int, holder: str) -> None:
+    def _take_lock(self, s: Session, app: AppRow, deploy_id: int, holder: str, server: str) -> None:
         lock = self._lock_holder(s, app.id)
         now = utcnow()
         if lock is not None:
@@ -413,11 +413,13 @@ class Store:
                 stale.message = "the server running this deploy stopped reporting; the next deploy converges"
             s.delete(lock)
             s.flush()
-        s.add(AppLockRow(app_id=app.id, deploy_id=deploy_id, holder=holder, acquired_at=now, heartbeat_at=now))
+        s.add(AppLockRow(app_id=app.id, deploy_id=deploy_id, holder=holder, server=server, acquired_at=now,
+                         heartbeat_at=now))
         s.flush()
 
     def create_deploy(self, app_name: str, target_name: str, actor: str, status: DeployStatus,
-                      plan: dict[str, Any] | None = None, plan_text: str | None = None) -> DeployRecord:
+                      plan: dict[str, Any] | None = None, plan_text: str | None = None,
+                      server: str = "") -> DeployRecord:
         """A new deploy. An active one (planning/applying) takes the app's lock or raises Conflict naming the holder."""
         try:
             with self._tx() as s:
@@ -428,7 +430,7 @@ class Store:
                 s.add(row)
                 s.flush()
                 if status.active:
-                    self._take_lock(s, app, row.id, actor)
+                    self._take_lock(s, app, row.id, actor, server)
                 self._record(s, actor, "deploy.plan" if status is DeployStatus.PLANNED else "deploy.start",
                              f"app/{app_name}/deploy/{row.id}", None, {"target": target_name, "status": status.value})
                 return _deploy(row, app_name, with_actions=False)
@@ -440,7 +442,7 @@ class Store:
             raise Conflict(f"app {app_name!r} is already being deployed{who}",
                            "wait for it to finish, then deploy again") from None
 
-    def start_planned(self, deploy_id: int, actor: str) -> DeployRecord:
+    def start_planned(self, deploy_id: int, actor: str, server: str = "") -> DeployRecord:
         """Apply a reviewed plan: takes the lock (or raises Conflict) and marks the deploy applying."""
         with self._tx() as s:
             row = self._deploy_row(s, deploy_id)
@@ -453,7 +455,7 @@ class Store:
                 raise Conflict(f"app {app.name!r} changed since deploy #{deploy_id} was planned "
                                f"(revision {app.revision}, plan made at {row.app_revision})",
                                "make a new plan and review it")
-            self._take_lock(s, app, row.id, actor)
+            self._take_lock(s, app, row.id, actor, server)
             row.status, row.started_at = DeployStatus.APPLYING.value, utcnow()
             self._record(s, actor, "deploy.apply", f"app/{app.name}/deploy/{row.id}",
                          {"status": DeployStatus.PLANNED.value}, {"status": DeployStatus.APPLYING.value})
@@ -512,15 +514,19 @@ class Store:
                              .order_by(DeployRow.id.desc()).limit(limit))
             return [_deploy(r, app_name, with_actions=False) for r in rows]
 
-    def interrupt_abandoned(self) -> list[int]:
-        """Mark deploys whose server died (stale or missing lock) as interrupted and free their apps."""
+    def interrupt_abandoned(self, server: str = "") -> list[int]:
+        """Mark deploys whose server died (stale or missing lock) as interrupted and free their apps.
+
+        `server` is the one starting now: its own locks are from before its restart, so they go at once rather
+        than after LOCK_STALE_AFTER."""
         now = utcnow()
         done: list[int] = []
         with self._tx() as s:
             active = [DeployStatus.PLANNING.value, DeployStatus.APPLYING.value]
             for row in s.scalars(select(DeployRow).where(DeployRow.status.in_(active))):
                 lock = s.scalars(select(AppLockRow).where(AppLockRow.deploy_id == row.id)).first()
-                if lock is not None and now - lock.heartbeat_at < LOCK_STALE_AFTER:
+                own = bool(server) and lock is not None and lock.server == server
+                if lock is not None and now - lock.heartbeat_at < LOCK_STALE_AFTER and not own:
                     continue
                 row.status, row.finished_at = DeployStatus.INTERRUPTED.value, now
                 row.message = "the server running this deploy stopped; the next deploy converges"
