@@ -110,15 +110,17 @@ class DeployRecord:
     total_actions: int
     message: str | None
     actions: tuple[DeployActionRecord, ...] = field(default=())
+    # (done, failed) counted by the database when a listing leaves the actions out
+    counts: tuple[int, int] | None = None
 
     @property
     def done(self) -> int:
         """Actions finished so far (each is recorded as it finishes)."""
-        return len(self.actions)
+        return self.counts[0] if self.counts is not None else len(self.actions)
 
     @property
     def failed(self) -> int:
-        return sum(1 for a in self.actions if not a.ok)
+        return self.counts[1] if self.counts is not None else sum(1 for a in self.actions if not a.ok)
 
     @property
     def seconds(self) -> float | None:

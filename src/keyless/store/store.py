@@ -7,12 +7,13 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy import Engine, case, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -510,9 +511,14 @@ class Store:
     def list_deploys(self, app_name: str, limit: int = 50) -> list[DeployRecord]:
         with self._tx() as s:
             app = self._app_row(s, app_name)
-            rows = s.scalars(select(DeployRow).where(DeployRow.app_id == app.id)
-                             .order_by(DeployRow.id.desc()).limit(limit))
-            return [_deploy(r, app_name, with_actions=False) for r in rows]
+            rows = list(s.scalars(select(DeployRow).where(DeployRow.app_id == app.id)
+                                  .order_by(DeployRow.id.desc()).limit(limit)))
+            # The actions' counts in one query, not the actions themselves: a listing shows progress, not detail.
+            counted = s.execute(
+                select(DeployActionRow.deploy_id, func.count(), func.sum(case((DeployActionRow.ok, 0), else_=1)))
+                .where(DeployActionRow.deploy_id.in_([r.id for r in rows])).group_by(DeployActionRow.deploy_id))
+            counts = {deploy_id: (int(done), int(failed or 0)) for deploy_id, done, failed in counted}
+            return [replace(_deploy(r, app_name, with_actions=False), counts=counts.get(r.id, (0, 0))) for r in rows]
 
     def interrupt_abandoned(self, server: str = "") -> list[int]:
         """Mark deploys whose server died (stale or missing lock) as interrupted and free their apps.
