@@ -242,7 +242,11 @@ def plan(
     if save is not None:
         from keyless.plan import planfile
 
-        save.write_text(json.dumps(planfile.dump(the_plan), indent=2) + "\n")
+        try:
+            save.write_text(json.dumps(planfile.dump(the_plan), indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(f"--out {save}: cannot write the plan there ({exc.strerror or exc})",
+                             "give a path in a directory that exists and that you may write to") from None
         err.print(f"Saved the plan to {save}. Apply it with: keyless apply {save}", markup=False)
     if the_plan.blockers:
         raise typer.Exit(3)
@@ -512,6 +516,8 @@ def serve(
     targets: TargetsOpt = None,
     new_admin_token: Annotated[bool, typer.Option(
         "--new-admin-token", help="Print a new admin token even if tokens exist (lost the first one?).")] = False,
+    secure_cookies: Annotated[bool, typer.Option(
+        "--secure-cookies", help="Mark the session cookie Secure (when users reach keyless over HTTPS).")] = False,
 ) -> None:
     """Run the control plane: the REST API under /api/v1 and the dashboard, on one port.
 
@@ -527,6 +533,10 @@ def serve(
     from keyless.store import Role, Store
     from keyless.targets import targets_path
 
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"warning: serving plain HTTP on {host}: tokens and session cookies cross the network unencrypted. "
+                  "Put keyless behind a TLS-terminating proxy (and use --secure-cookies), or serve on 127.0.0.1.",
+                  markup=False)
     _free_port_or_fail(host, port)
     store = Store.open(database_url)
     path = targets_path(str(targets) if targets else None, os.environ)
@@ -546,7 +556,8 @@ def serve(
         out.print(f"Admin token (shown once, keep it safe): {secret}", markup=False)
         out.print(f"Log in at {url}login, or call the API with `Authorization: Bearer <token>`.", markup=False)
     server = f"{socket.gethostname()}:{port}"  # stable across restarts, so a restart frees this server's own locks
-    uvicorn.run(create_app(store, os.environ, server=server), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(store, os.environ, server=server, secure_cookies=secure_cookies), host=host, port=port,
+                log_level="warning")
 
 
 # --- sandbox and demo ---------------------------------------------------------------------------

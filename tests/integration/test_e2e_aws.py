@@ -303,3 +303,11 @@ def test_render_mode_binds_in_the_cloud_and_writes_manifests_instead_of_touching
     assert code == 0, output
     assert (elsewhere / "serviceaccounts" / "e2e-render-api.yaml").exists()
     assert _eks_writes(env) == writes  # render never writes to the cloud
+
+
+def test_plan_out_into_a_missing_directory_is_a_clear_usage_error(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-out", {"api": "keyless-demo-api"})
+    code, output = run("plan", "-f", str(path), "--target", EKS_TARGET, "--out", str(tmp_path / "no" / "plan.json"))
+    assert code == 2, output
+    assert "cannot write the plan there" in output
+    assert "Traceback" not in output

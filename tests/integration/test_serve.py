@@ -122,6 +122,27 @@ def test_serve_refuses_a_port_in_use_and_a_bad_database_url(tmp_path: Path) -> N
     assert "Traceback" not in output
 
 
+def test_serving_beyond_loopback_warns_that_it_is_plain_http(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _serve(tmp_path, "--host", "0.0.0.0", "--port", str(port))
+        output = _finish(result)
+    assert "warning: serving plain HTTP on 0.0.0.0" in output
+    assert "--secure-cookies" in output
+    assert result.returncode == 2, output
+
+
+def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path, stop: list[subprocess.Popen[str]]) -> None:
+    port = _free_port()
+    process = _serve(tmp_path, "--port", str(port))
+    stop.append(process)
+    _read_until_ready(process, f"http://127.0.0.1:{port}")
+    [database] = list(tmp_path.rglob("keyless.db"))
+    assert database.stat().st_mode & 0o777 == 0o600
+
+
 def test_serve_imports_the_targets_file(tmp_path: Path, stop: list[subprocess.Popen[str]]) -> None:
     targets = tmp_path / "keyless.targets.yaml"
     targets.write_text("targets:\n  prod:\n    cloud: aws\n    region: us-east-1\n    cluster: prod\n"

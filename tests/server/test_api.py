@@ -376,3 +376,14 @@ def test_undeployed_changes_keep_an_app_from_being_forgotten(world: World) -> No
     assert "never deployed" in refused.json()["error"]
     assert world.client.delete("/api/v1/apps/shop?force=true", headers=admin).status_code == 204
     assert world.client.get("/api/v1/apps/shop", headers=admin).status_code == 404
+
+
+def test_api_answers_are_never_cached_nor_sniffed(world: World) -> None:
+    answer = world.client.post("/api/v1/tokens", headers=world.headers("admin"),
+                               json={"name": "ci", "role": "viewer"})
+    assert answer.status_code == 201, answer.text  # this answer holds a new token
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    refused = world.client.get("/api/v1/apps", headers={"Authorization": "Bearer kl_nope"})
+    assert refused.status_code == 401
+    assert refused.headers["cache-control"] == "no-store"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,15 @@ def create_app(store: Store, env: Mapping[str, str], connector: Connector = engi
     app.state.keyless = server_state
     # Outermost: bodies are bounded, and API bodies need a valid token, before anything reads them.
     app.add_middleware(BoundedRequests, store=store)
+
+    @app.middleware("http")
+    async def api_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        if _is_api(request):
+            # Answers carry tokens and configuration: no cache keeps them, no browser guesses their type.
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
 
     from keyless.server import api, dashboard
 
