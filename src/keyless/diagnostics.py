@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+# A value echoed in a message is cut to this many characters: a 500 KB name must not come back whole.
+ECHO_LIMIT = 300  # longer than any real ARN or email, far shorter than a hostile value
+_LONG_RUN = re.compile(rf"\S{{{ECHO_LIMIT + 1},}}")
+
+
+def clip(text: str) -> str:
+    """`text` with every run of non-blank characters longer than ECHO_LIMIT shortened, saying how long it was."""
+    return _LONG_RUN.sub(lambda m: f"{m.group(0)[:ECHO_LIMIT - 20]}…({len(m.group(0)):,} characters)", text)
 
 
 class Severity(enum.StrEnum):
@@ -31,6 +41,11 @@ class Diagnostic:
     position: Position
     message: str
     hint: str = ""
+
+    def __post_init__(self) -> None:
+        # Values from the input are quoted in messages; a hostile or broken file must not make them huge.
+        object.__setattr__(self, "message", clip(self.message))
+        object.__setattr__(self, "hint", clip(self.hint))
 
     def render(self) -> str:
         """`FILE:LINE:COL: message`, with the severity spelled out unless it is an error."""

@@ -906,3 +906,9 @@ def test_trailing_newlines_in_quoted_names_are_rejected(load_errors: LoadErrors)
                   shop-rg
         """)
     assert sorted(d.position.line for d in errors) == [1, 3, 7, 8], "\n".join(d.render() for d in errors)
+
+
+def test_a_huge_value_is_not_echoed_whole(load_errors: LoadErrors) -> None:
+    [d] = [e for e in load_errors(service("").replace("name: api", "name: " + "a" * 500_000)) if "500000" in e.message]
+    assert len(d.render()) < 1_000
+    assert "(500,002 characters)" in d.message  # says how long it was, quotes included
