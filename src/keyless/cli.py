@@ -458,12 +458,16 @@ def status(
         print(json.dumps([r.as_json() for r in rows], indent=2))
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"app {resolved} on {name}")
     for column in ("service", "binding", "identity", "service account", "drift"):
-        table.add_column(column)
+        # Identifiers are what people copy from here: wrapped onto more lines, never cut with "…".
+        table.add_column(column, overflow="fold")
     for r in rows:
-        table.add_row(r.service, r.binding_id or "-", r.identity or "-", r.service_account or "-", r.drift or "none")
+        # Text, not markup: an identity such as "rg/name [issuer ...]" is shown as it is.
+        table.add_row(*(Text(value) for value in (r.service, r.binding_id or "-", r.identity or "-",
+                                                  r.service_account or "-", r.drift or "none")))
     out.print(table)
 
 

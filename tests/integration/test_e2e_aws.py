@@ -311,3 +311,15 @@ def test_plan_out_into_a_missing_directory_is_a_clear_usage_error(env: dict[str,
     assert code == 2, output
     assert "cannot write the plan there" in output
     assert "Traceback" not in output
+
+
+def test_status_shows_whole_identifiers_however_narrow_the_terminal(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-wide", {"api": "keyless-demo-api"})
+    deploy(env, path)
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
+    assert code == 0, output
+    code, output = run("status", "--target", EKS_TARGET, "--app", "e2e-wide")
+    assert code == 0, output
+    assert "…" not in output  # folded onto more lines, never cut
+    cells = "".join(line.split("│")[3].strip() for line in output.splitlines() if line.count("│") >= 6)
+    assert "arn:aws:iam::123456789012:role/keyless-demo-api" in cells
