@@ -79,7 +79,7 @@ def desired_bindings(
                 notes.append(Diagnostic(
                     Severity.NOTE, loaded.file, position,
                     f"{connection.type} connection of service {service!r} does not apply to target "
-                    f"{target_name!r} ({cloud.value})", f"it applies when you deploy to a {entry.cloud.value} target"))
+                    f"{target_name!r} ({cloud.value})", f"it applies when you deploy to a target on {entry.name}"))
                 continue
             found.append(Binding(
                 app=app_name,

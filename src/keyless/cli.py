@@ -566,7 +566,7 @@ def serve(
 
 # --- sandbox and demo ---------------------------------------------------------------------------
 
-sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS and Kubernetes stand-ins on loopback.",
+sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS, Azure and Kubernetes stand-ins on loopback.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 

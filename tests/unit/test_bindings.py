@@ -147,7 +147,7 @@ def test_connections_for_another_cloud_are_notes_not_bindings() -> None:
     ]
     assert notes[0].message == ("gcpServiceAccount connection of service 'api' does not apply to target "
                                 "'prod' (aws)")
-    assert notes[0].hint == "it applies when you deploy to a gcp target"
+    assert notes[0].hint == "it applies when you deploy to a target on Google Cloud"
     assert "azureManagedIdentity connection of service 'worker'" in notes[1].message
 
 
