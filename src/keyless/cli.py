@@ -522,6 +522,9 @@ def serve(
         "--new-admin-token", help="Print a new admin token even if tokens exist (lost the first one?).")] = False,
     secure_cookies: Annotated[bool, typer.Option(
         "--secure-cookies", help="Mark the session cookie Secure (when users reach keyless over HTTPS).")] = False,
+    files_dir: Annotated[Path | None, typer.Option(
+        "--files-dir", help="The only directory targets given through the API may name files in (kubeconfig, "
+                            "outDir, caBundle); default: $XDG_DATA_HOME/keyless/files.")] = None,
 ) -> None:
     """Run the control plane: the REST API under /api/v1 and the dashboard, on one port.
 
@@ -534,7 +537,7 @@ def serve(
 
     from keyless.server.app import create_app
     from keyless.server.operations import ControlPlane
-    from keyless.store import Role, Store
+    from keyless.store import Role, Store, default_files_dir
     from keyless.targets import targets_path
 
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -560,8 +563,10 @@ def serve(
         out.print(f"Admin token (shown once, keep it safe): {secret}", markup=False)
         out.print(f"Log in at {url}login, or call the API with `Authorization: Bearer <token>`.", markup=False)
     server = f"{socket.gethostname()}:{port}"  # stable across restarts, so a restart frees this server's own locks
-    uvicorn.run(create_app(store, os.environ, server=server, secure_cookies=secure_cookies), host=host, port=port,
-                log_level="warning")
+    files = files_dir or default_files_dir()
+    files.mkdir(parents=True, exist_ok=True, mode=0o700)
+    uvicorn.run(create_app(store, os.environ, server=server, secure_cookies=secure_cookies, files_dir=files),
+                host=host, port=port, log_level="warning")
 
 
 # --- sandbox and demo ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -62,6 +62,19 @@ class _Target(_Model):
     def _namespace(cls, value: str) -> str:
         return _rule(names.check_namespace, value)
 
+    def file_paths(self) -> dict[str, str]:
+        """The paths on the machine running keyless that the target names, by their targets-file spelling."""
+        side = self.kubernetes
+        return {k: v for k, v in (("kubernetes.kubeconfig", side.kubeconfig), ("kubernetes.outDir", side.out_dir))
+                if v is not None}
+
+    def with_file_paths(self, paths: Mapping[str, str]) -> Self:
+        """The same target with those paths replaced (the keys of file_paths)."""
+        side = self.kubernetes.model_copy(update={
+            "kubeconfig": paths.get("kubernetes.kubeconfig", self.kubernetes.kubeconfig),
+            "out_dir": paths.get("kubernetes.outDir", self.kubernetes.out_dir)})
+        return self.model_copy(update={"kubernetes": side})
+
 
 class AwsTarget(_Target):
     cloud: Literal["aws"]
@@ -85,6 +98,12 @@ class AzureTarget(_Target):
     resource_group: str
     arm_endpoint: str = "https://management.azure.com"
     ca_bundle: str | None = None
+
+    def file_paths(self) -> dict[str, str]:
+        return {**super().file_paths(), **({"caBundle": self.ca_bundle} if self.ca_bundle else {})}
+
+    def with_file_paths(self, paths: Mapping[str, str]) -> Self:
+        return super().with_file_paths(paths).model_copy(update={"ca_bundle": paths.get("caBundle", self.ca_bundle)})
 
     @field_validator("subscription")
     @classmethod

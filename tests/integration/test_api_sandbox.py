@@ -58,7 +58,9 @@ def api(env: dict[str, str], tmp_path: Path) -> Iterator[Api]:
     store = Store.open(f"sqlite:///{tmp_path / 'keyless.db'}")
     admin = store.create_token("admin", Role.ADMIN, "test")[1]
     deployer = store.create_token("deployer", Role.DEPLOYER, "test")[1]
-    with TestClient(create_app(store, dict(os.environ))) as client:
+    # The sandbox's kubeconfig and CA live in its state directory: the server may name files there only.
+    files = Path(env["KEYLESS_TARGETS"]).parent
+    with TestClient(create_app(store, dict(os.environ), files_dir=files)) as client:
         handle = Api(client, store, admin, deployer)
         targets = Path(env["KEYLESS_TARGETS"]).read_text()
         handle.ok("POST", "/api/v1/targets/import", handle.admin, content=targets,

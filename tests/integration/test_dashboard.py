@@ -473,7 +473,7 @@ def test_browser_connects_a_role_deploys_and_disconnects_it(
 
     text = f"name: {BROWSER_APP}\nservices:\n  - name: api\n    type: web\n    run: node index.js\n    port: 8080\n"
     store = Store.open(f"sqlite:///{tmp_path}/k.db")
-    app = create_app(store, os.environ)
+    app = create_app(store, os.environ, files_dir=Path(env["KEYLESS_TARGETS"]).parent)
     plane = cast(ServerState, app.state.keyless).plane
     targets_file = Path(env["KEYLESS_TARGETS"])
     plane.import_targets(targets_file.read_text(), str(targets_file), "test")

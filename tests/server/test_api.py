@@ -387,3 +387,32 @@ def test_api_answers_are_never_cached_nor_sniffed(world: World) -> None:
     refused = world.client.get("/api/v1/apps", headers={"Authorization": "Bearer kl_nope"})
     assert refused.status_code == 401
     assert refused.headers["cache-control"] == "no-store"
+
+
+AKS = {"cloud": "azure", "subscription": "00000000-0000-0000-0000-000000000001", "resourceGroup": "platform",
+       "cluster": "prod-aks", "namespace": "shop"}
+
+
+def test_a_target_from_the_api_names_no_file_outside_the_files_directory(world: World, tmp_path: Path) -> None:
+    admin = world.headers("admin")
+    # The server in `world` was given no files directory: it uses $XDG_DATA_HOME/keyless/files, never /etc.
+    refused = world.client.put("/api/v1/targets/aks", headers=admin,
+                               json={**AKS, "caBundle": "/etc/ssl/private/key.pem"})
+    assert refused.status_code == 400
+    assert "outside the server's files directory" in refused.json()["error"]
+
+    files = tmp_path / "files"
+    files.mkdir()
+    with TestClient(create_app(world.store, {}, files_dir=files)) as client:
+        for field in ({"caBundle": "/etc/passwd"}, {"caBundle": "../outside.pem"},
+                      {"kubernetes": {"kubeconfig": "/root/.kube/config"}},
+                      {"kubernetes": {"mode": "render", "outDir": "../../anywhere"}}):
+            answer = client.put("/api/v1/targets/aks", headers=admin, json={**AKS, **field})
+            assert answer.status_code == 400, answer.text
+            assert "outside the server's files directory" in answer.json()["error"]
+        kept = client.put("/api/v1/targets/aks", headers=admin,
+                          json={**AKS, "caBundle": "ca.pem", "kubernetes": {"mode": "render", "outDir": "gitops"}})
+        assert kept.status_code == 201, kept.text
+        stored = client.get("/api/v1/targets/aks", headers=admin).json()
+    assert stored["settings"]["caBundle"] == str((files / "ca.pem").resolve())
+    assert stored["settings"]["kubernetes"]["outDir"] == str((files / "gitops").resolve())

@@ -21,7 +21,7 @@ from keyless.server.deploys import DeployRunner
 from keyless.server.errors import error_body, http_status
 from keyless.server.limits import BoundedRequests
 from keyless.server.operations import Connector, ControlPlane, problems
-from keyless.store import Store, TokenRecord
+from keyless.store import Store, TokenRecord, default_files_dir
 
 STATIC = Path(__file__).parent / "static"
 CSRF_SETTING = "csrf-key"
@@ -32,9 +32,10 @@ def _is_api(request: Request) -> bool:
 
 
 def create_app(store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
-               secure_cookies: bool = False, server: str = "") -> FastAPI:
-    """The application; `server` names this server among those sharing the database (`keyless serve`: host:port)."""
-    plane = ControlPlane(store, env, connector)
+               secure_cookies: bool = False, server: str = "", files_dir: Path | None = None) -> FastAPI:
+    """The application; `server` names this server among those sharing the database (`keyless serve`: host:port);
+    targets given through the API may name files under `files_dir` only."""
+    plane = ControlPlane(store, env, connector, files_dir or default_files_dir())
     runner = DeployRunner(plane, server=server)
     server_state = ServerState(store=store, plane=plane, runner=runner,
                                csrf_key=store.secret(CSRF_SETTING).encode(), secure_cookies=secure_cookies)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from keyless import clouds, engine
@@ -91,10 +92,15 @@ class ConnectionChange:
 class ControlPlane:
     """The operations behind every API route and dashboard page."""
 
-    def __init__(self, store: Store, env: Mapping[str, str], connector: Connector = engine.connect) -> None:
+    def __init__(self, store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
+                 files_dir: Path | None = None) -> None:
         self.store = store
         self.env = env
         self.connector = connector
+        # Where targets given through the API may point (kubeconfig, outDir, caBundle): an admin's request must
+        # not make the server read or write any file of its machine. None: the operator's own input (the targets
+        # file `keyless serve` imports at start), taken as it is.
+        self.files_dir = files_dir
 
     # --- targets -----------------------------------------------------------------------------------
 
@@ -104,14 +110,30 @@ class ControlPlane:
     def put_target(self, name: str, body: Mapping[str, Any], actor: str) -> tuple[TargetRecord, bool]:
         """Create or replace a target from the fields a targets file gives it (validated the same way)."""
         document = json.dumps({"targets": {name: dict(body)}}, indent=2)
-        target = self._parse_targets(document, f"target {name} (request body)")[name]
+        target = self._confined(name, self._parse_targets(document, f"target {name} (request body)")[name])
         return self.store.put_target(name, clouds.for_target(target).cloud.value, target_settings(target), actor)
 
     def import_targets(self, text: str, file: str, actor: str) -> list[tuple[TargetRecord, bool]]:
         """Every target of a targets file, created or replaced."""
-        parsed = self._parse_targets(text, file)
+        parsed = {name: self._confined(name, t) for name, t in self._parse_targets(text, file).items()}
         return [self.store.put_target(name, clouds.for_target(t).cloud.value, target_settings(t), actor)
                 for name, t in parsed.items()]
+
+    def _confined(self, name: str, target: AnyTarget) -> AnyTarget:
+        """The target with its file paths resolved inside files_dir (relative ones against it); a path outside it
+        is refused, and so is any path at all when the server has no files directory."""
+        paths = target.file_paths()
+        if not paths or self.files_dir is None:
+            return target
+        root = self.files_dir.resolve()
+        resolved: dict[str, str] = {}
+        for field, value in paths.items():
+            path = (root / value).resolve()  # an absolute value stays absolute
+            if not path.is_relative_to(root):
+                raise UsageError(f"target {name!r}: {field} {value!r} is outside the server's files directory {root}",
+                                 f"put the file under {root} and name it relative to it")
+            resolved[field] = str(path)
+        return target.with_file_paths(resolved)
 
     def target(self, name: str) -> AnyTarget:
         record = self.store.get_target(name)

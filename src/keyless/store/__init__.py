@@ -13,7 +13,7 @@ from keyless.store.records import (
     TargetRecord,
     TokenRecord,
 )
-from keyless.store.store import Store, default_database_url
+from keyless.store.store import Store, default_database_url, default_files_dir
 
 __all__ = [
     "AppChange",
@@ -29,4 +29,5 @@ __all__ = [
     "TargetRecord",
     "TokenRecord",
     "default_database_url",
+    "default_files_dir",
 ]

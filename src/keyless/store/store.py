@@ -54,12 +54,19 @@ TOKEN_PREFIX = "kl_"
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
 
 
+def data_dir() -> Path:
+    """keyless's directory in the user's data directory ($XDG_DATA_HOME/keyless)."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "keyless"
+
+
 def default_database_url() -> str:
     """SQLite in the user's data directory, so `keyless serve` with no flags keeps its state across restarts."""
-    import os
+    return f"sqlite:///{data_dir() / 'keyless.db'}"
 
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "keyless"
-    return f"sqlite:///{base / 'keyless.db'}"
+
+def default_files_dir() -> Path:
+    """Where targets given to `keyless serve` through the API may name files, unless --files-dir says otherwise."""
+    return data_dir() / "files"
 
 
 def hash_token(secret: str) -> str:
