@@ -114,14 +114,13 @@ class ApplyReport:
 Progress = Callable[[ActionResult], None]
 
 
-def _apply_one(action: Action, provider: Provider, kube: KubeSide, writes: _WriteLocks) -> str:
+def _apply_one(action: Action, provider: Provider, kube: KubeSide) -> str:
     """Carry out one action exactly as the plan's typed fields say."""
     ref = action.ref
     if action.resource is Resource.CLOUD_BINDING:
         if action.intent is not None:
             kube.record_intent(action.intent)  # before the write: an interruption cannot hide what it binds
-        with writes.lock_for(action):
-            outcome = provider.apply(action)
+        outcome = provider.apply(action)  # a provider serializes writes the cloud refuses to run at once (Azure)
         if not outcome.ok:
             raise ApplyFailed(outcome.message)
         if action.kind in (ActionKind.CREATE, ActionKind.UPDATE, ActionKind.REPLACE) and not provider.wait_visible(
@@ -155,30 +154,6 @@ def _clear_intents(actions: Sequence[Action], kube: KubeSide) -> None:
         except KeylessError as exc:  # harmless: the next plan clears it, and meanwhile only looks a bit further
             log.warning("could not clear the pending identities of %s/%s: %s", account.namespace, account.name,
                         exc.message)
-
-
-class _WriteLocks:
-    """One write at a time per identity where the cloud refuses concurrent writes on one (Azure); else no lock."""
-
-    def __init__(self, entry: CloudEntry) -> None:
-        self._serialized = entry.writes_per_identity_serialized
-        self._locks: dict[tuple[str, ...], threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def lock_for(self, action: Action) -> threading.Lock | _NoLock:
-        binding = action.desired or action.observed
-        if not self._serialized or binding is None:
-            return _NoLock()
-        with self._guard:
-            return self._locks.setdefault(binding.identity.key, threading.Lock())
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _wait_propagation(binding: Binding, provider: Provider, kube: KubeSide) -> str:
@@ -216,7 +191,6 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
         by_service.setdefault(action.service, []).append(action)
 
     stopping = threading.Event()
-    writes = _WriteLocks(clouds.entry(plan.cloud))
 
     def run_service(actions: list[Action]) -> list[ActionResult]:
         results: list[ActionResult] = []
@@ -225,7 +199,7 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
                 break  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
             start = time.monotonic()
             try:
-                message = _apply_one(action, provider, kube, writes)
+                message = _apply_one(action, provider, kube)
                 result = ActionResult(action, True, message, time.monotonic() - start)
             except KeylessError as exc:
                 result = ActionResult(action, False, exc.message, time.monotonic() - start)

@@ -107,7 +107,6 @@ ENTRY = CloudEntry(
     one_binding_per_service_account=True,
     updates_in_place=True,
     marks_adopted=True,
-    writes_per_identity_serialized=False,
     found_through_identity=False,
     example_values=_examples,
     preview=_preview,

@@ -124,7 +124,6 @@ ENTRY = CloudEntry(
     one_binding_per_service_account=False,
     updates_in_place=False,
     marks_adopted=False,
-    writes_per_identity_serialized=True,
     found_through_identity=True,
     example_values=_examples,
     preview=_preview,

@@ -161,7 +161,6 @@ class CloudEntry:
     one_binding_per_service_account: bool  # the cloud keys bindings on the account: someone else's is in the way
     updates_in_place: bool  # an identity change is an update of the binding, else a replace
     marks_adopted: bool  # an adopted binding can carry keyless's mark (AWS tags); else it is used as found
-    writes_per_identity_serialized: bool  # the cloud refuses concurrent writes on one identity (Azure)
     # Bindings live on the identity (Azure credentials, GCP members): keyless finds its own by the identities its
     # service accounts record, so it records an identity before it writes a binding there.
     found_through_identity: bool

@@ -105,7 +105,6 @@ ENTRY = CloudEntry(
     one_binding_per_service_account=False,
     updates_in_place=False,
     marks_adopted=False,
-    writes_per_identity_serialized=True,  # one IAM policy per Google service account: read-modify-write
     found_through_identity=True,
     example_values=_examples,
     preview=_preview,
