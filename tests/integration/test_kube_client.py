@@ -1,4 +1,5 @@
-"""Integration tests of keyless.kube.client: the real lightkube client over HTTP against the Kubernetes stand-in."""
+"""Integration tests of keyless.kube.cluster, .config and .render: the real lightkube client over HTTP against the
+Kubernetes stand-in, and render mode's files."""
 
 from __future__ import annotations
 
