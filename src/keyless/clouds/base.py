@@ -6,7 +6,7 @@ import enum
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from keyless import names
 
@@ -24,28 +24,6 @@ IDENTITY_ANNOTATION = "keyless.dev/identity"
 # GCP members), and cleared once the service's apply is done: an apply killed in between leaves it, so the next
 # plan looks on those identities too and no binding keyless made can outlive its connection unseen.
 PENDING_ANNOTATION = "keyless.dev/pending-identities"
-
-
-class IdentityValue(Protocol):
-    """What every cloud's identity value offers: a comparison key, a readable form, the account annotations."""
-
-    @property
-    def key(self) -> tuple[str, ...]:
-        """The fields two identities are compared on: equal keys mean the same cloud identity."""
-        ...
-
-    @property
-    def spelled_once(self) -> str:
-        """The identity spelled the same way by every binding that names it (the cloud's case rules applied)."""
-        ...
-
-    def describe(self) -> str:
-        """The identity as people read it, and as keyless records it on the service account."""
-        ...
-
-    def annotations(self, service: str) -> dict[str, str]:
-        """The annotations the cloud's webhook reads on the service account (besides keyless's record)."""
-        ...
 
 
 # --- previews: what a connection makes keyless create, for the dashboard's info box ----------------------
@@ -151,6 +129,9 @@ class CloudEntry:
     # targets file
     target_model: type[Any]
     # identities and the cloud object that binds them
+    # The identity value: a frozen dataclass with `key` (the fields identities are compared on), `spelled_once`
+    # (one spelling for sharing checks), `describe()` (readable, and recorded on the account) and
+    # `annotations(service)` (what the cloud's webhook reads on the service account).
     identity_type: type[Any]
     binding_kind: str  # "Pod Identity association"
     # Kubernetes side

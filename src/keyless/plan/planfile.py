@@ -40,7 +40,7 @@ def dump(plan: Plan) -> dict[str, Any]:
         "summary": plan.summary(),
         "actions": [_action_json(a) for a in plan.actions],
         "blockers": [{"service": b.service, "message": b.message, "hint": b.hint,
-                      "desired": _binding_json(b.desired) if b.desired else None} for b in plan.blockers],
+                      "desired": plain(b.desired) if b.desired else None} for b in plan.blockers],
         "notes": list(plan.notes),
         "warnings": list(plan.warnings),
     }
@@ -91,7 +91,7 @@ def _action_json(action: Action) -> dict[str, Any]:
         "reason": action.reason,
     }
     if action.desired is not None:
-        out["desired"] = _binding_json(action.desired)
+        out["desired"] = plain(action.desired)
     if action.observed is not None:
         out["observed"] = plain(action.observed)
     if action.account is not None:
@@ -151,10 +151,6 @@ def _observed(data: Mapping[str, Any]) -> ObservedBinding:
         managed_by=data.get("managed_by"), mismatch=tuple(str(m) for m in data.get("mismatch", [])),
         details=_strings(data.get("details", {})),
     )
-
-
-def _binding_json(binding: Binding) -> dict[str, Any]:
-    return dict(plain(binding))
 
 
 def _binding(data: Mapping[str, Any]) -> Binding:
