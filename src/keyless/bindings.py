@@ -37,6 +37,9 @@ class Binding:
     service_account: str
     identity: Identity
     source: Source | None = None
+    # The principal the cloud knows the pods as without impersonation, for teams that grant roles to it directly
+    # (GKE: principal://.../subject/ns/NS/sa/KSA); filled in by the provider where the cloud has one.
+    principal: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:

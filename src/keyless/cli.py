@@ -469,6 +469,9 @@ def status(
         table.add_row(*(Text(value) for value in (r.service, r.binding_id or "-", r.identity or "-",
                                                   r.service_account or "-", r.drift or "none")))
     out.print(table)
+    for r in rows:
+        if r.principal:
+            out.print(f"{r.service}: principal for direct grants: {r.principal}", markup=False)
 
 
 @app.command()

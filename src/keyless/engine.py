@@ -23,7 +23,14 @@ from keyless.ownership import SERVICE_LABEL
 from keyless.plan.model import Action, ActionKind, Observed, Plan, Resource
 from keyless.plan.planner import PlanRequest, make_plan
 from keyless.porter.loader import LoadedApp
-from keyless.providers.base import PreflightIssue, PreflightSeverity, Provider, TokenExchanger
+from keyless.providers.base import (
+    ActionOutcome,
+    BatchWriter,
+    PreflightIssue,
+    PreflightSeverity,
+    Provider,
+    TokenExchanger,
+)
 from keyless.providers.retry import RetryPolicy, poll
 from keyless.targets import AnyTarget
 
@@ -70,7 +77,7 @@ def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, 
     # The identities keyless bound (the record) or was about to bind when an apply was interrupted (pending).
     recorded = sorted({a.annotations[IDENTITY_RECORD] for a in accounts if a.annotations.get(IDENTITY_RECORD)}
                       | {i for a in accounts for i in a.annotations.get(PENDING_ANNOTATION, "").split(",") if i})
-    cloud = provider.observe(app, target_name, bindings, recorded)
+    cloud = provider.observe(app, target_name, bindings, recorded, accounts)
     return Observed(bindings=tuple(cloud), service_accounts=tuple(accounts), workloads=tuple(workloads))
 
 
@@ -114,13 +121,14 @@ class ApplyReport:
 Progress = Callable[[ActionResult], None]
 
 
-def _apply_one(action: Action, provider: Provider, kube: KubeSide) -> str:
-    """Carry out one action exactly as the plan's typed fields say."""
+def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: ActionOutcome | None = None) -> str:
+    """Carry out one action exactly as the plan's typed fields say (`written`: its cloud write, done already)."""
     ref = action.ref
     if action.resource is Resource.CLOUD_BINDING:
-        if action.intent is not None:
+        if written is None and action.intent is not None:
             kube.record_intent(action.intent)  # before the write: an interruption cannot hide what it binds
-        outcome = provider.apply(action)  # a provider serializes writes the cloud refuses to run at once (Azure)
+        # A provider serializes writes the cloud refuses to run at once (Azure).
+        outcome = written if written is not None else provider.apply(action)
         if not outcome.ok:
             raise ApplyFailed(outcome.message)
         if action.kind in (ActionKind.CREATE, ActionKind.UPDATE, ActionKind.REPLACE) and not provider.wait_visible(
@@ -184,11 +192,30 @@ def _wait_propagation(binding: Binding, provider: Provider, kube: KubeSide) -> s
             "anyway and the SDK retries until the credential propagates")
 
 
+def _write_together(actions: Sequence[Action], provider: BatchWriter, kube: KubeSide) -> dict[int, ActionOutcome]:
+    """Every cloud write of the plan at once, for a cloud whose one object holds several services' bindings (a GCP
+    IAM policy): each intent is recorded first, and an action whose intent could not be recorded is not written."""
+    outcomes: dict[int, ActionOutcome] = {}
+    ready: list[Action] = []
+    for action in actions:
+        try:
+            if action.intent is not None:
+                kube.record_intent(action.intent)
+            ready.append(action)
+        except KeylessError as exc:
+            outcomes[id(action)] = ActionOutcome(False, exc.message)
+    outcomes.update((id(a), o) for a, o in zip(ready, provider.apply_all(ready), strict=True))
+    return outcomes
+
+
 def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progress | None = None) -> ApplyReport:
     """Apply each service's actions in order; services run concurrently; one failure stops only its service."""
     by_service: dict[str, list[Action]] = {}
     for action in plan.changes:
         by_service.setdefault(action.service, []).append(action)
+    written: dict[int, ActionOutcome] = {}
+    if isinstance(provider, BatchWriter):
+        written = _write_together([a for a in plan.changes if a.resource is Resource.CLOUD_BINDING], provider, kube)
 
     stopping = threading.Event()
 
@@ -199,7 +226,7 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
                 break  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
             start = time.monotonic()
             try:
-                message = _apply_one(action, provider, kube)
+                message = _apply_one(action, provider, kube, written.get(id(action)))
                 result = ActionResult(action, True, message, time.monotonic() - start)
             except KeylessError as exc:
                 result = ActionResult(action, False, exc.message, time.monotonic() - start)
@@ -319,10 +346,11 @@ class ServiceStatus:
     identity: str | None
     service_account: str | None
     drift: str | None
+    principal: str | None = None  # for direct grants, where the cloud has one (GKE)
 
     def as_json(self) -> dict[str, str | None]:
         return {"service": self.service, "binding": self.binding_id, "identity": self.identity,
-                "serviceAccount": self.service_account, "drift": self.drift}
+                "serviceAccount": self.service_account, "drift": self.drift, "principal": self.principal}
 
 
 def app_status(app: str, target_name: str, target: AnyTarget, provider: Provider, kube: KubeSide,
@@ -346,11 +374,18 @@ def app_status(app: str, target_name: str, target: AnyTarget, provider: Provider
         want = wanted_by_service.get(service)
         drift: list[str] = []
         if binding is None and recorded:
-            drift.append("cloud binding deleted outside keyless")
+            drift.append(f"{clouds.for_target(target).binding_kind} missing (deleted outside keyless): the service "
+                         "account's annotation alone gives pods nothing; run apply")
         if binding is not None and recorded and binding.describe_identity() != recorded:
             drift.append(f"binding changed outside keyless (keyless set {recorded})")
         if binding is not None and account is None:
             drift.append("service account missing")
+        if want is not None and binding is not None and account is not None and binding.binds(want.identity):
+            # The cloud half without the Kubernetes half (an annotation edited away): pods cannot use the identity.
+            for key, value in want.identity.annotations(service).items():
+                if account.annotations.get(key) != value:
+                    drift.append(f"service account lacks annotation {key}={value}: pods cannot use the identity; "
+                                 "run apply")
         if want is not None and (binding is None or not binding.binds(want.identity)):
             drift.append(f"porter.yaml wants {want.identity.describe()}: run apply")
         if loaded is not None and want is None and binding is not None:
@@ -361,5 +396,6 @@ def app_status(app: str, target_name: str, target: AnyTarget, provider: Provider
             identity=binding.describe_identity() if binding else None,
             service_account=f"{account.namespace}/{account.name}" if account else None,
             drift="; ".join(drift) or None,
+            principal=want.principal if want is not None else None,
         ))
     return rows

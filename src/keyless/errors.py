@@ -52,6 +52,15 @@ class CloudError(KeylessError):
     exit_code = 1
 
 
+class Denied(CloudError):
+    """A cloud refused a call for lack of permission (403); `doing` and `code` say which, for an incomplete audit."""
+
+    def __init__(self, message: str, hint: str, *, doing: str, code: str) -> None:
+        super().__init__(message, hint)
+        self.doing = doing
+        self.code = code
+
+
 class ApplyFailed(KeylessError):
     """One or more actions of a plan failed while applying (exit 1)."""
 

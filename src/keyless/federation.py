@@ -43,8 +43,38 @@ def parse_subject(subject: str) -> tuple[str, str] | None:
 # --- Google Cloud: Workload Identity Federation for GKE ----------------------------------------
 
 WORKLOAD_IDENTITY_USER_ROLE = "roles/iam.workloadIdentityUser"
+GKE_METADATA = "GKE_METADATA"  # the node pools' workload metadata mode that serves pods their KSA's identity
+_MEMBER = re.compile(r"^serviceAccount:([a-z0-9.:-]+)\.svc\.id\.goog\[([a-z0-9.-]+)/([a-z0-9.-]+)\]$")
+
+
+def workload_pool(project: str) -> str:
+    """The project's one workload identity pool, shared by every GKE cluster of the project."""
+    return f"{project}.svc.id.goog"
 
 
 def workload_identity_member(project: str, namespace: str, service_account: str) -> str:
     """The IAM member a GKE cluster's pods act as: a service account in the project's workload identity pool."""
-    return f"serviceAccount:{project}.svc.id.goog[{namespace}/{service_account}]"
+    return f"serviceAccount:{workload_pool(project)}[{namespace}/{service_account}]"
+
+
+def parse_workload_identity_member(member: str) -> tuple[str, str, str] | None:
+    """(project, namespace, service account) of a workload identity member; None for any other member."""
+    match = _MEMBER.fullmatch(member)
+    return (match.group(1), match.group(2), match.group(3)) if match else None
+
+
+def direct_access_principal(project_number: str, project: str, namespace: str, service_account: str) -> str:
+    """The principal a Kubernetes service account is in IAM without impersonation: grant roles to it directly."""
+    return (f"principal://iam.googleapis.com/projects/{project_number}/locations/global/workloadIdentityPools/"
+            f"{workload_pool(project)}/subject/ns/{namespace}/sa/{service_account}")
+
+
+def gke_issuer(project: str, location: str, cluster: str) -> str:
+    """The issuer GKE puts in a cluster's service-account tokens (and that Google's STS trusts for its pool)."""
+    return f"https://container.googleapis.com/v1/projects/{project}/locations/{location}/clusters/{cluster}"
+
+
+def sts_audience(project: str, location: str, cluster: str) -> str:
+    """The audience Google's STS wants when a GKE service-account token is exchanged (what GKE's metadata server
+    sends): the pool and the cluster's issuer."""
+    return f"identitynamespace:{workload_pool(project)}:{gke_issuer(project, location, cluster)}"

@@ -41,11 +41,15 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     return porter, targets
 
 
-def test_a_gcp_target_says_it_cannot_fetch_yet(files: tuple[Path, Path]) -> None:
+def test_a_gcp_target_without_google_credentials_says_how_to_sign_in(
+        files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     porter, targets = files
+    # No ADC anywhere: no key file, no gcloud configuration, and no metadata server to find.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     result = CliRunner().invoke(app, ["audit", "-f", str(porter), "--target", "prod-gke", "--targets", str(targets)])
-    assert result.exit_code == 2
-    assert "cannot fetch GCP IAM policies yet" in result.output
+    assert result.exit_code == 1, result.output
+    assert "no Google credentials found" in result.output
+    assert "gcloud auth application-default login" in result.output
 
 
 @pytest.mark.parametrize("option", [["--fail-on", "info"], ["--format", "xml"]])

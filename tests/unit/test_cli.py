@@ -234,18 +234,13 @@ def test_apply_with_a_plan_file_that_is_a_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["plan", "apply"])
-def test_targets_on_gcp_are_not_supported_yet(porter: Path, targets: Path, command: str) -> None:
+def test_a_gcp_target_without_google_credentials_says_how_to_sign_in(
+        porter: Path, targets: Path, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     result = run(command, "-f", porter, "--target", "prod-gke", "--targets", targets)
-    assert result.exit_code == 2
-    assert "target 'prod-gke' is on gcp, which this keyless does not support yet" in result.stderr
-    assert "AWS (EKS Pod Identity) and Azure (workload identity) are supported" in result.stderr
-
-
-def test_an_unsupported_cloud_is_reported_before_the_kubeconfig_is_read(porter: Path, tmp_path: Path) -> None:
-    apply_mode = write(tmp_path, "targets.yaml", TARGETS.replace("    kubernetes: {mode: render}\n", ""))
-    result = run("plan", "-f", porter, "--target", "prod-gke", "--targets", apply_mode)
-    assert result.exit_code == 2
-    assert "target 'prod-gke' is on gcp, which this keyless does not support yet" in result.stderr
+    assert result.exit_code == 1, result.stderr
+    assert "no Google credentials found" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_apply_of_a_plan_saved_by_an_earlier_keyless_says_to_plan_again(tmp_path: Path) -> None:

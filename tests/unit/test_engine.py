@@ -116,7 +116,7 @@ class FakeProvider:
         return list(self.preflight_issues)
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding],
-                recorded: Sequence[str] = ()) -> list[ObservedBinding]:
+                recorded: Sequence[str] = (), accounts: Sequence[object] = ()) -> list[ObservedBinding]:
         self.log.add("-", "observe")
         keys = {b.key for b in bindings}
         return [o for o in self.bindings.values()
@@ -437,7 +437,8 @@ def test_status_reports_a_binding_deleted_outside_keyless() -> None:
     api_binding = next(b for b in w.provider.bindings.values() if b.service_account == "shop-api")
     del w.provider.bindings[api_binding.id]
     rows = status(w)
-    assert rows["api"].drift == "cloud binding deleted outside keyless"
+    assert rows["api"].drift is not None
+    assert rows["api"].drift.startswith("Pod Identity association missing (deleted outside keyless)")
     assert rows["api"].binding_id is None
     assert rows["worker"].drift is None
 

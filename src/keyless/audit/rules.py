@@ -132,6 +132,28 @@ GCP_PROJECT_GRANT = Rule(
     "Grant the role on the resource the service uses (bucket, topic, secret...) and remove the project-level "
     "binding.")
 
+GCP_PROJECT_ADMIN_ROLE = Rule(
+    "GCP-PROJECT-ADMIN-ROLE", "gcp", FindingSeverity.ERROR,
+    "The Google service account holds an admin role on a whole project (or folder, or organization)",
+    "An admin role (roles/*.admin, roles/*Admin) manages every resource of its service in the project, and often "
+    "their IAM policies too.",
+    "Grant the narrowest predefined role the service needs (a viewer, user or data role) on the resource it uses, "
+    "and remove the admin role.")
+GCP_PROJECT_IMPERSONATION = Rule(
+    "GCP-PROJECT-IMPERSONATION", "gcp", FindingSeverity.ERROR,
+    "The Google service account may act as every service account of a project",
+    "roles/iam.serviceAccountTokenCreator or roles/iam.serviceAccountUser granted on the project lets it mint "
+    "tokens for (or deploy as) any service account there, including more privileged ones.",
+    "Grant the role on the one service account it must act as (`gcloud iam service-accounts "
+    "add-iam-policy-binding`), and remove the project-level binding.")
+GCP_USER_MANAGED_KEY = Rule(
+    "GCP-USER-MANAGED-KEY", "gcp", FindingSeverity.ERROR,
+    "The Google service account has a user-managed key",
+    "A downloaded key is a static credential that works from anywhere until it is deleted: exactly what workload "
+    "identity exists to avoid.",
+    "Delete the key (`gcloud iam service-accounts keys delete KEY_ID --iam-account EMAIL`) once nothing uses it; "
+    "workloads on GKE get tokens through Workload Identity instead.")
+
 # --- every cloud -------------------------------------------------------------------------------
 
 SHARED_IDENTITY = Rule(
@@ -152,7 +174,7 @@ ALL_RULES: tuple[Rule, ...] = (
     AWS_PERM_WILDCARD_ACTION, AWS_PERM_ACTION_PATTERN, AWS_PERM_RESOURCE_STAR, AWS_PERM_PASSROLE_STAR,
     AWS_PERM_PERMISSIONS_MGMT, AWS_PERM_PRIVESC, AWS_PERM_NOTACTION, AWS_PERM_NOTRESOURCE,
     AZ_SCOPE_SUBSCRIPTION, AZ_SCOPE_RESOURCE_GROUP, AZ_PRIVILEGED_ROLE, AZ_CONTROL_PLANE_ROLE,
-    GCP_BASIC_ROLE, GCP_PROJECT_GRANT,
+    GCP_BASIC_ROLE, GCP_PROJECT_GRANT, GCP_PROJECT_ADMIN_ROLE, GCP_PROJECT_IMPERSONATION, GCP_USER_MANAGED_KEY,
     SHARED_IDENTITY, AUDIT_INCOMPLETE,
 )
 

@@ -15,7 +15,7 @@ class IdentityUse:
     """A binding keyless manages on the target, as the provider observed it."""
 
     identity: str  # spelled like identity_key(): role ARN, "group/name" (lower case), email (lower case)
-    app: str
+    app: str  # "" when the cloud cannot say (a GCP member): `service` then says who in words
     service: str
     where: str = ""  # namespace/service account
 
@@ -40,7 +40,8 @@ def shared_identity(bindings: Sequence[Binding], elsewhere: Sequence[IdentityUse
         others = [(app, service) for app, service in users.get(key, {}) if (app, service) != (b.app, b.service)]
         if not others:
             continue
-        names = [f"service {service}" if app == b.app else f"app {app} service {service}" for app, service in others]
+        names = [f"service {service}" if app == b.app else (f"app {app} service {service}" if app else service)
+                 for app, service in others]
         found[b] = [Finding(
             R.SHARED_IDENTITY,
             f"{b.identity.describe()} is also used by {', '.join(names)}",

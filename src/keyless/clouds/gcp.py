@@ -108,6 +108,6 @@ ENTRY = CloudEntry(
     found_through_identity=True,
     example_values=_examples,
     preview=_preview,
-    provider=None,  # the GCP provider has not landed yet
-    auditor=None,
+    provider="keyless.providers.gcp:GcpProvider",
+    auditor="keyless.providers.gcp_audit:GcpAuditor",
 )

@@ -252,6 +252,11 @@ class Plan:
     def services(self) -> list[str]:
         return list(dict.fromkeys(a.service for a in self.actions))
 
+    def principal_of(self, service: str) -> str | None:
+        """The principal the service's pods are in the cloud's IAM without impersonation (GKE), when known."""
+        return next((a.desired.principal for a in self.actions
+                     if a.service == service and a.desired is not None and a.desired.principal), None)
+
     def wanted_bindings(self) -> list[Binding]:
         """The bindings the plan wants (cloud-binding actions and blockers): what a saved plan re-observes."""
         wanted = [a.desired for a in self.actions if a.resource is Resource.CLOUD_BINDING and a.desired is not None]

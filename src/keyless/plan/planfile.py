@@ -161,4 +161,5 @@ def _binding(data: Mapping[str, Any]) -> Binding:
         target=str(data["target"]), cloud=cloud, namespace=str(data["namespace"]),
         service_account=str(data["service_account"]), identity=identity_from_json(cloud, data["identity"]),
         source=Source(str(source["file"]), Position(**source["position"])) if source else None,
+        principal=str(data["principal"]) if data.get("principal") else None,
     )

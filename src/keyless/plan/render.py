@@ -31,6 +31,10 @@ def render_text(plan: Plan, *, show_noop: bool = False, markup: bool = False) ->
                 colour = _COLOURS[action.kind]
                 text = f"[{colour}]{_escape(text)}[/{colour}]"
             lines.append(text)
+        principal = plan.principal_of(service)
+        if principal:
+            text = f"      principal for direct grants: {principal}"
+            lines.append(f"[dim]{_escape(text)}[/dim]" if markup else text)
     for blocker in plan.blockers:
         text = f"  ! blocked: service {blocker.service}: {blocker.message}"
         if blocker.hint:

@@ -21,7 +21,7 @@ from keyless.errors import CloudError
 from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
 from keyless.iam_policy import check_trust_policy
 from keyless.ownership import Owner, owner_from_tags, ownership_tags
-from keyless.plan import Action, ActionKind, ObservedBinding
+from keyless.plan import Action, ActionKind, ObservedBinding, ObservedServiceAccount
 from keyless.providers.aws_api import (
     ASSOCIATION_QUOTA,
     DEFAULT_RETRY,
@@ -362,8 +362,8 @@ class AwsProvider:
 
     # ---- observe --------------------------------------------------------------------------------
 
-    def observe(self, app: str, target: str, bindings: Sequence[Binding],
-                recorded: Sequence[str] = ()) -> list[ObservedBinding]:
+    def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
+                accounts: Sequence[ObservedServiceAccount] = ()) -> list[ObservedBinding]:
         """What sits at the desired (namespace, service account) keys, plus every association keyless owns
         for this app on this target. Summaries carry no tags, so candidates are described: those at a
         desired key, and those whose service account has the app's `<app>-` prefix (every account keyless

@@ -30,7 +30,7 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 
-from keyless.errors import CloudError
+from keyless.errors import CloudError, Denied
 from keyless.providers.retry import RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
@@ -108,14 +108,6 @@ def is_role_not_propagated(exc: BaseException) -> bool:
     assert isinstance(exc, ClientError)
     return bool(_ROLE_NOT_FOUND.search(str(exc.response.get("Error", {}).get("Message", ""))))
 
-
-class Denied(CloudError):
-    """AWS refused a call for lack of permission; `doing` and `code` say which, for an incomplete audit."""
-
-    def __init__(self, message: str, hint: str, *, doing: str, code: str) -> None:
-        super().__init__(message, hint)
-        self.doing = doing
-        self.code = code
 
 
 def explain(exc: BaseException, doing: str) -> CloudError:

@@ -18,9 +18,10 @@ from keyless.audit.iam_actions import ActionCatalog, default_catalog
 from keyless.audit.shared import audit_incomplete
 from keyless.bindings import Binding
 from keyless.clouds import AwsRole, Cloud
+from keyless.errors import Denied
 from keyless.iam_policy import load_policy
 from keyless.ownership import owner_from_tags
-from keyless.providers.aws_api import DEFAULT_RETRY, AwsApi, Denied
+from keyless.providers.aws_api import DEFAULT_RETRY, AwsApi
 from keyless.providers.retry import RetryPolicy
 from keyless.targets import AwsTarget
 

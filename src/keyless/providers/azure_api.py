@@ -3,11 +3,10 @@ explained errors) and the error classification, shared by the provider (`azure.p
 
 from __future__ import annotations
 
-import email.utils
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -25,8 +24,9 @@ from azure.mgmt.authorization.v2022_04_01 import AuthorizationManagementClient
 from azure.mgmt.containerservice import ContainerServiceClient
 from azure.mgmt.msi.v2024_11_30 import ManagedServiceIdentityClient
 
-from keyless.errors import CloudError
+from keyless.errors import CloudError, Denied
 from keyless.providers.retry import RetryPolicy, call_with_retry
+from keyless.providers.retry import retry_after as retry_seconds
 from keyless.targets import AzureTarget
 
 T = TypeVar("T")
@@ -40,23 +40,12 @@ AUTHORITY_ENV = "AZURE_AUTHORITY_HOST"
 # throttled to about one every four seconds and concurrent writers get a 409, so the schedule is longer than
 # AWS's: a write queued behind a handful of others on the same identity still gets through.
 DEFAULT_RETRY = RetryPolicy(max_attempts=8, base_delay=1.0, max_delay=10.0, deadline=60.0)
-# Retry-After is honoured up to this many seconds per wait (and never past the policy's deadline): a server
-# asking for minutes is better answered with a clear error than with a CLI that looks hung.
-MAX_RETRY_AFTER = 30.0
 
 _AADSTS = re.compile(r"AADSTS\d+.*", re.DOTALL)
 _DENIED_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed", "Forbidden",
                            "InvalidAuthenticationToken", "InvalidAuthenticationTokenTenant",
                            "ExpiredAuthenticationToken"})
 
-
-class Denied(CloudError):
-    """ARM refused a call for lack of permission (403); `doing` and `code` say which, for an incomplete audit."""
-
-    def __init__(self, message: str, hint: str, *, doing: str, code: str) -> None:
-        super().__init__(message, hint)
-        self.doing = doing
-        self.code = code
 
 
 # --- errors: which ones are worth another attempt, and how to explain the rest -------------------------
@@ -113,23 +102,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retry_after(exc: BaseException, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds the server asked to wait (Retry-After in seconds or as an HTTP date, or the -ms variants)."""
+    """Seconds ARM asked to wait before the next attempt, if it said."""
     response = getattr(exc, "response", None)
-    headers: Mapping[str, str] = getattr(response, "headers", None) or {}
-    for header, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("Retry-After", 1.0)):
-        value = headers.get(header)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            continue
-        return max(0.0, when.timestamp() - now())
-    return None
+    return retry_seconds(getattr(response, "headers", None), now) if isinstance(exc, HttpResponseError) else None
 
 
 def _compact(text: str, limit: int = 600) -> str:
@@ -260,30 +235,11 @@ class AzureApi:
         policy: RetryPolicy | None = None,
         retryable: Callable[[BaseException], bool] = is_transient,
     ) -> T:
-        """Run `fn` (SDK calls) with the retry policy; whatever escapes becomes a CloudError (Denied for a 403).
-
-        The helper's backoff is stretched to the server's Retry-After when one came back (capped, and never
-        past the deadline): retrying before the server said so only earns another 429."""
-        policy = policy or self.retry
-        started = self.clock()
-        asked: float | None = None
-
-        def attempt() -> T:
-            nonlocal asked
-            asked = None  # only the last answer counts: a lost connection after a 429 asked for nothing
-            try:
-                return fn()
-            except HttpResponseError as exc:
-                asked = retry_after(exc, self.now)
-                raise
-
-        def wait(delay: float) -> None:
-            remaining = max(0.0, policy.deadline - (self.clock() - started))
-            self.sleep(max(delay, min(asked or 0.0, MAX_RETRY_AFTER, remaining)))
-
+        """Run `fn` (SDK calls) with the retry policy (stretched to ARM's Retry-After); whatever escapes becomes a
+        CloudError (Denied for a 403)."""
         try:
-            return call_with_retry(attempt, policy=policy, retryable=retryable, what=doing, sleep=wait,
-                                   clock=self.clock)
+            return call_with_retry(fn, policy=policy or self.retry, retryable=retryable, what=doing,
+                                   sleep=self.sleep, clock=self.clock, asked=lambda exc: retry_after(exc, self.now))
         except AzureError as exc:
             raise explain(exc, doing) from exc
 

@@ -15,7 +15,8 @@ from keyless.audit.azure import AzureIdentityDocuments, AzureRoleAssignment, aud
 from keyless.audit.shared import audit_incomplete
 from keyless.bindings import Binding
 from keyless.clouds import AzureIdentity, Cloud
-from keyless.providers.azure_api import AzureApi, Denied
+from keyless.errors import Denied
+from keyless.providers.azure_api import AzureApi
 from keyless.providers.retry import RetryPolicy
 from keyless.targets import AzureTarget
 

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 from keyless.bindings import Binding
 from keyless.clouds import Cloud
 from keyless.errors import CloudError
-from keyless.plan.model import Action, ActionKind, ObservedBinding, Resource
+from keyless.plan.model import Action, ActionKind, ObservedBinding, ObservedServiceAccount, Resource
 
 
 class PreflightSeverity(enum.StrEnum):
@@ -115,6 +115,16 @@ class TokenExchanger(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchWriter(Protocol):
+    """A provider whose cloud keeps several services' bindings in one object (a GCP IAM policy): the engine hands
+    it every cloud action at once, so each object is written once with all of the app's changes."""
+
+    def apply_all(self, actions: Sequence[Action]) -> list[ActionOutcome]:
+        """One outcome per action, in order; a failure is an outcome, never an exception."""
+        ...
+
+
 class Provider(Protocol):
     cloud: Cloud
 
@@ -126,12 +136,14 @@ class Provider(Protocol):
         """Check what must hold before any write: cluster, add-on or issuer, trust, quotas."""
         ...
 
-    def observe(self, app: str, target: str, bindings: Sequence[Binding],
-                recorded: Sequence[str] = ()) -> list[ObservedBinding]:
+    def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
+                accounts: Sequence[ObservedServiceAccount] = ()) -> list[ObservedBinding]:
         """Every binding keyless owns for this app on this target, plus whatever sits at the desired keys.
 
         `recorded` are identities keyless wrote on the app's service accounts (`Identity.describe()`):
-        where a cloud keeps bindings on the identity (Azure), that is how a removed connection is found.
+        where a cloud keeps bindings on the identity (Azure, GCP), that is how a removed connection is found.
+        `accounts` are the app's service accounts as observed: where a binding carries no mark (a GCP member),
+        keyless's labels on the account it names say whose it is.
         """
         ...
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -44,6 +45,30 @@ class RetryPolicy:
         return ceiling / 2 + draw() * ceiling / 2
 
 
+# Retry-After is honoured up to this many seconds per wait (and never past the policy's deadline): a server
+# asking for minutes is better answered with a clear error than with a CLI that looks hung.
+MAX_RETRY_AFTER = 30.0
+
+
+def retry_after(headers: Mapping[str, str] | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds a server asked to wait: Retry-After in seconds or as an HTTP date, or Azure's -ms variants."""
+    headers = headers or {}
+    for header, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            continue
+        return max(0.0, when.timestamp() - now())
+    return None
+
+
 # A policy for tests and callers that want exactly one try.
 NO_RETRY = RetryPolicy(max_attempts=1, base_delay=0.0, max_delay=0.0, deadline=0.0)
 
@@ -57,8 +82,13 @@ def call_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     draw: Callable[[], float] = random.random,
+    asked: Callable[[BaseException], float | None] | None = None,
 ) -> T:
     """Call `fn` until it returns, raises an error `retryable` rejects, or the policy runs out.
+
+    `asked` reads the wait a server asked for from an error (Retry-After): the backoff is stretched to it,
+    capped at MAX_RETRY_AFTER and the deadline, because retrying before the server said so only earns
+    another 429.
 
     When the policy runs out, the last error is raised unchanged (so callers still see its type and
     code) with a note saying how many attempts were made. The deadline bounds when the last attempt
@@ -78,6 +108,9 @@ def call_with_retry(
                 exc.add_note(f"gave up after {attempt} attempt(s) in {clock() - start:.1f}s")
                 raise
             delay = min(policy.backoff(attempt - 1, draw), remaining)
+            hint = asked(exc) if asked is not None else None
+            if hint:
+                delay = max(delay, min(hint, MAX_RETRY_AFTER, remaining))
             log.debug("%s failed (%s: %s); attempt %d, retrying in %.2fs", what, type(exc).__name__, exc, attempt,
                       delay)
             sleep(delay)
