@@ -356,7 +356,7 @@ def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Pat
     from keyless.audit import FindingSeverity
     from keyless.audit.render import summary_lines
     wanted = the_plan.wanted_bindings()
-    if not wanted or clouds.for_target(target).auditor is None:
+    if not wanted:
         return False
     source = file or next((Path(b.source.file) for b in wanted if b.source is not None), Path("porter.yaml"))
     try:
@@ -394,8 +394,6 @@ def audit(
     _print_diagnostics(loaded.diagnostics)
     name, tgt = _target(target, targets)
     resolved = resolve_app_name(loaded, app_name, os.environ)
-    if clouds.for_target(tgt).auditor is None:
-        engine.audit_app(name, tgt, resolved, [])  # raises: say so before anything else happens
     bindings, notes = desired_bindings(loaded, resolved, name, tgt)
     _print_diagnostics(notes)
     report = engine.audit_app(name, tgt, resolved, bindings)

@@ -21,7 +21,15 @@ from keyless.porter import resolve_app_name
 from keyless.porter.model import ServiceType
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET, SandboxState
+from keyless.sandbox.stack import (
+    AKS_CONTEXT,
+    AKS_TARGET,
+    EKS_CONTEXT,
+    EKS_TARGET,
+    GKE_CONTEXT,
+    GKE_TARGET,
+    SandboxState,
+)
 
 
 def _running_pod(client: Client, namespace: str, app: str, service: str, timeout: float = 60.0) -> str | None:
@@ -67,6 +75,9 @@ def _prove(state: SandboxState, kube_client: Client, app: str, target_name: str,
     details = check["details"]
     if cloud == "aws":
         out.print(f"{label} assumed {details['arn']} (via {details.get('method')})", markup=False)
+    elif cloud == "gcp":
+        out.print(f"{label} acts as Google service account {details.get('email')} (via {details.get('method')})",
+                  markup=False)
     else:
         out.print(f"{label} got a token for managed identity client {details.get('appid') or details.get('azp')} "
                   f"(object {details.get('oid')}, via {details.get('method')})", markup=False)
@@ -85,7 +96,7 @@ def run_demo(file: Path, out: Console, err: Console) -> int:
     targets = load_targets_file(env["KEYLESS_TARGETS"], env)
     status = 0
     proofs: list[tuple[str, str, Binding]] = []
-    for target_name, context in ((EKS_TARGET, EKS_CONTEXT), (AKS_TARGET, AKS_CONTEXT)):
+    for target_name, context in ((EKS_TARGET, EKS_CONTEXT), (AKS_TARGET, AKS_CONTEXT), (GKE_TARGET, GKE_CONTEXT)):
         target = targets.get(target_name)
         out.print(f"\n== {target_name} ({clouds.for_target(target).cloud.value}) ==", markup=False)
         kube_client = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=context),

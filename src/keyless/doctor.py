@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 STATIC_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -15,6 +15,9 @@ STATIC_AZURE_SECRETS = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", 
                         "AZURE_PASSWORD")
 AZURE_WORKLOAD_VARS = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST")
 AZURE_DEFAULT_SCOPE = "https://management.azure.com/.default"
+GOOGLE_HINT_VARS = ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT")
+GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+METADATA_PING = "http://169.254.169.254"  # where GKE's metadata server answers pods when no variable says otherwise
 
 
 class Verdict(enum.StrEnum):
@@ -47,7 +50,26 @@ def static_key_findings(env: Mapping[str, str]) -> list[Check]:
     if azure:
         findings.append(Check("azure", Verdict.ERROR,
                               f"secret or certificate credentials in the environment: {', '.join(azure)}", fix))
+    key_file = google_key_file(env)
+    if key_file:
+        findings.append(Check("gcp", Verdict.ERROR,
+                              f"GOOGLE_APPLICATION_CREDENTIALS points at a service-account key file ({key_file})",
+                              {"fix": "remove the variable and the mounted key, then delete the key in IAM; on GKE "
+                                      "the pod gets its Google service account through Workload Identity"}))
     return findings
+
+
+def google_key_file(env: Mapping[str, str]) -> str | None:
+    """The path GOOGLE_APPLICATION_CREDENTIALS names when it holds a service-account key (a static credential)."""
+    path = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.loads(handle.read(1_000_000))
+    except (OSError, ValueError):
+        return None
+    return path if isinstance(data, dict) and data.get("type") == "service_account" else None
 
 
 def token_claims(token: str) -> dict[str, object]:
@@ -125,5 +147,55 @@ def check_aws(env: Mapping[str, str]) -> Check:
     return Check("aws", verdict, summary, details)
 
 
-def run_checks(env: Mapping[str, str]) -> list[Check]:
-    return [*static_key_findings(env), check_aws(env), check_azure(env)]
+def _metadata_server_answers() -> bool:
+    """A quick look for GKE's metadata server at its fixed address (one short try: off GKE nothing answers)."""
+    import requests
+
+    try:
+        response = requests.get(METADATA_PING, headers={"Metadata-Flavor": "Google"}, timeout=0.5)
+    except requests.RequestException:
+        return False
+    return response.headers.get("Metadata-Flavor") == "Google"
+
+
+def check_gcp(env: Mapping[str, str], metadata_answers: Callable[[], bool] = _metadata_server_answers) -> Check:
+    """Resolve google.auth.default() as application code would, get a token, and say whose it is."""
+    if not any(env.get(k) for k in GOOGLE_HINT_VARS) and not metadata_answers():
+        return Check("gcp", Verdict.SKIPPED, "no Google identity is configured in this pod",
+                     {"hint": "on GKE, pods reach the metadata server when their node pool runs GKE_METADATA"})
+    import google.auth
+    from google.auth import exceptions as auth_errors
+    from google.auth.transport.requests import Request
+
+    details: dict[str, str] = {}
+    try:
+        credentials, project = google.auth.default(scopes=[GOOGLE_SCOPE])
+        details["method"] = type(credentials).__module__.removeprefix("google.").removeprefix("auth.")
+        if project:
+            details["project"] = project
+        credentials.refresh(Request())  # type: ignore[no-untyped-call]
+    except auth_errors.GoogleAuthError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Check("gcp", Verdict.ERROR, f"google.auth.default() failed: {first}",
+                     {**details, "hint": "on GKE both halves are needed: roles/iam.workloadIdentityUser for the "
+                                         "Kubernetes service account on the Google service account, and the "
+                                         "iam.gke.io/gcp-service-account annotation; `keyless status` shows "
+                                         "which is missing"})
+    email = str(getattr(credentials, "service_account_email", "") or "")
+    if email:
+        details["email"] = email
+    if google_key_file(env):
+        return Check("gcp", Verdict.ERROR, f"Google identity {email or '?'} from a service-account key file", details)
+    if email.endswith(".svc.id.goog"):
+        return Check("gcp", Verdict.WARNING,
+                     f"workload identity pool {email} only: no Google service account is annotated on this pod's "
+                     "Kubernetes service account", details)
+    if details["method"].startswith("compute_engine"):
+        return Check("gcp", Verdict.OK, f"Google service account {email or '?'} via the GKE metadata server",
+                     details)
+    return Check("gcp", Verdict.WARNING, f"Google identity {email or '?'} via {details['method']}; expected the "
+                                         "GKE metadata server (Workload Identity)", details)
+
+
+def run_checks(env: Mapping[str, str], metadata_answers: Callable[[], bool] = _metadata_server_answers) -> list[Check]:
+    return [*static_key_findings(env), check_aws(env), check_azure(env), check_gcp(env, metadata_answers)]

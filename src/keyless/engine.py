@@ -14,9 +14,9 @@ from typing import Any
 from keyless import clouds
 from keyless.audit import AuditReport
 from keyless.bindings import Binding, desired_bindings, workloads
-from keyless.clouds import PENDING_ANNOTATION, CloudEntry
+from keyless.clouds import PENDING_ANNOTATION
 from keyless.diagnostics import Diagnostic
-from keyless.errors import ApplyFailed, KeylessError, PreflightFailed, UsageError
+from keyless.errors import ApplyFailed, KeylessError, PreflightFailed
 from keyless.kube.base import KubeSide
 from keyless.kube.manifests import IDENTITY_RECORD
 from keyless.ownership import SERVICE_LABEL
@@ -293,20 +293,12 @@ def _load(path: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def _supported(target_name: str, entry: CloudEntry, what: str | None) -> str:
-    if what is None:
-        supported = " and ".join(f"{e.name} ({e.mechanism})" for e in clouds.REGISTRY if e.provider is not None)
-        raise UsageError(f"target {target_name!r} is on {entry.cloud.value}, which this keyless does not support yet",
-                         f"{supported} are supported")
-    return what
-
-
 def connect(target_name: str, target: AnyTarget) -> tuple[Provider, KubeSide]:
     """The provider and Kubernetes side for a target (clients are built from standard SDK configuration)."""
     from keyless.targets import KubernetesMode
 
     entry = clouds.for_target(target)
-    provider: Provider = _load(_supported(target_name, entry, entry.provider))(target)
+    provider: Provider = _load(entry.provider)(target)
     kube: KubeSide
     if target.kubernetes.mode is KubernetesMode.RENDER:
         from keyless.kube.render import RenderedKube
@@ -328,10 +320,6 @@ def preflight_target(target_name: str, target: AnyTarget) -> list[PreflightIssue
 def audit_app(target_name: str, target: AnyTarget, app_name: str, bindings: Sequence[Binding]) -> AuditReport:
     """Fetch the documents of each connection's identity and run the least-privilege rules over them."""
     entry = clouds.for_target(target)
-    if entry.auditor is None:
-        raise UsageError(f"target {target_name!r} is on {entry.name}: keyless cannot fetch "
-                         f"{entry.cloud.value.upper()} IAM policies yet, so it cannot audit this target",
-                         "audit a target on " + " or ".join(e.name for e in clouds.REGISTRY if e.auditor is not None))
     report: AuditReport = _load(entry.auditor)(target).audit(app_name, target_name, list(bindings))
     return report
 

@@ -1,7 +1,8 @@
 """The REST API in process (FastAPI's TestClient over httpx): every route against every role, errors, round trips.
 
-The app's target here is on GCP, which this keyless cannot reach yet, so routes that would call a cloud answer
-400 quickly and never leave the machine; the sandbox tests drive the same routes against AWS and Azure.
+The app's target here is on GCP with no Google credentials to be found (GOOGLE_APPLICATION_CREDENTIALS names a
+missing file), so routes that would call a cloud answer 502 at once, saying how to sign in, and never leave the
+machine; the sandbox tests drive the same routes against AWS, Azure and GCP.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ services:
     type: worker
 """
 
-GKE = {"cloud": "gcp", "project": "my-project", "location": "us-central1", "cluster": "prod", "namespace": "shop"}
+# Render mode: the Kubernetes side writes files (none is read before the cloud answers), so a call reaches Google first.
+GKE = {"cloud": "gcp", "project": "my-project", "location": "us-central1", "cluster": "prod", "namespace": "shop",
+       "kubernetes": {"mode": "render"}}
 EKS = {"cloud": "aws", "region": "us-east-1", "cluster": "prod", "namespace": "shop"}
 MINIMAL = "services:\n  - name: web\n    type: web\n"
 TARGETS_FILE = "targets:\n  other:\n    cloud: aws\n    region: eu-west-1\n    cluster: c\n    namespace: n\n"
@@ -70,7 +73,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def world(template: Path, tmp_path: Path) -> Iterator[World]:
+def world(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-credentials.json"))
     db = tmp_path / "keyless.db"
     shutil.copy(template, db)
     store = Store.open(f"sqlite:///{db}")
@@ -107,7 +111,7 @@ ROUTES = [
     Route("PUT", "/api/v1/targets/eks", Role.ADMIN, 201, json=EKS),
     Route("DELETE", "/api/v1/targets/spare", Role.ADMIN, 204),
     Route("POST", "/api/v1/targets/import", Role.ADMIN, 200, content=TARGETS_FILE),
-    Route("GET", "/api/v1/targets/gke/preflight", Role.VIEWER, 400),  # GCP cannot be reached yet: said plainly
+    Route("GET", "/api/v1/targets/gke/preflight", Role.VIEWER, 502),  # no Google credentials: said plainly
     Route("GET", "/api/v1/apps", Role.VIEWER, 200),
     Route("POST", "/api/v1/apps", Role.ADMIN, 201, json={"porterYaml": "services:\n  - name: web\n    type: web\n",
                                                           "name": "blog"}),
@@ -122,13 +126,13 @@ ROUTES = [
     Route("PUT", "/api/v1/apps/shop/services/worker/connections/awsRole", Role.DEPLOYER, 200,
           json={"role": "shop-worker"}),
     Route("DELETE", "/api/v1/apps/shop/services/api/connections/gcpServiceAccount", Role.DEPLOYER, 200),
-    Route("POST", "/api/v1/apps/shop/plan", Role.DEPLOYER, 400),
+    Route("POST", "/api/v1/apps/shop/plan", Role.DEPLOYER, 502),
     Route("POST", "/api/v1/apps/shop/deploys", Role.DEPLOYER, 202),
     Route("POST", "/api/v1/deploys/{planned}/apply", Role.DEPLOYER, 202),
     Route("GET", "/api/v1/apps/shop/deploys", Role.VIEWER, 200),
     Route("GET", "/api/v1/deploys/{planned}", Role.VIEWER, 200),
-    Route("GET", "/api/v1/apps/shop/status", Role.VIEWER, 400),
-    Route("GET", "/api/v1/apps/shop/audit", Role.VIEWER, 400),
+    Route("GET", "/api/v1/apps/shop/status", Role.VIEWER, 502),
+    Route("GET", "/api/v1/apps/shop/audit", Role.VIEWER, 502),
     Route("GET", "/api/v1/audit-log", Role.VIEWER, 200),
     Route("GET", "/api/v1/tokens", Role.ADMIN, 200),
     Route("POST", "/api/v1/tokens", Role.ADMIN, 201, json={"name": "ci", "role": "deployer"}),
@@ -173,7 +177,8 @@ def test_each_route_for_each_role(world: World, route: Route, who: str | None) -
         assert response.status_code == route.allowed_status, response.text
         if response.status_code >= 400:
             body = response.json()
-            assert "gcp" in (body["error"] + " " + body["hint"]).lower()
+            assert "no Google credentials found" in body["error"]
+            assert "gcloud auth application-default login" in body["hint"]
 
 
 def test_healthz_needs_no_token(world: World) -> None:
@@ -330,6 +335,7 @@ def test_targets_are_validated_like_the_targets_file(world: World) -> None:
 
 
 def test_deploys_of_a_target_keyless_cannot_reach_fail_with_the_reason(world: World) -> None:
+    # No Google credentials in this world (see the module's docstring).
     deployer = world.headers("deployer")
     started = world.client.post("/api/v1/apps/shop/deploys", headers=deployer)
     assert started.status_code == 202
@@ -338,7 +344,7 @@ def test_deploys_of_a_target_keyless_cannot_reach_fail_with_the_reason(world: Wo
     done = world.client.get(started.headers["Location"], headers=deployer).json()
     assert done["status"] == "failed"
     assert done["finished"]
-    assert "GCP" in done["message"].upper()
+    assert "no Google credentials found" in done["message"]
     no_target = world.client.post("/api/v1/apps/shop/deploys?target=nope", headers=deployer)
     assert no_target.status_code == 404
 

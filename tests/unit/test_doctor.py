@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,8 +78,9 @@ def test_aws_check_is_skipped_when_nothing_is_configured(no_network: list[object
 
 
 def test_all_checks_with_an_empty_env_report_only_a_skip(no_network: list[object]) -> None:
-    checks = run_checks({"HOME": "/root", "PATH": "/usr/bin"})
-    assert [(c.cloud, c.verdict) for c in checks] == [("aws", Verdict.SKIPPED), ("azure", Verdict.SKIPPED)]
+    checks = run_checks({"HOME": "/root", "PATH": "/usr/bin"}, metadata_answers=lambda: False)
+    assert [(c.cloud, c.verdict) for c in checks] == [("aws", Verdict.SKIPPED), ("azure", Verdict.SKIPPED),
+                                                      ("gcp", Verdict.SKIPPED)]
     assert json.loads(shown(checks))[0]["verdict"] == "skipped"
     assert no_network == []
 
@@ -105,3 +107,19 @@ def test_token_claims_reads_the_payload_and_tolerates_garbage() -> None:
     payload = base64.urlsafe_b64encode(json.dumps({"oid": "o-1", "appid": "a-1"}).encode()).decode().rstrip("=")
     assert token_claims(f"header.{payload}.signature") == {"oid": "o-1", "appid": "a-1"}
     assert token_claims("not-a-jwt") == {}
+
+
+def test_a_google_key_file_is_flagged_without_showing_the_key(tmp_path: Path) -> None:
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----secret",
+                               "client_email": "app@my-project.iam.gserviceaccount.com"}))
+    (finding,) = static_key_findings({"GOOGLE_APPLICATION_CREDENTIALS": str(key)})
+    assert (finding.cloud, finding.verdict) == ("gcp", Verdict.ERROR)
+    assert str(key) in finding.summary
+    assert "secret" not in json.dumps(finding.as_json())
+
+
+def test_a_workload_identity_federation_config_is_not_a_key(tmp_path: Path) -> None:
+    config = tmp_path / "wif.json"
+    config.write_text(json.dumps({"type": "external_account", "audience": "//iam.googleapis.com/projects/1/x"}))
+    assert static_key_findings({"GOOGLE_APPLICATION_CREDENTIALS": str(config)}) == []

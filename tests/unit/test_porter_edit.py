@@ -31,8 +31,8 @@ from keyless.porter.model import (
 ROOT = Path(__file__).resolve().parents[2]
 VALID_DIR = ROOT / "tests" / "data" / "valid"
 VALID = sorted(VALID_DIR.glob("*.yaml"))
-EXAMPLE = ROOT / "examples" / "porter.yaml"
-CORPUS = [*VALID, EXAMPLE]
+EXAMPLE = ROOT / "tests" / "data" / "shop-porter.yaml"
+CORPUS = [*VALID, EXAMPLE, ROOT / "examples" / "porter.yaml"]
 _ENV = re.compile(r"^#\s*env:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
 
 AWS = {"type": "awsRole", "role": "shop-api-reader"}
@@ -405,8 +405,7 @@ def test_with_app_name_fills_an_empty_name_and_the_result_loads() -> None:
     assert _load(edited).app.name == "shop"
     lines = _read(EXAMPLE).splitlines(keepends=True)
     unnamed = "".join(line for line in lines if line != "name: shop\n")
-    assert lines[:3] == ["# A small shop app: two services that call AWS (one of them Azure too), and a nightly job.\n",
-                         lines[1], "version: v2\n"]
+    assert lines[0].startswith("# ") and lines[1].startswith("# ") and lines[2] == "version: v2\n"
     assert with_app_name(unnamed, "shop") == "".join([*lines[:2], "name: shop\n", *lines[2:3], *lines[4:]])
     assert _load(with_app_name(unnamed, "shop")).app.name == "shop"
 

@@ -149,5 +149,5 @@ class CloudEntry:
     example_values: Callable[[str, str, Any | None], dict[str, str]]  # (app, service, target) -> field examples
     preview: Callable[[PreviewContext], ConnectionPreview]
     # I/O, named by import path so this entry stays in the pure core; the engine loads them
-    provider: str | None  # "keyless.providers.aws:AwsProvider"; None: not supported yet
-    auditor: str | None
+    provider: str  # "keyless.providers.aws:AwsProvider"
+    auditor: str

@@ -15,7 +15,7 @@ from keyless.clouds.base import (
     PreviewDocument,
     preview_json,
 )
-from keyless.federation import WORKLOAD_IDENTITY_USER_ROLE, workload_identity_member
+from keyless.federation import WORKLOAD_IDENTITY_USER_ROLE, direct_access_principal, workload_identity_member
 from keyless.kube.yamltext import to_yaml
 from keyless.porter.model import GcpServiceAccountConnection
 from keyless.targets import GcpTarget
@@ -69,6 +69,7 @@ def _preview(ctx: PreviewContext) -> ConnectionPreview:
             "annotations": {SERVICE_ACCOUNT_ANNOTATION: email},
         },
     }
+    principal = direct_access_principal("PROJECT_NUMBER", project, namespace, ctx.service_account)
     summary = (f"keyless lets Kubernetes service account {ctx.service_account} of {ctx.service!r} act as Google "
                f"service account {email} through Workload Identity Federation for GKE: it grants the pods' "
                f"workload identity {WORKLOAD_IDENTITY_USER_ROLE} on that account and annotates the Kubernetes "
@@ -81,6 +82,9 @@ def _preview(ctx: PreviewContext) -> ConnectionPreview:
             PreviewDocument(f"IAM policy binding keyless adds on {email}", "json", preview_json(binding)),
             PreviewDocument(f"Annotation keyless sets on Kubernetes service account {ctx.service_account}", "yaml",
                             to_yaml(service_account)),
+            PreviewDocument("To grant roles to the pods directly instead (no Google service account), use this "
+                            f"principal; PROJECT_NUMBER is `gcloud projects describe {project} "
+                            "--format='value(projectNumber)'`", "text", principal),
         ),
     )
 
