@@ -405,7 +405,8 @@ def test_with_app_name_fills_an_empty_name_and_the_result_loads() -> None:
     assert _load(edited).app.name == "shop"
     lines = _read(EXAMPLE).splitlines(keepends=True)
     unnamed = "".join(line for line in lines if line != "name: shop\n")
-    assert lines[0].startswith("# ") and lines[1].startswith("# ") and lines[2] == "version: v2\n"
+    assert [line[:2] for line in lines[:2]] == ["# ", "# "]
+    assert lines[2] == "version: v2\n"
     assert with_app_name(unnamed, "shop") == "".join([*lines[:2], "name: shop\n", *lines[2:3], *lines[4:]])
     assert _load(with_app_name(unnamed, "shop")).app.name == "shop"
 
