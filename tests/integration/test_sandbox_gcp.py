@@ -32,7 +32,7 @@ from keyless.sandbox.gcp import (
 )
 from keyless.sandbox.kube import GKE_POD_NAME_VARIABLE, KubeStandIn, gke_metadata_mutator
 from keyless.sandbox.kube.admission import GkeMetadataRouting
-from keyless.sandbox.stack import kube_pod_lookup
+from keyless.sandbox.stack import SandboxStack, kube_pod_lookup
 
 pytestmark = pytest.mark.integration
 
@@ -645,3 +645,31 @@ def test_pod_with_both_halves_gets_the_gsas_token(sandbox: GcpSandbox, gke: Kube
     info = requests.get(f"{sandbox.api_url}tokeninfo", params={"access_token": token["access_token"]},
                         timeout=10, verify=str(sandbox.ca_bundle)).json()
     assert info["email"] == email
+
+
+# ---- the whole sandbox: the stack's wiring ------------------------------------------------------------------------
+
+
+def test_stack_wires_sandbox_gke_to_the_gcp_stand_in(tmp_path: Path) -> None:
+    stack = SandboxStack(tmp_path / "stack", association_delay=0.0)
+    state = stack.start()
+    try:
+        assert stack.gke is not None
+        assert state.env["CLOUDSDK_API_ENDPOINT_OVERRIDES_IAM"] == f"{stack.gcp.api_url}iam/"
+        assert state.env["GOOGLE_APPLICATION_CREDENTIALS"] == str(stack.gcp.key_file)
+        # One CA signs Azure and GCP, so the one REQUESTS_CA_BUNDLE trusts both.
+        assert stack.azure.ca_bundle.read_bytes() == stack.gcp.ca_bundle.read_bytes()
+        assert stack.gcp.ca_bundle.read_bytes() in Path(state.pod_env["REQUESTS_CA_BUNDLE"]).read_bytes()
+        targets = Path(state.env["KEYLESS_TARGETS"]).read_text()
+        assert "  sandbox-gke:\n    cloud: gcp\n    project: keyless-sandbox\n    location: us-central1\n" in targets
+        assert stack.gke.issuer_url == stack.gcp.cluster_issuer(DEMO_LOCATION, DEMO_CLUSTER)
+        kube_account(stack.gke, "stack-web", WEB)
+        stack.gcp.add_member(WEB, WI_USER, f"serviceAccount:{POOL}[shop/stack-web]")
+        pod = running_pod(stack.gke, "stack-web", "stack-web")
+        pod_env = {**state.pod_env, **stack.exec_env("shop", pod, "sandbox-gke"), "CLOUDSDK_CONFIG": str(tmp_path)}
+        result = subprocess.run([sys.executable, "-c", POD_SCRIPT], env=pod_env, capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [DEMO_PROJECT, WEB]
+    finally:
+        stack.stop()
