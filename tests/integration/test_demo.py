@@ -53,10 +53,12 @@ def test_sandbox_up_env_exec_down(sandbox_dir: Path) -> None:
 
     exports = keyless("sandbox", "env", sandbox=sandbox_dir, check=True).stdout
     for variable in ("AWS_ENDPOINT_URL_EKS", "AWS_ENDPOINT_URL_IAM", "AWS_ENDPOINT_URL_STS", "KUBECONFIG",
-                     "KEYLESS_TARGETS"):
+                     "KEYLESS_TARGETS", "CLOUDSDK_API_ENDPOINT_OVERRIDES_IAM", "GOOGLE_APPLICATION_CREDENTIALS"):
         assert f"export {variable}=" in exports
     targets = next(line for line in exports.splitlines() if "KEYLESS_TARGETS" in line).split("=", 1)[1]
-    assert "sandbox-eks" in Path(targets.strip("'")).read_text()
+    listed = Path(targets.strip("'")).read_text()
+    assert "sandbox-eks" in listed
+    assert "sandbox-gke" in listed
 
     missing = keyless("sandbox", "exec", "no-such-pod", "--", "true", sandbox=sandbox_dir)
     assert missing.returncode == 1

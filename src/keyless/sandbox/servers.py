@@ -29,13 +29,17 @@ class BackgroundServers:
         return self.loop is not None
 
     def start(self, apps: Sequence[tuple[web.Application, int]], *, ssl_context: ssl.SSLContext | None = None,
-              timeout: float = 30.0) -> list[int]:
-        """Serve each (app, port) — port 0 picks a free one — and answer the ports actually bound."""
+              plain_apps: Sequence[tuple[web.Application, int]] = (), timeout: float = 30.0) -> list[int]:
+        """Serve each (app, port) — port 0 picks a free one — and answer the ports actually bound.
+
+        `apps` get `ssl_context`; `plain_apps` (after them, in `ports` too) are plain HTTP whatever it is, for
+        endpoints that are plain on the real cloud as well (a metadata server)."""
         loop = asyncio.new_event_loop()
         self.loop = loop
         self._thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
         self._thread.start()
         self.call(self._listen(apps, ssl_context), timeout)
+        self.call(self._listen(plain_apps, None), timeout)
         return list(self.ports)
 
     async def _listen(self, apps: Sequence[tuple[web.Application, int]], context: ssl.SSLContext | None) -> None:

@@ -1,4 +1,4 @@
-"""The whole sandbox in one process: the AWS stand-in, an EKS cluster's Kubernetes API, and a control endpoint."""
+"""The whole sandbox in one process: the AWS, Azure and GCP stand-ins, a Kubernetes API per cluster, and control."""
 
 from __future__ import annotations
 
@@ -11,22 +11,29 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
+
+import httpx
+import trustme
 
 from keyless.sandbox.aws import AwsSandbox
 from keyless.sandbox.azure import AzureSandbox
 from keyless.sandbox.azure.demo import DEMO_CLUSTER, AzureDemoSeed
+from keyless.sandbox.gcp import GcpDemoSeed, GcpSandbox, PodLookup
 from keyless.sandbox.kube import (
     KubeStandIn,
     KubeStandInError,
     azure_workload_identity_mutator,
     eks_pod_identity_mutator,
+    gke_metadata_mutator,
 )
 
 EKS_TARGET = "sandbox-eks"
 EKS_CONTEXT = "sandbox-eks"
 AKS_TARGET = "sandbox-aks"
 AKS_CONTEXT = "sandbox-aks"
+GKE_TARGET = "sandbox-gke"
+GKE_CONTEXT = "sandbox-gke"
 DEMO_NAMESPACE = "shop"
 STATE_FILE = "state.json"
 
@@ -49,7 +56,8 @@ class SandboxState:
                    pod_env=dict(data["podEnv"]))
 
 
-def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: str, ca_bundle: Path) -> str:
+def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: str, ca_bundle: Path,
+                     gcp: GcpDemoSeed) -> str:
     return (
         "# Written by `keyless sandbox up`: the sandbox's own targets.\n"
         "targets:\n"
@@ -68,7 +76,28 @@ def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: s
         f"    armEndpoint: {arm_url}\n"
         f"    caBundle: {ca_bundle}\n"
         f"    kubernetes: {{context: {AKS_CONTEXT}, mode: apply}}\n"
+        f"  {GKE_TARGET}:\n"
+        "    cloud: gcp\n"
+        f"    project: {gcp.project}\n"
+        f"    location: {gcp.location}\n"
+        f"    cluster: {gcp.cluster}\n"
+        f"    namespace: {DEMO_NAMESPACE}\n"
+        f"    kubernetes: {{context: {GKE_CONTEXT}, mode: apply}}\n"
     )
+
+
+def kube_pod_lookup(cluster: KubeStandIn) -> PodLookup:
+    """How the GKE metadata server learns a pod's service account: from the cluster's API, as the real one does."""
+    def lookup(namespace: str, pod: str) -> tuple[str, str, dict[str, str]] | None:
+        with httpx.Client(base_url=cluster.url, timeout=10.0) as client:
+            found = client.get(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}")
+            if found.status_code != 200:
+                return None
+            account = str(found.json().get("spec", {}).get("serviceAccountName") or "default")
+            read = client.get(f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(account)}")
+            annotations = read.json().get("metadata", {}).get("annotations") or {} if read.status_code == 200 else {}
+        return cluster.issuer_url, account, {str(k): str(v) for k, v in annotations.items()}
+    return lookup
 
 
 class SandboxStack:
@@ -76,10 +105,14 @@ class SandboxStack:
 
     def __init__(self, state_dir: Path, *, association_delay: float = 1.0) -> None:
         self.state_dir = state_dir
+        # One CA signs every HTTPS stand-in, so that one REQUESTS_CA_BUNDLE trusts them all.
+        ca = trustme.CA(organization_name="keyless sandbox")
         self.aws = AwsSandbox(association_delay=association_delay)
-        self.azure = AzureSandbox(state_dir=state_dir / "azure", propagation_delay=association_delay)
+        self.azure = AzureSandbox(state_dir=state_dir / "azure", propagation_delay=association_delay, ca=ca)
+        self.gcp = GcpSandbox(state_dir=state_dir / "gcp", propagation_delay=association_delay, ca=ca)
         self.eks: KubeStandIn | None = None
         self.aks: KubeStandIn | None = None
+        self.gke: KubeStandIn | None = None
         self._control: ThreadingHTTPServer | None = None
 
     def start(self) -> SandboxState:
@@ -115,15 +148,34 @@ class SandboxStack:
         aks.write_kubeconfig(kubeconfig, AKS_CONTEXT, make_current=False)
         aks.ensure_namespace(DEMO_NAMESPACE)
 
+        gcp = self.gcp.start()
+        gcp_seed = gcp.seed_demo()
+        # GKE signs service-account tokens as the cluster's URL on the container API; STS matches it byte for byte.
+        gke = KubeStandIn(
+            gcp_seed.cluster,
+            issuer_url=gcp_seed.cluster_issuer,
+            state_dir=self.state_dir / "clusters" / gcp_seed.cluster,
+            mutators=[gke_metadata_mutator(gcp.metadata_host_for(gcp_seed.location, gcp_seed.cluster))],
+        )
+        gke.start()
+        self.gke = gke
+        gcp.set_issuer_keys(lambda issuer: gke.jwks() if issuer == gke.issuer_url else None)
+        gcp.set_pod_lookup(kube_pod_lookup(gke))
+        gke.write_kubeconfig(kubeconfig, GKE_CONTEXT, make_current=False)
+        gke.ensure_namespace(DEMO_NAMESPACE)
+
         targets = self.state_dir / "keyless.targets.yaml"
-        targets.write_text(targets_document(seed.region, seed.cluster, azure_seed, azure.arm_url, azure.ca_bundle))
+        targets.write_text(targets_document(seed.region, seed.cluster, azure_seed, azure.arm_url, azure.ca_bundle,
+                                            gcp_seed))
         self._control = ThreadingHTTPServer(("127.0.0.1", 0), _control_handler(self))
         threading.Thread(target=self._control.serve_forever, daemon=True, name="keyless-sandbox-control").start()
-        env = {**self.aws.env(), **azure.env(), "KUBECONFIG": str(kubeconfig), "KEYLESS_TARGETS": str(targets)}
+        env = {**self.aws.env(), **azure.env(), **gcp.env(), "KUBECONFIG": str(kubeconfig),
+               "KEYLESS_TARGETS": str(targets)}
         # What a pod's SDKs need to stay inside the sandbox: endpoints and the sandbox CA, never credentials.
         pod_env = {k: v for k, v in self.aws.pod_env("/dev/null", seed.cluster).items()
                    if k.startswith(("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA"))}
         pod_env.update(azure.ca_env())
+        pod_env.update(gcp.pod_env())  # the metadata host is per pod: the GKE routing sets it at admission
         pod_env["KEYLESS_DOCTOR_AZURE_SCOPE"] = f"{azure.arm_url}/.default"
         host, port = self._control.server_address[:2]
         state = SandboxState(pid=os.getpid(), control_url=f"http://{host!s}:{port}", env=env, pod_env=pod_env)
@@ -133,16 +185,18 @@ class SandboxStack:
     def stop(self) -> None:
         if self._control is not None:
             self._control.shutdown()
-        for cluster in (self.eks, self.aks):
+        for cluster in (self.eks, self.aks, self.gke):
             if cluster is not None:
                 cluster.stop()
         self.aws.stop()
         if self.azure.running:
             self.azure.stop()
+        if self.gcp.running:
+            self.gcp.stop()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
     def _clusters(self, context: str | None = None) -> list[KubeStandIn]:
-        by_context = {EKS_CONTEXT: self.eks, AKS_CONTEXT: self.aks}
+        by_context = {EKS_CONTEXT: self.eks, AKS_CONTEXT: self.aks, GKE_CONTEXT: self.gke}
         if context is not None and context not in by_context:
             raise KubeStandInError(f"no sandbox cluster for context {context!r}; contexts: {', '.join(by_context)}")
         chosen = [by_context[context]] if context else list(by_context.values())

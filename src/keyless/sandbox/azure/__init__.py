@@ -115,7 +115,9 @@ class AzureSandbox:
         token_lifetime: int = 3600,
         deployer_token_lifetime: int = 3600,
         clock: Callable[[], float] = time.monotonic,
+        ca: trustme.CA | None = None,
     ) -> None:
+        """``ca`` signs the HTTPS certificate; give the one other stand-ins use so that one bundle trusts them all."""
         self.clock = clock  # propagation delays, write holds and write limits are measured on it
         self.host = host
         self._ports = (arm_port, authority_port)
@@ -134,7 +136,7 @@ class AzureSandbox:
         self._deployer_client_id = ""
         self._state_dir: Path | None = None
         self._temporary_dir = False
-        self._ca: trustme.CA | None = None
+        self._ca: trustme.CA | None = ca
         self._servers = BackgroundServers("keyless-azure-sandbox", host)
         self._refresh: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()

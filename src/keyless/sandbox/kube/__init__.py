@@ -29,11 +29,14 @@ from keyless.sandbox.kube.admission import (
     AZURE_TOKEN_FILE,
     EKS_AUDIENCE,
     EKS_TOKEN_FILE,
+    GKE_POD_NAME_VARIABLE,
     AzureWorkloadIdentityWebhook,
     EksPodIdentityWebhook,
+    GkeMetadataRouting,
     Mutator,
     azure_workload_identity_mutator,
     eks_pod_identity_mutator,
+    gke_metadata_mutator,
 )
 from keyless.sandbox.kube.api import KubeApiServer, random_suffix
 from keyless.sandbox.kube.controllers import Controllers
@@ -46,13 +49,16 @@ __all__ = [
     "AZURE_TOKEN_FILE",
     "EKS_AUDIENCE",
     "EKS_TOKEN_FILE",
+    "GKE_POD_NAME_VARIABLE",
     "AzureWorkloadIdentityWebhook",
     "EksPodIdentityWebhook",
+    "GkeMetadataRouting",
     "KubeStandIn",
     "KubeStandInError",
     "Mutator",
     "azure_workload_identity_mutator",
     "eks_pod_identity_mutator",
+    "gke_metadata_mutator",
 ]
 
 T = TypeVar("T")

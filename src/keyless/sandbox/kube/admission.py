@@ -1,4 +1,5 @@
-"""Pod admission of the stand-in: the built-in service-account plugin and the EKS and Azure identity webhooks."""
+"""Pod admission of the stand-in: the built-in service-account plugin, the EKS and Azure identity webhooks, GKE's
+metadata server routing."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ AZURE_TOKEN_DIR: Final = "/var/run/secrets/azure/tokens"
 AZURE_TOKEN_NAME: Final = "azure-identity-token"
 AZURE_TOKEN_FILE: Final = f"{AZURE_TOKEN_DIR}/{AZURE_TOKEN_NAME}"
 AZURE_PUBLIC_AUTHORITY: Final = "https://login.microsoftonline.com/"
+
+# The downward-API variable through which a pod names itself in its metadata host (see GkeMetadataRouting).
+GKE_POD_NAME_VARIABLE: Final = "KEYLESS_SANDBOX_POD_NAME"
 
 
 def _all_containers(pod: Pod) -> list[dict[str, Any]]:
@@ -175,6 +179,50 @@ class AzureWorkloadIdentityWebhook:
         except (TypeError, ValueError):
             return self.expiration_seconds
         return min(max(seconds, 3600), 86400)  # the webhook's documented bounds
+
+
+@dataclass(frozen=True)
+class GkeMetadataRouting:
+    """GKE's metadata server routing: pods on GKE_METADATA node pools reach the GKE metadata server.
+
+    On GKE the node redirects 169.254.169.254 to the GKE metadata server, which knows the pod by its IP.
+    The sandbox has no pod IPs, so the pod's metadata host carries the pod in its path, and this sets
+    GCE_METADATA_HOST and GCE_METADATA_IP (both read by google-auth) to it, leaving values the workload
+    sets. ``metadata_host_for(namespace, pod)`` answers None when the cluster's pools do not run
+    GKE_METADATA (the pod then keeps the node's metadata server, which the sandbox does not have).
+
+    A pod made by a controller has only ``generateName`` at admission (the API server names it after the
+    webhooks ran, on GKE as here): the pod then names itself through the downward API, and the kubelet
+    expands ``$(KEYLESS_SANDBOX_POD_NAME)`` in the host.
+    """
+
+    metadata_host_for: Callable[[str, str], str | None]
+    name: str = "gke-metadata-server.sandbox.keyless.dev"
+
+    def __call__(self, pod: Pod, service_account: ServiceAccount | None, cluster: str) -> Pod:
+        if pod.get("spec", {}).get("hostNetwork"):
+            return pod  # host-network pods talk to the node's own metadata server on GKE too
+        meta = pod.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        pod_name = str(meta.get("name") or "")
+        host = self.metadata_host_for(namespace, pod_name or f"$({GKE_POD_NAME_VARIABLE})")
+        if host is None:
+            return pod
+        for container in _all_containers(pod):
+            if not pod_name:
+                env = container.setdefault("env", [])
+                if not any(isinstance(e, dict) and e.get("name") == GKE_POD_NAME_VARIABLE for e in env):
+                    # First, so that the variables below can refer to it (references resolve in order).
+                    env.insert(0, {"name": GKE_POD_NAME_VARIABLE,
+                                   "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}})
+            _add_env(container, "GCE_METADATA_HOST", host)
+            _add_env(container, "GCE_METADATA_IP", host)
+        return pod
+
+
+def gke_metadata_mutator(metadata_host_for: Callable[[str, str], str | None]) -> Mutator:
+    """GKE's metadata server routing as a mutator (see :class:`GkeMetadataRouting`)."""
+    return GkeMetadataRouting(metadata_host_for)
 
 
 def eks_pod_identity_mutator(
