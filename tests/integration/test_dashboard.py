@@ -634,3 +634,91 @@ def test_only_admins_import(dashboard: Dashboard) -> None:
     assert "Import a porter.yaml" not in deployer.get("/").text
     refused = deployer.post("/apps", data={"csrf": csrf_of(deployer, "/"), "porter_yaml": PORTER_YAML})
     assert refused.status_code == 403
+
+
+@pytest.mark.integration
+def test_browser_connects_a_google_service_account_on_gke_and_deploys(
+        chromium: str, sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
+    from lightkube import Client, KubeConfig
+    from playwright.sync_api import expect, sync_playwright
+
+    from keyless.federation import WORKLOAD_IDENTITY_USER_ROLE, workload_identity_member
+    from keyless.porter import load_app
+    from keyless.sandbox.porter import deploy_workloads
+    from keyless.sandbox.stack import DEMO_NAMESPACE, GKE_CONTEXT, GKE_TARGET
+
+    app_name = "dash-gke"
+    email = sandbox[0].gcp.add_service_account("dash-gke-api")
+    text = f"name: {app_name}\nservices:\n  - name: api\n    type: web\n    run: node index.js\n    port: 8080\n"
+    store = Store.open(f"sqlite:///{tmp_path}/k.db")
+    app = create_app(store, os.environ, files_dir=Path(env["KEYLESS_TARGETS"]).parent)
+    plane = cast(ServerState, app.state.keyless).plane
+    targets_file = Path(env["KEYLESS_TARGETS"])
+    plane.import_targets(targets_file.read_text(), str(targets_file), "test")
+    plane.import_app(text, None, GKE_TARGET, "test")
+    _, secret = store.create_token("browser", Role.DEPLOYER, "test")
+    kube = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=GKE_CONTEXT), namespace=DEMO_NAMESPACE)
+    deploy_workloads(kube, app_name, load_app(text.encode(), "porter.yaml", {}).app, DEMO_NAMESPACE)
+    account = f"{app_name}-api"
+    member = workload_identity_member("keyless-sandbox", DEMO_NAMESPACE, account)
+
+    def members() -> set[str]:
+        policy = sandbox[0].gcp.iam_policy(email)
+        return {m for b in policy.get("bindings", []) if b["role"] == WORKLOAD_IDENTITY_USER_ROLE for m in b["members"]}
+
+    try:
+        with running_server(app) as base, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(30_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+                page.goto(f"{base}/login")
+                page.get_by_label("Token", exact=True).fill(secret)
+                page.get_by_role("button", name="Log in").click()
+                expect(page.get_by_role("heading", name="Apps", exact=True)).to_be_visible()
+
+                page.goto(f"{base}/apps/{app_name}/services/api")
+                section = page.locator("section#gcpServiceAccount")
+                toggle = section.get_by_label("Enable the GCP Service Account Connection")
+                expect(toggle).not_to_be_checked()
+                toggle.check()
+                section.get_by_label("Google service account email").fill(email)
+                expect(section.locator(".infobox")).to_contain_text(member)  # the member keyless will add
+                section.get_by_role("button", name="Save").click()
+                expect(toggle).to_be_checked()
+                expect(section.get_by_label("Google service account email")).to_have_value(email)
+                page.screenshot(path=str(SCREENSHOTS / "10-gcp-service.png"), full_page=True)
+
+                page.goto(f"{base}/apps/{app_name}")
+                page.get_by_role("button", name="Plan", exact=True).click()
+                expect(page.locator("#plan-text")).to_contain_text(f"+ cloud_binding {DEMO_NAMESPACE}/{account}")
+                expect(page.locator("#plan-text")).to_contain_text("principal for direct grants: principal://")
+                page.get_by_role("button", name="Apply", exact=True).click()
+                expect(page.locator("#deploy-status")).to_have_text("succeeded", timeout=120_000)
+                assert members() == {member}
+
+                page.goto(f"{base}/apps/{app_name}/status")
+                row = page.get_by_role("row").filter(has_text=account)
+                expect(row).to_contain_text(email)
+                expect(row).to_contain_text("in sync")
+                expect(row).to_contain_text(f"subject/ns/{DEMO_NAMESPACE}/sa/{account}")
+                page.screenshot(path=str(SCREENSHOTS / "11-gcp-status.png"), full_page=True)
+
+                page.goto(f"{base}/apps/{app_name}/services/api")
+                toggle.uncheck()
+                section.get_by_role("button", name="Save").click()
+                expect(toggle).not_to_be_checked()
+                page.goto(f"{base}/apps/{app_name}")
+                page.get_by_role("button", name="Plan", exact=True).click()
+                expect(page.locator("#plan-text")).to_contain_text(f"- cloud_binding {DEMO_NAMESPACE}/{account}")
+                page.get_by_role("button", name="Apply", exact=True).click()
+                expect(page.locator("#deploy-status")).to_have_text("succeeded", timeout=120_000)
+                assert members() == set()
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        store.close()

@@ -69,7 +69,8 @@ def doctor_in_pod(sandbox: Sandbox, env: dict[str, str], app: str) -> dict[str, 
             and p.metadata.deletionTimestamp is None]
     assert pods
     newest = max(pods, key=lambda p: str(p.metadata.creationTimestamp if p.metadata else ""))
-    assert newest.metadata is not None and newest.metadata.name
+    assert newest.metadata is not None
+    assert newest.metadata.name
     result = control.exec_in_pod(sandbox[1], "shop", newest.metadata.name,
                                  [sys.executable, "-m", "keyless", "doctor", "--format", "json"], capture=True,
                                  context=GKE_CONTEXT)
@@ -93,7 +94,8 @@ def test_apply_binds_annotates_proves_and_the_pod_acts_as_its_google_service_acc
     assert "token exchange works" in output
     assert members(sandbox, email) == {member("gk-one-api")}
     account = kube(env).get(ServiceAccount, name="gk-one-api")
-    assert account.metadata is not None and account.metadata.annotations is not None
+    assert account.metadata is not None
+    assert account.metadata.annotations is not None
     assert account.metadata.annotations[ANNOTATION] == email
 
     check = doctor_in_pod(sandbox, env, "gk-one")
@@ -162,7 +164,7 @@ def test_a_malformed_email_is_bad_input_that_never_reaches_google(
     before = len(sandbox[0].gcp.requests)
     code, output = run("plan", "-f", str(path), "--target", GKE_TARGET)
     assert code == 2, output
-    assert f"{path}:6:" in output
+    assert f"{path}:7:30: 'not-an-email' is not a Google service account email" in output
     assert sandbox[0].gcp.requests[before:] == []
 
 
@@ -185,7 +187,8 @@ def test_a_disabled_account_blocks_naming_it(sandbox: Sandbox, env: dict[str, st
     email = sandbox[0].gcp.add_service_account("e2e-gke-disabled", disabled=True)
     code, output = run("plan", "-f", str(porter_yaml(tmp_path, "gk-dis", {"api": email})), "--target", GKE_TARGET)
     assert code == 3, output
-    assert email in output and "disabled" in output
+    assert email in output
+    assert "disabled" in output
 
 
 def test_audit_flags_the_broad_account_with_its_key(sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:

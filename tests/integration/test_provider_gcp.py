@@ -1,4 +1,4 @@
-"""The GCP provider over real HTTPS: google-auth's AuthorizedSession against the sandbox's IAM, GKE and Resource Manager.
+"""The GCP provider over real HTTPS: google-auth's AuthorizedSession against the sandbox's IAM, GKE and projects.
 
 Nothing is patched: the provider signs in with the sandbox's service-account key file (token_uri pointing at the
 sandbox), finds the APIs through gcloud's override variables and trusts the sandbox CA through REQUESTS_CA_BUNDLE.
@@ -109,9 +109,11 @@ def test_missing_and_disabled_accounts_block_and_name_the_email(sandbox: GcpSand
     missing = "nobody-here@keyless-sandbox.iam.gserviceaccount.com"
     _, issues = provider(sandbox).resolve([binding("app1", "api", missing), binding("app1", "web", retired)])
     assert [i.severity for i in issues] == [PreflightSeverity.BLOCKING, PreflightSeverity.BLOCKING]
-    assert missing in issues[0].message and "does not exist" in issues[0].message
+    assert missing in issues[0].message
+    assert "does not exist" in issues[0].message
     assert "gcloud iam service-accounts create nobody-here --project keyless-sandbox" in issues[0].fix
-    assert retired in issues[1].message and "disabled" in issues[1].message
+    assert retired in issues[1].message
+    assert "disabled" in issues[1].message
     assert issues[1].fix == f"gcloud iam service-accounts enable {retired} --project keyless-sandbox"
 
 
@@ -128,6 +130,7 @@ def test_resolve_reads_each_account_once_and_fills_the_direct_access_principal(s
 
 
 def test_an_account_of_another_project_is_allowed(sandbox: GcpSandbox) -> None:
+    sandbox.add_project("other-project-1", "112233445566")
     other = sandbox.add_service_account("svc-elsewhere", project="other-project-1")
     _, issues = provider(sandbox).resolve([binding("app3", "api", other)])
     assert issues == []
@@ -175,7 +178,7 @@ def test_two_services_on_one_account_are_one_read_and_one_write(sandbox: GcpSand
 
 def test_a_concurrent_writer_between_read_and_write_loses_nothing(sandbox: GcpSandbox) -> None:
     email = account(sandbox)
-    other = "serviceAccount:other-team@keyless-sandbox.iam.gserviceaccount.com"
+    other = f"serviceAccount:{account(sandbox)}"  # IAM refuses members that name no existing account
     sandbox.interleave(email, lambda: sandbox.add_member(email, "roles/iam.serviceAccountUser", other))
     time = VirtualTime()
     since = len(sandbox.requests)

@@ -324,6 +324,10 @@ class GcpSandbox:
 
     # ---- service accounts and policies ------------------------------------------------------------------
 
+    def add_project(self, project: str, number: str, display_name: str = "") -> None:
+        """Another project (a Google service account may live in a project other than the cluster's)."""
+        self._state.add_project(project, number, display_name or project)
+
     def add_service_account(self, account_id: str, *, project: str | None = None, disabled: bool = False,
                             display_name: str = "") -> str:
         """Create (or update) a Google service account; answers its email."""
