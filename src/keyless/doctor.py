@@ -170,7 +170,9 @@ def check_gcp(env: Mapping[str, str], metadata_answers: Callable[[], bool] = _me
     details: dict[str, str] = {}
     try:
         credentials, project = google.auth.default(scopes=[GOOGLE_SCOPE])
-        details["method"] = type(credentials).__module__.removeprefix("google.").removeprefix("auth.")
+        module = type(credentials).__module__
+        details["method"] = ("GKE metadata server" if module.startswith("google.auth.compute_engine")
+                             else module.removeprefix("google.").removeprefix("auth."))
         if project:
             details["project"] = project
         credentials.refresh(Request())  # type: ignore[no-untyped-call]
@@ -190,7 +192,7 @@ def check_gcp(env: Mapping[str, str], metadata_answers: Callable[[], bool] = _me
         return Check("gcp", Verdict.WARNING,
                      f"workload identity pool {email} only: no Google service account is annotated on this pod's "
                      "Kubernetes service account", details)
-    if details["method"].startswith("compute_engine"):
+    if details["method"] == "GKE metadata server":
         return Check("gcp", Verdict.OK, f"Google service account {email or '?'} via the GKE metadata server",
                      details)
     return Check("gcp", Verdict.WARNING, f"Google identity {email or '?'} via {details['method']}; expected the "
