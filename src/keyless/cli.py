@@ -617,7 +617,7 @@ def sandbox_exec(
     command: Annotated[list[str], typer.Argument(help="Command to run, after `--`.")],
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "shop",
     context: Annotated[str | None, typer.Option(
-        "--context", help="sandbox-eks or sandbox-aks (default: whichever cluster runs the pod).")] = None,
+        "--context", help="sandbox-eks, sandbox-aks or sandbox-gke (default: whichever cluster runs the pod).")] = None,
 ) -> None:
     """Run a command with the environment and token files one of the sandbox's pods would see."""
     from keyless.sandbox import control

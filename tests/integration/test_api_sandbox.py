@@ -14,14 +14,14 @@ from typing import Any
 
 import boto3
 import pytest
-from e2e_support import run_cli
+from e2e_support import Sandbox, run_cli
 from fastapi.testclient import TestClient
 from lightkube import Client, KubeConfig
 
 from keyless.porter import load_app
 from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET
+from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET, GKE_CONTEXT, GKE_TARGET
 from keyless.server.app import create_app
 from keyless.store import DeployStatus, Role, Store
 
@@ -201,6 +201,28 @@ def test_azure_connection_through_the_api(api: Api, env: dict[str, str]) -> None
     assert len(audit["connections"]) == 1
     preflight = api.ok("GET", f"/api/v1/targets/{AKS_TARGET}/preflight").json()
     assert preflight["ready"] is True
+
+
+def test_gcp_connection_through_the_api(api: Api, env: dict[str, str], sandbox: Sandbox) -> None:
+    email = sandbox[0].gcp.add_service_account("api-gke-one")
+    text = porter("gk-api", ["api"])
+    api.ok("POST", "/api/v1/apps", api.admin, json={"porterYaml": text, "name": "gk-api", "target": GKE_TARGET})
+    run_workloads(env, text, "gk-api", GKE_CONTEXT)
+    api.ok("PUT", "/api/v1/apps/gk-api/services/api/connections/gcpServiceAccount",
+           json={"serviceAccountEmail": email})
+    plan = api.ok("POST", "/api/v1/apps/gk-api/plan").json()
+    assert plan["status"] == "planned", plan["message"]
+    assert "principal for direct grants: principal://" in plan["planText"]
+    done = api.finished(api.ok("POST", plan["links"]["apply"]).json()["id"])
+    assert done["status"] == "succeeded", done["message"]
+    assert any("token exchange works" in a["message"] for a in done["actions"]), done["actions"]
+    row = api.ok("GET", "/api/v1/apps/gk-api/status").json()["services"][0]
+    assert (row["service"], row["identity"], row["drift"]) == ("api", email, None)
+    assert row["principal"].endswith("/subject/ns/shop/sa/gk-api-api")
+    audit = api.ok("GET", "/api/v1/apps/gk-api/audit").json()
+    assert audit["cloud"] == "gcp"
+    assert len(audit["connections"]) == 1
+    assert api.ok("GET", f"/api/v1/targets/{GKE_TARGET}/preflight").json()["ready"] is True
 
 
 def test_preflight_of_a_target_whose_cluster_is_missing(api: Api) -> None:

@@ -272,3 +272,14 @@ def test_an_untrusted_endpoint_says_to_set_the_ca_bundle(sandbox: GcpSandbox, mo
     with pytest.raises(CloudError) as caught:
         provider(sandbox).preflight([])
     assert "REQUESTS_CA_BUNDLE" in caught.value.hint
+
+
+def test_the_project_number_comes_from_resource_manager_v1_where_v3_is_not_served(sandbox: GcpSandbox) -> None:
+    email = account(sandbox)
+    sandbox.fail_next(404, 1, "/crm/v3/projects/")
+    since = len(sandbox.requests)
+    resolved, _ = provider(sandbox).resolve([binding("app12", "api", email)])
+    assert resolved[0].principal is not None
+    assert f"/projects/{DEMO_PROJECT_NUMBER}/" in resolved[0].principal
+    assert [p for _, p in sandbox.requests[since:] if "/crm/" in p] == [
+        "/crm/v3/projects/keyless-sandbox", "/crm/v1/projects/keyless-sandbox"]

@@ -224,7 +224,10 @@ class GcpProvider:
             if self._project_number is not None:
                 return self._project_number
         project = self.target.project
-        raw = self.api.call(f"reading project {project}", "GET", GoogleApi.RESOURCE_MANAGER, f"v3/projects/{project}")
+        doing = f"reading project {project}"
+        # v3 names the project `projects/NUMBER`; v1 (what some private endpoints still serve) has projectNumber.
+        raw = (self.api.get(doing, GoogleApi.RESOURCE_MANAGER, f"v3/projects/{project}")
+               or self.api.call(doing, "GET", GoogleApi.RESOURCE_MANAGER, f"v1/projects/{project}"))
         name = str(raw.get("name") or "")
         number = name.removeprefix("projects/") if name.startswith("projects/") else str(raw.get("projectNumber") or "")
         if not number.isdigit():
@@ -533,13 +536,14 @@ class GcpProvider:
         when both succeed; (False, why) while IAM has not propagated the member (up to 7 minutes)."""
         email = _email(binding)
         t = self.target
-        form = {"grantType": _TOKEN_EXCHANGE, "audience": sts_audience(t.project, t.location, t.cluster),
-                "scope": SCOPES[0], "requestedTokenType": _ACCESS_TOKEN, "subjectToken": assertion,
-                "subjectTokenType": _JWT}
+        # RFC 8693 as google-auth's own STS client sends it: form-encoded, snake_case.
+        form = {"grant_type": _TOKEN_EXCHANGE, "audience": sts_audience(t.project, t.location, t.cluster),
+                "scope": SCOPES[0], "requested_token_type": _ACCESS_TOKEN, "subject_token": assertion,
+                "subject_token_type": _JWT}
         with requests.Session() as anonymous:  # STS takes the subject token, not keyless's credentials
             try:
                 exchanged = self.api.call(f"exchanging the token of {binding.namespace}/{binding.service_account} at "
-                                          "Google STS", "POST", GoogleApi.STS, "v1/token", body=form,
+                                          "Google STS", "POST", GoogleApi.STS, "v1/token", form=form,
                                           session=anonymous)
             except CloudError as exc:
                 if 400 <= http_status(exc) < 500:

@@ -209,9 +209,11 @@ class GcpApi:
         return self.roots[api] + path.lstrip("/")
 
     def _once(self, method: str, url: str, body: Mapping[str, Any] | None, params: Mapping[str, str] | None,
-              headers: Mapping[str, str] | None, session: requests.Session) -> dict[str, Any]:
+              headers: Mapping[str, str] | None, session: requests.Session,
+              form: Mapping[str, str] | None = None) -> dict[str, Any]:
         self.calls += 1
-        response = session.request(method, url, json=body, params=params, headers=headers, timeout=TIMEOUT)
+        response = session.request(method, url, json=body, data=form, params=params, headers=headers,
+                                   timeout=TIMEOUT)
         if response.status_code >= 400:
             raise _error_of(response)
         if not response.content:
@@ -230,6 +232,7 @@ class GcpApi:
         path: str,
         *,
         body: Mapping[str, Any] | None = None,
+        form: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         policy: RetryPolicy | None = None,
@@ -237,11 +240,12 @@ class GcpApi:
         session: requests.Session | None = None,
     ) -> dict[str, Any]:
         """One REST call with the retry policy (stretched to Retry-After); whatever escapes becomes a CloudError
-        (Denied for a 403). `session` replaces the authorized one for calls that carry their own token (STS)."""
+        (Denied for a 403). `body` is sent as JSON, `form` form-encoded (OAuth endpoints); `session` replaces the
+        authorized one for calls that carry their own token (STS)."""
         url = self.url(api, path)
         try:
             return call_with_retry(
-                lambda: self._once(method, url, body, params, headers, session or self.session),
+                lambda: self._once(method, url, body, params, headers, session or self.session, form),
                 policy=policy or self.retry, retryable=retryable, what=doing, sleep=self.sleep, clock=self.clock,
                 asked=lambda exc: retry_after(exc.headers, self.now) if isinstance(exc, GoogleHttpError) else None)
         except (GoogleHttpError, requests.RequestException, auth_errors.GoogleAuthError) as exc:

@@ -43,9 +43,17 @@ class GcpAuditor:
     def _project_policy(self, project: str) -> GcpPolicy | str:
         if project not in self._projects:
             doing = f"reading the IAM policy of project {project}"
+            body = {"options": {"requestedPolicyVersion": POLICY_VERSION}}
             try:
-                raw = self.api.call(doing, "POST", GoogleApi.RESOURCE_MANAGER, f"v1/projects/{project}:getIamPolicy",
-                                    body={"options": {"requestedPolicyVersion": POLICY_VERSION}})
+                try:
+                    raw = self.api.call(doing, "POST", GoogleApi.RESOURCE_MANAGER,
+                                        f"v1/projects/{project}:getIamPolicy", body=body)
+                except CloudError as exc:
+                    if http_status(exc) != 404:
+                        raise
+                    # An endpoint that serves only Resource Manager v3 (the same call, the same answer).
+                    raw = self.api.call(doing, "POST", GoogleApi.RESOURCE_MANAGER,
+                                        f"v3/projects/{project}:getIamPolicy", body=body)
                 self._projects[project] = GcpPolicy(f"projects/{project}", raw)
             except Denied as exc:
                 self._projects[project] = f"{doing} ({exc.code})"
