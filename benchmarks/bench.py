@@ -5,7 +5,9 @@ Measures, each as the median of several runs where cheap:
   2. planning it against the sandbox (IAM GetRole per role, paginated association listing, Kubernetes reads);
   3. applying it (associations, service accounts, rollouts), with propagation waits set to zero;
   4. planning again when nothing changed (must be "no changes", no write call);
-  5. the control plane on SQLite, in process: importing the app through the API, changing one connection
+  5. the same app on GKE (300 services on two Google service accounts): plan, apply (one setIamPolicy per
+     account, a token exchange per service before its rollout) and plan again, with Google's request count;
+  6. the control plane on SQLite, in process: importing the app through the API, changing one connection
      (the porter.yaml edit, re-validation and the store write), and exporting it again.
 Time is wall-clock (the sandbox runs in its own process, as `keyless sandbox up` starts it, so it does not
 count against keyless's memory); memory is the keyless process's peak resident set size after each phase.
@@ -30,16 +32,20 @@ from keyless.inputs import load_targets_file
 from keyless.kube.cluster import ClusterKube
 from keyless.porter import load_app
 from keyless.providers.aws import AwsProvider
+from keyless.providers.gcp import GcpProvider
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import EKS_TARGET
-from keyless.targets import AwsTarget
+from keyless.sandbox.stack import EKS_TARGET, GKE_CONTEXT, GKE_TARGET
+from keyless.targets import AwsTarget, GcpTarget
 
 T = TypeVar("T")
 SERVICES = int(os.environ.get("KEYLESS_BENCH_SERVICES", "300"))
 
 
-def porter_yaml(services: int) -> bytes:
+GSAS = ("shop-web@keyless-sandbox.iam.gserviceaccount.com", "shop-worker@keyless-sandbox.iam.gserviceaccount.com")
+
+
+def porter_yaml(services: int, cloud: str = "aws") -> bytes:
     lines = ["version: v2", "name: bench", "services:"]
     for i in range(services):
         kind = ("web", "worker", "job")[i % 3]
@@ -49,8 +55,12 @@ def porter_yaml(services: int) -> bytes:
             lines += ["    port: 8080"]
         if kind == "job":
             lines += ["    cron: '*/5 * * * *'"]
-        role = "keyless-demo-api" if i % 2 else "keyless-demo-worker"
-        lines += ["    connections:", "      - type: awsRole", f"        role: {role}"]
+        if cloud == "gcp":
+            lines += ["    connections:", "      - type: gcpServiceAccount",
+                      f"        serviceAccountEmail: {GSAS[i % 2]}"]
+        else:
+            role = "keyless-demo-api" if i % 2 else "keyless-demo-worker"
+            lines += ["    connections:", "      - type: awsRole", f"        role: {role}"]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -126,9 +136,34 @@ def main() -> int:
             print(f"  {again.plan.summary()}")
             if again.plan.changes or report.failures:
                 return 1
+            if not gke(state.env, porter_yaml(SERVICES, "gcp")):
+                return 1
         finally:
             control.down(Path(tmp))
     return 0
+
+
+def gke(env: dict[str, str], data: bytes) -> bool:
+    """The GKE half: Google requests are counted by the provider's REST layer."""
+    loaded = load_app(data, "porter.yaml", {})
+    target = load_targets_file(env["KEYLESS_TARGETS"], os.environ).get(GKE_TARGET)
+    assert isinstance(target, GcpTarget)
+    client = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=GKE_CONTEXT), namespace=target.namespace)
+    deploy_workloads(client, "bench", loaded.app, target.namespace)
+    provider = GcpProvider(target)
+    kube = ClusterKube(target.kubernetes)
+    spec = engine.PlanInput(loaded, "bench", GKE_TARGET, target)
+    planned = measure("GKE: plan (nothing bound yet)", lambda: engine.plan_app(spec, provider, kube))
+    print(f"  {planned.plan.summary()}; {provider.api.calls} Google requests")
+    before = provider.api.calls
+    report = measure("GKE: apply (with token-exchange proof per service)",
+                     lambda: engine.apply_plan(planned.plan, provider, kube))
+    print(f"  {len(report.results)} actions, {len(report.failures)} failed; {provider.api.calls - before} Google "
+          f"requests ({len(GSAS)} policy writes expected, plus STS and generateAccessToken per service)")
+    fresh = GcpProvider(target)
+    again = measure("GKE: plan again (no changes expected)", lambda: engine.plan_app(spec, fresh, kube))
+    print(f"  {again.plan.summary()}; {fresh.api.calls} Google requests")
+    return not again.plan.changes and not report.failures
 
 
 if __name__ == "__main__":
