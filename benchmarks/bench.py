@@ -154,7 +154,7 @@ def gke(env: dict[str, str], data: bytes) -> bool:
     kube = ClusterKube(target.kubernetes)
     spec = engine.PlanInput(loaded, "bench", GKE_TARGET, target)
     planned = measure("GKE: plan (nothing bound yet)", lambda: engine.plan_app(spec, provider, kube))
-    print(f"  {planned.plan.summary()}; {provider.api.calls} Google requests")
+    print(f"  {planned.plan.summary()} ({provider.api.calls} Google requests)")
     before = provider.api.calls
     report = measure("GKE: apply (with token-exchange proof per service)",
                      lambda: engine.apply_plan(planned.plan, provider, kube))
@@ -162,7 +162,7 @@ def gke(env: dict[str, str], data: bytes) -> bool:
           f"requests ({len(GSAS)} policy writes expected, plus STS and generateAccessToken per service)")
     fresh = GcpProvider(target)
     again = measure("GKE: plan again (no changes expected)", lambda: engine.plan_app(spec, fresh, kube))
-    print(f"  {again.plan.summary()}; {fresh.api.calls} Google requests")
+    print(f"  {again.plan.summary()} ({fresh.api.calls} Google requests)")
     return not again.plan.changes and not report.failures
 
 
