@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from azure.identity import WorkloadIdentityCredential
 from azure.mgmt.msi import ManagedServiceIdentityClient
-from e2e_support import Sandbox, run_cli
+from e2e_support import KILL_POINTS, Dying, Killed, Sandbox, run_cli
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod
 
@@ -217,35 +217,6 @@ def test_identity_names_that_would_change_the_url_never_reach_azure(env: dict[st
 # ---- an apply killed at any step leaves no credential that outlives its connection ---------------------
 
 
-class _Killed(BaseException):
-    """The process dies here (kill -9): nothing after this point runs, no handler cleans up."""
-
-
-KILL_POINTS = ["record_intent", "after_cloud_write", "apply_service_account", "update_workload",
-               "remove_annotations"]
-
-
-class _Dying:
-    """keyless's real provider and Kubernetes side, with the process dying at one named step."""
-
-    def __init__(self, inner: object, kill_at: str) -> None:
-        self._inner = inner
-        self._kill_at = kill_at
-
-    def __getattr__(self, name: str) -> object:
-        real = getattr(self._inner, name)
-        if name == self._kill_at:
-            def die(*args: object, **kwargs: object) -> object:
-                raise _Killed(name)
-            return die
-        if name == "apply" and self._kill_at == "after_cloud_write":
-            def write_then_die(*args: object, **kwargs: object) -> object:
-                real(*args, **kwargs)  # type: ignore[operator]
-                raise _Killed("after the cloud write")
-            return write_then_die
-        return real
-
-
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_no_credential_survives_its_connection_after_an_apply_killed_at_any_step(
         sandbox: Sandbox, env: dict[str, str], tmp_path: Path, kill_at: str) -> None:
@@ -259,8 +230,8 @@ def test_no_credential_survives_its_connection_after_an_apply_killed_at_any_step
     provider, kube = engine.connect(AKS_TARGET, target)
     planned = engine.plan_app(engine.PlanInput(load_app(bound.read_bytes(), str(bound), {}), app, AKS_TARGET, target),
                               provider, kube)
-    dying_provider, dying_kube = _Dying(provider, kill_at), _Dying(kube, kill_at)
-    with pytest.raises(_Killed):
+    dying_provider, dying_kube = Dying(provider, kill_at), Dying(kube, kill_at)
+    with pytest.raises(Killed):
         engine.apply_plan(planned.plan, dying_provider, dying_kube)  # type: ignore[arg-type]
 
     # The connection is taken out of porter.yaml, and keyless runs again (a new process).

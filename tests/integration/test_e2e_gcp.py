@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, run_cli
+from e2e_support import KILL_POINTS, Dying, Killed, Sandbox, run_cli
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Pod, ServiceAccount
 
@@ -205,35 +205,6 @@ def test_audit_flags_the_broad_account_with_its_key(sandbox: Sandbox, env: dict[
 # ---- an apply killed at any step leaves no member that outlives its connection --------------------------
 
 
-class _Killed(BaseException):
-    """The process dies here (kill -9): nothing after this point runs, no handler cleans up."""
-
-
-KILL_POINTS = ["record_intent", "after_cloud_write", "apply_service_account", "update_workload",
-               "remove_annotations"]
-
-
-class _Dying:
-    """keyless's real provider and Kubernetes side, with the process dying at one named step."""
-
-    def __init__(self, inner: object, kill_at: str) -> None:
-        self._inner = inner
-        self._kill_at = kill_at
-
-    def __getattr__(self, name: str) -> object:
-        real = getattr(self._inner, name)
-        if name == self._kill_at:
-            def die(*args: object, **kwargs: object) -> object:
-                raise _Killed(name)
-            return die
-        if name == "apply_all" and self._kill_at == "after_cloud_write":
-            def write_then_die(*args: object, **kwargs: object) -> object:
-                real(*args, **kwargs)  # type: ignore[operator]
-                raise _Killed("after the policy write")
-            return write_then_die
-        return real
-
-
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_no_member_survives_its_connection_after_an_apply_killed_at_any_step(
         sandbox: Sandbox, env: dict[str, str], tmp_path: Path, kill_at: str) -> None:
@@ -248,8 +219,8 @@ def test_no_member_survives_its_connection_after_an_apply_killed_at_any_step(
     provider, kube = engine.connect(GKE_TARGET, target)
     planned = engine.plan_app(engine.PlanInput(load_app(bound.read_bytes(), str(bound), {}), app, GKE_TARGET, target),
                               provider, kube)
-    with pytest.raises(_Killed):
-        engine.apply_plan(planned.plan, _Dying(provider, kill_at), _Dying(kube, kill_at))  # type: ignore[arg-type]
+    with pytest.raises(Killed):
+        engine.apply_plan(planned.plan, Dying(provider, kill_at), Dying(kube, kill_at))  # type: ignore[arg-type]
 
     # The connection is taken out of porter.yaml, and keyless runs again (a new process).
     unbound = porter_yaml(tmp_path, app, {"api": None})
