@@ -20,7 +20,7 @@ from keyless.porter import (
     load_app,
     resolve_app_name,
 )
-from keyless.porter.loader import one_edit_apart
+from keyless.porter.loader import one_edit_apart, read_by_keyless
 from keyless.porter.placeholders import expand
 from keyless.porter.yamlsource import MAX_DEPTH, read_yaml
 
@@ -372,7 +372,7 @@ def test_a_service_needs_a_name(load_errors: LoadErrors) -> None:
     ("terminationGracePeriodSeconds", "-1", "`terminationGracePeriodSeconds` must be at least 0"),
     ("domains", "shop.example.com", "`domains` must be a list"),
     ("healthCheck", "true", "`healthCheck` must be a mapping"),
-    ("env", "[A=1]", "`env` must be a mapping"),
+    ("env", "A=1", "`env` must be a mapping"),
     ("run", "[node, server.js]", "`run` must be a string"),
 ])
 def test_service_field_values_are_checked(load_errors: LoadErrors, field: str, value: str, fragment: str) -> None:
@@ -427,24 +427,49 @@ def test_each_service_item_must_be_a_mapping_and_the_message_says_so(load_errors
 # --- type inference ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fields", "kind", "because"), [
-    ("cron: '0 * * * *'\n", ServiceType.JOB, "it has a `cron` schedule"),
-    ("port: 8080\n", ServiceType.WEB, "it has a port"),
-    ("domains:\n  - name: shop.example.com\n", ServiceType.WEB, "it has a port"),
-    ("run: ./worker\n", ServiceType.WORKER, "it has no port"),
+@pytest.mark.parametrize(("name", "kind", "because"), [
+    ("web", ServiceType.WEB, "its name contains `web`"),
+    ("api-web", ServiceType.WEB, "its name contains `web`"),
+    ("mailer-wkr", ServiceType.WORKER, "its name contains `wkr`"),
+    ("web-worker", ServiceType.WORKER, "its name contains `worker`"),  # the last word found wins, as in Porter
+    ("nightly-job", ServiceType.JOB, "its name contains `job`"),
+    ("web-job", ServiceType.JOB, "its name contains `job`"),
+    ("api", ServiceType.WORKER, "its name contains none of web, worker, wkr, job (Porter's default)"),
 ])
-def test_a_service_without_type_is_inferred_with_a_warning(
-    load_ok: LoadOk, fields: str, kind: ServiceType, because: str,
+def test_a_service_without_type_is_inferred_from_its_name_as_porter_does(
+    load_ok: LoadOk, name: str, kind: ServiceType, because: str,
 ) -> None:
-    text = "services:\n  - name: svc\n" + textwrap.indent(fields, "    ")
-    loaded = load_ok(text)
+    loaded = load_ok(f"services:\n  - name: {name}\n    run: ./start\n")
     d = one(loaded.diagnostics, "has no `type`")
     assert d.severity is Severity.WARNING
     assert at(d) == (2, 5)
-    assert f"treats it as {kind.value} because {because}" in d.message
+    assert f"Porter treats it as {kind.value} because {because}, and so does keyless" in d.message
     assert d.hint == f"add `type: {kind.value}` to make it explicit"
     assert loaded.app.services[0].kind is kind
     assert loaded.app.services[0].type is None
+
+
+@pytest.mark.parametrize(("fields", "what"), [
+    ("port: 8080\n", "port"),
+    ("domains:\n  - name: a.example.com\n", "domain"),
+])
+def test_a_port_on_a_service_porter_will_not_serve_as_web_is_pointed_out(
+    load_ok: LoadOk, fields: str, what: str,
+) -> None:
+    loaded = load_ok("services:\n  - name: api\n" + textwrap.indent(fields, "    "))
+    d = one(loaded.diagnostics, "has no `type`")
+    assert "treats it as worker" in d.message
+    assert d.hint == (f"it has a {what}, yet Porter will not serve it as web: add `type: web` if it serves HTTP, "
+                      "else `type: worker`")
+    assert loaded.app.services[0].kind is ServiceType.WORKER
+
+
+def test_a_cron_schedule_on_a_service_porter_makes_a_worker_is_a_warning(load_ok: LoadOk) -> None:
+    loaded = load_ok("services:\n  - name: report\n    cron: '0 * * * *'\n")
+    assert "treats it as worker" in one(loaded.diagnostics, "has no `type`").message
+    d = one(loaded.diagnostics, "`cron` only applies to jobs")
+    assert (d.severity, at(d)) == (Severity.WARNING, (3, 5))
+    assert loaded.app.services[0].kind is ServiceType.WORKER
 
 
 def test_cron_on_a_web_service_is_a_warning(load_ok: LoadOk) -> None:
@@ -627,7 +652,9 @@ def test_aws_role_forms_load(load_ok: LoadOk, role: str, name: str, path: str, p
     ("version: 2\nservices: [{name: a, type: web}]\n", "`version` must be 'v2'", (1, 10)),
     ("name: My_App\nservices: [{name: a, type: web}]\n", "app name 'My_App' is not a valid name", (1, 7)),
     ("name: " + "a" * 32 + "\nservices: [{name: a, type: web}]\n", "the limit is 31", (1, 7)),
-    ("env: [A=1]\nservices: [{name: a, type: web}]\n", "`env` must be a mapping", (1, 6)),
+    ("env: A=1\nservices: [{name: a, type: web}]\n", "`env` must be a mapping", (1, 6)),
+    ("env: [A=1]\nservices: [{name: a, type: web}]\n", "item 1 of `env` must be a mapping", (1, 7)),
+    ("env: [{value: x}]\nservices: [{name: a, type: web}]\n", "missing required field `key`", (1, 7)),
     ("env:\n  DB:\n    host: x\nservices: [{name: a, type: web}]\n", "`DB` must be a string, got a mapping", (3, 5)),
     ("envGroups: prod\nservices: [{name: a, type: web}]\n", "`envGroups` must be a list", (1, 12)),
     ("build: {method: nixpacks}\nservices: [{name: a, type: web}]\n", "`method` must be 'docker' or 'pack'", (1, 17)),
@@ -744,32 +771,109 @@ def test_placeholder_problems(text: str, offset: int, fragment: str) -> None:
     assert p.hint
 
 
-def test_every_unset_variable_is_reported_with_its_line_and_column(load_errors: LoadErrors) -> None:
+def test_an_unset_variable_in_a_field_keyless_acts_on_is_an_error(load_errors: LoadErrors) -> None:
     errors = load_errors("""\
         name: ${APP_NAME}
+        services:
+          - name: ${SERVICE}
+            type: ${TYPE}
+            connections:
+              - type: awsRole
+                role: ${ROLE}
+        predeploy:
+          name: ${JOB}
+          connections:
+            - type: gcpServiceAccount
+              serviceAccountEmail: ${GSA}@shop-prod.iam.gserviceaccount.com
+        """)
+    assert [(at(d), d.message.split(" (")[0]) for d in errors] == [
+        ((1, 7), "environment variable APP_NAME is not set"),
+        ((3, 11), "environment variable SERVICE is not set"),
+        ((4, 11), "environment variable TYPE is not set"),
+        ((7, 15), "environment variable ROLE is not set"),
+        ((9, 9), "environment variable JOB is not set"),
+        ((12, 28), "environment variable GSA is not set"),
+    ]
+    assert all("export" in d.hint for d in errors)
+
+
+def test_an_unset_variable_in_a_field_keyless_never_reads_is_a_warning_and_kept_as_written(load_ok: LoadOk) -> None:
+    loaded = load_ok("""\
+        name: shop
+        namespace: ${NAMESPACE}
+        image:
+          repository: ghcr.io/acme/shop
+          tag: ${IMAGE_TAG}
+        env:
+          REDIS_URL: ${REDIS_URL}
         services:
           - name: api
             type: web
             run: node server.js --port ${PORT}
             env:
-              DATABASE_URL: ${DATABASE_URL}
+              - key: DATABASE_URL
+                value: ${DATABASE_URL}
         """)
-    assert [(at(d), d.message.split(" (")[0]) for d in errors] == [
-        ((1, 7), "environment variable APP_NAME is not set"),
-        ((5, 32), "environment variable PORT is not set"),
-        ((7, 21), "environment variable DATABASE_URL is not set"),
+    warnings_ = [d for d in loaded.diagnostics if d.severity is Severity.WARNING]
+    assert [(at(d), d.message) for d in warnings_ if "is not set" in d.message] == [
+        ((2, 12), "environment variable NAMESPACE is not set (used as ${NAMESPACE})"),
+        ((5, 8), "environment variable IMAGE_TAG is not set (used as ${IMAGE_TAG})"),
+        ((7, 14), "environment variable REDIS_URL is not set (used as ${REDIS_URL})"),
+        ((11, 32), "environment variable PORT is not set (used as ${PORT})"),
+        ((14, 16), "environment variable DATABASE_URL is not set (used as ${DATABASE_URL})"),
     ]
-    assert all("export" in d.hint for d in errors)
+    assert all("keyless does not use this field" in d.hint for d in warnings_ if "is not set" in d.message)
+    app = loaded.app
+    assert app.image is not None
+    assert app.image.tag == "${IMAGE_TAG}"
+    assert app.env == {"REDIS_URL": "${REDIS_URL}"}
+    assert app.services[0].run == "node server.js --port ${PORT}"
 
 
-def test_placeholder_column_in_a_quoted_value(load_errors: LoadErrors) -> None:
-    (d,) = load_errors(service('run: "node server.js --port ${PORT}"\n'))
+def test_a_value_kept_as_written_that_is_not_of_its_type_is_left_out_not_rejected(load_ok: LoadOk) -> None:
+    loaded = load_ok(service("port: ${PORT}\ninstances: ${REPLICAS}\nautoscaling: ${AUTOSCALING}\n"))
+    assert [d.position.line for d in loaded.diagnostics if "is not set" in d.message] == [4, 5, 6]
+    api = loaded.app.services[0]
+    assert (api.port, api.instances, api.autoscaling) == (None, None, None)
+
+
+def test_a_value_kept_as_written_does_not_hide_a_real_error(load_errors: LoadErrors) -> None:
+    (d,) = load_errors(service("port: ${PORT}\ninstances: -1\n"))
+    assert (at(d), "`instances` must be at least 0" in d.message) == ((5, 16), True)
+
+
+def test_a_malformed_placeholder_in_a_field_keyless_never_reads_is_a_warning(load_ok: LoadOk) -> None:
+    loaded = load_ok(service('run: bash -c \'for f in ${FILES[@]}; do echo "$f"; done\'\n'))
+    d = one(loaded.diagnostics, "is not a valid placeholder")
+    assert (d.severity, at(d)) == (Severity.WARNING, (4, 28))
+    assert loaded.app.services[0].run == 'bash -c \'for f in ${FILES[@]}; do echo "$f"; done\''
+
+
+@pytest.mark.parametrize(("path", "read"), [
+    (("name",), True), (("services", 0, "name"), True), (("services", 3, "type"), True),
+    (("services", 0, "connections", 1, "role"), True), (("predeploy", "name"), True),
+    (("initialDeploy", "connections", 0, "identityName"), True),
+    (("services", 0, "env", "A"), False), (("services", 0, "run"), False), (("env", 0, "value"), False),
+    (("image", "tag"), False), (("build", "context"), False), (("namespace",), False), (("services", 0, "port"), False),
+    (("predeploy", "run"), False), (("services", 0, "previews", "connections", 0, "role"), False),
+])
+def test_which_fields_keyless_reads(path: tuple[str | int, ...], read: bool) -> None:
+    assert read_by_keyless(path) is read
+
+
+def test_placeholder_column_in_a_quoted_value(load_ok: LoadOk) -> None:
+    d = one(load_ok(service('run: "node server.js --port ${PORT}"\n')).diagnostics, "PORT")
     assert at(d) == (4, 33), d.render()
 
 
-def test_placeholder_line_in_a_block_scalar(load_errors: LoadErrors) -> None:
-    (d,) = load_errors(service("run: |\n  ./migrate\n  ./serve --port ${PORT}\n"))
+def test_placeholder_line_in_a_block_scalar(load_ok: LoadOk) -> None:
+    d = one(load_ok(service("run: |\n  ./migrate\n  ./serve --port ${PORT}\n")).diagnostics, "PORT")
     assert at(d) == (6, 22), d.render()
+
+
+def test_placeholder_column_in_a_quoted_value_keyless_reads(load_errors: LoadErrors) -> None:
+    (d,) = load_errors(connection('type: awsRole\nrole: "arn:aws:iam::123456789012:role/${ROLE}"'))
+    assert at(d) == (6, 47), d.render()
 
 
 def test_a_placeholder_expands_into_the_field_and_is_then_validated(load_errors: LoadErrors, load_ok: LoadOk) -> None:
