@@ -1252,9 +1252,11 @@ def test_a_misspelled_connections_key_in_the_second_app_is_an_error_where_writte
     ("apps:\n  - name: a\n", "missing required field `services`", (2, 5)),
 ])
 def test_multi_app_file_rules(text: str, fragment: str, where: tuple[int, int]) -> None:
-    d = one(rejected(text, "a"), fragment)
+    errors = rejected(text, "a")
+    d = one(errors, fragment)
     assert at(d) == where, d.render()
     assert d.hint
+    assert len(errors) == 1, "\n".join(e.render() for e in errors)
 
 
 def test_an_unknown_top_level_field_of_a_multi_app_file_is_a_warning() -> None:

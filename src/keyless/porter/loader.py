@@ -582,12 +582,12 @@ def _app_documents(doc: Located, env: Mapping[str, str], out: _Collector) -> lis
     """The apps of the file: the whole of it, or each item of `apps:` (Porter's multi-app form) as its own part."""
     if not isinstance(doc.value, dict) or "apps" not in doc.value:
         return [((), doc)]
-    top = Located(doc.file, {k: v for k, v in doc.value.items() if k != "apps"}, doc.values, doc.keys, doc.texts,
-                  doc.lines)
-    for key in top.value:
+    for key in doc.value:
         if key in ACTED_ON_FIELDS:
             out.error(doc.key_at((key,)), f"`{key}` at the top level of a file with `apps:` is not read",
                       f"in the multi-app form each app has its own `{key}`: move it under its app in `apps:`")
+    top = Located(doc.file, {k: v for k, v in doc.value.items() if k != "apps" and k not in ACTED_ON_FIELDS},
+                  doc.values, doc.keys, doc.texts, doc.lines)
     validate_document(AppList, top, env, out, reads=lambda path: False)
     apps = doc.value["apps"]
     if not isinstance(apps, list):
