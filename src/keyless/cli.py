@@ -20,7 +20,7 @@ from keyless import __version__, clouds
 from keyless.console import apply_with_progress
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.errors import InvalidInput, KeylessError, UsageError
-from keyless.inputs import load_app_file, load_targets_file
+from keyless.inputs import load_app_file, load_apps_file, load_targets_file
 from keyless.porter import LoadedApp
 from keyless.porter.model import App
 
@@ -73,8 +73,9 @@ def _print_diagnostics(diagnostics: tuple[Diagnostic, ...] | list[Diagnostic]) -
         err.print(d.render(), markup=False)
 
 
-def _load(path: Path) -> LoadedApp:
-    return load_app_file(path, os.environ)
+def _load(path: Path, app_name: str | None = None) -> LoadedApp:
+    """The app of porter.yaml; of a multi-app file, the one --app names (which may be left out when it holds one)."""
+    return load_app_file(path, os.environ, app_name)
 
 
 def _summary(loaded: LoadedApp) -> dict[str, Any]:
@@ -96,26 +97,29 @@ def validate(
 ) -> None:
     """Check porter.yaml and print what keyless reads from it. Exit 2 when it is invalid."""
     try:
-        loaded = _load(file)
+        apps = load_apps_file(file, os.environ)
     except InvalidInput as exc:
         if output is OutputFormat.JSON:
             print(json.dumps({"file": str(file), "valid": False,
                               "diagnostics": [d.as_json() for d in exc.diagnostics]}, indent=2))
             raise typer.Exit(2) from None
         raise
+    diagnostics = apps[0].diagnostics  # the whole file's, the same for each of its apps
     if output is OutputFormat.JSON:
-        print(json.dumps({"file": str(file), "valid": True, "app": _summary(loaded),
-                          "diagnostics": [d.as_json() for d in loaded.diagnostics]}, indent=2))
+        summaries = {"apps": [_summary(loaded) for loaded in apps]} if apps[0].path else {"app": _summary(apps[0])}
+        print(json.dumps({"file": str(file), "valid": True, **summaries,
+                          "diagnostics": [d.as_json() for d in diagnostics]}, indent=2))
         return
-    _print_diagnostics(loaded.diagnostics)
-    a = loaded.app
-    warnings = sum(1 for d in loaded.diagnostics if d.severity is Severity.WARNING)
-    name = repr(a.name) if a.name else "(no name: pass --app or set `name:`)"
-    out.print(f"{file}: valid. App {name}, {len(a.services)} service(s)"
-              + (f", {warnings} warning(s)" if warnings else ""), markup=False)
-    for s in a.services:
-        conns = ", ".join(_describe_connection(c) for c in s.connections) or "-"
-        out.print(f"  {s.name:<24} {s.kind.value:<7} {conns}", markup=False)
+    _print_diagnostics(diagnostics)
+    warnings = sum(1 for d in diagnostics if d.severity is Severity.WARNING)
+    for loaded in apps:
+        a = loaded.app
+        name = repr(a.name) if a.name else "(no name: pass --app or set `name:`)"
+        out.print(f"{file}: valid. App {name}, {len(a.services)} service(s)"
+                  + (f", {warnings} warning(s)" if warnings else ""), markup=False)
+        for s in a.services:
+            conns = ", ".join(_describe_connection(c) for c in s.connections) or "-"
+            out.print(f"  {s.name:<24} {s.kind.value:<7} {conns}", markup=False)
 
 
 def _describe_connection(connection: Any) -> str:
@@ -202,7 +206,7 @@ def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: 
     from keyless import engine
     from keyless.porter import resolve_app_name
 
-    loaded = _load(file)
+    loaded = _load(file, app_name)
     _print_diagnostics(loaded.diagnostics)
     name, target = _target(target_name, targets_file)
     resolved_app = resolve_app_name(loaded, app_name, os.environ)
@@ -390,7 +394,7 @@ def audit(
     from keyless.bindings import desired_bindings
     from keyless.porter import resolve_app_name
 
-    loaded = _load(file)
+    loaded = _load(file, app_name)
     _print_diagnostics(loaded.diagnostics)
     name, tgt = _target(target, targets)
     resolved = resolve_app_name(loaded, app_name, os.environ)
@@ -421,7 +425,7 @@ def render(
     from keyless import engine
     from keyless.porter import resolve_app_name
 
-    loaded = _load(file)
+    loaded = _load(file, app_name)
     _print_diagnostics(loaded.diagnostics)
     name, tgt = _target(target, targets)
     resolved = resolve_app_name(loaded, app_name, os.environ)
@@ -442,7 +446,7 @@ def status(
     from keyless import engine
     from keyless.porter import resolve_app_name
 
-    loaded = _load(file) if file is not None else None
+    loaded = _load(file, app_name) if file is not None else None
     name, tgt = _target(target, targets)
     if loaded is not None:
         resolved = resolve_app_name(loaded, app_name, os.environ)

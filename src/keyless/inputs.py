@@ -11,7 +11,7 @@ from pathlib import Path
 
 from keyless.diagnostics import START, Diagnostic, Severity
 from keyless.errors import InvalidInput
-from keyless.porter.loader import LoadedApp, load_app
+from keyless.porter.loader import LoadedApp, load_app, load_apps
 from keyless.porter.yamlsource import MAX_BYTES, TOO_LARGE_HINT
 from keyless.targets import Targets, load_targets
 
@@ -36,8 +36,14 @@ def read_file(path: str | Path) -> bytes:
     raise InvalidInput([Diagnostic(Severity.ERROR, str(path), START, problem, hint)])
 
 
-def load_app_file(path: str | Path, env: Mapping[str, str]) -> LoadedApp:
-    return load_app(read_file(path), str(path), env)
+def load_app_file(path: str | Path, env: Mapping[str, str], app_name: str | None = None) -> LoadedApp:
+    """The app of a porter.yaml; in a multi-app file (`apps:`), the one named `app_name`."""
+    return load_app(read_file(path), str(path), env, app_name)
+
+
+def load_apps_file(path: str | Path, env: Mapping[str, str]) -> tuple[LoadedApp, ...]:
+    """Every app of a porter.yaml: one, or each of `apps:`."""
+    return load_apps(read_file(path), str(path), env)
 
 
 def load_targets_file(path: str | Path, env: Mapping[str, str]) -> Targets:

@@ -25,7 +25,7 @@ import pytest
 
 from keyless.diagnostics import Diagnostic, Severity
 from keyless.errors import InvalidInput
-from keyless.porter import load_app
+from keyless.porter import load_app, load_apps
 from keyless.porter.yamlsource import MAX_BYTES
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -211,17 +211,18 @@ def test_a_file_exactly_at_the_size_cap_still_loads() -> None:
 
 def _check_valid(case: Case, data: bytes) -> None:
     try:
-        loaded = load_app(data, case.path.name, case.env)
+        apps = load_apps(data, case.path.name, case.env)
     except InvalidInput as exc:
         pytest.fail(f"{case.path.name} was rejected:\n{exc.render()}")
-    found = list(loaded.diagnostics)
+    assert all(loaded.diagnostics == apps[0].diagnostics for loaded in apps), "each app carries the file's"
+    found = list(apps[0].diagnostics)
     assert not [d for d in found if d.severity is Severity.ERROR]
     missing = [str(e) for e in case.expects if not any(e.matches(d) for d in found)]
     assert not missing, f"expected {missing}, got:\n{_listing(found)}"
     expected_at = {(e.severity, e.line) for e in case.expects}
     unexpected = [d for d in found if (d.severity, d.position.line) not in expected_at]
     assert not unexpected, "unexpected warnings or notes:\n" + _listing(unexpected)
-    assert loaded.app.services, "a valid app has services"
+    assert all(loaded.app.services for loaded in apps), "a valid app has services"
 
 
 @pytest.mark.parametrize("path", VALID, ids=_ids(VALID))
@@ -318,7 +319,7 @@ def _loader_says(case: Case) -> tuple[Diagnostic, ...] | None:
     The corpus expectations are checked against the loader above; these tests check only the CLI's face.
     """
     try:
-        load_app(case.data, str(case.path), case.env)
+        load_apps(case.data, str(case.path), case.env)
     except InvalidInput as exc:
         return exc.diagnostics
     return None

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import textwrap
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from keyless.bindings import desired_bindings
+from keyless.cli import app as cli
 from keyless.diagnostics import Diagnostic, Position, Severity
 from keyless.errors import InvalidInput
 from keyless.porter import (
@@ -18,11 +23,14 @@ from keyless.porter import (
     LoadedApp,
     ServiceType,
     load_app,
+    load_apps,
     resolve_app_name,
 )
-from keyless.porter.loader import one_edit_apart
+from keyless.porter.loader import one_edit_apart, read_by_keyless
+from keyless.porter.model import EnvVariable
 from keyless.porter.placeholders import expand
 from keyless.porter.yamlsource import MAX_DEPTH, read_yaml
+from keyless.targets import load_targets
 
 LoadOk = Callable[..., LoadedApp]  # the conftest fixtures
 LoadErrors = Callable[..., list[Diagnostic]]
@@ -372,7 +380,7 @@ def test_a_service_needs_a_name(load_errors: LoadErrors) -> None:
     ("terminationGracePeriodSeconds", "-1", "`terminationGracePeriodSeconds` must be at least 0"),
     ("domains", "shop.example.com", "`domains` must be a list"),
     ("healthCheck", "true", "`healthCheck` must be a mapping"),
-    ("env", "[A=1]", "`env` must be a mapping"),
+    ("env", "A=1", "`env` must be a mapping"),
     ("run", "[node, server.js]", "`run` must be a string"),
 ])
 def test_service_field_values_are_checked(load_errors: LoadErrors, field: str, value: str, fragment: str) -> None:
@@ -427,24 +435,49 @@ def test_each_service_item_must_be_a_mapping_and_the_message_says_so(load_errors
 # --- type inference ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fields", "kind", "because"), [
-    ("cron: '0 * * * *'\n", ServiceType.JOB, "it has a `cron` schedule"),
-    ("port: 8080\n", ServiceType.WEB, "it has a port"),
-    ("domains:\n  - name: shop.example.com\n", ServiceType.WEB, "it has a port"),
-    ("run: ./worker\n", ServiceType.WORKER, "it has no port"),
+@pytest.mark.parametrize(("name", "kind", "because"), [
+    ("web", ServiceType.WEB, "its name contains `web`"),
+    ("api-web", ServiceType.WEB, "its name contains `web`"),
+    ("mailer-wkr", ServiceType.WORKER, "its name contains `wkr`"),
+    ("web-worker", ServiceType.WORKER, "its name contains `worker`"),  # the last word found wins, as in Porter
+    ("nightly-job", ServiceType.JOB, "its name contains `job`"),
+    ("web-job", ServiceType.JOB, "its name contains `job`"),
+    ("api", ServiceType.WORKER, "its name contains none of web, worker, wkr, job (Porter's default)"),
 ])
-def test_a_service_without_type_is_inferred_with_a_warning(
-    load_ok: LoadOk, fields: str, kind: ServiceType, because: str,
+def test_a_service_without_type_is_inferred_from_its_name_as_porter_does(
+    load_ok: LoadOk, name: str, kind: ServiceType, because: str,
 ) -> None:
-    text = "services:\n  - name: svc\n" + textwrap.indent(fields, "    ")
-    loaded = load_ok(text)
+    loaded = load_ok(f"services:\n  - name: {name}\n    run: ./start\n")
     d = one(loaded.diagnostics, "has no `type`")
     assert d.severity is Severity.WARNING
     assert at(d) == (2, 5)
-    assert f"treats it as {kind.value} because {because}" in d.message
+    assert f"Porter treats it as {kind.value} because {because}, and so does keyless" in d.message
     assert d.hint == f"add `type: {kind.value}` to make it explicit"
     assert loaded.app.services[0].kind is kind
     assert loaded.app.services[0].type is None
+
+
+@pytest.mark.parametrize(("fields", "what"), [
+    ("port: 8080\n", "port"),
+    ("domains:\n  - name: a.example.com\n", "domain"),
+])
+def test_a_port_on_a_service_porter_will_not_serve_as_web_is_pointed_out(
+    load_ok: LoadOk, fields: str, what: str,
+) -> None:
+    loaded = load_ok("services:\n  - name: api\n" + textwrap.indent(fields, "    "))
+    d = one(loaded.diagnostics, "has no `type`")
+    assert "treats it as worker" in d.message
+    assert d.hint == (f"it has a {what}, yet Porter will not serve it as web: add `type: web` if it serves HTTP, "
+                      "else `type: worker`")
+    assert loaded.app.services[0].kind is ServiceType.WORKER
+
+
+def test_a_cron_schedule_on_a_service_porter_makes_a_worker_is_a_warning(load_ok: LoadOk) -> None:
+    loaded = load_ok("services:\n  - name: report\n    cron: '0 * * * *'\n")
+    assert "treats it as worker" in one(loaded.diagnostics, "has no `type`").message
+    d = one(loaded.diagnostics, "`cron` only applies to jobs")
+    assert (d.severity, at(d)) == (Severity.WARNING, (3, 5))
+    assert loaded.app.services[0].kind is ServiceType.WORKER
 
 
 def test_cron_on_a_web_service_is_a_warning(load_ok: LoadOk) -> None:
@@ -627,7 +660,9 @@ def test_aws_role_forms_load(load_ok: LoadOk, role: str, name: str, path: str, p
     ("version: 2\nservices: [{name: a, type: web}]\n", "`version` must be 'v2'", (1, 10)),
     ("name: My_App\nservices: [{name: a, type: web}]\n", "app name 'My_App' is not a valid name", (1, 7)),
     ("name: " + "a" * 32 + "\nservices: [{name: a, type: web}]\n", "the limit is 31", (1, 7)),
-    ("env: [A=1]\nservices: [{name: a, type: web}]\n", "`env` must be a mapping", (1, 6)),
+    ("env: A=1\nservices: [{name: a, type: web}]\n", "`env` must be a mapping", (1, 6)),
+    ("env: [A=1]\nservices: [{name: a, type: web}]\n", "item 1 of `env` must be a mapping", (1, 7)),
+    ("env: [{value: x}]\nservices: [{name: a, type: web}]\n", "missing required field `key`", (1, 7)),
     ("env:\n  DB:\n    host: x\nservices: [{name: a, type: web}]\n", "`DB` must be a string, got a mapping", (3, 5)),
     ("envGroups: prod\nservices: [{name: a, type: web}]\n", "`envGroups` must be a list", (1, 12)),
     ("build: {method: nixpacks}\nservices: [{name: a, type: web}]\n", "`method` must be 'docker' or 'pack'", (1, 17)),
@@ -744,32 +779,109 @@ def test_placeholder_problems(text: str, offset: int, fragment: str) -> None:
     assert p.hint
 
 
-def test_every_unset_variable_is_reported_with_its_line_and_column(load_errors: LoadErrors) -> None:
+def test_an_unset_variable_in_a_field_keyless_acts_on_is_an_error(load_errors: LoadErrors) -> None:
     errors = load_errors("""\
         name: ${APP_NAME}
+        services:
+          - name: ${SERVICE}
+            type: ${TYPE}
+            connections:
+              - type: awsRole
+                role: ${ROLE}
+        predeploy:
+          name: ${JOB}
+          connections:
+            - type: gcpServiceAccount
+              serviceAccountEmail: ${GSA}@shop-prod.iam.gserviceaccount.com
+        """)
+    assert [(at(d), d.message.split(" (")[0]) for d in errors] == [
+        ((1, 7), "environment variable APP_NAME is not set"),
+        ((3, 11), "environment variable SERVICE is not set"),
+        ((4, 11), "environment variable TYPE is not set"),
+        ((7, 15), "environment variable ROLE is not set"),
+        ((9, 9), "environment variable JOB is not set"),
+        ((12, 28), "environment variable GSA is not set"),
+    ]
+    assert all("export" in d.hint for d in errors)
+
+
+def test_an_unset_variable_in_a_field_keyless_never_reads_is_a_warning_and_kept_as_written(load_ok: LoadOk) -> None:
+    loaded = load_ok("""\
+        name: shop
+        namespace: ${NAMESPACE}
+        image:
+          repository: ghcr.io/acme/shop
+          tag: ${IMAGE_TAG}
+        env:
+          REDIS_URL: ${REDIS_URL}
         services:
           - name: api
             type: web
             run: node server.js --port ${PORT}
             env:
-              DATABASE_URL: ${DATABASE_URL}
+              - key: DATABASE_URL
+                value: ${DATABASE_URL}
         """)
-    assert [(at(d), d.message.split(" (")[0]) for d in errors] == [
-        ((1, 7), "environment variable APP_NAME is not set"),
-        ((5, 32), "environment variable PORT is not set"),
-        ((7, 21), "environment variable DATABASE_URL is not set"),
+    warnings_ = [d for d in loaded.diagnostics if d.severity is Severity.WARNING]
+    assert [(at(d), d.message) for d in warnings_ if "is not set" in d.message] == [
+        ((2, 12), "environment variable NAMESPACE is not set (used as ${NAMESPACE})"),
+        ((5, 8), "environment variable IMAGE_TAG is not set (used as ${IMAGE_TAG})"),
+        ((7, 14), "environment variable REDIS_URL is not set (used as ${REDIS_URL})"),
+        ((11, 32), "environment variable PORT is not set (used as ${PORT})"),
+        ((14, 16), "environment variable DATABASE_URL is not set (used as ${DATABASE_URL})"),
     ]
-    assert all("export" in d.hint for d in errors)
+    assert all("keyless does not use this field" in d.hint for d in warnings_ if "is not set" in d.message)
+    app = loaded.app
+    assert app.image is not None
+    assert app.image.tag == "${IMAGE_TAG}"
+    assert app.env == {"REDIS_URL": "${REDIS_URL}"}
+    assert app.services[0].run == "node server.js --port ${PORT}"
 
 
-def test_placeholder_column_in_a_quoted_value(load_errors: LoadErrors) -> None:
-    (d,) = load_errors(service('run: "node server.js --port ${PORT}"\n'))
+def test_a_value_kept_as_written_that_is_not_of_its_type_is_left_out_not_rejected(load_ok: LoadOk) -> None:
+    loaded = load_ok(service("port: ${PORT}\ninstances: ${REPLICAS}\nautoscaling: ${AUTOSCALING}\n"))
+    assert [d.position.line for d in loaded.diagnostics if "is not set" in d.message] == [4, 5, 6]
+    api = loaded.app.services[0]
+    assert (api.port, api.instances, api.autoscaling) == (None, None, None)
+
+
+def test_a_value_kept_as_written_does_not_hide_a_real_error(load_errors: LoadErrors) -> None:
+    (d,) = load_errors(service("port: ${PORT}\ninstances: -1\n"))
+    assert (at(d), "`instances` must be at least 0" in d.message) == ((5, 16), True)
+
+
+def test_a_malformed_placeholder_in_a_field_keyless_never_reads_is_a_warning(load_ok: LoadOk) -> None:
+    loaded = load_ok(service('run: bash -c \'for f in ${FILES[@]}; do echo "$f"; done\'\n'))
+    d = one(loaded.diagnostics, "is not a valid placeholder")
+    assert (d.severity, at(d)) == (Severity.WARNING, (4, 28))
+    assert loaded.app.services[0].run == 'bash -c \'for f in ${FILES[@]}; do echo "$f"; done\''
+
+
+@pytest.mark.parametrize(("path", "read"), [
+    (("name",), True), (("services", 0, "name"), True), (("services", 3, "type"), True),
+    (("services", 0, "connections", 1, "role"), True), (("predeploy", "name"), True),
+    (("initialDeploy", "connections", 0, "identityName"), True),
+    (("services", 0, "env", "A"), False), (("services", 0, "run"), False), (("env", 0, "value"), False),
+    (("image", "tag"), False), (("build", "context"), False), (("namespace",), False), (("services", 0, "port"), False),
+    (("predeploy", "run"), False), (("services", 0, "previews", "connections", 0, "role"), False),
+])
+def test_which_fields_keyless_reads(path: tuple[str | int, ...], read: bool) -> None:
+    assert read_by_keyless(path) is read
+
+
+def test_placeholder_column_in_a_quoted_value(load_ok: LoadOk) -> None:
+    d = one(load_ok(service('run: "node server.js --port ${PORT}"\n')).diagnostics, "PORT")
     assert at(d) == (4, 33), d.render()
 
 
-def test_placeholder_line_in_a_block_scalar(load_errors: LoadErrors) -> None:
-    (d,) = load_errors(service("run: |\n  ./migrate\n  ./serve --port ${PORT}\n"))
+def test_placeholder_line_in_a_block_scalar(load_ok: LoadOk) -> None:
+    d = one(load_ok(service("run: |\n  ./migrate\n  ./serve --port ${PORT}\n")).diagnostics, "PORT")
     assert at(d) == (6, 22), d.render()
+
+
+def test_placeholder_column_in_a_quoted_value_keyless_reads(load_errors: LoadErrors) -> None:
+    (d,) = load_errors(connection('type: awsRole\nrole: "arn:aws:iam::123456789012:role/${ROLE}"'))
+    assert at(d) == (6, 47), d.render()
 
 
 def test_a_placeholder_expands_into_the_field_and_is_then_validated(load_errors: LoadErrors, load_ok: LoadOk) -> None:
@@ -912,3 +1024,304 @@ def test_a_huge_value_is_not_echoed_whole(load_errors: LoadErrors) -> None:
     [d] = [e for e in load_errors(service("").replace("name: api", "name: " + "a" * 500_000)) if "500000" in e.message]
     assert len(d.render()) < 1_000
     assert "(500,002 characters)" in d.message  # says how long it was, quotes included
+
+
+# === porter.yaml as Porter itself writes and documents it ======================================
+
+
+def rejected(text: str, app_name: str | None = None) -> list[Diagnostic]:
+    with pytest.raises(InvalidInput) as caught:
+        load_app(textwrap.dedent(text).encode(), "porter.yaml", {}, app_name)
+    return [d for d in caught.value.diagnostics if d.severity is Severity.ERROR]
+
+
+# --- env in Porter's list form -----------------------------------------------------------------
+
+
+def test_env_in_list_form_loads_at_app_and_service_level(load_ok: LoadOk) -> None:
+    loaded = load_ok("""\
+        env:
+          - key: CACHE_VERSION
+            value: 1.10
+          - key: API_URL
+            from: {source: app, name: backend, value: internal_domain, service: server}
+        services:
+          - name: web
+            type: web
+            env:
+              - key: WORKERS
+                value: 4
+              - key: EMPTY
+        """)
+    assert loaded.diagnostics == ()
+    app_env = loaded.app.env
+    assert isinstance(app_env, list)
+    assert [(e.key, e.value) for e in app_env] == [("CACHE_VERSION", "1.10"), ("API_URL", None)]  # as written
+    source = app_env[1].from_
+    assert source is not None
+    assert (source.source, source.name, source.value, source.service) == ("app", "backend", "internal_domain",
+                                                                          "server")
+    assert loaded.app.services[0].env == [EnvVariable(key="WORKERS", value="4"), EnvVariable(key="EMPTY")]
+
+
+def test_env_in_mapping_form_still_loads_as_a_mapping(load_ok: LoadOk) -> None:
+    assert load_ok(service("env:\n  PORT: 8080\n")).app.services[0].env == {"PORT": "8080"}
+
+
+def test_a_list_form_env_entry_without_key_is_located(load_errors: LoadErrors) -> None:
+    d = one(load_errors(service("env:\n  - value: x\n")), "missing required field `key`")
+    assert at(d) == (5, 9), d.render()
+
+
+def test_an_unknown_field_of_a_list_form_env_entry_is_a_warning(load_ok: LoadOk) -> None:
+    d = one(load_ok(service("env:\n  - key: A\n    valu: x\n")).diagnostics, "unknown field `valu`")
+    assert (d.severity, at(d), d.hint) == (Severity.WARNING, (6, 9), "did you mean `value`?")
+
+
+def test_env_as_a_list_of_strings_says_which_forms_are_read(load_errors: LoadErrors) -> None:
+    errors = load_errors(service("env:\n  - A=1\n"))
+    d = one(errors, "item 1 of `env` must be a mapping")
+    assert at(d) == (5, 9)
+    assert "`- key: NAME`" in d.hint
+
+
+# --- Porter's fields keyless does not use ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "key", "where"), [
+    (service("loadBalancers:\n  - type: private\n"), "loadBalancers", (4, 5)),
+    (service("sleep: true\n"), "sleep", (4, 5)),
+    (service("customAutoscaling:\n  enabled: false\n"), "customAutoscaling", (4, 5)),
+    (service("smartOptimization: true\n"), "smartOptimization", (4, 5)),
+    (service("autoscaling:\n  enabled: true\n  gpuThresholdPercent: 80\n"), "gpuThresholdPercent", (6, 7)),
+    (service("autoscaling:\n  gpuMemoryThresholdPercent: 80\n"), "gpuMemoryThresholdPercent", (5, 7)),
+    (service("", head="deploymentStrategy:\n  blueGreen: {}\n"), "deploymentStrategy", (1, 1)),
+    (service("", head="requiredApps:\n  - name: backend\n"), "requiredApps", (1, 1)),
+    (service("", head="addons:\n  - name: db\n    type: postgres\n"), "addons", (1, 1)),
+    (service("", head="build:\n  method: docker\n  commitSha: abc123\n"), "commitSha", (3, 3)),
+])
+def test_a_porter_field_keyless_does_not_use_is_a_note_not_unknown(
+    load_ok: LoadOk, text: str, key: str, where: tuple[int, int],
+) -> None:
+    (d,) = load_ok(text).diagnostics
+    assert (d.severity, at(d), d.message) == (Severity.NOTE, where, f"`{key}` is a Porter field keyless does not use")
+    assert "did you mean" not in d.hint
+
+
+def test_load_balancers_is_not_told_to_become_load_balancer_config(load_ok: LoadOk) -> None:
+    loaded = load_ok(service("loadBalancers:\n  - type: public\n"))
+    assert not [d for d in loaded.diagnostics if "loadBalancerConfig" in d.message + d.hint]
+
+
+def test_a_porter_field_at_a_place_it_does_not_belong_is_still_unknown(load_ok: LoadOk) -> None:
+    d = one(load_ok(service("", head="sleep: true\n")).diagnostics, "sleep")
+    assert (d.severity, d.message) == (Severity.WARNING, "unknown field `sleep`")
+
+
+def test_a_misspelled_connections_key_is_still_an_error_beside_porter_fields(load_errors: LoadErrors) -> None:
+    d = one(load_errors(service("sleep: false\nconections:\n  - type: awsRole\n    role: api\n")), "conections")
+    assert "did you mean `connections`?" in d.message
+
+
+# --- connections keyless never binds -----------------------------------------------------------
+
+TARGETS = b"targets:\n  prod:\n    cloud: aws\n    region: us-east-1\n    cluster: prod\n    namespace: shop\n"
+
+
+def test_a_connection_under_previews_is_warned_about_and_not_bound(load_ok: LoadOk) -> None:
+    loaded = load_ok("""\
+        name: shop
+        services:
+          - name: api
+            type: web
+            connections:
+              - {type: awsRole, role: shop-api}
+        previews:
+          services:
+            - name: api
+              connections:
+                - {type: awsRole, role: shop-api-preview}
+          predeploy:
+            connections:
+              - {type: awsRole, role: shop-migrate-preview}
+        """)
+    found = [d for d in loaded.diagnostics if "does not act on connections" in d.message]
+    assert [(d.severity, at(d)) for d in found] == [(Severity.WARNING, (10, 7)), (Severity.WARNING, (13, 5))]
+    assert all("`previews`" in d.message for d in found)
+    targets = load_targets(TARGETS, "keyless.targets.yaml", {})
+    bindings, _ = desired_bindings(loaded, "shop", "prod", targets.get("prod"))
+    assert [b.service for b in bindings] == ["api"]
+
+
+def test_a_connection_under_experimental_is_warned_about(load_ok: LoadOk) -> None:
+    loaded = load_ok(service("experimental:\n  connections:\n    - {type: awsRole, role: x}\n"))
+    d = one(loaded.diagnostics, "does not act on connections under `experimental`")
+    assert (d.severity, at(d)) == (Severity.WARNING, (5, 7))
+    assert loaded.app.services[0].connections == []
+
+
+def test_previews_without_connections_is_only_a_note(load_ok: LoadOk) -> None:
+    (d,) = load_ok(service("", head="previews:\n  services:\n    - name: api\n      instances: 1\n")).diagnostics
+    assert d.severity is Severity.NOTE
+
+
+# --- the multi-app file ------------------------------------------------------------------------
+
+MULTI = """\
+apps:
+  - version: v2
+    name: backend
+    services:
+      - name: server
+        type: web
+        connections:
+          - type: awsRole
+            role: backend-server
+  - version: v2
+    name: frontend
+    services:
+      - name: dashboard
+        type: web
+        connections:
+          - type: awsRole
+            role: frontend-dashboard
+addons:
+  - name: db
+    type: postgres
+"""
+
+
+def test_every_app_of_a_multi_app_file_loads() -> None:
+    apps = load_apps(MULTI.encode(), "porter.yaml", {})
+    assert [(a.app.name, a.path, [s.name for s in a.app.services]) for a in apps] == [
+        ("backend", ("apps", 0), ["server"]), ("frontend", ("apps", 1), ["dashboard"])]
+    (note,) = apps[0].diagnostics
+    assert (note.severity, at(note), note.message) == (Severity.NOTE, (18, 1),
+                                                        "`addons` is a Porter field keyless does not use")
+    assert apps[1].diagnostics == apps[0].diagnostics
+
+
+def test_app_name_picks_one_app_and_positions_point_into_it() -> None:
+    loaded = load_app(MULTI.encode(), "porter.yaml", {}, "frontend")
+    assert loaded.app.name == "frontend"
+    service_at, connection_at = loaded.service_position(0), loaded.connection_position(0, 0)
+    assert (service_at.line, service_at.column) == (13, 9)
+    assert (connection_at.line, connection_at.column) == (16, 13)
+    targets = load_targets(TARGETS, "keyless.targets.yaml", {})
+    bindings, _ = desired_bindings(loaded, "frontend", "prod", targets.get("prod"))
+    assert [(b.app, b.service, b.service_account) for b in bindings] == [
+        ("frontend", "dashboard", "frontend-dashboard")]
+
+
+def test_a_multi_app_file_without_app_name_says_which_apps_it_holds() -> None:
+    (d,) = rejected(MULTI)
+    assert d.message == "the file holds 2 apps (backend, frontend); keyless works on one at a time"
+    assert d.hint == "pass --app NAME, one of: backend, frontend"
+    assert at(d) == (1, 1)
+
+
+def test_an_app_name_the_file_does_not_hold_is_an_error_listing_the_apps() -> None:
+    (d,) = rejected(MULTI, "billing")
+    assert d.message == "the file holds no app named 'billing'"
+    assert d.hint == "its apps: backend, frontend; pass one of them to --app"
+
+
+def test_a_multi_app_file_of_one_app_needs_no_app_name() -> None:
+    text = "apps:\n  - name: solo\n    services:\n      - {name: api, type: web}\n"
+    assert load_app(text.encode(), "porter.yaml", {}).app.name == "solo"
+
+
+def test_a_misspelled_connections_key_in_the_second_app_is_an_error_where_written() -> None:
+    errors = rejected(MULTI.replace("        connections:\n          - type: awsRole\n            role: frontend",
+                                    "        conections:\n          - type: awsRole\n            role: frontend"))
+    d = one(errors, "did you mean `connections`?")
+    assert at(d) == (15, 9)
+
+
+@pytest.mark.parametrize(("text", "fragment", "where"), [
+    ("apps: []\n", "`apps` is empty", (1, 7)),
+    ("apps: backend\n", "`apps` must be a list", (1, 7)),
+    ("apps:\n  - backend\n", "item 1 of `apps` must be a mapping", (2, 5)),
+    ("apps:\n  - services: [{name: api, type: web}]\n", "app 1 of `apps` has no `name`", (2, 5)),
+    ("apps:\n  - {name: a, services: [{name: api, type: web}]}\n  - {name: a, services: [{name: w, type: web}]}\n",
+     "app name 'a' is used twice (first at line 2)", (3, 12)),
+    ("name: shop\napps:\n  - {name: a, services: [{name: api, type: web}]}\n",
+     "`name` at the top level of a file with `apps:` is not read", (1, 1)),
+    ("services: [{name: api, type: web}]\napps:\n  - {name: a, services: [{name: w, type: web}]}\n",
+     "`services` at the top level of a file with `apps:` is not read", (1, 1)),
+    ("apps:\n  - name: a\n", "missing required field `services`", (2, 5)),
+])
+def test_multi_app_file_rules(text: str, fragment: str, where: tuple[int, int]) -> None:
+    errors = rejected(text, "a")
+    d = one(errors, fragment)
+    assert at(d) == where, d.render()
+    assert d.hint
+    assert len(errors) == 1, "\n".join(e.render() for e in errors)
+
+
+def test_an_unknown_top_level_field_of_a_multi_app_file_is_a_warning() -> None:
+    (loaded,) = load_apps(b"apps:\n  - {name: a, services: [{name: api, type: web}]}\nextra: 1\n", "p.yaml", {})
+    d = one(loaded.diagnostics, "unknown field `extra`")
+    assert (d.severity, at(d)) == (Severity.WARNING, (3, 1))
+
+
+def test_an_unset_variable_in_addons_is_a_warning() -> None:
+    text = "apps:\n  - {name: a, services: [{name: api, type: web}]}\naddons:\n  - name: db\n    type: ${DB_TYPE}\n"
+    (loaded,) = load_apps(text.encode(), "p.yaml", {})
+    d = one(loaded.diagnostics, "DB_TYPE is not set")
+    assert (d.severity, at(d)) == (Severity.WARNING, (5, 11))
+
+
+# --- the CLI picks the app with --app ----------------------------------------------------------
+
+
+@pytest.fixture
+def multi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("KEYLESS_TARGETS", "PORTER_APP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "porter.yaml"
+    path.write_text(MULTI)
+    (tmp_path / "keyless.targets.yaml").write_bytes(TARGETS)
+    return path
+
+
+def test_cli_validate_lists_every_app_of_a_multi_app_file(multi: Path) -> None:
+    result = CliRunner().invoke(cli, ["validate", "-f", str(multi)])
+    assert result.exit_code == 0, result.output
+    assert f"{multi}: valid. App 'backend', 1 service(s)" in result.output
+    assert f"{multi}: valid. App 'frontend', 1 service(s)" in result.output
+
+
+def test_cli_validate_json_of_a_multi_app_file_lists_the_apps(multi: Path) -> None:
+    result = CliRunner().invoke(cli, ["validate", "-f", str(multi), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [a["name"] for a in json.loads(result.stdout)["apps"]] == ["backend", "frontend"]
+
+
+@pytest.mark.parametrize("command", ["plan", "audit", "render"])
+def test_cli_command_on_a_multi_app_file_without_app_exits_2_naming_the_apps(multi: Path, command: str) -> None:
+    targets = multi.parent / "keyless.targets.yaml"
+    result = CliRunner().invoke(cli, [command, "-f", str(multi), "--target", "prod", "--targets", str(targets)])
+    assert result.exit_code == 2, result.output
+    assert f"{multi}:1:1: the file holds 2 apps (backend, frontend)" in result.output
+    assert "pass --app NAME, one of: backend, frontend" in result.output
+
+
+def test_cli_app_picks_the_app_of_a_multi_app_file(multi: Path) -> None:
+    """With --app the file loads and the command goes on to the target (here an unknown one: exit 2 for that)."""
+    targets = multi.parent / "keyless.targets.yaml"
+    result = CliRunner().invoke(cli, ["plan", "-f", str(multi), "--app", "frontend", "--target", "nope",
+                                      "--targets", str(targets)])
+    assert result.exit_code == 2, result.output
+    assert "holds 2 apps" not in result.output
+    assert "nope" in result.output
+    unknown = CliRunner().invoke(cli, ["plan", "-f", str(multi), "--app", "billing", "--target", "prod",
+                                       "--targets", str(targets)])
+    assert unknown.exit_code == 2, unknown.output
+    assert "the file holds no app named 'billing'" in unknown.output
+
+
+def test_a_single_app_file_is_one_loaded_app_at_the_root(load_ok: LoadOk) -> None:
+    loaded: LoadedApp = load_ok(service(""))
+    assert loaded.path == ()
+    assert load_apps(service("").encode(), "porter.yaml", {}) == (loaded,)

@@ -1,6 +1,6 @@
 """porter.yaml: reading, validating and modelling an app and its services' connections."""
 
-from keyless.porter.loader import LoadedApp, load_app, resolve_app_name
+from keyless.porter.loader import LoadedApp, load_app, load_apps, resolve_app_name
 from keyless.porter.model import (
     App,
     AwsRoleConnection,
@@ -25,5 +25,6 @@ __all__ = [
     "Service",
     "ServiceType",
     "load_app",
+    "load_apps",
     "resolve_app_name",
 ]

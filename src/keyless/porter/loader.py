@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -16,7 +16,17 @@ from keyless import names
 from keyless.diagnostics import START, Diagnostic, Position, Severity, errors_in, sort_diagnostics
 from keyless.errors import InvalidInput
 from keyless.names import PORTER_NAME_MAX
-from keyless.porter.model import IDENTITY_TYPES, JOB_DEFAULT_NAMES, App, ConnectionType
+from keyless.porter.model import (
+    ENV_FORMS,
+    IDENTITY_TYPES,
+    JOB_DEFAULT_NAMES,
+    App,
+    AppList,
+    ConnectionType,
+    ServiceType,
+    is_porter_field,
+    porter_service_type,
+)
 from keyless.porter.placeholders import expand
 from keyless.porter.yamlsource import Located, Path, read_yaml
 
@@ -37,11 +47,15 @@ FIELD_HINTS = {
 
 @dataclass(frozen=True)
 class LoadedApp:
-    """A validated App, where it came from, and the warnings and notes found while loading it."""
+    """A validated App, where it came from, and the warnings and notes found while loading it.
+
+    `document` is the app's own part of the file (all of it, or one item of `apps:`), so paths into it start at the
+    app; `path` says where that part is (`()`, or `("apps", 1)`), and `diagnostics` are the whole file's."""
 
     app: App
     document: Located
     diagnostics: tuple[Diagnostic, ...] = field(default=())
+    path: Path = ()
 
     @property
     def file(self) -> str:
@@ -69,34 +83,87 @@ class _Collector:
 # --- placeholders ------------------------------------------------------------------------------
 
 
-def _expand_all(value: Any, path: Path, env: Mapping[str, str], out: _Collector, bad: set[Path],
-                used: dict[Path, list[str]]) -> Any:
+def _everything(path: Path) -> bool:
+    return True
+
+
+def read_by_keyless(path: Path) -> bool:
+    """Whether keyless reads the value at `path` of an app: the names it derives service accounts and bindings from
+    (and the type of workload it patches), and every connection. The rest (env values, build args, commands,
+    Porter's own settings) is Porter's alone and often filled in later by CI."""
+    match path:
+        case ("name",) | ("services", int(), "name" | "type") | ("services", int(), "connections", *_):
+            return True
+        case ("predeploy" | "initialDeploy", "name") | ("predeploy" | "initialDeploy", "connections", *_):
+            return True
+    return False
+
+
+@dataclass
+class _Placeholders:
+    """What expanding `${VAR}` found: values whose problem is already an error, values kept as written (their
+    placeholder could not be expanded in a field keyless does not read), and the variables each value used."""
+
+    bad: set[Path] = field(default_factory=set)
+    kept: set[Path] = field(default_factory=set)
+    used: dict[Path, list[str]] = field(default_factory=dict)
+
+
+def _expand_all(value: Any, path: Path, env: Mapping[str, str], out: _Collector, found: _Placeholders,
+                reads: Callable[[Path], bool]) -> Any:
     if isinstance(value, dict):
-        return {k: _expand_all(v, (*path, k), env, out, bad, used) for k, v in value.items()}
+        return {k: _expand_all(v, (*path, k), env, out, found, reads) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_all(v, (*path, i), env, out, bad, used) for i, v in enumerate(value)]
+        return [_expand_all(v, (*path, i), env, out, found, reads) for i, v in enumerate(value)]
     if isinstance(value, str) and "$" in value:
         expanded, problems, variables = expand(value, env)
         for p in problems:
-            out.error(out.doc.find(path, p.token), p.message, p.hint)
-            bad.add(path)
+            where = out.doc.find(path, p.token)
+            if reads(path):
+                out.error(where, p.message, p.hint)
+                found.bad.add(path)
+            else:
+                out.add(Severity.WARNING, where, p.message,
+                        f"keyless does not use this field and keeps `{p.token}` as written, for whatever fills "
+                        "it in before Porter deploys (your CI)")
+                found.kept.add(path)
         if variables:
-            used[path] = variables
+            found.used[path] = variables
         return expanded
+    return value
+
+
+def _without(value: Any, paths: set[Path]) -> Any:
+    """`value` without the values at `paths` (list items removed from the last, so indices stay right)."""
+    if not paths:
+        return value
+    if isinstance(value, dict):
+        return {k: _without(v, {p[1:] for p in paths if p[0] == k and len(p) > 1})
+                for k, v in value.items() if (k,) not in paths}
+    if isinstance(value, list):
+        return [_without(v, {p[1:] for p in paths if p[0] == i and len(p) > 1})
+                for i, v in enumerate(value) if (i,) not in paths]
     return value
 
 
 ENV_PATHS = ("env", "ingressAnnotations")
 
 
+def _written(value: Any, doc: Located, path: Path) -> Any:
+    return doc.texts.get(path, value) if isinstance(value, int | float) else value
+
+
 def _keep_written_env(value: Any, doc: Located, path: Path = ()) -> Any:
     """Env values keep their spelling (`1.10` stays "1.10", `0042` stays "0042"), as Porter passes them on."""
     if isinstance(value, dict):
-        result = {}
+        result: dict[str, Any] = {}
         for key, item in value.items():
             if key in ENV_PATHS and isinstance(item, dict):
-                result[key] = {k: (doc.texts.get((*path, key, k), v) if isinstance(v, int | float) else v)
-                               for k, v in item.items()}
+                result[key] = {k: _written(v, doc, (*path, key, k)) for k, v in item.items()}
+            elif key in ENV_PATHS and isinstance(item, list):  # Porter's list form: `- key: NAME` / `value: V`
+                result[key] = [{k: _written(v, doc, (*path, key, i, k)) if k == "value" else v
+                                for k, v in entry.items()} if isinstance(entry, dict) else entry
+                               for i, entry in enumerate(item)]
             else:
                 result[key] = _keep_written_env(item, doc, (*path, key))
         return result
@@ -191,7 +258,7 @@ def _kind_hint(kind: str, field_name: str, ctx: Mapping[str, Any]) -> str:
 
 def _validation_diagnostic(err: ErrorDetails, doc: Located, out: _Collector,
                            from_placeholders: Mapping[Path, list[str]]) -> None:
-    loc = tuple(err["loc"])
+    loc = tuple(step for step in err["loc"] if step not in ENV_FORMS)  # which form of `env`: not a data step
     path = doc.resolve(loc)
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -260,9 +327,13 @@ def _validation_diagnostic(err: ErrorDetails, doc: Located, out: _Collector,
         hint = "services is a list: write `- name: api` under `services:` for each service"
     elif field_name == "connections" and kind == "list_type":
         hint = "write each connection as a list item: `- type: awsRole` with its fields indented below"
-    elif owner in ("services", "connections", "domains") and not isinstance(last, str):
-        example = {"services": "- name: api", "connections": "- type: awsRole", "domains": "- name: example.com"}
+    elif owner in ("services", "connections", "domains", "apps") and not isinstance(last, str):
+        example = {"services": "- name: api", "connections": "- type: awsRole", "domains": "- name: example.com",
+                   "apps": "- name: backend"}
         hint = f"each item is a mapping, e.g. `{example[owner]}` with its fields indented below"
+    elif owner == "env" and not isinstance(last, str):
+        hint = ("write `NAME: value` lines under `env:`, or Porter's list form: `- key: NAME` with `value: ...` "
+                "indented below")
     elif field_name == "version":
         hint = "keyless reads porter.yaml v2: write `version: v2` or leave it out"
     variables = from_placeholders.get(path)
@@ -313,15 +384,16 @@ def _pick_model(candidates: list[type[BaseModel]], raw: dict[str, Any]) -> type[
     return None
 
 
-def unknown_fields(model: type[BaseModel], raw: Any, path: Path) -> Iterator[tuple[Path, str, list[str]]]:
-    """Every key in `raw` that `model` (recursively) does not define: (path, key, known keys)."""
+def unknown_fields(model: type[BaseModel], raw: Any, path: Path
+                   ) -> Iterator[tuple[Path, str, list[str], type[BaseModel]]]:
+    """Every key in `raw` that `model` (recursively) does not define: (path, key, known keys, the model)."""
     if not isinstance(raw, dict):
         return
     by_alias = {(f.alias or name): f for name, f in model.model_fields.items()}
     for key, value in raw.items():
         info = by_alias.get(key)
         if info is None:
-            yield (*path, key), key, list(by_alias)
+            yield (*path, key), key, list(by_alias), model
             continue
         item = _container_arg(info.annotation, list, 0)
         entry = _container_arg(info.annotation, dict, 1)
@@ -383,15 +455,17 @@ def _cross_checks(raw: dict[str, Any], doc: Located, out: _Collector) -> None:
 def _service_checks(service: dict[str, Any], i: int, label: str, doc: Located, out: _Collector) -> None:
     kind = service.get("type")
     if "type" not in service:
-        if service.get("cron") is not None:
-            guess, why = "job", "it has a `cron` schedule"
-        elif service.get("port") is not None or service.get("domains"):
-            guess, why = "web", "it has a port"
-        else:
-            guess, why = "worker", "it has no port"
-        out.add(Severity.WARNING, doc.value_at(("services", i)), f"{label} has no `type`; "
-                f"keyless treats it as {guess} because {why}", f"add `type: {guess}` to make it explicit")
-        kind = guess
+        name = service.get("name")
+        guess, word = porter_service_type(name if isinstance(name, str) else "")
+        why = (f"its name contains `{word}`" if word
+               else "its name contains none of web, worker, wkr, job (Porter's default)")
+        hint = f"add `type: {guess.value}` to make it explicit"
+        if guess is not ServiceType.WEB and (service.get("port") is not None or service.get("domains")):
+            hint = (f"it has a {'port' if service.get('port') is not None else 'domain'}, yet Porter will not "
+                    f"serve it as web: add `type: web` if it serves HTTP, else `type: {guess.value}`")
+        out.add(Severity.WARNING, doc.value_at(("services", i)), f"{label} has no `type`; Porter treats it "
+                f"as {guess.value} because {why}, and so does keyless", hint)
+        kind = guess.value
     if service.get("cron") is not None and kind in ("web", "worker"):
         out.add(Severity.WARNING, doc.key_at(("services", i, "cron")),
                 f"{label} is a {kind} service; `cron` only applies to jobs", "remove `cron` or use `type: job`")
@@ -400,6 +474,27 @@ def _service_checks(service: dict[str, Any], i: int, label: str, doc: Located, o
                 f"{label} has {len(service['name'])} characters; Porter allows at most {PORTER_NAME_MAX}",
                 "shorten the name so Porter accepts it too")
     _connection_checks(service, ("services", i), label, doc, out)
+
+
+# Parts of a porter.yaml whose connections keyless never binds: Porter's preview-environment overrides, and
+# settings marked experimental. A connection there looks bound and is not, so it is said.
+UNBOUND_SECTIONS = ("previews", "experimental")
+
+
+def _unbound_connections(value: Any, path: Path, section: str | None, doc: Located, out: _Collector) -> None:
+    """Warn at every `connections:` inside a section keyless does not act on."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if section is not None and key == "connections":
+                out.add(Severity.WARNING, doc.key_at((*path, key)),
+                        f"keyless does not act on connections under `{section}`: nothing is bound for them",
+                        "keyless binds the connections of `services`, `predeploy` and `initialDeploy`; "
+                        "move the connection there if the service needs it")
+            inner = section if section is not None else (key if key in UNBOUND_SECTIONS else None)
+            _unbound_connections(item, (*path, key), inner, doc, out)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _unbound_connections(item, (*path, index), section, doc, out)
 
 
 def _connection_checks(workload: dict[str, Any], path: Path, label: str, doc: Located, out: _Collector) -> None:
@@ -426,15 +521,20 @@ def _connection_checks(workload: dict[str, Any], path: Path, label: str, doc: Lo
 
 
 def validate_document(model: type[M], doc: Located, env: Mapping[str, str], out: _Collector,
-                      acted_on: frozenset[str] = frozenset()) -> M | None:
+                      acted_on: frozenset[str] = frozenset(), reads: Callable[[Path], bool] = _everything) -> M | None:
     """Expand placeholders, report unknown fields, validate against `model`; problems go to `out`.
 
-    An unknown key one edit away from a field in `acted_on` that is valid at its place is an error."""
-    bad_placeholders: set[Path] = set()
-    used: dict[Path, list[str]] = {}
+    An unknown key one edit away from a field in `acted_on` that is valid at its place is an error. A placeholder
+    that cannot be expanded is an error where `reads(path)`, else a warning and the value is kept as written (and
+    left out of validation when, as written, it is not of the field's type)."""
+    found = _Placeholders()
     doc.value = _keep_written_env(doc.value, doc)
-    doc.value = _expand_all(doc.value, (), env, out, bad_placeholders, used)
-    for path, key, known in unknown_fields(model, doc.value, ()):
+    doc.value = _expand_all(doc.value, (), env, out, found, reads)
+    for path, key, known, owner in unknown_fields(model, doc.value, ()):
+        if is_porter_field(owner, key):
+            out.add(Severity.NOTE, doc.key_at(path), f"`{key}` is a Porter field keyless does not use",
+                    "keyless keeps it as written; Porter applies it")
+            continue
         misspelled = next((k for k in known if k in acted_on and one_edit_apart(key, k)), None)
         if misspelled is not None:
             why = ("without it the service has no connections, and the plan would delete its binding"
@@ -448,12 +548,20 @@ def validate_document(model: type[M], doc: Located, env: Mapping[str, str], out:
     try:
         return model.model_validate(doc.value)
     except ValidationError as exc:
+        errors = [(err, doc.resolve(tuple(s for s in err["loc"] if s not in ENV_FORMS))) for err in exc.errors()]
+    kept = {path for _, path in errors if any(path[:len(k)] == k for k in found.kept)}
+    for err, path in errors:
+        discriminated = any((*path, key) in found.bad for key in DISCRIMINATOR_VALUES)
+        if path in found.bad or discriminated or path in kept:
+            continue  # already reported as a placeholder problem
+        _validation_diagnostic(err, doc, out, found.used)
+    if any(path not in kept for _, path in errors):
+        return None
+    try:  # only values kept as written, in fields keyless does not use, failed: load without them
+        return model.model_validate(_without(doc.value, kept))
+    except ValidationError as exc:
         for err in exc.errors():
-            path = doc.resolve(tuple(err["loc"]))
-            discriminated = any((*path, key) in bad_placeholders for key in DISCRIMINATOR_VALUES)
-            if path in bad_placeholders or discriminated:
-                continue  # already reported as an unset variable
-            _validation_diagnostic(err, doc, out, used)
+            _validation_diagnostic(err, doc, out, found.used)
     return None
 
 
@@ -470,15 +578,90 @@ def read_mapping(data: bytes, file: str, what: str, hint: str) -> tuple[Located,
     return doc, out
 
 
-def load_app(data: bytes, file: str, env: Mapping[str, str]) -> LoadedApp:
-    """Load and validate porter.yaml content. Raises InvalidInput with every problem found."""
+def _app_documents(doc: Located, env: Mapping[str, str], out: _Collector) -> list[tuple[Path, Located]]:
+    """The apps of the file: the whole of it, or each item of `apps:` (Porter's multi-app form) as its own part."""
+    if not isinstance(doc.value, dict) or "apps" not in doc.value:
+        return [((), doc)]
+    for key in doc.value:
+        if key in ACTED_ON_FIELDS:
+            out.error(doc.key_at((key,)), f"`{key}` at the top level of a file with `apps:` is not read",
+                      f"in the multi-app form each app has its own `{key}`: move it under its app in `apps:`")
+    top = Located(doc.file, {k: v for k, v in doc.value.items() if k != "apps" and k not in ACTED_ON_FIELDS},
+                  doc.values, doc.keys, doc.texts, doc.lines)
+    validate_document(AppList, top, env, out, reads=lambda path: False)
+    apps = doc.value["apps"]
+    if not isinstance(apps, list):
+        out.error(doc.value_at(("apps",)), f"`apps` must be a list (lines starting with '-'), got {_describe(apps)}",
+                  "write each app as a list item: `- name: backend` with its `services:` below")
+        return []
+    if not apps:
+        out.error(doc.value_at(("apps",)), "`apps` is empty", "list the apps: `apps:` then `- name: backend` and "
+                  "its `services:`")
+    parts: list[tuple[Path, Located]] = []
+    for index, item in enumerate(apps):
+        if not isinstance(item, dict):
+            out.error(doc.value_at(("apps", index)), f"item {index + 1} of `apps` must be a mapping, got "
+                      f"{_describe(item)}", "each app is a mapping: `- name: backend` with its `services:` below")
+            continue
+        part = doc.part(("apps", index))
+        parts.append((("apps", index), part))
+        if not isinstance(item.get("name"), str):
+            out.error(part.value_at(()), f"app {index + 1} of `apps` has no `name`",
+                      "each app of a multi-app file needs `name:` (it is how --app picks it)")
+    return parts
+
+
+def load_apps(data: bytes, file: str, env: Mapping[str, str]) -> tuple[LoadedApp, ...]:
+    """Load and validate every app of porter.yaml content (one, or each of `apps:`). Raises InvalidInput with every
+    problem found in the file."""
+    return _load_file(data, file, env)[1]
+
+
+def _load_file(data: bytes, file: str, env: Mapping[str, str]) -> tuple[Located, tuple[LoadedApp, ...]]:
     doc, out = read_mapping(data, file, "porter.yaml",
                             "start with `services:` (and optionally `version: v2` and `name: my-app`)")
-    app = validate_document(App, doc, env, out, ACTED_ON_FIELDS)
-    _cross_checks(doc.value, doc, out)
-    if app is None or errors_in(out.items):
+    loaded: list[tuple[App, Path, Located]] = []
+    parts = _app_documents(doc, env, out)
+    for path, part in parts:
+        app = validate_document(App, part, env, out, ACTED_ON_FIELDS, read_by_keyless)
+        _cross_checks(part.value, part, out)
+        _unbound_connections(part.value, (), None, part, out)
+        if app is not None:
+            loaded.append((app, path, part))
+    seen: dict[str, Position] = {}
+    for app, _, part in loaded:
+        if len(parts) > 1 and app.name is not None:
+            if app.name in seen:
+                out.error(part.value_at(("name",)), f"app name {app.name!r} is used twice (first at line "
+                          f"{seen[app.name].line})", "app names must be unique within the file")
+            seen.setdefault(app.name, part.value_at(("name",)))
+    if not parts or len(loaded) != len(parts) or errors_in(out.items):
         raise InvalidInput(sort_diagnostics(out.items))
-    return LoadedApp(app=app, document=doc, diagnostics=tuple(sort_diagnostics(out.items)))
+    diagnostics = tuple(sort_diagnostics(out.items))
+    return doc, tuple(LoadedApp(app=app, document=part, diagnostics=diagnostics, path=path)
+                      for app, path, part in loaded)
+
+
+def load_app(data: bytes, file: str, env: Mapping[str, str], app_name: str | None = None) -> LoadedApp:
+    """Load and validate porter.yaml content: its app, or in a multi-app file the one named `app_name` (which may
+    be left out when the file holds one app). Raises InvalidInput with every problem found."""
+    doc, apps = _load_file(data, file, env)
+    if not apps[0].path:
+        return apps[0]  # a file of one app: --app names it (resolve_app_name), it does not pick it
+    names = [a.app.name or "" for a in apps]
+    listing = ", ".join(names)
+    if app_name is not None:
+        picked = next((a for a in apps if a.app.name == app_name), None)
+        if picked is None:
+            raise InvalidInput([Diagnostic(Severity.ERROR, file, doc.key_at(("apps",)),
+                                           f"the file holds no app named {app_name!r}",
+                                           f"its apps: {listing}; pass one of them to --app")])
+        return picked
+    if len(apps) == 1:
+        return apps[0]
+    raise InvalidInput([Diagnostic(Severity.ERROR, file, doc.key_at(("apps",)),
+                                   f"the file holds {len(apps)} apps ({listing}); keyless works on one at a time",
+                                   f"pass --app NAME, one of: {listing}")])
 
 
 def resolve_app_name(loaded: LoadedApp, override: str | None, env: Mapping[str, str]) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -22,6 +22,14 @@ class _Model(BaseModel):
         coerce_numbers_to_str=True,
         allow_inf_nan=False,
     )
+    # Fields of Porter's porter.yaml that keyless keeps as written and does not use: reported as such, never as
+    # unknown (nor suggested to be renamed into a field keyless models). By exact key, and by prefix.
+    porter_fields: ClassVar[frozenset[str]] = frozenset()
+    porter_field_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def is_porter_field(cls, key: str) -> bool:
+        return key in cls.porter_fields or key.startswith(cls.porter_field_prefixes)
 
 
 def _rule(check: Any, value: str) -> str:
@@ -45,7 +53,38 @@ def _env_value(value: Any) -> Any:
 
 
 EnvValue = Annotated[str, BeforeValidator(_env_value)]
-Env = dict[str, EnvValue]
+
+
+class EnvFrom(_Model):
+    """A value Porter fills in at deploy time (`source: app`: another app's internal or public domain)."""
+
+    source: str | None = None
+    name: str | None = None
+    value: str | None = None
+    service: str | None = None
+
+
+class EnvVariable(_Model):
+    """One entry of `env` in Porter's list form: `- key: NAME` with `value: V`, or with `from:` instead."""
+
+    key: str
+    value: EnvValue | None = None
+    from_: EnvFrom | None = Field(default=None, alias="from")
+
+
+# `env` is a mapping (NAME: value) or Porter's list form; which one is decided by the YAML, so an error names the
+# form that was written instead of listing both. The tags appear in validation locations, never in the data.
+ENV_FORMS = ("mapping", "list")
+
+
+def _env_form(value: Any) -> str:
+    return "list" if isinstance(value, list) else "mapping"
+
+
+Env = Annotated[
+    Annotated[dict[str, EnvValue], Tag("mapping")] | Annotated[list[EnvVariable], Tag("list")],
+    Discriminator(_env_form),
+]
 
 
 # --- connections -------------------------------------------------------------------------------
@@ -164,6 +203,8 @@ class Check(_Model):
 
 
 class Autoscaling(_Model):
+    porter_field_prefixes = ("gpu",)  # GPU thresholds: Porter's autoscaling on GPU use
+
     enabled: bool | None = None
     min_instances: Annotated[int, Field(ge=0)] | None = None
     max_instances: Annotated[int, Field(ge=0)] | None = None
@@ -199,6 +240,8 @@ class _Workload(_Model):
 
 
 class Service(_Workload):
+    porter_fields = frozenset({"loadBalancers", "sleep", "customAutoscaling", "gpu", "smartOptimization"})
+
     name: str
     type: ServiceType | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
@@ -229,18 +272,25 @@ class Service(_Workload):
 
     @property
     def kind(self) -> ServiceType:
-        """The declared type, else inferred the way the loader explains in its warning."""
+        """The declared type, else the one Porter gives a service without `type` (the loader warns)."""
         if self.type is not None:
             return self.type
-        return infer_service_type(self)
+        return porter_service_type(self.name)[0]
 
 
-def infer_service_type(service: Service) -> ServiceType:
-    if service.cron is not None:
-        return ServiceType.JOB
-    if service.port is not None or service.domains:
-        return ServiceType.WEB
-    return ServiceType.WORKER
+# Porter picks the type of a service without `type` from its name, the last of these words found winning, and
+# makes it a worker when none is; keyless must agree, or it would patch a workload Porter never made.
+_TYPE_WORDS = (("web", ServiceType.WEB), ("wkr", ServiceType.WORKER), ("worker", ServiceType.WORKER),
+               ("job", ServiceType.JOB))
+
+
+def porter_service_type(name: str) -> tuple[ServiceType, str | None]:
+    """The type Porter gives a service named `name` that has no `type`, and the word of the name that decided."""
+    found: tuple[ServiceType, str | None] = (ServiceType.WORKER, None)
+    for word, kind in _TYPE_WORDS:
+        if word in name:
+            found = (kind, word)
+    return found
 
 
 class Job(_Workload):
@@ -263,6 +313,8 @@ JOB_DEFAULT_NAMES: Mapping[str, str] = {"predeploy": "predeploy", "initialDeploy
 
 
 class Build(_Model):
+    porter_fields = frozenset({"commitSha"})
+
     method: Literal["docker", "pack"] | None = None
     context: str | None = None
     dockerfile: str | None = None
@@ -280,6 +332,8 @@ class AutoRollback(_Model):
 
 
 class App(_Model):
+    porter_fields = frozenset({"addons", "previews", "requiredApps", "deploymentStrategy"})
+
     version: Literal["v2"] | None = None
     name: str | None = None
     services: list[Service]
@@ -299,3 +353,16 @@ class App(_Model):
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
+
+
+class AppList(_Model):
+    """Porter's multi-app porter.yaml: `apps:`, a list of v2 apps (each loaded as an App), and `addons:`."""
+
+    porter_fields = frozenset({"addons"})
+
+    apps: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def is_porter_field(model: type[BaseModel], key: str) -> bool:
+    """Whether `key` is a Porter field that `model` keeps as written without using it."""
+    return issubclass(model, _Model) and model.is_porter_field(key)

@@ -57,6 +57,18 @@ class Located:
         """The position of the key naming `path` (falls back to its value's position)."""
         return self.keys.get(path) or self.value_at(path)
 
+    def part(self, prefix: Path) -> Located:
+        """The value at `prefix` as a document of its own: paths start there, positions stay the file's."""
+        n = len(prefix)
+
+        def under(table: dict[Path, Any]) -> dict[Path, Any]:
+            return {path[n:]: item for path, item in table.items() if path[:n] == prefix}
+
+        value = self.value
+        for step in prefix:
+            value = value[step]
+        return Located(self.file, value, under(self.values), under(self.keys), under(self.texts), self.lines)
+
     def resolve(self, loc: tuple[Any, ...]) -> Path:
         """Map a validator's location (which may hold extra union-tag steps) onto a real data path."""
         path: list[str | int] = []
