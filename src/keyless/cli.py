@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from typer._click.core import Context as ClickContext  # typer vendors click; this is its Context
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from keyless import __version__, clouds
 from keyless.console import apply_with_progress
@@ -34,8 +34,26 @@ INTERRUPTED = ("interrupted. Nothing is left half-done that a second run does no
                "run the same command again to converge.")
 
 
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """A flag takes no value, so its help shows no type: typer's rich help would print `<bool>` beside it."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A keyless command: its help lists flags without a type."""
+
+    def get_params(self, ctx: ClickContext) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
 class _Group(TyperGroup):
     """Every command's keyless errors become their message and exit code, never a traceback."""
+
+    def get_params(self, ctx: ClickContext) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -89,7 +107,7 @@ def _summary(loaded: LoadedApp) -> dict[str, Any]:
     return {"name": a.name, "services": services}
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     file: FileOpt = Path("porter.yaml"),
     output: FormatOpt = OutputFormat.TEXT,
@@ -125,7 +143,7 @@ def _describe_connection(connection: Any) -> str:
     return f"{entry.connection_type} {entry.identity_of(connection).describe()}"
 
 
-@app.command()
+@app.command(cls=_Command)
 def schema() -> None:
     """Print the JSON Schema of porter.yaml as keyless reads it (for editor completion)."""
     document = App.model_json_schema(by_alias=True, mode="validation")
@@ -221,7 +239,7 @@ def _show_plan(plan: Any, output: OutputFormat) -> None:
         out.print(render_text(plan, markup=out.is_terminal), markup=out.is_terminal)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plan(
     target: TargetOpt,
     file: FileOpt = Path("porter.yaml"),
@@ -229,8 +247,6 @@ def plan(
     targets: TargetsOpt = None,
     save: Annotated[Path | None, typer.Option("--out", help="Save the plan to apply it later.")] = None,
     output: FormatOpt = OutputFormat.TEXT,
-    refresh: Annotated[bool, typer.Option("--refresh/--no-refresh",
-                                          help="Observe the cloud and cluster (always on).")] = True,
     fail_on: FailOnOpt = None,
 ) -> None:
     """Show what apply would change, without changing anything. Exit 3 when a preflight check blocks it,
@@ -265,7 +281,7 @@ def _confirm(auto_approve: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.command(name="apply")
+@app.command(name="apply", cls=_Command)
 def apply_command(
     plan_file: Annotated[Path | None, typer.Argument(help="A plan saved with `keyless plan --out`.")] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="Target name.")] = None,
@@ -325,7 +341,7 @@ def apply_command(
     out.print(f"Apply complete: {len(report.results)} change(s) applied.", markup=False)
 
 
-app.command(name="deploy", help="Alias of apply.")(apply_command)
+app.command(name="deploy", help="Alias of apply.", cls=_Command)(apply_command)
 
 
 # --- audit: least privilege ---------------------------------------------------------------------
@@ -369,7 +385,7 @@ def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Pat
     return bool(report.fails(FindingSeverity(fail_on.value) if fail_on is not None else None))
 
 
-@app.command()
+@app.command(cls=_Command)
 def audit(
     target: TargetOpt,
     file: FileOpt = Path("porter.yaml"),
@@ -408,7 +424,7 @@ def audit(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def render(
     target: TargetOpt,
     file: FileOpt = Path("porter.yaml"),
@@ -430,7 +446,7 @@ def render(
         out.print(f"wrote {path}", markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     target: TargetOpt,
     app_name: AppOpt = None,
@@ -472,7 +488,7 @@ def status(
             out.print(f"{r.service}: principal for direct grants: {r.principal}", markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def doctor(output: FormatOpt = OutputFormat.TEXT) -> None:
     """Run inside a pod: report the identity each cloud SDK's default chain resolves to. Exit 1 on a problem."""
     from keyless.doctor import Verdict, run_checks
@@ -510,7 +526,7 @@ def _free_port_or_fail(host: str, port: int) -> None:
                              "pass another --port, or stop what is using it") from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     database_url: Annotated[str | None, typer.Option(
         "--database-url", envvar="KEYLESS_DATABASE_URL",
@@ -572,12 +588,12 @@ def serve(
 
 # --- sandbox and demo ---------------------------------------------------------------------------
 
-sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS, Azure and Kubernetes stand-ins on loopback.",
+sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS, Azure, GCP and Kubernetes stand-ins on loopback.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
 
-@sandbox_app.command("up")
+@sandbox_app.command("up", cls=_Command)
 def sandbox_up() -> None:
     """Start the sandbox in the background (or find the running one) and print how to use it."""
     from keyless.sandbox import control
@@ -590,7 +606,7 @@ def sandbox_up() -> None:
               markup=False)
 
 
-@sandbox_app.command("env")
+@sandbox_app.command("env", cls=_Command)
 def sandbox_env() -> None:
     """Print `export` lines that point the SDKs, kubeconfig and keyless at the running sandbox."""
     import shlex
@@ -602,7 +618,7 @@ def sandbox_env() -> None:
         print(f"export {key}={shlex.quote(value)}")
 
 
-@sandbox_app.command("down")
+@sandbox_app.command("down", cls=_Command)
 def sandbox_down() -> None:
     """Stop the sandbox."""
     from keyless.sandbox import control
@@ -611,7 +627,7 @@ def sandbox_down() -> None:
     out.print("Stopped the sandbox." if stopped else "The sandbox was not running.", markup=False)
 
 
-@sandbox_app.command("exec", context_settings={"allow_interspersed_args": False})
+@sandbox_app.command("exec", cls=_Command, context_settings={"allow_interspersed_args": False})
 def sandbox_exec(
     pod: Annotated[str, typer.Argument(help="Pod name.")],
     command: Annotated[list[str], typer.Argument(help="Command to run, after `--`.")],
@@ -627,7 +643,7 @@ def sandbox_exec(
     raise typer.Exit(result.returncode)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     file: FileOpt = Path("examples/porter.yaml"),
 ) -> None:
