@@ -620,22 +620,32 @@ def sandbox_env() -> None:
 
 @sandbox_app.command("down", cls=_Command)
 def sandbox_down() -> None:
-    """Stop the sandbox."""
+    """Stop the sandbox, and print the `unset` line that undoes `eval "$(keyless sandbox env)"`."""
     from keyless.sandbox import control
 
     stopped = control.down(control.state_dir(os.environ))
-    out.print("Stopped the sandbox." if stopped else "The sandbox was not running.", markup=False)
+    if stopped is None:
+        out.print("The sandbox was not running.", markup=False)
+        return
+    out.print("Stopped the sandbox. If your shell ran `eval \"$(keyless sandbox env)\"`, undo it with:", markup=False)
+    out.print(f"  {control.unset_line(stopped)}", markup=False)
 
 
-@sandbox_app.command("exec", cls=_Command, context_settings={"allow_interspersed_args": False})
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="The pods' namespace.")]
+ContextOpt = Annotated[str | None, typer.Option(
+    "--context", help="sandbox-eks, sandbox-aks or sandbox-gke (default: whichever cluster runs the pod).")]
+
+
+@sandbox_app.command("exec", cls=_Command)
 def sandbox_exec(
-    pod: Annotated[str, typer.Argument(help="Pod name.")],
-    command: Annotated[list[str], typer.Argument(help="Command to run, after `--`.")],
-    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "shop",
-    context: Annotated[str | None, typer.Option(
-        "--context", help="sandbox-eks, sandbox-aks or sandbox-gke (default: whichever cluster runs the pod).")] = None,
+    pod: Annotated[str, typer.Argument(help="Pod name (`keyless sandbox pods` lists them).")],
+    command: Annotated[list[str], typer.Argument(help="Command to run, after `--`; `keyless` is this keyless.")],
+    namespace: NamespaceOpt = "shop",
+    context: ContextOpt = None,
 ) -> None:
-    """Run a command with the environment and token files one of the sandbox's pods would see."""
+    """Run a command with the environment and token files one of the sandbox's pods would see.
+
+    Options go before `--`, on either side of POD: keyless sandbox exec POD -n shop -- keyless doctor"""
     from keyless.sandbox import control
 
     state = control.require(control.state_dir(os.environ))
@@ -643,9 +653,52 @@ def sandbox_exec(
     raise typer.Exit(result.returncode)
 
 
+@sandbox_app.command("pods", cls=_Command)
+def sandbox_pods() -> None:
+    """List the pods of the sandbox's clusters, with the command line that runs `keyless doctor` in each."""
+    from keyless.sandbox import control
+
+    pods = control.list_pods(control.require(control.state_dir(os.environ)))
+    if not pods:
+        out.print(f"No pods yet: {control.NO_PODS_HINT}.", markup=False)
+        return
+    out.print(f"{'NAME':<40} {'NAMESPACE':<12} {'CONTEXT':<12} {'PHASE':<10} SERVICE", markup=False)
+    for p in pods:
+        out.print(f"{p.name:<40} {p.namespace:<12} {p.context:<12} {p.phase:<10} {p.service or '-'}", markup=False)
+    running = next((p for p in pods if p.phase == "Running"), None)
+    if running is not None:
+        out.print(f"\nProve an identity from inside one:  {running.exec_line()}", markup=False)
+
+
+@sandbox_app.command("deploy", cls=_Command)
+def sandbox_deploy(
+    file: FileOpt = Path("porter.yaml"),
+    app_name: AppOpt = None,
+    namespace: NamespaceOpt = "shop",
+    context: Annotated[list[str] | None, typer.Option(
+        "--context", help="sandbox-eks, sandbox-aks or sandbox-gke; repeat for several (default: all three).")] = None,
+) -> None:
+    """Deploy the app's workloads to the sandbox's clusters as Porter would, so that apply has pods to roll."""
+    from keyless.porter import resolve_app_name
+    from keyless.sandbox import control
+
+    loaded = _load(file)
+    _print_diagnostics(loaded.diagnostics)
+    resolved = resolve_app_name(loaded, app_name, os.environ)
+    state = control.require(control.state_dir(os.environ))
+    created = control.deploy_as_porter(state, resolved, loaded.app, namespace, context or ())
+    for line in created:
+        out.print(f"(as Porter would) deployed {line}", markup=False)
+    if not created:
+        out.print(f"Every workload of app {resolved!r} was already deployed.", markup=False)
+    out.print(f"Next: keyless apply -f {file} --target sandbox-eks, then `keyless sandbox pods`.", markup=False)
+
+
 @app.command(cls=_Command)
 def demo(
-    file: FileOpt = Path("examples/porter.yaml"),
+    file: Annotated[Path | None, typer.Option(
+        "-f", "--file", help="The app's porter.yaml (default: the example shipped with keyless, examples/porter.yaml)."
+    )] = None,
 ) -> None:
     """Start the sandbox, apply examples/porter.yaml, and prove from inside each pod that its identity resolves."""
     from keyless.demo import run_demo
