@@ -151,7 +151,8 @@ def explain(exc: BaseException, doing: str, arm_endpoint: str = "", env: Mapping
         # No token at all: azure-identity says which credentials it tried and why each one failed.
         authority = endpoint_root(env.get(AUTHORITY_ENV) or PUBLIC_AUTHORITY)
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return CloudError(f"{doing}: the TLS certificate of the token endpoint {authority} was not trusted",
+            return CloudError(f"{doing}: the TLS certificate of the token endpoint {authority} was not trusted "
+                              "(CERTIFICATE_VERIFY_FAILED)",
                               f"set `caBundle` on the target to the CA that signed {AUTHORITY_ENV}'s certificate "
                               "(the credential uses it too)")
         cause = unreachable_cause(exc)
