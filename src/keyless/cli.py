@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from typer._click.core import Context as ClickContext  # typer vendors click; this is its Context
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from keyless import __version__, clouds
 from keyless.console import apply_with_progress
@@ -34,8 +34,26 @@ INTERRUPTED = ("interrupted. Nothing is left half-done that a second run does no
                "run the same command again to converge.")
 
 
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """A flag takes no value, so its help shows no type: typer's rich help would print `<bool>` beside it."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A keyless command: its help lists flags without a type."""
+
+    def get_params(self, ctx: ClickContext) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
 class _Group(TyperGroup):
     """Every command's keyless errors become their message and exit code, never a traceback."""
+
+    def get_params(self, ctx: ClickContext) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -90,7 +108,7 @@ def _summary(loaded: LoadedApp) -> dict[str, Any]:
     return {"name": a.name, "services": services}
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     file: FileOpt = Path("porter.yaml"),
     output: FormatOpt = OutputFormat.TEXT,
@@ -129,7 +147,7 @@ def _describe_connection(connection: Any) -> str:
     return f"{entry.connection_type} {entry.identity_of(connection).describe()}"
 
 
-@app.command()
+@app.command(cls=_Command)
 def schema() -> None:
     """Print the JSON Schema of porter.yaml as keyless reads it (for editor completion)."""
     document = App.model_json_schema(by_alias=True, mode="validation")
@@ -225,7 +243,7 @@ def _show_plan(plan: Any, output: OutputFormat) -> None:
         out.print(render_text(plan, markup=out.is_terminal), markup=out.is_terminal)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plan(
     target: TargetOpt,
     file: FileOpt = Path("porter.yaml"),
@@ -233,8 +251,6 @@ def plan(
     targets: TargetsOpt = None,
     save: Annotated[Path | None, typer.Option("--out", help="Save the plan to apply it later.")] = None,
     output: FormatOpt = OutputFormat.TEXT,
-    refresh: Annotated[bool, typer.Option("--refresh/--no-refresh",
-                                          help="Observe the cloud and cluster (always on).")] = True,
     fail_on: FailOnOpt = None,
 ) -> None:
     """Show what apply would change, without changing anything. Exit 3 when a preflight check blocks it,
@@ -269,7 +285,7 @@ def _confirm(auto_approve: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.command(name="apply")
+@app.command(name="apply", cls=_Command)
 def apply_command(
     plan_file: Annotated[Path | None, typer.Argument(help="A plan saved with `keyless plan --out`.")] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="Target name.")] = None,
@@ -329,7 +345,7 @@ def apply_command(
     out.print(f"Apply complete: {len(report.results)} change(s) applied.", markup=False)
 
 
-app.command(name="deploy", help="Alias of apply.")(apply_command)
+app.command(name="deploy", help="Alias of apply.", cls=_Command)(apply_command)
 
 
 # --- audit: least privilege ---------------------------------------------------------------------
@@ -373,7 +389,7 @@ def _audit_summary(the_plan: Any, target: Any, fail_on: FailOn | None, file: Pat
     return bool(report.fails(FindingSeverity(fail_on.value) if fail_on is not None else None))
 
 
-@app.command()
+@app.command(cls=_Command)
 def audit(
     target: TargetOpt,
     file: FileOpt = Path("porter.yaml"),
@@ -412,7 +428,7 @@ def audit(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def render(
     target: TargetOpt,
     file: FileOpt = Path("porter.yaml"),
@@ -434,7 +450,7 @@ def render(
         out.print(f"wrote {path}", markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     target: TargetOpt,
     app_name: AppOpt = None,
@@ -476,7 +492,7 @@ def status(
             out.print(f"{r.service}: principal for direct grants: {r.principal}", markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def doctor(output: FormatOpt = OutputFormat.TEXT) -> None:
     """Run inside a pod: report the identity each cloud SDK's default chain resolves to. Exit 1 on a problem."""
     from keyless.doctor import Verdict, run_checks
@@ -514,7 +530,7 @@ def _free_port_or_fail(host: str, port: int) -> None:
                              "pass another --port, or stop what is using it") from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     database_url: Annotated[str | None, typer.Option(
         "--database-url", envvar="KEYLESS_DATABASE_URL",
@@ -576,12 +592,12 @@ def serve(
 
 # --- sandbox and demo ---------------------------------------------------------------------------
 
-sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS, Azure and Kubernetes stand-ins on loopback.",
+sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS, Azure, GCP and Kubernetes stand-ins on loopback.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
 
-@sandbox_app.command("up")
+@sandbox_app.command("up", cls=_Command)
 def sandbox_up() -> None:
     """Start the sandbox in the background (or find the running one) and print how to use it."""
     from keyless.sandbox import control
@@ -594,7 +610,7 @@ def sandbox_up() -> None:
               markup=False)
 
 
-@sandbox_app.command("env")
+@sandbox_app.command("env", cls=_Command)
 def sandbox_env() -> None:
     """Print `export` lines that point the SDKs, kubeconfig and keyless at the running sandbox."""
     import shlex
@@ -606,24 +622,34 @@ def sandbox_env() -> None:
         print(f"export {key}={shlex.quote(value)}")
 
 
-@sandbox_app.command("down")
+@sandbox_app.command("down", cls=_Command)
 def sandbox_down() -> None:
-    """Stop the sandbox."""
+    """Stop the sandbox, and print the `unset` line that undoes `eval "$(keyless sandbox env)"`."""
     from keyless.sandbox import control
 
     stopped = control.down(control.state_dir(os.environ))
-    out.print("Stopped the sandbox." if stopped else "The sandbox was not running.", markup=False)
+    if stopped is None:
+        out.print("The sandbox was not running.", markup=False)
+        return
+    out.print("Stopped the sandbox. If your shell ran `eval \"$(keyless sandbox env)\"`, undo it with:", markup=False)
+    out.print(f"  {control.unset_line(stopped)}", markup=False)
 
 
-@sandbox_app.command("exec", context_settings={"allow_interspersed_args": False})
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="The pods' namespace.")]
+ContextOpt = Annotated[str | None, typer.Option(
+    "--context", help="sandbox-eks, sandbox-aks or sandbox-gke (default: whichever cluster runs the pod).")]
+
+
+@sandbox_app.command("exec", cls=_Command)
 def sandbox_exec(
-    pod: Annotated[str, typer.Argument(help="Pod name.")],
-    command: Annotated[list[str], typer.Argument(help="Command to run, after `--`.")],
-    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "shop",
-    context: Annotated[str | None, typer.Option(
-        "--context", help="sandbox-eks, sandbox-aks or sandbox-gke (default: whichever cluster runs the pod).")] = None,
+    pod: Annotated[str, typer.Argument(help="Pod name (`keyless sandbox pods` lists them).")],
+    command: Annotated[list[str], typer.Argument(help="Command to run, after `--`; `keyless` is this keyless.")],
+    namespace: NamespaceOpt = "shop",
+    context: ContextOpt = None,
 ) -> None:
-    """Run a command with the environment and token files one of the sandbox's pods would see."""
+    """Run a command with the environment and token files one of the sandbox's pods would see.
+
+    Options go before `--`, on either side of POD: keyless sandbox exec POD -n shop -- keyless doctor"""
     from keyless.sandbox import control
 
     state = control.require(control.state_dir(os.environ))
@@ -631,9 +657,52 @@ def sandbox_exec(
     raise typer.Exit(result.returncode)
 
 
-@app.command()
+@sandbox_app.command("pods", cls=_Command)
+def sandbox_pods() -> None:
+    """List the pods of the sandbox's clusters, with the command line that runs `keyless doctor` in each."""
+    from keyless.sandbox import control
+
+    pods = control.list_pods(control.require(control.state_dir(os.environ)))
+    if not pods:
+        out.print(f"No pods yet: {control.NO_PODS_HINT}.", markup=False)
+        return
+    out.print(f"{'NAME':<40} {'NAMESPACE':<12} {'CONTEXT':<12} {'PHASE':<10} SERVICE", markup=False)
+    for p in pods:
+        out.print(f"{p.name:<40} {p.namespace:<12} {p.context:<12} {p.phase:<10} {p.service or '-'}", markup=False)
+    running = next((p for p in pods if p.phase == "Running"), None)
+    if running is not None:
+        out.print(f"\nProve an identity from inside one:  {running.exec_line()}", markup=False)
+
+
+@sandbox_app.command("deploy", cls=_Command)
+def sandbox_deploy(
+    file: FileOpt = Path("porter.yaml"),
+    app_name: AppOpt = None,
+    namespace: NamespaceOpt = "shop",
+    context: Annotated[list[str] | None, typer.Option(
+        "--context", help="sandbox-eks, sandbox-aks or sandbox-gke; repeat for several (default: all three).")] = None,
+) -> None:
+    """Deploy the app's workloads to the sandbox's clusters as Porter would, so that apply has pods to roll."""
+    from keyless.porter import resolve_app_name
+    from keyless.sandbox import control
+
+    loaded = _load(file)
+    _print_diagnostics(loaded.diagnostics)
+    resolved = resolve_app_name(loaded, app_name, os.environ)
+    state = control.require(control.state_dir(os.environ))
+    created = control.deploy_as_porter(state, resolved, loaded.app, namespace, context or ())
+    for line in created:
+        out.print(f"(as Porter would) deployed {line}", markup=False)
+    if not created:
+        out.print(f"Every workload of app {resolved!r} was already deployed.", markup=False)
+    out.print(f"Next: keyless apply -f {file} --target sandbox-eks, then `keyless sandbox pods`.", markup=False)
+
+
+@app.command(cls=_Command)
 def demo(
-    file: FileOpt = Path("examples/porter.yaml"),
+    file: Annotated[Path | None, typer.Option(
+        "-f", "--file", help="The app's porter.yaml (default: the example shipped with keyless, examples/porter.yaml)."
+    )] = None,
 ) -> None:
     """Start the sandbox, apply examples/porter.yaml, and prove from inside each pod that its identity resolves."""
     from keyless.demo import run_demo

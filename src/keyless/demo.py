@@ -17,7 +17,7 @@ from keyless.bindings import Binding, desired_bindings
 from keyless.console import apply_with_progress
 from keyless.inputs import load_app_file, load_targets_file
 from keyless.plan.render import render_text
-from keyless.porter import resolve_app_name
+from keyless.porter import LoadedApp, resolve_app_name
 from keyless.porter.model import ServiceType
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
@@ -84,15 +84,32 @@ def _prove(state: SandboxState, kube_client: Client, app: str, target_name: str,
     return True
 
 
-def run_demo(file: Path, out: Console, err: Console) -> int:
+# The demo's app ships inside the package, so `keyless demo` works from any directory; the repository's
+# examples/porter.yaml is the same file (a test keeps them identical).
+EXAMPLE = Path(__file__).parent / "examples" / "porter.yaml"
+
+
+def run_demo(file: Path | None, out: Console, err: Console) -> int:
+    """Start (or reuse) the sandbox and run the demo; a sandbox this run started is stopped again if the run fails."""
+    # Invalid input starts nothing: the file is read before the sandbox is.
+    loaded = load_app_file(file or EXAMPLE, os.environ)
+    app = resolve_app_name(loaded, None, os.environ)
     directory = control.state_dir(os.environ)
     state, started = control.up(directory)
     out.print(("Started" if started else "Using") + f" the sandbox (pid {state.pid}, state in {directory}).",
               markup=False)
+    try:
+        return _run(state, loaded, app, out, err)
+    except BaseException:
+        if started:
+            control.down(directory)
+            err.print("Stopped the sandbox this demo had started.", markup=False)
+        raise
+
+
+def _run(state: SandboxState, loaded: LoadedApp, app: str, out: Console, err: Console) -> int:
     os.environ.update(state.env)
     env = dict(os.environ)
-    loaded = load_app_file(file, env)
-    app = resolve_app_name(loaded, None, env)
     targets = load_targets_file(env["KEYLESS_TARGETS"], env)
     status = 0
     proofs: list[tuple[str, str, Binding]] = []
@@ -121,6 +138,6 @@ def run_demo(file: Path, out: Console, err: Console) -> int:
         if not _prove(state, client, app, target_name, context, binding, out):
             status = 1
     out.print("", markup=False)
-    out.print("Run `keyless demo` again: the plans show no changes. `keyless sandbox down` stops the sandbox.",
-              markup=False)
+    out.print("Run `keyless demo` again: the plans show no changes. To look around: eval \"$(keyless sandbox env)\", "
+              "then `keyless sandbox pods`; `keyless sandbox down` stops the sandbox.", markup=False)
     return status

@@ -261,3 +261,45 @@ def test_an_endless_input_is_read_only_up_to_the_cap(tmp_path: Path) -> None:
     result = run("validate", "-f", big)
     assert result.exit_code == 2
     assert "larger than 1,048,576 bytes" in result.stderr
+
+
+# --- help ------------------------------------------------------------------------------------------------
+
+
+def _command_paths() -> list[list[str]]:
+    """Every command and group of the CLI, as the words that name it (the root is [])."""
+    import typer
+
+    root = typer.main.get_command(app)
+    paths: list[list[str]] = []
+
+    def walk(command: object, words: list[str]) -> None:
+        paths.append(words)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*words, name])
+
+    walk(root, [])
+    return paths
+
+
+def test_help_of_every_command_shows_no_type_beside_a_flag() -> None:
+    paths = _command_paths()
+    assert ["sandbox", "exec"] in paths  # the walk reaches subcommands
+    assert ["plan"] in paths
+    for words in paths:
+        result = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (words, result.output)
+        assert "--help" in result.output
+        assert "<bool>" not in result.output, (words, result.output)
+
+
+def test_plan_help_offers_no_option_that_does_nothing() -> None:
+    result = CliRunner().invoke(app, ["plan", "--help"], env={"COLUMNS": "200"})
+    assert "--refresh" not in result.output
+    assert "always on" not in result.output
+
+
+def test_sandbox_help_names_every_cloud_it_stands_in_for() -> None:
+    result = CliRunner().invoke(app, ["sandbox", "--help"], env={"COLUMNS": "200"})
+    for cloud in ("AWS", "Azure", "GCP", "Kubernetes"):
+        assert cloud in result.output

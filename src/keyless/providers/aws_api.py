@@ -6,6 +6,7 @@ retry, page, and explain failures the same way.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,13 @@ from botocore.exceptions import (
 )
 
 from keyless.errors import CloudError, Denied
-from keyless.providers.retry import RetryPolicy, call_with_retry
+from keyless.providers.retry import (
+    RetryPolicy,
+    call_with_retry,
+    endpoint_root,
+    unreachable_cause,
+    unreachable_hint,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_eks import EKSClient
@@ -110,6 +117,12 @@ def is_role_not_propagated(exc: BaseException) -> bool:
 
 
 
+def _endpoint_settings(endpoint: str, env: Mapping[str, str] = os.environ) -> str:
+    """The AWS_ENDPOINT_URL* variables that point at `endpoint` (botocore's standard endpoint configuration)."""
+    chosen = sorted(k for k, v in env.items() if k.startswith("AWS_ENDPOINT_URL") and endpoint_root(v) == endpoint)
+    return (", ".join(chosen) + " (which name this endpoint)") if chosen else "the AWS_ENDPOINT_URL* variables"
+
+
 def explain(exc: BaseException, doing: str) -> CloudError:
     """A CloudError a person can act on. Credential errors are described, never quoted: their text may
     carry a credential process's output."""
@@ -126,6 +139,12 @@ def explain(exc: BaseException, doing: str) -> CloudError:
     if isinstance(exc, NoRegionError):
         return CloudError(f"{doing}: no AWS region", "set `region` on the target")
     if isinstance(exc, ConnectionError | HTTPClientError):
+        cause = unreachable_cause(exc)
+        url = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+        if cause is not None and url:
+            endpoint = endpoint_root(url)
+            return CloudError(f"{doing}: could not reach AWS at {endpoint}: {cause}{suffix}",
+                              unreachable_hint(endpoint, _endpoint_settings(endpoint)))
         return CloudError(f"{doing}: could not reach AWS: {exc}{suffix}",
                           "check the network, proxy settings and any AWS_ENDPOINT_URL* variables")
     if not isinstance(exc, ClientError):

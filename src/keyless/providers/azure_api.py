@@ -3,10 +3,11 @@ explained errors) and the error classification, shared by the provider (`azure.p
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -25,7 +26,13 @@ from azure.mgmt.containerservice import ContainerServiceClient
 from azure.mgmt.msi.v2024_11_30 import ManagedServiceIdentityClient
 
 from keyless.errors import CloudError, Denied
-from keyless.providers.retry import RetryPolicy, call_with_retry
+from keyless.providers.retry import (
+    RetryPolicy,
+    call_with_retry,
+    endpoint_root,
+    unreachable_cause,
+    unreachable_hint,
+)
 from keyless.providers.retry import retry_after as retry_seconds
 from keyless.targets import AzureTarget
 
@@ -91,9 +98,11 @@ def _tls_failure(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Throttling, concurrent writes on one identity, server errors and lost connections."""
+    """Throttling, concurrent writes on one identity, server errors and lost connections (the token endpoint's too)."""
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return not _tls_failure(exc)
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "response", None) is None:
+        return unreachable_cause(exc) is not None  # the credential makes one attempt: the retrying is ours
     if isinstance(exc, HttpResponseError):
         # A credential that could not get a token is a ClientAuthenticationError without a status: not weather.
         status = status_of(exc)
@@ -112,25 +121,59 @@ def _compact(text: str, limit: int = 600) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def explain(exc: BaseException, doing: str) -> CloudError:
-    """A CloudError a person can act on, with the ARM error code and message when there is one."""
+PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
+_CREDENTIAL_LINE = re.compile(r"^\s*(\w+Credential): (.+)$", re.MULTILINE)
+
+
+def credential_failure(exc: BaseException) -> str:
+    """Why azure-identity got no token, in one line: the credential that failed and its reason, never the whole
+    dump DefaultAzureCredential writes (every credential it tried, and a troubleshooting link for each)."""
+    text = str(getattr(exc, "message", None) or exc)
+    tried = _CREDENTIAL_LINE.findall(text)
+    failed = [(name, reason) for name, reason in tried if "unavailable" not in reason.lower()]
+    if failed:
+        name, reason = failed[-1]
+        reason = reason.split(" To mitigate this issue")[0].split(" Visit https://")[0]
+        return f"{name}: {aadsts(reason) if 'AADSTS' in reason else _compact(reason, 300)}"
+    if tried:
+        return "none of the credentials DefaultAzureCredential tries is configured here"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return _compact(first.split(" To mitigate this issue")[0], 300)
+
+
+def explain(exc: BaseException, doing: str, arm_endpoint: str = "", env: Mapping[str, str] = os.environ
+            ) -> CloudError:
+    """A CloudError a person can act on, with the ARM error code and message when there is one. `arm_endpoint` is
+    where the call went (the target's `armEndpoint`), for saying which endpoint could not be reached."""
     gave_up = next((n for n in getattr(exc, "__notes__", ()) if n.startswith("gave up")), "")
     suffix = f" ({gave_up})" if gave_up else ""
     if isinstance(exc, ClientAuthenticationError) and getattr(exc, "response", None) is None:
         # No token at all: azure-identity says which credentials it tried and why each one failed.
+        authority = endpoint_root(env.get(AUTHORITY_ENV) or PUBLIC_AUTHORITY)
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return CloudError(f"{doing}: the token endpoint's TLS certificate was not trusted: {_compact(str(exc))}",
+            return CloudError(f"{doing}: the TLS certificate of the token endpoint {authority} was not trusted "
+                              "(CERTIFICATE_VERIFY_FAILED)",
                               f"set `caBundle` on the target to the CA that signed {AUTHORITY_ENV}'s certificate "
                               "(the credential uses it too)")
+        cause = unreachable_cause(exc)
+        if cause is not None:
+            return CloudError(f"{doing}: could not get an Azure token from {authority}: {cause}{suffix}",
+                              unreachable_hint(authority, AUTHORITY_ENV))
         return CloudError(
-            f"{doing}: no usable Azure credentials: {_compact(str(exc))}",
+            f"{doing}: no usable Azure credentials ({credential_failure(exc)})",
             "sign in with `az login`, or set the workload identity variables (AZURE_CLIENT_ID, AZURE_TENANT_ID, "
-            f"AZURE_FEDERATED_TOKEN_FILE, and {AUTHORITY_ENV} outside the public cloud) or a service principal's")
+            f"AZURE_FEDERATED_TOKEN_FILE, and {AUTHORITY_ENV} outside the public cloud), or a service principal's "
+            "(AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH)")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         if _tls_failure(exc):
             return CloudError(f"{doing}: the TLS certificate of the Azure endpoint was not trusted: "
                               f"{_compact(str(exc))}",
                               "set `caBundle` on the target to the CA that signed the endpoint's certificate")
+        cause = unreachable_cause(exc)
+        if cause is not None and arm_endpoint:
+            endpoint = endpoint_root(arm_endpoint)
+            return CloudError(f"{doing}: could not reach Azure Resource Manager at {endpoint}: {cause}{suffix}",
+                              unreachable_hint(endpoint, "`armEndpoint` of the target"))
         return CloudError(f"{doing}: could not reach Azure: {_compact(str(exc))}{suffix}",
                           f"check the network, proxy settings, `armEndpoint` of the target and {AUTHORITY_ENV}")
     if not isinstance(exc, HttpResponseError):
@@ -212,10 +255,12 @@ class AzureApi:
         self.clock = clock
         self.now = now
         self.scope = f"{target.arm_endpoint}/.default"
-        verify = {"connection_verify": target.ca_bundle} if target.ca_bundle else {}
+        verify: dict[str, Any] = {"connection_verify": target.ca_bundle} if target.ca_bundle else {}
         self._owns_credential = credential is None
         # DefaultAzureCredential reads AZURE_AUTHORITY_HOST itself; the CA bundle must reach its token requests too.
-        self.credential: TokenCredential = credential or DefaultAzureCredential(**verify)
+        # One attempt per token request too (retry_total=0): its own retries waited ~5 s on a refused connection,
+        # out of reach of our deadline; is_transient retries a token request that found nothing listening.
+        self.credential: TokenCredential = credential or DefaultAzureCredential(retry_total=0, **verify)
         options = client_options(target)
         self.msi = ManagedServiceIdentityClient(self.credential, target.subscription, **options)
         self.clusters = ContainerServiceClient(self.credential, target.subscription, **options)
@@ -241,7 +286,7 @@ class AzureApi:
             return call_with_retry(fn, policy=policy or self.retry, retryable=retryable, what=doing,
                                    sleep=self.sleep, clock=self.clock, asked=lambda exc: retry_after(exc, self.now))
         except AzureError as exc:
-            raise explain(exc, doing) from exc
+            raise explain(exc, doing, self.target.arm_endpoint) from exc
 
     def get(self, doing: str, fn: Callable[[], T]) -> T | None:
         """`call`, with a 404 (the object or its resource group does not exist) answered as None."""

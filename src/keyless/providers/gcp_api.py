@@ -23,7 +23,14 @@ from google.auth.credentials import Credentials
 from google.auth.transport.requests import AuthorizedSession
 
 from keyless.errors import CloudError, Denied
-from keyless.providers.retry import RetryPolicy, call_with_retry, retry_after
+from keyless.providers.retry import (
+    RetryPolicy,
+    call_with_retry,
+    endpoint_root,
+    retry_after,
+    unreachable_cause,
+    unreachable_hint,
+)
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 TIMEOUT = (5.0, 30.0)  # connect, read: seconds
@@ -124,10 +131,24 @@ PERMISSIONS_HINT = ("the Google identity keyless runs as lacks a permission: giv
                     "resourcemanager.projects.getIamPolicy and iam.serviceAccountKeys.list)")
 
 
-def explain(exc: BaseException, doing: str) -> CloudError:
-    """A CloudError a person can act on, with Google's status and message when there is one."""
+def explain(exc: BaseException, doing: str, api: GoogleApi | None = None, root: str = "") -> CloudError:
+    """A CloudError a person can act on, with Google's status and message when there is one. `api` and `root` name the
+    endpoint the call went to, for saying which one could not be reached."""
     gave_up = next((n for n in getattr(exc, "__notes__", ()) if n.startswith("gave up")), "")
     suffix = f" ({gave_up})" if gave_up else ""
+    cause = unreachable_cause(exc)
+    if cause is not None and isinstance(exc, requests.ConnectionError | auth_errors.TransportError):
+        if isinstance(exc, auth_errors.TransportError):
+            # The credentials' token request, not the API call: its endpoint comes from the credentials file.
+            where = _token_endpoint(exc)
+            return CloudError(f"{doing}: could not reach Google's token endpoint{f' at {where}' if where else ''}: "
+                              f"{cause}{suffix}",
+                              unreachable_hint(f"//{where}", "the token_uri of the credentials file "
+                                               "GOOGLE_APPLICATION_CREDENTIALS names"))
+        endpoint = endpoint_root(root) if root else "Google"
+        settings = f"{api.variable}" if api is not None else "the CLOUDSDK_API_ENDPOINT_OVERRIDES_* variables"
+        return CloudError(f"{doing}: could not reach Google at {endpoint}: {cause}{suffix}",
+                          unreachable_hint(endpoint, settings))
     if isinstance(exc, auth_errors.DefaultCredentialsError):
         return CloudError(f"{doing}: no Google credentials found: {_compact(str(exc))}",
                           "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a "
@@ -158,6 +179,14 @@ def explain(exc: BaseException, doing: str) -> CloudError:
     if exc.status >= 500:
         return CloudError(text, "Google had a transient failure; run it again")
     return CloudError(text)
+
+
+def _token_endpoint(exc: BaseException) -> str:
+    """HOST:PORT of the token request google-auth's transport error names (urllib3's "host=..., port=..."), or ""."""
+    text = str(exc)
+    host = text.partition("host='")[2].partition("'")[0]
+    port = text.partition("port=")[2].partition(")")[0].strip()
+    return f"{host}:{port}" if host and port.isdigit() else ""
 
 
 def default_credentials() -> Credentials:
@@ -249,7 +278,7 @@ class GcpApi:
                 policy=policy or self.retry, retryable=retryable, what=doing, sleep=self.sleep, clock=self.clock,
                 asked=lambda exc: retry_after(exc.headers, self.now) if isinstance(exc, GoogleHttpError) else None)
         except (GoogleHttpError, requests.RequestException, auth_errors.GoogleAuthError) as exc:
-            raise explain(exc, doing) from exc
+            raise explain(exc, doing, api, self.roots[api]) from exc
 
     def get(self, doing: str, api: GoogleApi, path: str, *, params: Mapping[str, str] | None = None
             ) -> dict[str, Any] | None:

@@ -1,14 +1,17 @@
-"""The one retry helper of keyless: bounded attempts, exponential backoff with jitter, a total deadline."""
+"""The one retry helper of keyless: bounded attempts, exponential backoff with jitter, a total deadline, and a brief
+budget for an endpoint nothing answers on."""
 
 from __future__ import annotations
 
 import email.utils
 import logging
 import random
+import socket
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -72,6 +75,67 @@ def retry_after(headers: Mapping[str, str] | None, now: Callable[[], float] = ti
 # A policy for tests and callers that want exactly one try.
 NO_RETRY = RetryPolicy(max_attempts=1, base_delay=0.0, max_delay=0.0, deadline=0.0)
 
+# Nothing listening, or a host name that does not resolve: the endpoint is wrong or down (a sandbox that is not
+# running, a mistyped AWS_ENDPOINT_URL_*), not busy. One more look covers a proxy or sandbox that is restarting;
+# more only delays the message (a full schedule here kept people waiting 11-13 s for "could not connect").
+UNREACHABLE_RETRY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=1.0, deadline=2.0)
+
+# How the SDKs' wrapped errors say it when only their text survives (azure-identity folds every credential's
+# failure into one message; urllib3 and botocore keep the cause as an attribute, not always as __cause__).
+_REFUSED_TEXT = ("connection refused", "[errno 111]", "[winerror 10061]")
+_UNRESOLVED_TEXT = ("name or service not known", "nodename nor servname", "temporary failure in name resolution",
+                    "getaddrinfo failed", "failed to resolve", "no address associated with hostname")
+REFUSED = "connection refused (nothing listens there)"
+UNRESOLVED = "the host name does not resolve"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The error and everything it wraps: causes, contexts, and the attributes SDKs keep inner errors in."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        kwargs = getattr(current, "kwargs", None)  # botocore keeps the urllib3 error in kwargs["error"]
+        inner = [current.__cause__, current.__context__, getattr(current, "reason", None),
+                 getattr(current, "inner_exception", None), kwargs.get("error") if isinstance(kwargs, dict) else None,
+                 *current.args]
+        pending += [e for e in inner if isinstance(e, BaseException)]
+
+
+def unreachable_cause(exc: BaseException) -> str | None:
+    """REFUSED or UNRESOLVED when the error (or one it wraps) says nothing answered at the endpoint, else None."""
+    for current in _chain(exc):
+        if isinstance(current, ConnectionRefusedError):
+            return REFUSED
+        if isinstance(current, socket.gaierror):
+            return UNRESOLVED
+        text = str(current).lower()
+        if any(marker in text for marker in _REFUSED_TEXT):
+            return REFUSED
+        if any(marker in text for marker in _UNRESOLVED_TEXT):
+            return UNRESOLVED
+    return None
+
+
+def endpoint_root(url: str) -> str:
+    """scheme://host[:port] of a URL: the part a person compares with their endpoint settings."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
+
+
+def unreachable_hint(endpoint: str, settings: str) -> str:
+    """What to check when nothing answered at `endpoint`, which `settings` (a person-readable list) chose."""
+    host = urlsplit(endpoint).hostname or ""
+    sandbox = ("if it is the keyless sandbox, start it (`keyless sandbox up`) and run "
+               "`eval \"$(keyless sandbox env)\"` again in this shell (a restarted sandbox listens on new ports); ")
+    local = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    return (f"{sandbox}otherwise check {settings}" if local
+            else f"check {settings}, and the network and proxy settings")
+
 
 def call_with_retry(
     fn: Callable[[], T],
@@ -103,11 +167,15 @@ def call_with_retry(
         except Exception as exc:
             if not retryable(exc):
                 raise
-            remaining = policy.deadline - (clock() - start)
-            if attempt >= policy.max_attempts or remaining <= 0:
+            # An endpoint nothing answers on gets the brief schedule, never more than the caller's own.
+            schedule = policy if unreachable_cause(exc) is None else replace(
+                UNREACHABLE_RETRY, max_attempts=min(policy.max_attempts, UNREACHABLE_RETRY.max_attempts),
+                deadline=min(policy.deadline, UNREACHABLE_RETRY.deadline))
+            remaining = schedule.deadline - (clock() - start)
+            if attempt >= schedule.max_attempts or remaining <= 0:
                 exc.add_note(f"gave up after {attempt} attempt(s) in {clock() - start:.1f}s")
                 raise
-            delay = min(policy.backoff(attempt - 1, draw), remaining)
+            delay = min(schedule.backoff(attempt - 1, draw), remaining)
             hint = asked(exc) if asked is not None else None
             if hint:
                 delay = max(delay, min(hint, MAX_RETRY_AFTER, remaining))
