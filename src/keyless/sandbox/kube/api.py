@@ -9,6 +9,7 @@ import copy
 import datetime
 import json
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -24,6 +25,7 @@ import kmock
 from kmock._internal.rendering import Response as KmockResponse
 from ruamel.yaml import YAML
 
+from keyless.sandbox.kube import openapi
 from keyless.sandbox.kube.admission import Mutator, mutator_name, service_account_admission
 from keyless.sandbox.kube.merge import (
     ApplyConflictError,
@@ -51,6 +53,7 @@ from keyless.sandbox.kube.schema import (
     Kind,
     StatusError,
     already_exists,
+    api_resources,
     apply_defaults,
     bad_request,
     conflict,
@@ -144,9 +147,13 @@ def _json_response(payload: Any, status: int = 200) -> aiohttp.web.Response:
     return aiohttp.web.Response(body=json.dumps(payload).encode(), status=status, content_type="application/json")
 
 
-def _api_response(payload: Any, status: int = 200) -> KmockResponse:
-    return KmockResponse(status=status, headers={"Content-Type": "application/json"},
-                          payload=json.dumps(payload).encode())
+def _api_response(payload: Any, status: int = 200, warnings: Iterable[str] = ()) -> KmockResponse:
+    headers = {"Content-Type": "application/json"}
+    shown = list(warnings)
+    if shown:
+        # One header line per warning in the real server; aiohttp joins a list-free dict, so fold them (RFC 9110).
+        headers["Warning"] = ", ".join(f'299 - {json.dumps(w)}' for w in shown)
+    return KmockResponse(status=status, headers=headers, payload=json.dumps(payload).encode())
 
 
 def status_response(error: StatusError) -> aiohttp.web.Response:
@@ -236,6 +243,9 @@ class KubeApiServer(kmock.KubernetesEmulator):
         self.fallback[kmock.method.DELETE] << self._serve_delete_collection
         self.fallback["get /.well-known/openid-configuration"] << self._serve_oidc_configuration
         self.fallback["get /openid/v1/jwks"] << self._serve_jwks
+        self.fallback["get /openapi/v2"] << self._serve_openapi_v2
+        self.fallback["get /openapi/v3"] << self._serve_openapi_v3_index
+        self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_v3
         for probe in ("/healthz", "/readyz", "/livez"):
             self.fallback[f"get {probe}"] << b"ok"
 
@@ -706,6 +716,25 @@ class KubeApiServer(kmock.KubernetesEmulator):
     def _dry_run(request: kmock.Request) -> bool:
         return request.params.get("dryRun") == "All"
 
+    @staticmethod
+    def _field_validation(request: kmock.Request, kind: Kind, body: Any, *, patch: bool = False) -> list[str]:
+        """The warnings for unknown fields in a write's body; with ``fieldValidation=Strict``, its refusal.
+
+        Like the API server: Warn (the default) answers a ``Warning`` header per unknown field, Strict
+        refuses the request, Ignore says nothing. Unlike it, the stand-in keeps the fields it warns about.
+        """
+        directive = request.params.get("fieldValidation") or "Warn"
+        if directive not in ("Ignore", "Warn", "Strict"):
+            raise bad_request(f'fieldValidation: Unsupported value: "{directive}": supported values: '
+                              '"Ignore", "Strict", "Warn"')
+        if directive == "Ignore" or not isinstance(body, dict):
+            return []
+        problems = [f'unknown field "{path}"' for path in openapi.schemas().unknown_fields(kind, body, patch=patch)]
+        if problems and directive == "Strict":
+            raise bad_request(f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                              f"strict decoding error: {', '.join(problems)}")
+        return problems
+
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
         assert request.name is not None  # a FETCH has a name by definition
@@ -752,9 +781,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
         kind, namespace = self._target(request)
         if not isinstance(request.data, dict):
             raise bad_request("the body of the request must be a JSON object")
+        warnings = self._field_validation(request, kind, request.data)
         obj = await self.create_object(kind, namespace, request.data, manager=self._manager(request),
                                 dry_run=self._dry_run(request))
-        return _api_response(obj, 201)
+        return _api_response(obj, 201, warnings)
 
     async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
@@ -765,6 +795,8 @@ class KubeApiServer(kmock.KubernetesEmulator):
         body: Any = request.body if content_type == APPLY_PATCH else request.data
         if content_type != APPLY_PATCH and body is None:
             raise bad_request("the body of the request could not be decoded as JSON")
+        checked = self._parse_apply_body(body) if content_type == APPLY_PATCH else body
+        warnings = self._field_validation(request, kind, checked, patch=content_type == STRATEGIC_PATCH)
         manager = request.params.get("fieldManager") or (None if content_type == APPLY_PATCH
                                                          else self._manager(request))
         obj, created = await self.patch_object(
@@ -772,7 +804,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
             force=request.params.get("force") == "true", subresource=request.subresource or "",
             dry_run=self._dry_run(request),
         )
-        return _api_response(obj, 201 if created else 200)
+        return _api_response(obj, 201 if created else 200, warnings)
 
     async def _serve_replace(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
@@ -781,12 +813,13 @@ class KubeApiServer(kmock.KubernetesEmulator):
                                                        "resource")
         if not isinstance(request.data, dict):
             raise bad_request("the body of the request must be a JSON object")
+        warnings = self._field_validation(request, kind, request.data)
         live = self.get_object(kind, namespace, request.name)
         if live is None:
             raise not_found(kind, request.name)
         obj = self.write_object(kind, live, request.data, manager=self._manager(request),
                          subresource=request.subresource or "", dry_run=self._dry_run(request))
-        return _api_response(obj)
+        return _api_response(obj, warnings=warnings)
 
     async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
@@ -872,11 +905,38 @@ class KubeApiServer(kmock.KubernetesEmulator):
                               payload=json.dumps(self.issuer.jwks()).encode())
 
     async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
-        payload = await super()._serve_version(request)
-        # kmock spells the core group's version "/v1"; clients expect "v1".
-        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
-            payload["groupVersion"] = str(payload["groupVersion"])[1:]
-        return payload
+        # Written here rather than taken from kmock, which gives subresources their parent's short names
+        # (kubectl then warns "sa could also match serviceaccounts/token") and spells the core group "/v1".
+        ref = request.resource
+        group, version = (ref.group, ref.version) if ref is not None else (None, None)
+        resources = api_resources(str(group), str(version))
+        if not resources:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        return _api_response({"kind": "APIResourceList", "apiVersion": "v1",
+                              "groupVersion": f"{group}/{version}" if group else str(version),
+                              "resources": resources})
+
+    # --- OpenAPI: what kubectl reads before it validates or patches -----------------------------
+
+    async def _serve_openapi_v2(self, request: kmock.Request) -> kmock.Payload:
+        accepted = [part.split(";")[0].strip().lower() for part in _header(request, "Accept").split(",")]
+        if accepted != [""] and not {"application/json", "*/*", "application/*"} & set(accepted):
+            # The real server also speaks protobuf here; answering 406 makes clients use what they have.
+            raise StatusError(406, "NotAcceptable", "only the following media types are accepted: application/json")
+        return KmockResponse(status=200, headers={"Content-Type": "application/json"}, payload=openapi.v2_document())
+
+    async def _serve_openapi_v3_index(self, request: kmock.Request) -> kmock.Payload:
+        return _api_response(openapi.v3_index())
+
+    async def _serve_openapi_v3(self, request: kmock.Request) -> kmock.Payload:
+        group_version = request.url.path.removeprefix("/openapi/v3/").strip("/")
+        document = openapi.v3_document(group_version)
+        if document is None:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        headers = {"Content-Type": "application/json", "Etag": f'"{openapi.v3_hash(group_version)}"'}
+        if request.params.get("hash") == openapi.v3_hash(group_version):
+            headers["Cache-Control"] = "public, immutable"  # the URL names the content: clients may keep it
+        return KmockResponse(status=200, headers=headers, payload=document)
 
     async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
         major, minor = self.server_version
