@@ -147,13 +147,11 @@ def _json_response(payload: Any, status: int = 200) -> aiohttp.web.Response:
     return aiohttp.web.Response(body=json.dumps(payload).encode(), status=status, content_type="application/json")
 
 
-def _api_response(payload: Any, status: int = 200, warnings: Iterable[str] = ()) -> KmockResponse:
-    headers = {"Content-Type": "application/json"}
-    shown = list(warnings)
-    if shown:
-        # One header line per warning in the real server; aiohttp joins a list-free dict, so fold them (RFC 9110).
-        headers["Warning"] = ", ".join(f'299 - {json.dumps(w)}' for w in shown)
-    return KmockResponse(status=status, headers=headers, payload=json.dumps(payload).encode())
+def _api_response(payload: Any, status: int = 200) -> KmockResponse:
+    # No other headers here: kmock merges a response's headers into its reaction, so they would stick to
+    # every later answer of that route. Per-response headers go through KubeApiServer._add_header.
+    return KmockResponse(status=status, headers={"Content-Type": "application/json"},
+                          payload=json.dumps(payload).encode())
 
 
 def status_response(error: StatusError) -> aiohttp.web.Response:
@@ -226,6 +224,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
     _log: collections.deque[ChangeEvent] = attrs.field(factory=lambda: collections.deque(maxlen=_EVENT_LOG),
                                                        init=False)
     _listeners: list[Callable[[ChangeEvent], None]] = attrs.field(factory=list, init=False)
+    _extra_headers: dict[int, list[tuple[str, str]]] = attrs.field(factory=dict, init=False)
     _tombstones: collections.deque[tuple[kmock.resource, str | None, str]] = attrs.field(
         factory=collections.deque, init=False)
     unexpected_errors: list[BaseException] = attrs.field(factory=list, init=False)
@@ -252,10 +251,16 @@ class KubeApiServer(kmock.KubernetesEmulator):
     # --- request plumbing -----------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        request_id = 0
         try:
             request = await self._parse_request(raw_request)
+            request_id = request.id
             self._remember(request)
-            return await self._handle(request)
+            response = await self._handle(request)
+            if not response.prepared:  # a watch stream has sent its headers already
+                for name, value in self._extra_headers.get(request_id, ()):
+                    response.headers.add(name, value)
+            return response
         except StatusError as error:
             return status_response(error)
         except kmock.KubernetesError as error:  # kmock's discovery refusing an unknown group or path
@@ -266,6 +271,12 @@ class KubeApiServer(kmock.KubernetesEmulator):
             self.unexpected_errors.append(error)
             del self.unexpected_errors[:-50]
             return status_response(StatusError(500, "InternalError", f"Internal error occurred: {error!r}"))
+        finally:
+            self._extra_headers.pop(request_id, None)
+
+    def _add_header(self, request: kmock.Request, name: str, value: str) -> None:
+        """Send ``name: value`` with this request's answer (a header line each, as the API server does)."""
+        self._extra_headers.setdefault(request.id, []).append((name, value))
 
     async def _parse_request(self, raw: aiohttp.web.BaseRequest) -> kmock.Request:
         body = await raw.read()
@@ -716,9 +727,8 @@ class KubeApiServer(kmock.KubernetesEmulator):
     def _dry_run(request: kmock.Request) -> bool:
         return request.params.get("dryRun") == "All"
 
-    @staticmethod
-    def _field_validation(request: kmock.Request, kind: Kind, body: Any, *, patch: bool = False) -> list[str]:
-        """The warnings for unknown fields in a write's body; with ``fieldValidation=Strict``, its refusal.
+    def _field_validation(self, request: kmock.Request, kind: Kind, body: Any, *, patch: bool = False) -> None:
+        """Warn about unknown fields in a write's body; with ``fieldValidation=Strict``, refuse it.
 
         Like the API server: Warn (the default) answers a ``Warning`` header per unknown field, Strict
         refuses the request, Ignore says nothing. Unlike it, the stand-in keeps the fields it warns about.
@@ -728,12 +738,13 @@ class KubeApiServer(kmock.KubernetesEmulator):
             raise bad_request(f'fieldValidation: Unsupported value: "{directive}": supported values: '
                               '"Ignore", "Strict", "Warn"')
         if directive == "Ignore" or not isinstance(body, dict):
-            return []
+            return
         problems = [f'unknown field "{path}"' for path in openapi.schemas().unknown_fields(kind, body, patch=patch)]
         if problems and directive == "Strict":
             raise bad_request(f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
                               f"strict decoding error: {', '.join(problems)}")
-        return problems
+        for problem in problems:
+            self._add_header(request, "Warning", f"299 - {json.dumps(problem)}")
 
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
@@ -781,10 +792,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
         kind, namespace = self._target(request)
         if not isinstance(request.data, dict):
             raise bad_request("the body of the request must be a JSON object")
-        warnings = self._field_validation(request, kind, request.data)
+        self._field_validation(request, kind, request.data)
         obj = await self.create_object(kind, namespace, request.data, manager=self._manager(request),
                                 dry_run=self._dry_run(request))
-        return _api_response(obj, 201, warnings)
+        return _api_response(obj, 201)
 
     async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
@@ -796,7 +807,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
         if content_type != APPLY_PATCH and body is None:
             raise bad_request("the body of the request could not be decoded as JSON")
         checked = self._parse_apply_body(body) if content_type == APPLY_PATCH else body
-        warnings = self._field_validation(request, kind, checked, patch=content_type == STRATEGIC_PATCH)
+        self._field_validation(request, kind, checked, patch=content_type == STRATEGIC_PATCH)
         manager = request.params.get("fieldManager") or (None if content_type == APPLY_PATCH
                                                          else self._manager(request))
         obj, created = await self.patch_object(
@@ -804,7 +815,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
             force=request.params.get("force") == "true", subresource=request.subresource or "",
             dry_run=self._dry_run(request),
         )
-        return _api_response(obj, 201 if created else 200, warnings)
+        return _api_response(obj, 201 if created else 200)
 
     async def _serve_replace(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
@@ -813,13 +824,13 @@ class KubeApiServer(kmock.KubernetesEmulator):
                                                        "resource")
         if not isinstance(request.data, dict):
             raise bad_request("the body of the request must be a JSON object")
-        warnings = self._field_validation(request, kind, request.data)
+        self._field_validation(request, kind, request.data)
         live = self.get_object(kind, namespace, request.name)
         if live is None:
             raise not_found(kind, request.name)
         obj = self.write_object(kind, live, request.data, manager=self._manager(request),
                          subresource=request.subresource or "", dry_run=self._dry_run(request))
-        return _api_response(obj, warnings=warnings)
+        return _api_response(obj)
 
     async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
@@ -933,10 +944,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
         document = openapi.v3_document(group_version)
         if document is None:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
-        headers = {"Content-Type": "application/json", "Etag": f'"{openapi.v3_hash(group_version)}"'}
+        self._add_header(request, "Etag", f'"{openapi.v3_hash(group_version)}"')
         if request.params.get("hash") == openapi.v3_hash(group_version):
-            headers["Cache-Control"] = "public, immutable"  # the URL names the content: clients may keep it
-        return KmockResponse(status=200, headers=headers, payload=document)
+            self._add_header(request, "Cache-Control", "public, immutable")  # the URL names the content
+        return KmockResponse(status=200, headers={"Content-Type": "application/json"}, payload=document)
 
     async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
         major, minor = self.server_version

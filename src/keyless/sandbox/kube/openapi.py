@@ -240,6 +240,7 @@ def schemas() -> Schemas:
     """The schemas of every served kind (built once: they depend only on the installed models)."""
     roots = [_kind_model(kind) for kind in KINDS]
     roots.append(importlib.import_module(f"{_MODELS}.authentication_v1").TokenRequest)
+    roots.append(importlib.import_module(f"{_MODELS}.meta_v1").ListMeta)  # every list's metadata
     components = _collect(roots)
     for kind in KINDS:
         components[definition_name(_kind_model(kind))]["x-kubernetes-group-version-kind"] = [
@@ -414,9 +415,6 @@ def _v3_document_text(group_version: str) -> str:
     every["io.k8s.apimachinery.pkg.apis.meta.v1.Patch"] = {
         "description": "Patch is the body of a PATCH request.", "type": "object"}
     every["io.k8s.apimachinery.pkg.apis.meta.v1.Status"] = _STATUS
-    every.setdefault("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta",
-                     _object_schema(importlib.import_module(f"{_MODELS}.meta_v1").ListMeta,
-                                    "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta", []))
     paths: dict[str, JsonDict] = {}
     roots = list(_META_SCHEMAS)
     for kind in KINDS:
