@@ -9,6 +9,7 @@ import copy
 import datetime
 import json
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -24,6 +25,7 @@ import kmock
 from kmock._internal.rendering import Response as KmockResponse
 from ruamel.yaml import YAML
 
+from keyless.sandbox.kube import openapi
 from keyless.sandbox.kube.admission import Mutator, mutator_name, service_account_admission
 from keyless.sandbox.kube.merge import (
     ApplyConflictError,
@@ -51,6 +53,7 @@ from keyless.sandbox.kube.schema import (
     Kind,
     StatusError,
     already_exists,
+    api_resources,
     apply_defaults,
     bad_request,
     conflict,
@@ -145,6 +148,8 @@ def _json_response(payload: Any, status: int = 200) -> aiohttp.web.Response:
 
 
 def _api_response(payload: Any, status: int = 200) -> KmockResponse:
+    # No other headers here: kmock merges a response's headers into its reaction, so they would stick to
+    # every later answer of that route. Per-response headers go through KubeApiServer._add_header.
     return KmockResponse(status=status, headers={"Content-Type": "application/json"},
                           payload=json.dumps(payload).encode())
 
@@ -219,6 +224,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
     _log: collections.deque[ChangeEvent] = attrs.field(factory=lambda: collections.deque(maxlen=_EVENT_LOG),
                                                        init=False)
     _listeners: list[Callable[[ChangeEvent], None]] = attrs.field(factory=list, init=False)
+    _extra_headers: dict[int, list[tuple[str, str]]] = attrs.field(factory=dict, init=False)
     _tombstones: collections.deque[tuple[kmock.resource, str | None, str]] = attrs.field(
         factory=collections.deque, init=False)
     unexpected_errors: list[BaseException] = attrs.field(factory=list, init=False)
@@ -236,16 +242,25 @@ class KubeApiServer(kmock.KubernetesEmulator):
         self.fallback[kmock.method.DELETE] << self._serve_delete_collection
         self.fallback["get /.well-known/openid-configuration"] << self._serve_oidc_configuration
         self.fallback["get /openid/v1/jwks"] << self._serve_jwks
+        self.fallback["get /openapi/v2"] << self._serve_openapi_v2
+        self.fallback["get /openapi/v3"] << self._serve_openapi_v3_index
+        self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_v3
         for probe in ("/healthz", "/readyz", "/livez"):
             self.fallback[f"get {probe}"] << b"ok"
 
     # --- request plumbing -----------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        request_id = 0
         try:
             request = await self._parse_request(raw_request)
+            request_id = request.id
             self._remember(request)
-            return await self._handle(request)
+            response = await self._handle(request)
+            if not response.prepared:  # a watch stream has sent its headers already
+                for name, value in self._extra_headers.get(request_id, ()):
+                    response.headers.add(name, value)
+            return response
         except StatusError as error:
             return status_response(error)
         except kmock.KubernetesError as error:  # kmock's discovery refusing an unknown group or path
@@ -256,6 +271,12 @@ class KubeApiServer(kmock.KubernetesEmulator):
             self.unexpected_errors.append(error)
             del self.unexpected_errors[:-50]
             return status_response(StatusError(500, "InternalError", f"Internal error occurred: {error!r}"))
+        finally:
+            self._extra_headers.pop(request_id, None)
+
+    def _add_header(self, request: kmock.Request, name: str, value: str) -> None:
+        """Send ``name: value`` with this request's answer (a header line each, as the API server does)."""
+        self._extra_headers.setdefault(request.id, []).append((name, value))
 
     async def _parse_request(self, raw: aiohttp.web.BaseRequest) -> kmock.Request:
         body = await raw.read()
@@ -706,6 +727,25 @@ class KubeApiServer(kmock.KubernetesEmulator):
     def _dry_run(request: kmock.Request) -> bool:
         return request.params.get("dryRun") == "All"
 
+    def _field_validation(self, request: kmock.Request, kind: Kind, body: Any, *, patch: bool = False) -> None:
+        """Warn about unknown fields in a write's body; with ``fieldValidation=Strict``, refuse it.
+
+        Like the API server: Warn (the default) answers a ``Warning`` header per unknown field, Strict
+        refuses the request, Ignore says nothing. Unlike it, the stand-in keeps the fields it warns about.
+        """
+        directive = request.params.get("fieldValidation") or "Warn"
+        if directive not in ("Ignore", "Warn", "Strict"):
+            raise bad_request(f'fieldValidation: Unsupported value: "{directive}": supported values: '
+                              '"Ignore", "Strict", "Warn"')
+        if directive == "Ignore" or not isinstance(body, dict):
+            return
+        problems = [f'unknown field "{path}"' for path in openapi.schemas().unknown_fields(kind, body, patch=patch)]
+        if problems and directive == "Strict":
+            raise bad_request(f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                              f"strict decoding error: {', '.join(problems)}")
+        for problem in problems:
+            self._add_header(request, "Warning", f"299 - {json.dumps(problem)}")
+
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
         assert request.name is not None  # a FETCH has a name by definition
@@ -752,6 +792,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
         kind, namespace = self._target(request)
         if not isinstance(request.data, dict):
             raise bad_request("the body of the request must be a JSON object")
+        self._field_validation(request, kind, request.data)
         obj = await self.create_object(kind, namespace, request.data, manager=self._manager(request),
                                 dry_run=self._dry_run(request))
         return _api_response(obj, 201)
@@ -765,6 +806,8 @@ class KubeApiServer(kmock.KubernetesEmulator):
         body: Any = request.body if content_type == APPLY_PATCH else request.data
         if content_type != APPLY_PATCH and body is None:
             raise bad_request("the body of the request could not be decoded as JSON")
+        checked = self._parse_apply_body(body) if content_type == APPLY_PATCH else body
+        self._field_validation(request, kind, checked, patch=content_type == STRATEGIC_PATCH)
         manager = request.params.get("fieldManager") or (None if content_type == APPLY_PATCH
                                                          else self._manager(request))
         obj, created = await self.patch_object(
@@ -781,6 +824,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
                                                        "resource")
         if not isinstance(request.data, dict):
             raise bad_request("the body of the request must be a JSON object")
+        self._field_validation(request, kind, request.data)
         live = self.get_object(kind, namespace, request.name)
         if live is None:
             raise not_found(kind, request.name)
@@ -872,11 +916,38 @@ class KubeApiServer(kmock.KubernetesEmulator):
                               payload=json.dumps(self.issuer.jwks()).encode())
 
     async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
-        payload = await super()._serve_version(request)
-        # kmock spells the core group's version "/v1"; clients expect "v1".
-        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
-            payload["groupVersion"] = str(payload["groupVersion"])[1:]
-        return payload
+        # Written here rather than taken from kmock, which gives subresources their parent's short names
+        # (kubectl then warns "sa could also match serviceaccounts/token") and spells the core group "/v1".
+        ref = request.resource
+        group, version = (ref.group, ref.version) if ref is not None else (None, None)
+        resources = api_resources(str(group), str(version))
+        if not resources:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        return _api_response({"kind": "APIResourceList", "apiVersion": "v1",
+                              "groupVersion": f"{group}/{version}" if group else str(version),
+                              "resources": resources})
+
+    # --- OpenAPI: what kubectl reads before it validates or patches -----------------------------
+
+    async def _serve_openapi_v2(self, request: kmock.Request) -> kmock.Payload:
+        accepted = [part.split(";")[0].strip().lower() for part in _header(request, "Accept").split(",")]
+        if accepted != [""] and not {"application/json", "*/*", "application/*"} & set(accepted):
+            # The real server also speaks protobuf here; answering 406 makes clients use what they have.
+            raise StatusError(406, "NotAcceptable", "only the following media types are accepted: application/json")
+        return KmockResponse(status=200, headers={"Content-Type": "application/json"}, payload=openapi.v2_document())
+
+    async def _serve_openapi_v3_index(self, request: kmock.Request) -> kmock.Payload:
+        return _api_response(openapi.v3_index())
+
+    async def _serve_openapi_v3(self, request: kmock.Request) -> kmock.Payload:
+        group_version = request.url.path.removeprefix("/openapi/v3/").strip("/")
+        document = openapi.v3_document(group_version)
+        if document is None:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        self._add_header(request, "Etag", f'"{openapi.v3_hash(group_version)}"')
+        if request.params.get("hash") == openapi.v3_hash(group_version):
+            self._add_header(request, "Cache-Control", "public, immutable")  # the URL names the content
+        return KmockResponse(status=200, headers={"Content-Type": "application/json"}, payload=document)
 
     async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
         major, minor = self.server_version

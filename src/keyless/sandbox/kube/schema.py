@@ -27,6 +27,7 @@ class Kind:
     has_generation: bool = False  # metadata.generation counts spec changes
     field_selectors: frozenset[str] = frozenset()
     subresources: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # what `kubectl get all` lists
 
     @property
     def api_version(self) -> str:
@@ -52,22 +53,22 @@ SERVICE_ACCOUNTS = Kind("", "v1", "serviceaccounts", "ServiceAccount", True, "se
 PODS = Kind("", "v1", "pods", "Pod", True, "pod", ("po",), status_subresource=True,
             field_selectors=frozenset({"spec.nodeName", "spec.serviceAccountName", "spec.restartPolicy",
                                        "spec.schedulerName", "status.phase", "status.podIP"}),
-            subresources=("status",))
+            subresources=("status",), categories=("all",))
 CONFIG_MAPS = Kind("", "v1", "configmaps", "ConfigMap", True, "configmap", ("cm",))
 SECRETS = Kind("", "v1", "secrets", "Secret", True, "secret", (), field_selectors=frozenset({"type"}))
 SERVICES = Kind("", "v1", "services", "Service", True, "service", ("svc",), status_subresource=True,
-                subresources=("status",))
+                subresources=("status",), categories=("all",))
 EVENTS = Kind("", "v1", "events", "Event", True, "event", ("ev",),
               field_selectors=frozenset({"involvedObject.kind", "involvedObject.name", "involvedObject.uid",
                                          "involvedObject.namespace", "reason", "type"}))
 DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment", True, "deployment", ("deploy",),
-                   status_subresource=True, has_generation=True, subresources=("status",))
+                   status_subresource=True, has_generation=True, subresources=("status",), categories=("all",))
 REPLICA_SETS = Kind("apps", "v1", "replicasets", "ReplicaSet", True, "replicaset", ("rs",),
-                    status_subresource=True, has_generation=True, subresources=("status",))
+                    status_subresource=True, has_generation=True, subresources=("status",), categories=("all",))
 JOBS = Kind("batch", "v1", "jobs", "Job", True, "job", (), status_subresource=True, has_generation=True,
-            field_selectors=frozenset({"status.successful"}), subresources=("status",))
+            field_selectors=frozenset({"status.successful"}), subresources=("status",), categories=("all",))
 CRON_JOBS = Kind("batch", "v1", "cronjobs", "CronJob", True, "cronjob", ("cj",), status_subresource=True,
-                 has_generation=True, subresources=("status",))
+                 has_generation=True, subresources=("status",), categories=("all",))
 
 KINDS: Final = (NAMESPACES, SERVICE_ACCOUNTS, PODS, CONFIG_MAPS, SECRETS, SERVICES, EVENTS,
                 DEPLOYMENTS, REPLICA_SETS, JOBS, CRON_JOBS)
@@ -82,6 +83,40 @@ def kind_for(group: str | None, version: str | None, plural: str | None) -> Kind
 
 def verbs() -> tuple[str, ...]:
     return _VERBS
+
+
+# What each subresource is, as discovery states it: (group, version, kind or None for the parent's, verbs).
+_SUBRESOURCES: Final[dict[str, tuple[str, str, str | None, tuple[str, ...]]]] = {
+    "status": ("", "", None, ("get", "patch", "update")),
+    "token": ("authentication.k8s.io", "v1", "TokenRequest", ("create",)),
+}
+
+
+def api_resources(group: str, version: str) -> list[JsonDict]:
+    """The ``resources`` of a group-version's discovery document (``/api/v1``, ``/apis/apps/v1``).
+
+    Short names and categories belong to a resource only, never to its subresources: kubectl
+    resolves ``sa`` against every entry and warns when a subresource could match too.
+    """
+    found: list[JsonDict] = []
+    for kind in KINDS:
+        if (kind.group, kind.version) != (group, version):
+            continue
+        entry: JsonDict = {"name": kind.plural, "singularName": kind.singular, "namespaced": kind.namespaced,
+                           "kind": kind.kind, "verbs": list(_VERBS)}
+        if kind.short_names:
+            entry["shortNames"] = list(kind.short_names)
+        if kind.categories:
+            entry["categories"] = list(kind.categories)
+        found.append(entry)
+        for sub in kind.subresources:
+            sub_group, sub_version, sub_kind, sub_verbs = _SUBRESOURCES[sub]
+            sub_entry: JsonDict = {"name": f"{kind.plural}/{sub}", "singularName": "", "namespaced": kind.namespaced,
+                                   "kind": sub_kind or kind.kind, "verbs": list(sub_verbs)}
+            if sub_group:
+                sub_entry |= {"group": sub_group, "version": sub_version}
+            found.append(sub_entry)
+    return found
 
 
 # --- Status errors ---------------------------------------------------------------------------------
