@@ -46,6 +46,9 @@ CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 class FakeProvider:
     """Stands in for a cloud on the targets page: preflight is all it is asked for."""
 
+    def resolve(self, bindings: list[Any]) -> tuple[list[Any], list[PreflightIssue]]:
+        return list(bindings), []
+
     def preflight(self, bindings: list[Any]) -> list[PreflightIssue]:
         return [PreflightIssue(PreflightSeverity.BLOCKING, "the EKS Pod Identity agent add-on is not installed on prod",
                                fix="aws eks create-addon --cluster-name prod --addon-name eks-pod-identity-agent")]
@@ -327,7 +330,10 @@ def test_toggling_a_connection_on_edits_porter_yaml_and_is_audited(dashboard: Da
     client = dashboard.client(Role.DEPLOYER)
     response = save_connection(client, dashboard, enabled="on", role=" shop-api-role ")
     assert response.status_code == 303
-    assert response.headers["location"] == "/apps/shop/services/api#awsRole"
+    assert response.headers["location"] == "/apps/shop/services/api?saved=2#saved"
+    confirmation = client.get(response.headers["location"]).text
+    assert "<strong>Saved.</strong> porter.yaml is now at revision 2" in confirmation
+    assert "+ - type: awsRole\n+   role: shop-api-role\n" in confirmation  # what changed in porter.yaml
     app = dashboard.store.get_app("shop")
     assert "type: awsRole" in app.porter_yaml
     assert "role: shop-api-role" in app.porter_yaml
@@ -350,6 +356,9 @@ def test_toggling_a_connection_on_edits_porter_yaml_and_is_audited(dashboard: Da
 
     off = save_connection(client, dashboard)  # the toggle unchecked: the browser sends no `enabled`
     assert off.status_code == 303
+    assert "- - type: awsRole\n-   role: shop-api-role\n" in client.get(off.headers["location"]).text
+    again = save_connection(client, dashboard)  # nothing to detach any more
+    assert "Nothing changed: porter.yaml already said this" in client.get(again.headers["location"]).text
     assert "awsRole" not in dashboard.store.get_app("shop").porter_yaml
     assert dashboard.store.audit_events("app/shop")[0].action == "connection.detach"
 
@@ -372,7 +381,7 @@ def test_a_stale_form_gets_the_conflict_message(dashboard: Dashboard) -> None:
 def test_a_refused_form_keeps_what_was_typed(dashboard: Dashboard) -> None:
     client = dashboard.client(Role.DEPLOYER)
     response = save_connection(client, dashboard, enabled="on", role="")
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "awsRole needs role" in response.text
     bad = save_connection(client, dashboard, enabled="on", role="not a role name")
     assert bad.status_code == 422
@@ -429,6 +438,110 @@ def test_deploy_progress_is_polled_while_active_and_stops_when_finished(dashboar
     history = client.get("/apps/shop").text
     assert f'<a href="/deploys/{deploy.id}">#{deploy.id}</a>' in history
     assert "succeeded" in client.get("/").text
+
+
+def test_the_service_page_opens_only_the_targets_cloud_and_has_a_plan_button(dashboard: Dashboard) -> None:
+    deployer = dashboard.client(Role.DEPLOYER)
+    no_target = deployer.get("/apps/shop/services/api").text
+    assert "<details" not in no_target  # no target yet: every cloud may apply
+    assert ">Plan</button>" not in no_target
+    assert "has no deploy target yet" in no_target
+
+    dashboard.state.plane.set_app_target("shop", "prod-eks", "test")
+    page = deployer.get("/apps/shop/services/api").text
+    assert '<section class="connection" id="awsRole"' in page
+    for type_, title in (("azureManagedIdentity", "Azure Managed Identity Connection"),
+                         ("gcpServiceAccount", "GCP Service Account Connection")):
+        section = page[page.index(f'id="{type_}"'):]
+        assert section.index("<details>") < section.index(f">{title}</h2>") < section.index("</summary>")
+        assert "does not apply to target prod-eks (AWS)" in section[:section.index("</summary>")]
+    assert page.count("<details>") == 2
+    assert ">Plan</button>" in page
+    assert 'action="/apps/shop/plan"' in page
+    assert ">Plan</button>" not in dashboard.client(Role.VIEWER).get("/apps/shop/services/api").text
+
+
+def test_the_app_page_says_when_changes_are_not_deployed(dashboard: Dashboard) -> None:
+    store = dashboard.store
+    client = dashboard.client(Role.DEPLOYER)
+    assert "Undeployed changes" not in client.get("/apps/shop").text  # nothing to deploy yet
+    save_connection(client, dashboard, enabled="on", role="shop-api-role")
+    assert "this app's connections have never been deployed" in client.get("/apps/shop").text
+
+    done = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    store.finish_deploy(done.id, DeployStatus.SUCCEEDED, "1 change(s) applied")
+    assert "Undeployed changes" not in client.get("/apps/shop").text
+    failed = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    store.finish_deploy(failed.id, DeployStatus.FAILED, "boom")
+    assert "Undeployed changes" not in client.get("/apps/shop").text  # a failed deploy changes nothing here
+
+    save_connection(client, dashboard, enabled="on", role="shop-api-other")
+    page = client.get("/apps/shop").text
+    assert "Undeployed changes:" in page
+    assert (f"porter.yaml is at revision 3; the target was last brought to revision 2\n      by "
+            f'<a href="/deploys/{done.id}">deploy #{done.id}</a>') in page
+
+
+def _plan_from_the_dashboard(dashboard: Dashboard, client: TestClient) -> tuple[int, str]:
+    """Press Plan; the plan runs in the background: wait for it, then read the deploy page."""
+    response = client.post("/apps/shop/plan", data={"csrf": csrf_of(client, "/apps/shop")})
+    assert response.status_code == 303
+    deploy_id = int(response.headers["location"].rsplit("/", 1)[1])
+    dashboard.state.runner.wait(deploy_id)
+    page = client.get(response.headers["location"])
+    assert page.status_code == 200
+    return deploy_id, page.text
+
+
+def test_a_plan_blocked_by_preflight_lands_on_its_deploy_page_with_the_fix(dashboard: Dashboard) -> None:
+    dashboard.state.plane.set_app_target("shop", "prod-eks", "test")
+    client = dashboard.client(Role.DEPLOYER)
+    save_connection(client, dashboard, enabled="on", role="shop-api-role")
+    deploy_id, page = _plan_from_the_dashboard(dashboard, client)
+    assert dashboard.store.get_deploy(deploy_id).status is DeployStatus.BLOCKED
+    assert "Blocked before any change:" in page
+    assert "the EKS Pod Identity agent add-on is not installed on prod" in page
+    assert "fix: aws eks create-addon --cluster-name prod --addon-name eks-pod-identity-agent" in page
+    assert ">Plan again</button>" in page
+    assert ">Apply</button>" not in page
+    assert "409" not in page
+
+
+def test_an_unreachable_cloud_ends_the_plan_on_its_deploy_page_not_a_bad_gateway(dashboard: Dashboard) -> None:
+    dashboard.state.plane.set_app_target("shop", "unreachable", "test")
+    client = dashboard.client(Role.DEPLOYER)
+    deploy_id, page = _plan_from_the_dashboard(dashboard, client)
+    assert dashboard.store.get_deploy(deploy_id).status is DeployStatus.FAILED
+    assert "The plan could not be made:" in page
+    assert "cannot reach the cluster of target &#39;unreachable&#39;" in page
+    assert "hint: check the network" in page
+    assert "502" not in page
+    assert ">Plan again</button>" in page
+
+
+def test_a_page_shown_while_planning_reloads_once_the_plan_is_made(dashboard: Dashboard) -> None:
+    store = dashboard.store
+    deploy = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    client = dashboard.client(Role.VIEWER)
+    page = client.get(f"/deploys/{deploy.id}").text
+    assert 'hx-get="/deploys/%d/progress?since=planning"' % deploy.id in page
+    assert "The plan is being made." in page
+    polled = client.get(f"/deploys/{deploy.id}/progress?since=planning", headers={"HX-Request": "true"})
+    assert "HX-Refresh" not in polled.headers
+    store.set_deploy_plan(deploy.id, {"blockers": []}, "+ cloud_binding shop/shop-api", 1, DeployStatus.PLANNED)
+    done = client.get(f"/deploys/{deploy.id}/progress?since=planning", headers={"HX-Request": "true"})
+    assert done.headers["HX-Refresh"] == "true"
+    # The plan is waiting for review: it holds no lock, so a deploy may start.
+    assert store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING).status is DeployStatus.PLANNING
+
+
+def test_the_audit_of_a_plan_says_why_it_could_not_run(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.VIEWER)
+    planning = dashboard.store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    fragment = client.get(f"/deploys/{planning.id}/audit", headers={"HX-Request": "true"}).text
+    assert "<html" not in fragment
+    assert f"The audit could not run: deploy #{planning.id} has no plan yet" in fragment
+    assert "<html" in client.get(f"/deploys/{planning.id}/audit").text  # the page for reading without JavaScript
 
 
 # --- the browser, against the sandbox ----------------------------------------------------------------
