@@ -524,7 +524,7 @@ def test_a_page_shown_while_planning_reloads_once_the_plan_is_made(dashboard: Da
     deploy = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
     client = dashboard.client(Role.VIEWER)
     page = client.get(f"/deploys/{deploy.id}").text
-    assert 'hx-get="/deploys/%d/progress?since=planning"' % deploy.id in page
+    assert f'hx-get="/deploys/{deploy.id}/progress?since=planning"' in page
     assert "The plan is being made." in page
     polled = client.get(f"/deploys/{deploy.id}/progress?since=planning", headers={"HX-Request": "true"})
     assert "HX-Refresh" not in polled.headers
@@ -601,18 +601,14 @@ def test_browser_connects_a_role_deploys_and_disconnects_it(
     def shot(page: Page, name: str) -> None:
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
-    def plan_and_apply(page: Page, base: str, expected: str, screenshots: bool) -> None:
+    def plan_and_apply(page: Page, base: str, expected: str) -> None:
         page.goto(f"{base}/apps/{BROWSER_APP}")
         page.get_by_role("button", name="Plan", exact=True).click()
         expect(page.locator("#plan-text")).to_contain_text(expected)
-        if screenshots:
-            shot(page, "05-plan")
         page.get_by_role("button", name="Apply", exact=True).click()
         expect(page.locator("#deploy-status")).to_have_text("succeeded", timeout=120_000)
-        expect(page.locator("#progress")).to_contain_text("actions done")
-        if screenshots:
-            shot(page, "06-deploy")
 
+    eks = boto3.client("eks")
     try:
         with running_server(app) as base, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -633,49 +629,94 @@ def test_browser_connects_a_role_deploys_and_disconnects_it(
 
                 page.get_by_role("link", name=BROWSER_APP, exact=True).click()
                 expect(page.get_by_role("heading", name=f"App {BROWSER_APP}")).to_be_visible()
+                expect(page.locator("#undeployed")).to_have_count(0)  # nothing to deploy yet
                 shot(page, "03-app")
 
-                # Connect: toggle the IAM Role Connection on, enter the role, save.
+                # Toggle on: the IAM Role Connection, open since the target is on AWS; the other clouds are folded.
                 page.get_by_role("link", name="api", exact=True).click()
                 page.wait_for_url(f"{base}/apps/{BROWSER_APP}/services/api")  # loaded: htmx listens from here on
+                expect(page.locator("section#azureManagedIdentity")).to_contain_text(
+                    f"does not apply to target {EKS_TARGET} (AWS)")
+                expect(page.get_by_label("Enable the Azure Managed Identity Connection")).to_be_hidden()
+                assert page.evaluate("document.documentElement.scrollHeight") < 2000  # short: one cloud open
                 section = page.locator("section#awsRole")
                 toggle = section.get_by_label("Enable the IAM Role Connection")
                 expect(toggle).not_to_be_checked()
                 toggle.check()
                 section.get_by_label("IAM role name or ARN").fill(BROWSER_ROLE)
                 expect(section.locator(".infobox")).to_contain_text(BROWSER_ROLE)  # htmx refreshed the preview
+                shot(page, "04-toggle-on")
+
+                # Save: the page says what changed in porter.yaml.
                 section.get_by_role("button", name="Save").click()
+                expect(page.locator("#saved")).to_contain_text("Saved.")
+                expect(page.locator("#saved pre")).to_have_text(f"+ - type: awsRole\n+   role: {BROWSER_ROLE}\n")
                 expect(toggle).to_be_checked()
                 expect(section.get_by_label("IAM role name or ARN")).to_have_value(BROWSER_ROLE)
                 expect(section.locator(".infobox")).to_contain_text("pods.eks.amazonaws.com")
                 expect(page.locator("#findings")).to_contain_text(f":role/{BROWSER_ROLE}")  # loaded by htmx
-                shot(page, "04-service")
+                shot(page, "05-saved")
 
-                plan_and_apply(page, base, f"+ cloud_binding {DEMO_NAMESPACE}/{account}", screenshots=True)
+                page.goto(f"{base}/apps/{BROWSER_APP}")
+                expect(page.locator("#undeployed")).to_contain_text("Undeployed changes")
+                shot(page, "06-undeployed")
+
+                # Plan from the service page, blocked: someone bound the service account to another role by hand.
+                other_role = boto3.client("iam").get_role(RoleName="keyless-demo-worker")["Role"]["Arn"]
+                by_hand = eks.create_pod_identity_association(
+                    clusterName=cluster, namespace=DEMO_NAMESPACE, serviceAccount=account,
+                    roleArn=other_role)["association"]["associationId"]
+                page.goto(f"{base}/apps/{BROWSER_APP}/services/api")
+                page.get_by_role("button", name="Plan", exact=True).click()
+                blockers = page.locator("#blockers")
+                expect(blockers).to_contain_text(f"is already bound to {other_role}")
+                expect(blockers).to_contain_text("fix: keyless does not change bindings it does not own")
+                expect(page.get_by_role("button", name="Apply", exact=True)).to_have_count(0)
+                shot(page, "07-blocked")
+
+                # The fix, then the plan again: its audit is on the page, as `keyless plan` prints it.
+                eks.delete_pod_identity_association(clusterName=cluster, associationId=by_hand)
+                page.get_by_role("button", name="Plan again", exact=True).click()
+                expect(page.locator("#plan-text")).to_contain_text(f"+ cloud_binding {DEMO_NAMESPACE}/{account}")
+                audit = page.locator("#plan-audit").get_by_role("row").filter(has_text=f":role/{BROWSER_ROLE}")
+                expect(audit).to_contain_text("api")
+                expect(audit).to_contain_text(re.compile(r"clean|error|warning|info"))
+                shot(page, "08-plan")
+
+                # Apply.
+                page.get_by_role("button", name="Apply", exact=True).click()
+                expect(page.locator("#deploy-status")).to_have_text("succeeded", timeout=120_000)
+                expect(page.locator("#progress")).to_contain_text("actions done")
+                shot(page, "09-applied")
+                page.goto(f"{base}/apps/{BROWSER_APP}")
+                expect(page.locator("#undeployed")).to_have_count(0)
+                shot(page, "10-deployed")
+
                 page.goto(f"{base}/apps/{BROWSER_APP}/status")
                 row = page.get_by_role("row").filter(has_text=account)
                 expect(row).to_contain_text(f":role/{BROWSER_ROLE}")
                 expect(row).to_contain_text("in sync")
-                shot(page, "07-status")
+                shot(page, "11-status")
                 assert pod_identity_roles(cluster, DEMO_NAMESPACE)[account].endswith(f":role/{BROWSER_ROLE}")
 
                 # Disconnect: toggle it off, save, deploy again.
                 page.goto(f"{base}/apps/{BROWSER_APP}/services/api")
                 toggle.uncheck()
                 section.get_by_role("button", name="Save").click()
+                expect(page.locator("#saved pre")).to_contain_text("- - type: awsRole")
                 expect(toggle).not_to_be_checked()
-                plan_and_apply(page, base, f"- cloud_binding {DEMO_NAMESPACE}/{account}", screenshots=False)
+                plan_and_apply(page, base, f"- cloud_binding {DEMO_NAMESPACE}/{account}")
                 page.goto(f"{base}/apps/{BROWSER_APP}/status")
                 expect(page.get_by_role("main")).not_to_contain_text(BROWSER_ROLE)
                 assert account not in pod_identity_roles(cluster, DEMO_NAMESPACE)
 
                 page.goto(f"{base}/targets")
                 expect(page.locator(f"#target-{EKS_TARGET}")).to_contain_text("ready")
-                shot(page, "08-targets")
+                shot(page, "12-targets")
                 page.goto(f"{base}/audit-log")
                 expect(page.get_by_role("main")).to_contain_text("connection.detach")
                 expect(page.get_by_role("main")).to_contain_text("connection.attach")
-                shot(page, "09-audit-log")
+                shot(page, "13-audit-log")
                 assert errors == []
             finally:
                 browser.close()
@@ -803,7 +844,7 @@ def test_browser_connects_a_google_service_account_on_gke_and_deploys(
                 section.get_by_role("button", name="Save").click()
                 expect(toggle).to_be_checked()
                 expect(section.get_by_label("Google service account email")).to_have_value(email)
-                page.screenshot(path=str(SCREENSHOTS / "10-gcp-service.png"), full_page=True)
+                page.screenshot(path=str(SCREENSHOTS / "14-gcp-service.png"), full_page=True)
 
                 page.goto(f"{base}/apps/{app_name}")
                 page.get_by_role("button", name="Plan", exact=True).click()
@@ -818,7 +859,7 @@ def test_browser_connects_a_google_service_account_on_gke_and_deploys(
                 expect(row).to_contain_text(email)
                 expect(row).to_contain_text("in sync")
                 expect(row).to_contain_text(f"subject/ns/{DEMO_NAMESPACE}/sa/{account}")
-                page.screenshot(path=str(SCREENSHOTS / "11-gcp-status.png"), full_page=True)
+                page.screenshot(path=str(SCREENSHOTS / "15-gcp-status.png"), full_page=True)
 
                 page.goto(f"{base}/apps/{app_name}/services/api")
                 toggle.uncheck()

@@ -94,7 +94,7 @@ def test_a_dashboard_request_names_the_logged_in_token(logged: Any) -> None:
 
 
 def test_each_deploy_logs_its_start_and_finish(logged: Any) -> None:
-    client, server, stream, _ = logged
+    _, server, stream, _ = logged
     record = server.runner.plan_in_background("shop", None, "deployer-bot (token kl_ab…)")
     server.runner.wait(record.id)
     assert server.store.get_deploy(record.id).status is DeployStatus.FAILED
