@@ -288,7 +288,14 @@ def test_pages_render_their_content_as_html(dashboard: Dashboard) -> None:
     assert "The audit could not run" in fragment.text
 
     status = client.get("/apps/shop/status").text
-    assert "The status could not be read: app &#39;shop&#39; has no deploy target" in status
+    assert 'hx-get="/apps/shop/status/bindings"' in status  # the page answers at once; the cloud is read after
+    assert 'href="/apps/shop/status/bindings"' in status  # and without JavaScript, by following the link
+    bindings = client.get("/apps/shop/status/bindings").text
+    assert "<html" in bindings
+    assert "The status could not be read: app &#39;shop&#39; has no deploy target" in bindings
+    fragment = client.get("/apps/shop/status/bindings", headers={"HX-Request": "true"}).text
+    assert "<html" not in fragment
+    assert "The status could not be read" in fragment
 
 
 def test_the_info_box_follows_what_is_typed(dashboard: Dashboard) -> None:
@@ -304,13 +311,24 @@ def test_the_info_box_follows_what_is_typed(dashboard: Dashboard) -> None:
 
 
 def test_targets_page_shows_each_targets_preflight(dashboard: Dashboard) -> None:
-    page = dashboard.client(Role.VIEWER).get("/targets").text
+    client = dashboard.client(Role.VIEWER)
+    page = client.get("/targets").text
     assert 'id="target-prod-eks"' in page
     assert "us-east-1" in page
-    assert "the EKS Pod Identity agent add-on is not installed on prod" in page
-    assert "aws eks create-addon --cluster-name prod" in page
-    assert "The checks could not run: cannot reach the cluster of target &#39;unreachable&#39;" in page
-    assert ">ready</span>" not in page
+    for name in ("prod-eks", "unreachable"):  # each target's checks load on their own: none holds the page
+        assert f'hx-get="/targets/{name}/preflight"' in page
+        assert f'href="/targets/{name}/preflight"' in page
+    prod = client.get("/targets/prod-eks/preflight", headers={"HX-Request": "true"}).text
+    assert "<html" not in prod
+    assert "the EKS Pod Identity agent add-on is not installed on prod" in prod
+    assert "aws eks create-addon --cluster-name prod" in prod
+    assert ">ready</span>" not in prod
+    unreachable = client.get("/targets/unreachable/preflight")
+    assert unreachable.status_code == 200
+    assert "<html" in unreachable.text
+    assert "The checks could not run: cannot reach the cluster of target &#39;unreachable&#39;" in unreachable.text
+    assert "hint: check the network" in unreachable.text
+    assert client.get("/targets/nope/preflight").status_code == 404
 
 
 def test_errors_are_html_pages_without_a_traceback(dashboard: Dashboard) -> None:
@@ -707,6 +725,7 @@ def test_browser_connects_a_role_deploys_and_disconnects_it(
                 expect(toggle).not_to_be_checked()
                 plan_and_apply(page, base, f"- cloud_binding {DEMO_NAMESPACE}/{account}")
                 page.goto(f"{base}/apps/{BROWSER_APP}/status")
+                expect(page.locator("#bindings")).not_to_contain_text("Read the status now")  # loaded by htmx
                 expect(page.get_by_role("main")).not_to_contain_text(BROWSER_ROLE)
                 assert account not in pod_identity_roles(cluster, DEMO_NAMESPACE)
 

@@ -23,7 +23,7 @@ from keyless.audit.model import Finding, sorted_findings
 from keyless.audit.render import connection_label
 from keyless.errors import Conflict, KeylessError, NotFound
 from keyless.plan import planfile
-from keyless.providers.base import PreflightIssue, PreflightSeverity
+from keyless.providers.base import PreflightSeverity
 from keyless.server.auth import (
     SESSION_COOKIE,
     check_csrf,
@@ -251,6 +251,15 @@ def plan(request: Request, app: str, user: Deployer, _: CsrfChecked) -> Response
 
 @router.get("/apps/{app}/status")
 def status_page(request: Request, app: str, user: Viewer) -> Response:
+    """The page at once; its bindings are read from the cloud by the part below, so a slow or unreachable cloud
+    never holds the page (htmx loads the part; without JavaScript a link opens it)."""
+    return _render(request, "status.html", {"app": state(request).store.get_app(app)}, user)
+
+
+@router.get("/apps/{app}/status/bindings")
+def status_bindings(request: Request, app: str, user: Viewer) -> Response:
+    """What is bound for each service, read now: a fragment for htmx, else a page; a cloud error shows with its
+    hint in place."""
     plane = state(request).plane
     record = plane.store.get_app(app)
     rows, error = [], None
@@ -258,7 +267,8 @@ def status_page(request: Request, app: str, user: Viewer) -> Response:
         rows = plane.status(app, None)
     except KeylessError as exc:
         error = exc.render()
-    return _render(request, "status.html", {"app": record, "rows": rows, "error": error}, user)
+    context = {"app": record, "rows": rows, "error": error}
+    return _render(request, "_status.html" if _is_htmx(request) else "status_bindings.html", context, user)
 
 
 # --- a service and its connections -----------------------------------------------------------------
@@ -538,30 +548,36 @@ class _TargetRow:
     record: TargetRecord
     settings: list[tuple[str, str]]
     apps: list[str]
-    issues: list[PreflightIssue]
-    ready: bool
-    error: str | None
 
 
 @router.get("/targets")
 def targets_page(request: Request, user: Viewer) -> Response:
-    """Each target with its preflight checks, run now; one target's failure does not hide the others."""
+    """Each target with its settings at once; its preflight checks are run by the part below, one request per
+    target, so one slow or unreachable cloud neither holds the page nor hides the other targets."""
     server = state(request)
     apps = server.store.list_apps()
     rows = []
     for record in server.store.list_targets():
         settings = [(key, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
                     for key, value in record.settings.items() if key != "cloud"]
-        issues, error = [], None
-        try:
-            issues = server.plane.preflight_target(record.name)
-        except KeylessError as exc:
-            error = exc.render()
-        rows.append(_TargetRow(
-            record=record, settings=settings, apps=[a.name for a in apps if a.target_name == record.name],
-            issues=issues, ready=error is None and not any(i.severity is PreflightSeverity.BLOCKING for i in issues),
-            error=error))
+        rows.append(_TargetRow(record=record, settings=settings,
+                               apps=[a.name for a in apps if a.target_name == record.name]))
     return _render(request, "targets.html", {"rows": rows}, user)
+
+
+@router.get("/targets/{name}/preflight")
+def target_preflight(request: Request, name: str, user: Viewer) -> Response:
+    """One target's preflight checks, run now: a fragment for htmx, else a page; a cloud error shows with its hint."""
+    server = state(request)
+    record = server.store.get_target(name)
+    issues, error = [], None
+    try:
+        issues = server.plane.preflight_target(name)
+    except KeylessError as exc:
+        error = exc.render()
+    context = {"record": record, "issues": issues, "error": error,
+               "ready": error is None and not any(i.severity is PreflightSeverity.BLOCKING for i in issues)}
+    return _render(request, "_preflight.html" if _is_htmx(request) else "preflight.html", context, user)
 
 
 @router.get("/audit-log")
