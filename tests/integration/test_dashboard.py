@@ -46,6 +46,9 @@ CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 class FakeProvider:
     """Stands in for a cloud on the targets page: preflight is all it is asked for."""
 
+    def resolve(self, bindings: list[Any]) -> tuple[list[Any], list[PreflightIssue]]:
+        return list(bindings), []
+
     def preflight(self, bindings: list[Any]) -> list[PreflightIssue]:
         return [PreflightIssue(PreflightSeverity.BLOCKING, "the EKS Pod Identity agent add-on is not installed on prod",
                                fix="aws eks create-addon --cluster-name prod --addon-name eks-pod-identity-agent")]
@@ -285,7 +288,14 @@ def test_pages_render_their_content_as_html(dashboard: Dashboard) -> None:
     assert "The audit could not run" in fragment.text
 
     status = client.get("/apps/shop/status").text
-    assert "The status could not be read: app &#39;shop&#39; has no deploy target" in status
+    assert 'hx-get="/apps/shop/status/bindings"' in status  # the page answers at once; the cloud is read after
+    assert 'href="/apps/shop/status/bindings"' in status  # and without JavaScript, by following the link
+    bindings = client.get("/apps/shop/status/bindings").text
+    assert "<html" in bindings
+    assert "The status could not be read: app &#39;shop&#39; has no deploy target" in bindings
+    fragment = client.get("/apps/shop/status/bindings", headers={"HX-Request": "true"}).text
+    assert "<html" not in fragment
+    assert "The status could not be read" in fragment
 
 
 def test_the_info_box_follows_what_is_typed(dashboard: Dashboard) -> None:
@@ -301,13 +311,24 @@ def test_the_info_box_follows_what_is_typed(dashboard: Dashboard) -> None:
 
 
 def test_targets_page_shows_each_targets_preflight(dashboard: Dashboard) -> None:
-    page = dashboard.client(Role.VIEWER).get("/targets").text
+    client = dashboard.client(Role.VIEWER)
+    page = client.get("/targets").text
     assert 'id="target-prod-eks"' in page
     assert "us-east-1" in page
-    assert "the EKS Pod Identity agent add-on is not installed on prod" in page
-    assert "aws eks create-addon --cluster-name prod" in page
-    assert "The checks could not run: cannot reach the cluster of target &#39;unreachable&#39;" in page
-    assert ">ready</span>" not in page
+    for name in ("prod-eks", "unreachable"):  # each target's checks load on their own: none holds the page
+        assert f'hx-get="/targets/{name}/preflight"' in page
+        assert f'href="/targets/{name}/preflight"' in page
+    prod = client.get("/targets/prod-eks/preflight", headers={"HX-Request": "true"}).text
+    assert "<html" not in prod
+    assert "the EKS Pod Identity agent add-on is not installed on prod" in prod
+    assert "aws eks create-addon --cluster-name prod" in prod
+    assert ">ready</span>" not in prod
+    unreachable = client.get("/targets/unreachable/preflight")
+    assert unreachable.status_code == 200
+    assert "<html" in unreachable.text
+    assert "The checks could not run: cannot reach the cluster of target &#39;unreachable&#39;" in unreachable.text
+    assert "hint: check the network" in unreachable.text
+    assert client.get("/targets/nope/preflight").status_code == 404
 
 
 def test_errors_are_html_pages_without_a_traceback(dashboard: Dashboard) -> None:
@@ -327,7 +348,10 @@ def test_toggling_a_connection_on_edits_porter_yaml_and_is_audited(dashboard: Da
     client = dashboard.client(Role.DEPLOYER)
     response = save_connection(client, dashboard, enabled="on", role=" shop-api-role ")
     assert response.status_code == 303
-    assert response.headers["location"] == "/apps/shop/services/api#awsRole"
+    assert response.headers["location"] == "/apps/shop/services/api?saved=2#saved"
+    confirmation = client.get(response.headers["location"]).text
+    assert "<strong>Saved.</strong> porter.yaml is now at revision 2" in confirmation
+    assert "+ - type: awsRole\n+   role: shop-api-role\n" in confirmation  # what changed in porter.yaml
     app = dashboard.store.get_app("shop")
     assert "type: awsRole" in app.porter_yaml
     assert "role: shop-api-role" in app.porter_yaml
@@ -350,6 +374,9 @@ def test_toggling_a_connection_on_edits_porter_yaml_and_is_audited(dashboard: Da
 
     off = save_connection(client, dashboard)  # the toggle unchecked: the browser sends no `enabled`
     assert off.status_code == 303
+    assert "- - type: awsRole\n-   role: shop-api-role\n" in client.get(off.headers["location"]).text
+    again = save_connection(client, dashboard)  # nothing to detach any more
+    assert "Nothing changed: porter.yaml already said this" in client.get(again.headers["location"]).text
     assert "awsRole" not in dashboard.store.get_app("shop").porter_yaml
     assert dashboard.store.audit_events("app/shop")[0].action == "connection.detach"
 
@@ -372,7 +399,7 @@ def test_a_stale_form_gets_the_conflict_message(dashboard: Dashboard) -> None:
 def test_a_refused_form_keeps_what_was_typed(dashboard: Dashboard) -> None:
     client = dashboard.client(Role.DEPLOYER)
     response = save_connection(client, dashboard, enabled="on", role="")
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "awsRole needs role" in response.text
     bad = save_connection(client, dashboard, enabled="on", role="not a role name")
     assert bad.status_code == 422
@@ -429,6 +456,110 @@ def test_deploy_progress_is_polled_while_active_and_stops_when_finished(dashboar
     history = client.get("/apps/shop").text
     assert f'<a href="/deploys/{deploy.id}">#{deploy.id}</a>' in history
     assert "succeeded" in client.get("/").text
+
+
+def test_the_service_page_opens_only_the_targets_cloud_and_has_a_plan_button(dashboard: Dashboard) -> None:
+    deployer = dashboard.client(Role.DEPLOYER)
+    no_target = deployer.get("/apps/shop/services/api").text
+    assert "<details" not in no_target  # no target yet: every cloud may apply
+    assert ">Plan</button>" not in no_target
+    assert "has no deploy target yet" in no_target
+
+    dashboard.state.plane.set_app_target("shop", "prod-eks", "test")
+    page = deployer.get("/apps/shop/services/api").text
+    assert '<section class="connection" id="awsRole"' in page
+    for type_, title in (("azureManagedIdentity", "Azure Managed Identity Connection"),
+                         ("gcpServiceAccount", "GCP Service Account Connection")):
+        section = page[page.index(f'id="{type_}"'):]
+        assert section.index("<details>") < section.index(f">{title}</h2>") < section.index("</summary>")
+        assert "does not apply to target prod-eks (AWS)" in section[:section.index("</summary>")]
+    assert page.count("<details>") == 2
+    assert ">Plan</button>" in page
+    assert 'action="/apps/shop/plan"' in page
+    assert ">Plan</button>" not in dashboard.client(Role.VIEWER).get("/apps/shop/services/api").text
+
+
+def test_the_app_page_says_when_changes_are_not_deployed(dashboard: Dashboard) -> None:
+    store = dashboard.store
+    client = dashboard.client(Role.DEPLOYER)
+    assert "Undeployed changes" not in client.get("/apps/shop").text  # nothing to deploy yet
+    save_connection(client, dashboard, enabled="on", role="shop-api-role")
+    assert "this app's connections have never been deployed" in client.get("/apps/shop").text
+
+    done = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    store.finish_deploy(done.id, DeployStatus.SUCCEEDED, "1 change(s) applied")
+    assert "Undeployed changes" not in client.get("/apps/shop").text
+    failed = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    store.finish_deploy(failed.id, DeployStatus.FAILED, "boom")
+    assert "Undeployed changes" not in client.get("/apps/shop").text  # a failed deploy changes nothing here
+
+    save_connection(client, dashboard, enabled="on", role="shop-api-other")
+    page = client.get("/apps/shop").text
+    assert "Undeployed changes:" in page
+    assert (f"porter.yaml is at revision 3; the target was last brought to revision 2\n      by "
+            f'<a href="/deploys/{done.id}">deploy #{done.id}</a>') in page
+
+
+def _plan_from_the_dashboard(dashboard: Dashboard, client: TestClient) -> tuple[int, str]:
+    """Press Plan; the plan runs in the background: wait for it, then read the deploy page."""
+    response = client.post("/apps/shop/plan", data={"csrf": csrf_of(client, "/apps/shop")})
+    assert response.status_code == 303
+    deploy_id = int(response.headers["location"].rsplit("/", 1)[1])
+    dashboard.state.runner.wait(deploy_id)
+    page = client.get(response.headers["location"])
+    assert page.status_code == 200
+    return deploy_id, page.text
+
+
+def test_a_plan_blocked_by_preflight_lands_on_its_deploy_page_with_the_fix(dashboard: Dashboard) -> None:
+    dashboard.state.plane.set_app_target("shop", "prod-eks", "test")
+    client = dashboard.client(Role.DEPLOYER)
+    save_connection(client, dashboard, enabled="on", role="shop-api-role")
+    deploy_id, page = _plan_from_the_dashboard(dashboard, client)
+    assert dashboard.store.get_deploy(deploy_id).status is DeployStatus.BLOCKED
+    assert "Blocked before any change:" in page
+    assert "the EKS Pod Identity agent add-on is not installed on prod" in page
+    assert "fix: aws eks create-addon --cluster-name prod --addon-name eks-pod-identity-agent" in page
+    assert ">Plan again</button>" in page
+    assert ">Apply</button>" not in page
+    assert "409" not in page
+
+
+def test_an_unreachable_cloud_ends_the_plan_on_its_deploy_page_not_a_bad_gateway(dashboard: Dashboard) -> None:
+    dashboard.state.plane.set_app_target("shop", "unreachable", "test")
+    client = dashboard.client(Role.DEPLOYER)
+    deploy_id, page = _plan_from_the_dashboard(dashboard, client)
+    assert dashboard.store.get_deploy(deploy_id).status is DeployStatus.FAILED
+    assert "The plan could not be made:" in page
+    assert "cannot reach the cluster of target &#39;unreachable&#39;" in page
+    assert "hint: check the network" in page
+    assert "502" not in page
+    assert ">Plan again</button>" in page
+
+
+def test_a_page_shown_while_planning_reloads_once_the_plan_is_made(dashboard: Dashboard) -> None:
+    store = dashboard.store
+    deploy = store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    client = dashboard.client(Role.VIEWER)
+    page = client.get(f"/deploys/{deploy.id}").text
+    assert f'hx-get="/deploys/{deploy.id}/progress?since=planning"' in page
+    assert "The plan is being made." in page
+    polled = client.get(f"/deploys/{deploy.id}/progress?since=planning", headers={"HX-Request": "true"})
+    assert "HX-Refresh" not in polled.headers
+    store.set_deploy_plan(deploy.id, {"blockers": []}, "+ cloud_binding shop/shop-api", 1, DeployStatus.PLANNED)
+    done = client.get(f"/deploys/{deploy.id}/progress?since=planning", headers={"HX-Request": "true"})
+    assert done.headers["HX-Refresh"] == "true"
+    # The plan is waiting for review: it holds no lock, so a deploy may start.
+    assert store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING).status is DeployStatus.PLANNING
+
+
+def test_the_audit_of_a_plan_says_why_it_could_not_run(dashboard: Dashboard) -> None:
+    client = dashboard.client(Role.VIEWER)
+    planning = dashboard.store.create_deploy("shop", "prod-eks", "test", DeployStatus.PLANNING)
+    fragment = client.get(f"/deploys/{planning.id}/audit", headers={"HX-Request": "true"}).text
+    assert "<html" not in fragment
+    assert f"The audit could not run: deploy #{planning.id} has no plan yet" in fragment
+    assert "<html" in client.get(f"/deploys/{planning.id}/audit").text  # the page for reading without JavaScript
 
 
 # --- the browser, against the sandbox ----------------------------------------------------------------
@@ -488,18 +619,14 @@ def test_browser_connects_a_role_deploys_and_disconnects_it(
     def shot(page: Page, name: str) -> None:
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
-    def plan_and_apply(page: Page, base: str, expected: str, screenshots: bool) -> None:
+    def plan_and_apply(page: Page, base: str, expected: str) -> None:
         page.goto(f"{base}/apps/{BROWSER_APP}")
         page.get_by_role("button", name="Plan", exact=True).click()
         expect(page.locator("#plan-text")).to_contain_text(expected)
-        if screenshots:
-            shot(page, "05-plan")
         page.get_by_role("button", name="Apply", exact=True).click()
         expect(page.locator("#deploy-status")).to_have_text("succeeded", timeout=120_000)
-        expect(page.locator("#progress")).to_contain_text("actions done")
-        if screenshots:
-            shot(page, "06-deploy")
 
+    eks = boto3.client("eks")
     try:
         with running_server(app) as base, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -520,49 +647,95 @@ def test_browser_connects_a_role_deploys_and_disconnects_it(
 
                 page.get_by_role("link", name=BROWSER_APP, exact=True).click()
                 expect(page.get_by_role("heading", name=f"App {BROWSER_APP}")).to_be_visible()
+                expect(page.locator("#undeployed")).to_have_count(0)  # nothing to deploy yet
                 shot(page, "03-app")
 
-                # Connect: toggle the IAM Role Connection on, enter the role, save.
+                # Toggle on: the IAM Role Connection, open since the target is on AWS; the other clouds are folded.
                 page.get_by_role("link", name="api", exact=True).click()
                 page.wait_for_url(f"{base}/apps/{BROWSER_APP}/services/api")  # loaded: htmx listens from here on
+                expect(page.locator("section#azureManagedIdentity")).to_contain_text(
+                    f"does not apply to target {EKS_TARGET} (AWS)")
+                expect(page.get_by_label("Enable the Azure Managed Identity Connection")).to_be_hidden()
+                assert page.evaluate("document.documentElement.scrollHeight") < 2000  # short: one cloud open
                 section = page.locator("section#awsRole")
                 toggle = section.get_by_label("Enable the IAM Role Connection")
                 expect(toggle).not_to_be_checked()
                 toggle.check()
                 section.get_by_label("IAM role name or ARN").fill(BROWSER_ROLE)
                 expect(section.locator(".infobox")).to_contain_text(BROWSER_ROLE)  # htmx refreshed the preview
+                shot(page, "04-toggle-on")
+
+                # Save: the page says what changed in porter.yaml.
                 section.get_by_role("button", name="Save").click()
+                expect(page.locator("#saved")).to_contain_text("Saved.")
+                expect(page.locator("#saved pre")).to_have_text(f"+ - type: awsRole\n+   role: {BROWSER_ROLE}\n")
                 expect(toggle).to_be_checked()
                 expect(section.get_by_label("IAM role name or ARN")).to_have_value(BROWSER_ROLE)
                 expect(section.locator(".infobox")).to_contain_text("pods.eks.amazonaws.com")
                 expect(page.locator("#findings")).to_contain_text(f":role/{BROWSER_ROLE}")  # loaded by htmx
-                shot(page, "04-service")
+                shot(page, "05-saved")
 
-                plan_and_apply(page, base, f"+ cloud_binding {DEMO_NAMESPACE}/{account}", screenshots=True)
+                page.goto(f"{base}/apps/{BROWSER_APP}")
+                expect(page.locator("#undeployed")).to_contain_text("Undeployed changes")
+                shot(page, "06-undeployed")
+
+                # Plan from the service page, blocked: someone bound the service account to another role by hand.
+                other_role = boto3.client("iam").get_role(RoleName="keyless-demo-worker")["Role"]["Arn"]
+                by_hand = eks.create_pod_identity_association(
+                    clusterName=cluster, namespace=DEMO_NAMESPACE, serviceAccount=account,
+                    roleArn=other_role)["association"]["associationId"]
+                page.goto(f"{base}/apps/{BROWSER_APP}/services/api")
+                page.get_by_role("button", name="Plan", exact=True).click()
+                blockers = page.locator("#blockers")
+                expect(blockers).to_contain_text(f"is already bound to {other_role}")
+                expect(blockers).to_contain_text("fix: keyless does not change bindings it does not own")
+                expect(page.get_by_role("button", name="Apply", exact=True)).to_have_count(0)
+                shot(page, "07-blocked")
+
+                # The fix, then the plan again: its audit is on the page, as `keyless plan` prints it.
+                eks.delete_pod_identity_association(clusterName=cluster, associationId=by_hand)
+                page.get_by_role("button", name="Plan again", exact=True).click()
+                expect(page.locator("#plan-text")).to_contain_text(f"+ cloud_binding {DEMO_NAMESPACE}/{account}")
+                audit = page.locator("#plan-audit").get_by_role("row").filter(has_text=f":role/{BROWSER_ROLE}")
+                expect(audit).to_contain_text("api")
+                expect(audit).to_contain_text(re.compile(r"clean|error|warning|info"))
+                shot(page, "08-plan")
+
+                # Apply.
+                page.get_by_role("button", name="Apply", exact=True).click()
+                expect(page.locator("#deploy-status")).to_have_text("succeeded", timeout=120_000)
+                expect(page.locator("#progress")).to_contain_text("actions done")
+                shot(page, "09-applied")
+                page.goto(f"{base}/apps/{BROWSER_APP}")
+                expect(page.locator("#undeployed")).to_have_count(0)
+                shot(page, "10-deployed")
+
                 page.goto(f"{base}/apps/{BROWSER_APP}/status")
                 row = page.get_by_role("row").filter(has_text=account)
                 expect(row).to_contain_text(f":role/{BROWSER_ROLE}")
                 expect(row).to_contain_text("in sync")
-                shot(page, "07-status")
+                shot(page, "11-status")
                 assert pod_identity_roles(cluster, DEMO_NAMESPACE)[account].endswith(f":role/{BROWSER_ROLE}")
 
                 # Disconnect: toggle it off, save, deploy again.
                 page.goto(f"{base}/apps/{BROWSER_APP}/services/api")
                 toggle.uncheck()
                 section.get_by_role("button", name="Save").click()
+                expect(page.locator("#saved pre")).to_contain_text("- - type: awsRole")
                 expect(toggle).not_to_be_checked()
-                plan_and_apply(page, base, f"- cloud_binding {DEMO_NAMESPACE}/{account}", screenshots=False)
+                plan_and_apply(page, base, f"- cloud_binding {DEMO_NAMESPACE}/{account}")
                 page.goto(f"{base}/apps/{BROWSER_APP}/status")
+                expect(page.locator("#bindings")).not_to_contain_text("Read the status now")  # loaded by htmx
                 expect(page.get_by_role("main")).not_to_contain_text(BROWSER_ROLE)
                 assert account not in pod_identity_roles(cluster, DEMO_NAMESPACE)
 
                 page.goto(f"{base}/targets")
                 expect(page.locator(f"#target-{EKS_TARGET}")).to_contain_text("ready")
-                shot(page, "08-targets")
+                shot(page, "12-targets")
                 page.goto(f"{base}/audit-log")
                 expect(page.get_by_role("main")).to_contain_text("connection.detach")
                 expect(page.get_by_role("main")).to_contain_text("connection.attach")
-                shot(page, "09-audit-log")
+                shot(page, "13-audit-log")
                 assert errors == []
             finally:
                 browser.close()
@@ -690,7 +863,7 @@ def test_browser_connects_a_google_service_account_on_gke_and_deploys(
                 section.get_by_role("button", name="Save").click()
                 expect(toggle).to_be_checked()
                 expect(section.get_by_label("Google service account email")).to_have_value(email)
-                page.screenshot(path=str(SCREENSHOTS / "10-gcp-service.png"), full_page=True)
+                page.screenshot(path=str(SCREENSHOTS / "14-gcp-service.png"), full_page=True)
 
                 page.goto(f"{base}/apps/{app_name}")
                 page.get_by_role("button", name="Plan", exact=True).click()
@@ -705,7 +878,7 @@ def test_browser_connects_a_google_service_account_on_gke_and_deploys(
                 expect(row).to_contain_text(email)
                 expect(row).to_contain_text("in sync")
                 expect(row).to_contain_text(f"subject/ns/{DEMO_NAMESPACE}/sa/{account}")
-                page.screenshot(path=str(SCREENSHOTS / "11-gcp-status.png"), full_page=True)
+                page.screenshot(path=str(SCREENSHOTS / "15-gcp-status.png"), full_page=True)
 
                 page.goto(f"{base}/apps/{app_name}/services/api")
                 toggle.uncheck()

@@ -258,13 +258,13 @@ def test_import_errors_a_person_can_act_on(world: World) -> None:
     assert unknown_target.status_code == 404
     assert "target 'nope'" in unknown_target.json()["error"]
     wrong_json = world.client.post("/api/v1/apps", headers=admin, json={"yaml": "x"})
-    assert wrong_json.status_code == 400
+    assert wrong_json.status_code == 422
     assert "porterYaml" in wrong_json.json()["error"]
     not_utf8 = world.client.post("/api/v1/apps", headers=admin | YAML, content=b"\xff\xfe")
-    assert not_utf8.status_code == 400
+    assert not_utf8.status_code == 422
     assert "UTF-8" in not_utf8.json()["error"]
     html = world.client.post("/api/v1/apps", headers=admin | {"content-type": "text/html"}, content="<p>")
-    assert html.status_code == 400
+    assert html.status_code == 422
     assert "application/yaml" in html.json()["hint"]
 
 
@@ -302,13 +302,13 @@ def test_connection_input_is_checked_before_it_is_stored(world: World) -> None:
     assert "role" in bad_role.json()["problems"][0]["message"].lower()
     missing = world.client.put(f"{base}/worker/connections/azureManagedIdentity", headers=deployer,
                                json={"identityName": "x"})
-    assert missing.status_code == 400
+    assert missing.status_code == 422
     assert "resourceGroup" in missing.json()["error"]
     extra = world.client.put(f"{base}/worker/connections/awsRole", headers=deployer, json={"role": "r", "x": "y"})
-    assert extra.status_code == 400
+    assert extra.status_code == 422
     assert "no field 'x'" in extra.json()["error"]
     kind = world.client.put(f"{base}/worker/connections/cloudSql", headers=deployer, json={})
-    assert kind.status_code == 400
+    assert kind.status_code == 422
     assert "awsRole" in kind.json()["hint"]
     service = world.client.put(f"{base}/nope/connections/awsRole", headers=deployer, json={"role": "r"})
     assert service.status_code == 404
@@ -404,7 +404,7 @@ def test_a_target_from_the_api_names_no_file_outside_the_files_directory(world: 
     # The server in `world` was given no files directory: it uses $XDG_DATA_HOME/keyless/files, never /etc.
     refused = world.client.put("/api/v1/targets/aks", headers=admin,
                                json={**AKS, "caBundle": "/etc/ssl/private/key.pem"})
-    assert refused.status_code == 400
+    assert refused.status_code == 422
     assert "outside the server's files directory" in refused.json()["error"]
 
     files = tmp_path / "files"
@@ -414,7 +414,7 @@ def test_a_target_from_the_api_names_no_file_outside_the_files_directory(world: 
                       {"kubernetes": {"kubeconfig": "/root/.kube/config"}},
                       {"kubernetes": {"mode": "render", "outDir": "../../anywhere"}}):
             answer = client.put("/api/v1/targets/aks", headers=admin, json={**AKS, **field})
-            assert answer.status_code == 400, answer.text
+            assert answer.status_code == 422, answer.text
             assert "outside the server's files directory" in answer.json()["error"]
         kept = client.put("/api/v1/targets/aks", headers=admin,
                           json={**AKS, "caBundle": "ca.pem", "kubernetes": {"mode": "render", "outDir": "gitops"}})

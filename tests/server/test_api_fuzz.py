@@ -84,6 +84,7 @@ def test_no_generated_request_makes_the_server_fail(client: tuple[TestClient, St
             payload = response.json()
             assert isinstance(payload, dict), where
             assert payload.get("error"), where
+            assert payload.get("hint", "omitted") != "", where  # a hint is worth reading, or left out
 
     check()
 

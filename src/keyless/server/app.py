@@ -19,12 +19,15 @@ from keyless.errors import InvalidInput, KeylessError
 from keyless.server.auth import LoginRequired, ServerState, Viewer
 from keyless.server.deploys import DeployRunner
 from keyless.server.errors import error_body, http_status
+from keyless.server.eventlog import EventLog, RequestLog
 from keyless.server.limits import BoundedRequests
 from keyless.server.operations import Connector, ControlPlane, problems
 from keyless.store import Store, TokenRecord, default_files_dir
 
 STATIC = Path(__file__).parent / "static"
 CSRF_SETTING = "csrf-key"
+# The hint of an error the routing itself gives (no such route or method, a parameter of the wrong shape).
+_ROUTES_HINT = "see the routes and their parameters in the OpenAPI document at /api/v1/openapi.json"
 
 
 def _is_api(request: Request) -> bool:
@@ -32,11 +35,14 @@ def _is_api(request: Request) -> bool:
 
 
 def create_app(store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
-               secure_cookies: bool = False, server: str = "", files_dir: Path | None = None) -> FastAPI:
+               secure_cookies: bool = False, server: str = "", files_dir: Path | None = None,
+               events: EventLog | None = None) -> FastAPI:
     """The application; `server` names this server among those sharing the database (`keyless serve`: host:port);
-    targets given through the API may name files under `files_dir` only."""
+    targets given through the API may name files under `files_dir` only; requests and deploys are logged to
+    `events` (default: JSON lines on stderr)."""
+    events = events or EventLog()
     plane = ControlPlane(store, env, connector, files_dir or default_files_dir())
-    runner = DeployRunner(plane, server=server)
+    runner = DeployRunner(plane, server=server, events=events)
     server_state = ServerState(store=store, plane=plane, runner=runner,
                                csrf_key=store.secret(CSRF_SETTING).encode(), secure_cookies=secure_cookies)
 
@@ -55,6 +61,8 @@ def create_app(store: Store, env: Mapping[str, str], connector: Connector = engi
     app.state.keyless = server_state
     # Outermost: bodies are bounded, and API bodies need a valid token, before anything reads them.
     app.add_middleware(BoundedRequests, store=store)
+    # Outside even that, so a refused body is logged too.
+    app.add_middleware(RequestLog, events=events)
 
     @app.middleware("http")
     async def api_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -100,7 +108,7 @@ def create_app(store: Store, env: Mapping[str, str], connector: Connector = engi
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        detail = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail), "hint": ""}
+        detail = exc.detail if isinstance(exc.detail, dict) else error_body(str(exc.detail), _ROUTES_HINT)
         if _is_api(request) or request.url.path == "/healthz":
             return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
         return dashboard.error_page(request, exc.status_code,
@@ -112,8 +120,7 @@ def create_app(store: Store, env: Mapping[str, str], connector: Connector = engi
                  for e in exc.errors()]
         text = "; ".join(f"{i['location']}: {i['message']}" for i in items)
         if _is_api(request):
-            return JSONResponse(error_body(f"the request is not valid: {text}",
-                                           "see the OpenAPI document at /api/v1/openapi.json", items),
+            return JSONResponse(error_body(f"the request is not valid: {text}", _ROUTES_HINT, items),
                                 status_code=422)
         return dashboard.error_page(request, 422, f"the form is not valid: {text}")
 

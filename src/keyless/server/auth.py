@@ -12,6 +12,7 @@ from fastapi import Depends, HTTPException, Request
 
 from keyless.server.deploys import DeployRunner
 from keyless.server.errors import BAD_TOKEN, NO_TOKEN
+from keyless.server.eventlog import record_caller
 from keyless.server.limits import TOKEN_STATE
 from keyless.server.operations import ControlPlane
 from keyless.store import Role, Store, TokenRecord
@@ -54,7 +55,8 @@ def bearer_token(request: Request) -> str | None:
     return None
 
 
-def _check_role(token: TokenRecord, needed: Role) -> TokenRecord:
+def _check_role(request: Request, token: TokenRecord, needed: Role) -> TokenRecord:
+    record_caller(request.scope, token.name)
     if not token.role.allows(needed):
         raise AuthError(403, f"this needs the {needed.value} role; your token {token.prefix}… is {token.role.value}",
                         "ask an admin for a token with that role (POST /api/v1/tokens)")
@@ -67,14 +69,14 @@ def api_caller(needed: Role) -> Callable[[Request], TokenRecord]:
     def dependency(request: Request) -> TokenRecord:
         checked: TokenRecord | None = getattr(request.state, TOKEN_STATE, None)
         if checked is not None:  # the body limit already checked it, before reading the body
-            return _check_role(checked, needed)
+            return _check_role(request, checked, needed)
         secret = bearer_token(request)
         if secret is None:
             raise AuthError(401, *NO_TOKEN)
         token = state(request).store.authenticate(secret)
         if token is None:
             raise AuthError(401, *BAD_TOKEN)
-        return _check_role(token, needed)
+        return _check_role(request, token, needed)
 
     return dependency
 
@@ -108,7 +110,7 @@ def dashboard_user(needed: Role = Role.VIEWER) -> Callable[[Request], TokenRecor
         if token is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             raise LoginRequired(target if request.method == "GET" else "/")
-        return _check_role(token, needed)
+        return _check_role(request, token, needed)
 
     return dependency
 

@@ -22,7 +22,8 @@ from keyless import preview as preview_module
 from keyless.audit.model import Finding, sorted_findings
 from keyless.audit.render import connection_label
 from keyless.errors import Conflict, KeylessError, NotFound
-from keyless.providers.base import PreflightIssue, PreflightSeverity
+from keyless.plan import planfile
+from keyless.providers.base import PreflightSeverity
 from keyless.server.auth import (
     SESSION_COOKIE,
     check_csrf,
@@ -33,7 +34,7 @@ from keyless.server.auth import (
 )
 from keyless.server.errors import http_status
 from keyless.server.operations import ConnectionChange, connection_fields, identity_connection_type, require_service
-from keyless.store import AppRecord, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
+from keyless.store import AppRecord, DeployRecord, DeployStatus, Role, ServiceRecord, TargetRecord, TokenRecord
 from keyless.store.models import MAX_ID
 from keyless.targets import AnyTarget
 
@@ -211,9 +212,27 @@ def app_page(request: Request, app: str, user: Viewer) -> Response:
     deploys = store.list_deploys(app, limit=HISTORY_LENGTH)
     return _render(request, "app.html", {
         "app": record, "deploys": deploys, "last": deploys[0] if deploys else None,
+        "undeployed": _undeployed(request, record),
         "targets": store.list_targets() if user.role.allows(Role.ADMIN) else [],
         "titles": {e.connection_type: e.connection_title for e in clouds.REGISTRY},
     }, user)
+
+
+@dataclass(frozen=True, slots=True)
+class _Undeployed:
+    """porter.yaml changes the target has not seen: the revision last deployed (None: never) and by which deploy."""
+
+    deployed_revision: int | None
+    deploy_id: int | None
+
+
+def _undeployed(request: Request, app: AppRecord) -> _Undeployed | None:
+    """None when the last successful deploy brought the target to the app's current revision (or there is nothing
+    to deploy: never deployed and no connection)."""
+    last = state(request).plane.last_deployed(app.name)
+    if last is None:
+        return _Undeployed(None, None) if any(s.connections for s in app.services) else None
+    return _Undeployed(last.app_revision, last.id) if last.app_revision < app.revision else None
 
 
 @router.post("/apps/{app}/target")
@@ -225,12 +244,22 @@ def change_target(request: Request, app: str, user: Admin, _: CsrfChecked,
 
 @router.post("/apps/{app}/plan")
 def plan(request: Request, app: str, user: Deployer, _: CsrfChecked) -> Response:
-    record = state(request).runner.plan(app, None, user.actor)
+    """Plan in the background and follow it on the deploy page: its blockers, or the error, show there."""
+    record = state(request).runner.plan_in_background(app, None, user.actor)
     return _see_other(f"/deploys/{record.id}")
 
 
 @router.get("/apps/{app}/status")
 def status_page(request: Request, app: str, user: Viewer) -> Response:
+    """The page at once; its bindings are read from the cloud by the part below, so a slow or unreachable cloud
+    never holds the page (htmx loads the part; without JavaScript a link opens it)."""
+    return _render(request, "status.html", {"app": state(request).store.get_app(app)}, user)
+
+
+@router.get("/apps/{app}/status/bindings")
+def status_bindings(request: Request, app: str, user: Viewer) -> Response:
+    """What is bound for each service, read now: a fragment for htmx, else a page; a cloud error shows with its
+    hint in place."""
     plane = state(request).plane
     record = plane.store.get_app(app)
     rows, error = [], None
@@ -238,7 +267,8 @@ def status_page(request: Request, app: str, user: Viewer) -> Response:
         rows = plane.status(app, None)
     except KeylessError as exc:
         error = exc.render()
-    return _render(request, "status.html", {"app": record, "rows": rows, "error": error}, user)
+    context = {"app": record, "rows": rows, "error": error}
+    return _render(request, "_status.html" if _is_htmx(request) else "status_bindings.html", context, user)
 
 
 # --- a service and its connections -----------------------------------------------------------------
@@ -263,6 +293,8 @@ class _Section:
     preview: preview_module.ConnectionPreview | None
     preview_error: str | None
     error: str | None
+    cloud_name: str  # "AWS"
+    applies: bool  # the app's target is on this cloud (or it has no target yet): shown open, else collapsed
 
 
 def _app_target(request: Request, app: AppRecord) -> tuple[str | None, AnyTarget | None]:
@@ -313,11 +345,45 @@ def _section(app: AppRecord, service: ServiceRecord, type_: str, target_name: st
         warning=(f"Enabling this connection gives the pods of {service.name} access to every cloud resource "
                  f"{entry.access_words} can reach. Grant it only what this service needs."),
         preview=preview, preview_error=preview_error, error=error,
+        cloud_name=entry.name, applies=target is None or clouds.for_target(target).cloud is entry.cloud,
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    """What a Save changed in porter.yaml, shown above the service once the browser is back on its page."""
+
+    revision: int
+    diff: tuple[str, ...]  # `- ` and `+ ` lines of the service's connections; empty: nothing changed
+
+
+def _connection_yaml(connection: Mapping[str, Any]) -> list[str]:
+    """A connection as porter.yaml spells it under `connections:`."""
+    lines: list[str] = []
+    for key, value in connection.items():
+        lines.append(f"{'- ' if not lines else '  '}{key}: {value}")
+    return lines
+
+
+def _saved(request: Request, app: AppRecord, service: str, revision: int) -> _Saved:
+    """The change that made `revision` of this service's connections, read back from the audit log (0: none)."""
+    if revision == 0:
+        return _Saved(app.revision, ())
+    subject = f"app/{app.name}/service/{service}"
+    for event in state(request).store.audit_events(subject, limit=HISTORY_LENGTH):
+        after, before = event.after or {}, event.before or {}
+        if event.subject != subject or after.get("revision") != revision:
+            continue
+        old = list(before.get("connections", {}).get(service, []))
+        new = list(after.get("connections", {}).get(service, []))
+        diff = [f"- {line}" for c in old if c not in new for line in _connection_yaml(c)]
+        diff += [f"+ {line}" for c in new if c not in old for line in _connection_yaml(c)]
+        return _Saved(revision, tuple(diff))
+    return _Saved(revision, ())
+
+
 def _service_page(request: Request, user: TokenRecord, app_name: str, service_name: str,
-                  refused: _Refusal | None = None, status_code: int = 200) -> Response:
+                  refused: _Refusal | None = None, status_code: int = 200, saved: int | None = None) -> Response:
     app = state(request).store.get_app(app_name)
     service = require_service(app, service_name)
     target_name, target = _app_target(request, app)
@@ -330,14 +396,16 @@ def _service_page(request: Request, user: TokenRecord, app_name: str, service_na
             sections.append(_section(app, service, type_, target_name, target))
     return _render(request, "service.html", {
         "app": app, "service": service, "sections": sections, "target": target,
-        "target_cloud": clouds.for_target(target).cloud.value if target is not None else None,
+        "target_cloud": clouds.for_target(target).name if target is not None else None,
         "service_account": names.service_account_name(app.name, service.name),
+        "saved": _saved(request, app, service.name, saved) if saved is not None else None,
     }, user, status_code=status_code)
 
 
 @router.get("/apps/{app}/services/{service}")
-def service_page(request: Request, app: str, service: str, user: Viewer) -> Response:
-    return _service_page(request, user, app, service)
+def service_page(request: Request, app: str, service: str, user: Viewer,
+                 saved: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> Response:
+    return _service_page(request, user, app, service, saved=saved)
 
 
 @router.post("/apps/{app}/services/{service}/connections/{type_}")
@@ -355,7 +423,7 @@ def save_connection(
                               "serviceAccountEmail": service_account_email})
     on = bool(enabled)
     try:
-        state(request).plane.change_connection(
+        record = state(request).plane.change_connection(
             app, ConnectionChange(service, type_, fields if on else None), user.actor, expected_revision=revision)
     except NotFound:
         raise
@@ -364,7 +432,10 @@ def save_connection(
         refusal = (_Refusal(type_, exc.render()) if isinstance(exc, Conflict)
                    else _Refusal(type_, exc.render(), fields, on))
         return _service_page(request, user, app, service, refusal, status_code=http_status(exc))
-    return _see_other(f"/apps/{app}/services/{service}#{type_}")
+    # Back to the page (a reload does not post again), which says what the save changed in porter.yaml; 0 when
+    # porter.yaml already said this (no new revision).
+    saved = record.revision if record.revision != revision else 0
+    return _see_other(f"/apps/{app}/services/{service}?saved={saved}#saved")
 
 
 @router.get("/apps/{app}/services/{service}/preview/{type_}")
@@ -383,6 +454,7 @@ class _ConnectionFindings:
     label: str
     summary: str
     findings: list[Finding]  # worst first
+    service: str = ""
 
     @property
     def worst(self) -> str:
@@ -430,9 +502,36 @@ def deploy_page(request: Request, deploy_id: DeployId, user: Viewer) -> Response
 
 
 @router.get("/deploys/{deploy_id}/progress")
-def deploy_progress(request: Request, deploy_id: DeployId, user: Viewer) -> Response:
-    """The live part of the deploy page; it stops asking to be polled once the deploy has finished."""
-    return _render(request, "_progress.html", _progress_context(request, deploy_id), user)
+def deploy_progress(request: Request, deploy_id: DeployId, user: Viewer,
+                    since: Annotated[str, Query(max_length=20)] = "") -> Response:
+    """The live part of the deploy page; it stops asking to be polled once the deploy has finished. A page shown
+    while planning (`since=planning`) is reloaded whole once the plan is made, blocked or failed: the plan, its
+    blockers and the Apply button are outside this part."""
+    context = _progress_context(request, deploy_id)
+    if since == DeployStatus.PLANNING.value and context["deploy"].status is not DeployStatus.PLANNING:
+        return Response(status_code=200, headers={"HX-Refresh": "true", "Cache-Control": "no-store"})
+    return _render(request, "_progress.html", context, user)
+
+
+@router.get("/deploys/{deploy_id}/audit")
+def plan_audit(request: Request, deploy_id: DeployId, user: Viewer) -> Response:
+    """The least-privilege summary of the identities a plan binds, one line per connection as `keyless plan`
+    prints it: a fragment for htmx, else a page."""
+    plane = state(request).plane
+    deploy = plane.store.get_deploy(deploy_id)
+    context: dict[str, Any] = {"deploy": deploy, "connections": [], "error": None, "report": None}
+    try:
+        if deploy.plan is None:
+            raise Conflict(f"deploy #{deploy.id} has no plan yet", "wait for the plan to be made")
+        report = plane.audit_plan(planfile.load(deploy.plan))
+    except KeylessError as exc:
+        context["error"] = exc.render()
+    else:
+        context["report"] = report
+        context["connections"] = [
+            _ConnectionFindings(connection_label(c.binding), c.summary(), sorted_findings(c.findings),
+                                c.binding.service) for c in report.connections]
+    return _render(request, "_plan_audit.html" if _is_htmx(request) else "plan_audit.html", context, user)
 
 
 @router.post("/deploys/{deploy_id}/apply")
@@ -449,30 +548,36 @@ class _TargetRow:
     record: TargetRecord
     settings: list[tuple[str, str]]
     apps: list[str]
-    issues: list[PreflightIssue]
-    ready: bool
-    error: str | None
 
 
 @router.get("/targets")
 def targets_page(request: Request, user: Viewer) -> Response:
-    """Each target with its preflight checks, run now; one target's failure does not hide the others."""
+    """Each target with its settings at once; its preflight checks are run by the part below, one request per
+    target, so one slow or unreachable cloud neither holds the page nor hides the other targets."""
     server = state(request)
     apps = server.store.list_apps()
     rows = []
     for record in server.store.list_targets():
         settings = [(key, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
                     for key, value in record.settings.items() if key != "cloud"]
-        issues, error = [], None
-        try:
-            issues = server.plane.preflight_target(record.name)
-        except KeylessError as exc:
-            error = exc.render()
-        rows.append(_TargetRow(
-            record=record, settings=settings, apps=[a.name for a in apps if a.target_name == record.name],
-            issues=issues, ready=error is None and not any(i.severity is PreflightSeverity.BLOCKING for i in issues),
-            error=error))
+        rows.append(_TargetRow(record=record, settings=settings,
+                               apps=[a.name for a in apps if a.target_name == record.name]))
     return _render(request, "targets.html", {"rows": rows}, user)
+
+
+@router.get("/targets/{name}/preflight")
+def target_preflight(request: Request, name: str, user: Viewer) -> Response:
+    """One target's preflight checks, run now: a fragment for htmx, else a page; a cloud error shows with its hint."""
+    server = state(request)
+    record = server.store.get_target(name)
+    issues, error = [], None
+    try:
+        issues = server.plane.preflight_target(name)
+    except KeylessError as exc:
+        error = exc.render()
+    context = {"record": record, "issues": issues, "error": error,
+               "ready": error is None and not any(i.severity is PreflightSeverity.BLOCKING for i in issues)}
+    return _render(request, "_preflight.html" if _is_htmx(request) else "preflight.html", context, user)
 
 
 @router.get("/audit-log")

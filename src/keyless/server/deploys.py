@@ -14,6 +14,7 @@ from keyless.kube.base import KubeSide
 from keyless.plan import Plan, planfile
 from keyless.plan.render import render_text
 from keyless.providers.base import Provider
+from keyless.server.eventlog import EventLog
 from keyless.server.operations import ControlPlane
 from keyless.store import DeployActionRecord, DeployRecord, DeployStatus
 
@@ -26,8 +27,10 @@ HEARTBEAT_SECONDS = 30.0
 class DeployRunner:
     """Starts deploys and runs them on worker threads; the store's per-app lock keeps one per app."""
 
-    def __init__(self, plane: ControlPlane, max_parallel: int = MAX_PARALLEL_DEPLOYS, server: str = "") -> None:
+    def __init__(self, plane: ControlPlane, max_parallel: int = MAX_PARALLEL_DEPLOYS, server: str = "",
+                 events: EventLog | None = None) -> None:
         self.server = server  # which server this is: its locks carry it, so it frees its own after a restart
+        self.events = events or EventLog()
         self.plane = plane
         self.store = plane.store
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="keyless-deploy")
@@ -37,27 +40,41 @@ class DeployRunner:
     # --- starting ------------------------------------------------------------------------------------
 
     def plan(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
-        """Plan now (synchronously) and keep the plan as a deploy to review and apply later."""
+        """Plan now (synchronously) and keep the plan as a deploy to review and apply later (the API's plan)."""
         spec, _, _, plan = self._plan(app_name, target_name)
         return self.store.create_deploy(app_name, spec.target_name, actor, DeployStatus.PLANNED,
                                         plan=planfile.dump(plan), plan_text=render_text(plan))
+
+    def plan_in_background(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
+        """Plan on a worker thread (the dashboard's Plan): the page answers at once and follows the planning, so an
+        unreachable cloud or a failed preflight ends on the deploy page with its message, never on a timeout."""
+        app = self.store.get_app(app_name)
+        name, _ = self.plane.target_of(app, target_name)
+        record = self.store.create_deploy(app_name, name, actor, DeployStatus.PLANNING, server=self.server)
+        self._submit(record, "plan", lambda: self._plan_only(record))
+        return record
 
     def deploy(self, app_name: str, target_name: str | None, actor: str) -> DeployRecord:
         """Plan and apply in the background (like `keyless apply --auto-approve`)."""
         app = self.store.get_app(app_name)
         name, _ = self.plane.target_of(app, target_name)  # a missing target is refused before anything starts
         record = self.store.create_deploy(app_name, name, actor, DeployStatus.PLANNING, server=self.server)
-        self._submit(record.id, lambda: self._plan_and_apply(record))
+        self._submit(record, "deploy", lambda: self._plan_and_apply(record))
         return record
 
     def apply(self, deploy_id: int, actor: str) -> DeployRecord:
         """Apply a reviewed plan in the background; refused when the app changed since (make a new plan)."""
         record = self.store.start_planned(deploy_id, actor, self.server)
-        self._submit(record.id, lambda: self._apply_saved(record))
+        self._submit(record, "apply", lambda: self._apply_saved(record))
         return record
 
-    def _submit(self, deploy_id: int, work: Callable[[], None]) -> None:
+    def _submit(self, record: DeployRecord, kind: str, work: Callable[[], None]) -> None:
+        deploy_id = record.id
+
         def run() -> None:
+            self.events.emit("deploy.start", deploy=deploy_id, kind=kind, app=record.app, target=record.target_name,
+                             requestedBy=record.requested_by)
+            started = self.events.clock()
             stop = threading.Event()
             beat = threading.Thread(target=self._heartbeat, args=(deploy_id, stop), daemon=True)
             beat.start()
@@ -74,9 +91,18 @@ class DeployRunner:
                 stop.set()
                 with self._lock:
                     self._running.pop(deploy_id, None)
+                self._log_finish(deploy_id, kind, record.app, started)
 
         with self._lock:
             self._running[deploy_id] = self._pool.submit(run)
+
+    def _log_finish(self, deploy_id: int, kind: str, app: str, started: float) -> None:
+        try:
+            status = self.store.get_deploy(deploy_id).status.value
+        except Exception:  # the database blinked: the finish is still logged, its status unknown
+            status = "unknown"
+        self.events.emit("deploy.finish", deploy=deploy_id, kind=kind, app=app, status=status,
+                         seconds=round(self.events.clock() - started, 3))
 
     def _heartbeat(self, deploy_id: int, stop: threading.Event) -> None:
         """Keeps the app's lock fresh while a long step (propagation, rollout) runs."""
@@ -93,6 +119,12 @@ class DeployRunner:
         spec = self.plane.plan_input(self.store.get_app(app_name), target_name)
         provider, kube = self.plane.connector(spec.target_name, spec.target)
         return spec, provider, kube, engine.plan_app(spec, provider, kube).plan
+
+    def _plan_only(self, record: DeployRecord) -> None:
+        """A background plan: kept as a planned deploy to review (blockers and all), which frees the app's lock."""
+        _, _, _, plan = self._plan(record.app, record.target_name)
+        self.store.set_deploy_plan(record.id, planfile.dump(plan), render_text(plan), len(plan.changes),
+                                   DeployStatus.PLANNED)
 
     def _plan_and_apply(self, record: DeployRecord) -> None:
         _, provider, kube, plan = self._plan(record.app, record.target_name)

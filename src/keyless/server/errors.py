@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from keyless.errors import CloudError, Conflict, InvalidInput, KeylessError, NotFound, PreflightFailed
+from keyless.errors import CloudError, Conflict, KeylessError, NotFound, PreflightFailed
 
 # What the API answers a request without a usable token (the route's dependency and the body limit alike).
 NO_TOKEN = ("this API needs a token", "send `Authorization: Bearer <token>`; `keyless serve` printed the first admin "
@@ -18,17 +18,18 @@ def http_status(error: KeylessError) -> int:
         return 404
     if isinstance(error, Conflict | PreflightFailed):
         return 409
-    if isinstance(error, InvalidInput):
-        return 422
     if isinstance(error, CloudError):
         return 502
-    if error.exit_code == 2:
-        return 400
+    if error.exit_code == 2:  # invalid input of any kind: porter.yaml, a target, a field, a request body
+        return 422
     return 500
 
 
 def error_body(message: str, hint: str = "", items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": message, "hint": hint}
+    """`{"error", "hint", "problems"}`; a hint or problems that would be empty are left out."""
+    body: dict[str, Any] = {"error": message}
+    if hint:
+        body["hint"] = hint
     if items:
         body["problems"] = items
     return body

@@ -14,6 +14,7 @@ from keyless.bindings import desired_bindings, workloads
 from keyless.diagnostics import START, Diagnostic, Severity
 from keyless.errors import Conflict, InvalidInput, KeylessError, NotFound, UsageError
 from keyless.kube.base import KubeSide
+from keyless.plan import Plan
 from keyless.porter import edit
 from keyless.porter.loader import LoadedApp, identity_types, load_app, resolve_app_name
 from keyless.providers.base import PreflightIssue, Provider
@@ -186,13 +187,18 @@ class ControlPlane:
                                "it would leave their cloud bindings behind",
                                "detach the connections and deploy, then delete; or add ?force=true to forget it "
                                "anyway (the bindings stay; `keyless status --app` still finds them)")
-            deployed = [d for d in self.store.list_deploys(name)
-                        if d.status in (DeployStatus.SUCCEEDED, DeployStatus.NO_CHANGES)]
-            if deployed and deployed[0].app_revision < app.revision:
+            deployed = self.last_deployed(name)
+            if deployed is not None and deployed.app_revision < app.revision:
                 raise Conflict(f"app {name!r} has changes that were never deployed (revision {app.revision}, last "
-                               f"deployed {deployed[0].app_revision}); its cloud bindings may still exist",
+                               f"deployed {deployed.app_revision}); its cloud bindings may still exist",
                                "deploy it first, then delete; or add ?force=true to forget it anyway")
         self.store.delete_app(name, actor)
+
+    def last_deployed(self, name: str) -> DeployRecord | None:
+        """The app's latest deploy that reached the cloud and the cluster (succeeded, or found nothing to change):
+        its `app_revision` is the porter.yaml revision the world was last brought to."""
+        return next((d for d in self.store.list_deploys(name)
+                     if d.status in (DeployStatus.SUCCEEDED, DeployStatus.NO_CHANGES)), None)
 
     def set_app_target(self, name: str, target_name: str | None, actor: str) -> AppRecord:
         if target_name is not None:
@@ -265,15 +271,20 @@ class ControlPlane:
         bindings, _ = desired_bindings(self.load(app), app.name, name, target)
         return engine.audit_app(name, target, app.name, bindings)
 
+    def audit_plan(self, plan: Plan) -> AuditReport:
+        """The least-privilege audit of the bindings a plan wants, as `keyless plan` prints it after the plan."""
+        return engine.audit_app(plan.target, self.target(plan.target), plan.app, plan.wanted_bindings())
+
     def deploys(self, app_name: str) -> list[DeployRecord]:
         return self.store.list_deploys(app_name)
 
 
 def problems(error: KeylessError) -> list[dict[str, Any]]:
-    """An error's located findings for a JSON response (one plain entry when it has none)."""
-    if isinstance(error, InvalidInput):
-        return [d.as_json() for d in error.diagnostics]
-    return [{"message": error.message, "hint": error.hint}]
+    """An error's located findings for a JSON response (one plain entry when it has none); an empty hint is left
+    out rather than sent as `""`."""
+    found = [d.as_json() for d in error.diagnostics] if isinstance(error, InvalidInput) else [
+        {"message": error.message, "hint": error.hint}]
+    return [{key: value for key, value in item.items() if key != "hint" or value} for item in found]
 
 
 def issue_json(issue: PreflightIssue) -> dict[str, Any]:

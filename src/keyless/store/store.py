@@ -494,7 +494,10 @@ class Store:
         with self._tx() as s:
             row = self._deploy_row(s, deploy_id)
             row.plan, row.plan_text, row.total_actions, row.status = plan, plan_text, total_actions, status.value
-            s.execute(update(AppLockRow).where(AppLockRow.deploy_id == deploy_id).values(heartbeat_at=utcnow()))
+            if status.active:
+                s.execute(update(AppLockRow).where(AppLockRow.deploy_id == deploy_id).values(heartbeat_at=utcnow()))
+            else:  # a background plan now waiting for review (planned) holds no lock, as a planned deploy never does
+                s.execute(delete(AppLockRow).where(AppLockRow.deploy_id == deploy_id))
 
     def record_action(self, deploy_id: int, record: DeployActionRecord) -> None:
         with self._tx() as s:
