@@ -225,7 +225,7 @@ def test_launching_compute_escalates_only_with_pass_role() -> None:
     pass_role = allow("iam:PassRole", "arn:aws:iam::123456789012:role/fn")
     findings = perm_findings(launch, pass_role)
     escalation = next(f for f in findings if f.rule is R.AWS_PERM_PRIVESC)
-    assert "lambda:CreateFunction with iam:PassRole" in escalation.message
+    assert "lambda-create-function (iam:PassRole + lambda:CreateFunction" in escalation.message
     assert escalation.location.statement == 0
 
 
