@@ -253,6 +253,13 @@ _COMPUTE_SERVICES = ("ec2.", "lambda.", "ecs-tasks.", "ecs.", "glue.", "sagemake
                      "datapipeline.", "elasticmapreduce.", "batch.", "apprunner.", "bedrock")
 
 
+# Actions that only manage how the caller's own IAM user signs in (its MFA device, its password): the access level
+# calls some of them permissions management, but they grant no permission, and a pod role has no user to sign in.
+_AUTHENTICATION_ONLY = frozenset({"iam:createvirtualmfadevice", "iam:enablemfadevice", "iam:resyncmfadevice",
+                                  "iam:deactivatemfadevice", "iam:deletevirtualmfadevice", "iam:changepassword",
+                                  "iam:getmfadevice", "iam:listmfadevices"})
+
+
 @dataclass(frozen=True, slots=True)
 class _Grant:
     """One Allow statement, read once: where it is, what it allows and how far that reaches."""
@@ -369,7 +376,8 @@ def _statement_findings(grant: _Grant, catalog: ActionCatalog, edit: str) -> lis
             f"{json.dumps(pattern)} is not an action AWS has: the statement grants nothing for it{hint}",
             location, f"correct or remove {json.dumps(pattern)} ({edit})"))
     # iam:PassRole has a rule of its own just below.
-    arn_actions = sorted((i for k, i in expanded.items() if i.accepts_resource_arns and k != PASS_ROLE),
+    arn_actions = sorted((i for k, i in expanded.items()
+                          if i.accepts_resource_arns and k != PASS_ROLE and k not in _AUTHENTICATION_ONLY),
                          key=lambda i: i.action)
     if "*" in resources and arn_actions:
         found.append(Finding(
@@ -426,7 +434,8 @@ def _statement_findings(grant: _Grant, catalog: ActionCatalog, edit: str) -> lis
             f"({edit})", _lowered(FindingSeverity.ERROR, grant, level) if level else
             (FindingSeverity.INFO if grant.self_only else None)))
     managing = sorted(i.action for key, i in expanded.items()
-                      if i.access_level == PERMISSIONS_MANAGEMENT and key != PASS_ROLE)
+                      if i.access_level == PERMISSIONS_MANAGEMENT and key != PASS_ROLE
+                      and key not in _AUTHENTICATION_ONLY)
     if managing:
         found.append(Finding(
             R.AWS_PERM_PERMISSIONS_MGMT,

@@ -154,14 +154,12 @@ def effectively_star(resource: str, infos: Iterable[ActionInfo]) -> bool:
 def _can_match(resource: str, arn_format: str) -> bool:
     if resource == "*" or _format_regex(arn_format).fullmatch(resource):
         return True
-    parts, form = _arn_parts(resource), _arn_parts(arn_format)
-    if parts is None or form is None:
+    if _arn_parts(resource) is None:
         return True  # not an ARN keyless can read: say nothing
-    if parts[2].lower() not in (form[2].lower(), "*") and "*" not in parts[2]:
-        return False
-    # A wildcard can stand for any part of the ARN; without a pattern matcher over two patterns, only a resource
-    # with no wildcard is judged.
-    return "*" in resource or "?" in resource
+    # A wildcard may stand for a name, or for a path or ARN segment of several parts (bucket* covers bucket/key):
+    # the resource can match if one of these stand-ins does.
+    return any(_format_regex(arn_format).fullmatch(resource.replace("*", fill).replace("?", "x"))
+               for fill in ("x", "x/x", "x:x", "x/x/x")) if ("*" in resource or "?" in resource) else False
 
 
 def mismatched(statement: Mapping[str, Any], catalog: ActionCatalog) -> list[tuple[ActionInfo, list[str]]]:
