@@ -57,8 +57,6 @@ RULES: tuple[Rule, ...] = (
     Rule(r"keyless serve\b.*", "skip",
          "a long-running server waiting for a browser; tests/integration/test_serve.py and test_dashboard.py drive it"),
     Rule(r"curl .*127\.0\.0\.1:8400.*", "skip", "talks to the `keyless serve` above, with the token it printed"),
-    Rule(r"keyless sandbox exec POD -n shop -- keyless doctor", "known-broken",
-         "fixed by the CLI work (issue 16, item 3: options after POD are taken for the command)"),
 )
 
 # Names in the README that stand for the reader's own things, and what stands in for them here.
