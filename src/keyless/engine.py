@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from keyless.providers.base import (
     PreflightSeverity,
     Provider,
     TokenExchanger,
+    VisibilityWaiter,
 )
 from keyless.providers.retry import RetryPolicy, poll
 from keyless.targets import AnyTarget
@@ -121,7 +123,15 @@ class ApplyReport:
 Progress = Callable[[ActionResult], None]
 
 
-def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: ActionOutcome | None = None) -> str:
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """What one applied action reports: its message, and for a cloud write, the seconds until it settles."""
+
+    message: str
+    settles_in: float = 0.0
+
+
+def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: ActionOutcome | None = None) -> _Done:
     """Carry out one action exactly as the plan's typed fields say (`written`: its cloud write, done already)."""
     ref = action.ref
     if action.resource is Resource.CLOUD_BINDING:
@@ -131,27 +141,29 @@ def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: Acti
         outcome = written if written is not None else provider.apply(action)
         if not outcome.ok:
             raise ApplyFailed(outcome.message)
-        if action.kind in (ActionKind.CREATE, ActionKind.UPDATE, ActionKind.REPLACE) and not provider.wait_visible(
-                action, VISIBILITY_TIMEOUT):
-            return outcome.message + f" (not yet visible after {VISIBILITY_TIMEOUT:.0f}s; pods may wait for it)"
-        return outcome.message
+        if outcome.settles_in is not None or action.kind not in (ActionKind.CREATE, ActionKind.UPDATE,
+                                                                    ActionKind.REPLACE):
+            return _Done(outcome.message, outcome.settles_in or 0.0)
+        if isinstance(provider, VisibilityWaiter) and not provider.wait_visible(action, VISIBILITY_TIMEOUT):
+            return _Done(outcome.message + f" (not yet visible after {VISIBILITY_TIMEOUT:.0f}s; pods may wait for it)")
+        return _Done(outcome.message)
     if action.resource is Resource.SERVICE_ACCOUNT:
         if action.kind is ActionKind.DELETE:
             kube.delete_service_account(ref)
-            return f"deleted service account {action.address}"
+            return _Done(f"deleted service account {action.address}")
         if action.account is not None:
             kube.apply_service_account(ref, action.account, action.remove_annotations)
         else:
             kube.remove_annotations(ref, action.remove_annotations)
-        return f"applied service account {action.address}"
+        return _Done(f"applied service account {action.address}")
     if action.pod_template is None:
         raise ApplyFailed(f"{action.address}: a workload update without its pod template; the plan is damaged",
                           "plan again")
     propagation = _wait_propagation(action.desired, provider, kube) if action.desired is not None else ""
     kube.update_workload(ref, action.service, action.pod_template)
     if ref.kind == "Deployment" and not kube.wait_rollout(ref.namespace, ref.name, ROLLOUT_TIMEOUT):
-        return f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s{propagation}"
-    return f"restarted {action.address}{propagation}"
+        return _Done(f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s{propagation}")
+    return _Done(f"restarted {action.address}{propagation}")
 
 
 def _clear_intents(actions: Sequence[Action], kube: KubeSide) -> None:
@@ -208,8 +220,14 @@ def _write_together(actions: Sequence[Action], provider: BatchWriter, kube: Kube
     return outcomes
 
 
-def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progress | None = None) -> ApplyReport:
-    """Apply each service's actions in order; services run concurrently; one failure stops only its service."""
+def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progress | None = None, *,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> ApplyReport:
+    """Apply each service's actions in order; services run concurrently; one failure stops only its service.
+
+    A service's cloud binding and service account go first, as fast as the provider's rate limits allow; its
+    workloads restart once its own binding has settled (the write's answer says when), so the settle waits of all
+    services overlap instead of holding a worker each, and nothing polls the cloud to find out.
+    """
     by_service: dict[str, list[Action]] = {}
     for action in plan.changes:
         by_service.setdefault(action.service, []).append(action)
@@ -218,43 +236,75 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
         written = _write_together([a for a in plan.changes if a.resource is Resource.CLOUD_BINDING], provider, kube)
 
     stopping = threading.Event()
+    results: dict[str, list[ActionResult]] = {service: [] for service in by_service}
 
-    def run_service(actions: list[Action]) -> list[ActionResult]:
-        results: list[ActionResult] = []
+    def run(service: str, actions: Sequence[Action]) -> float | None:
+        """Carry out `actions` in order; the seconds until the last cloud write settles, or None on a failure."""
+        settles_in = 0.0
         for action in actions:
             if stopping.is_set():
-                break  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
+                return None  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
             start = time.monotonic()
             try:
-                message = _apply_one(action, provider, kube, written.get(id(action)))
-                result = ActionResult(action, True, message, time.monotonic() - start)
+                done = _apply_one(action, provider, kube, written.get(id(action)))
+                result = ActionResult(action, True, done.message, time.monotonic() - start)
+                settles_in = max(settles_in, done.settles_in - (time.monotonic() - start))
             except KeylessError as exc:
                 result = ActionResult(action, False, exc.message, time.monotonic() - start)
             except Exception as exc:  # a bug or an SDK surprise: report it for this service, keep the others going
                 result = ActionResult(action, False, f"unexpected error: {type(exc).__name__}: {exc}",
                                       time.monotonic() - start)
-            results.append(result)
+            results[service].append(result)
             if progress is not None:
                 progress(result)
             if not result.ok:
-                break  # later steps of this service depend on this one
-        else:
+                return None  # later steps of this service depend on this one
+        return settles_in
+
+    def prepare(service: str) -> float | None:
+        """The service's binding and account; when its pods may restart (on `clock`), or None if it stopped."""
+        settles_in = run(service, [a for a in by_service[service] if a.resource is not Resource.WORKLOAD])
+        return None if settles_in is None else clock() + settles_in
+
+    def finish(service: str) -> None:
+        actions = by_service[service]
+        if run(service, [a for a in actions if a.resource is Resource.WORKLOAD]) is not None:
             _clear_intents(actions, kube)
-        return results
 
     workers = max(1, min(MAX_PARALLEL_SERVICES, len(by_service)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyless-apply")
+    # Two pools: restarts never queue behind the writes of services still waiting for theirs.
+    writers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyless-apply")
+    restarters = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyless-restart")
     try:
-        batches = list(pool.map(run_service, by_service.values()))
+        preparing: dict[Future[float | None], str] = {writers.submit(prepare, s): s for s in by_service}
+        settling: list[tuple[float, str]] = []  # (ready at, service), soonest first
+        finishing: list[Future[None]] = []
+        while preparing or settling:
+            while settling and settling[0][0] <= clock():
+                finishing.append(restarters.submit(finish, heapq.heappop(settling)[1]))
+            if preparing:
+                timeout = max(0.0, settling[0][0] - clock()) if settling else None
+                done, _ = wait(preparing, timeout=timeout, return_when=FIRST_COMPLETED)
+                for future in done:
+                    service = preparing.pop(future)
+                    ready_at = future.result()
+                    if ready_at is not None:
+                        heapq.heappush(settling, (ready_at, service))
+            elif settling:
+                sleep(max(0.0, settling[0][0] - clock()))
+        for restart in finishing:
+            restart.result()
     except KeyboardInterrupt:
         stopping.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (writers, restarters):
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown()
-    results = [r for batch in batches for r in batch]
-    if not any(not r.ok for r in results) and not stopping.is_set():
+    writers.shutdown()
+    restarters.shutdown()
+    ordered = [r for service in by_service for r in results[service]]
+    if not any(not r.ok for r in ordered) and not stopping.is_set():
         kube.complete(plan)  # render mode writes the whole app's files once the cloud side is done
-    return ApplyReport(results=tuple(results))
+    return ApplyReport(results=tuple(ordered))
 
 
 class StalePlan(ApplyFailed):

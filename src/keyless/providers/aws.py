@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,13 @@ from keyless.errors import CloudError
 from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
 from keyless.iam_policy import check_trust_policy
 from keyless.ownership import Owner, owner_from_tags, ownership_tags
-from keyless.plan import Action, ActionKind, ObservedBinding, ObservedServiceAccount
+from keyless.plan import Action, ObservedBinding, ObservedServiceAccount
 from keyless.providers.aws_api import (
     ASSOCIATION_QUOTA,
+    DEFAULT_LIMITS,
     DEFAULT_RETRY,
     AwsApi,
+    AwsLimits,
     error_code,
     is_role_not_propagated,
     is_transient,
@@ -35,12 +38,10 @@ from keyless.providers.base import (
     BindingWrites,
     PreflightIssue,
     PreflightSeverity,
-    desired_of,
     failed,
-    observed_of,
     services_label,
 )
-from keyless.providers.retry import RetryPolicy, poll
+from keyless.providers.retry import RetryPolicy
 from keyless.targets import AwsTarget
 
 if TYPE_CHECKING:
@@ -52,9 +53,11 @@ AGENT_ADDON = "eks-pod-identity-agent"
 # IAM propagation of a new role is usually seconds, occasionally a minute or two.
 ROLE_PROPAGATION_RETRY = RetryPolicy(max_attempts=12, base_delay=1.0, max_delay=10.0, deadline=120.0)
 # A new or changed association is visible to Describe at once but reaches the Pod Identity webhook and
-# agent seconds later; pods created in between get no credentials. wait_visible waits this long after
-# the association's modifiedAt before it reports the binding as in effect.
+# agent seconds later; pods created in between get no credentials. A write's outcome says it settles this
+# long after the association's modifiedAt, and the engine restarts the service's pods then.
 PROPAGATION_SETTLE = 5.0
+# Describes in flight at once while observing; the token bucket (AwsLimits), not this, sets the pace.
+DESCRIBE_CONCURRENCY = 16
 
 # --- request tokens (pure) ----------------------------------------------------------------------------
 
@@ -141,7 +144,11 @@ def _owner_of(binding: Binding) -> Owner:
 
 class AwsProvider:
     """EKS Pod Identity on one cluster. Clients come from the standard SDK configuration (AWS_PROFILE,
-    AWS_ENDPOINT_URL_EKS/IAM/STS, ...); the region is the target's."""
+    AWS_ENDPOINT_URL_EKS/IAM/STS, ...); the region is the target's.
+
+    Within one command (from `resolve`, or a fresh instance) each object is read at most once: the cluster's
+    association listing and every association described are kept, so preflight, observe and the writes that
+    follow share them, and each write keeps them up to date."""
 
     cloud = Cloud.AWS
 
@@ -153,12 +160,13 @@ class AwsProvider:
         retry: RetryPolicy = DEFAULT_RETRY,
         role_propagation: RetryPolicy = ROLE_PROPAGATION_RETRY,
         settle: float = PROPAGATION_SETTLE,
+        limits: AwsLimits = DEFAULT_LIMITS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.target = target
-        self._api = AwsApi(target.region, session, retry=retry, sleep=sleep, clock=clock)
+        self._api = AwsApi(target.region, session, retry=retry, limits=limits, sleep=sleep, clock=clock)
         self._eks = self._api.eks
         self._role_propagation = role_propagation
         self._settle = settle
@@ -167,6 +175,13 @@ class AwsProvider:
         self._now = now  # wall time, compared with the server's modifiedAt
         # Roles read by resolve(), reused by preflight() in the same run instead of a second GetRole.
         self._roles: dict[str, _Role] = {}
+        self._listing: list[_Summary] | None = None  # the cluster's associations, listed once per command
+        self._described: dict[str, _Association] = {}  # by id: described (or written) in this command
+
+    @property
+    def api(self) -> AwsApi:
+        """The SDK layer, whose `calls` count this provider's requests by operation."""
+        return self._api
 
     @property
     def cluster(self) -> str:
@@ -206,14 +221,45 @@ class AwsProvider:
         return partition, who.get("Account", "")
 
     def _list(self, namespace: str | None = None, service_account: str | None = None) -> list[_Summary]:
-        """Every association (optionally of a namespace / service account), following every page."""
-        return [_Summary(id=s.get("associationId", ""), namespace=s.get("namespace", ""),
-                         service_account=s.get("serviceAccount", ""))
-                for s in self._api.list_associations(self.cluster, namespace, service_account)]
+        """Every association (optionally of a namespace / service account), following every page. The whole
+        cluster's listing is read once per command; a filtered one (settling a conflict) always afresh."""
+        whole = namespace is None and service_account is None
+        if whole and self._listing is not None:
+            return self._listing
+        found = [_Summary(id=s.get("associationId", ""), namespace=s.get("namespace", ""),
+                          service_account=s.get("serviceAccount", ""))
+                 for s in self._api.list_associations(self.cluster, namespace, service_account)]
+        if whole:
+            self._listing = found
+        return found
 
     def _describe(self, association_id: str) -> _Association | None:
+        """Describe an association afresh, and keep what it said for the rest of the command."""
         raw = self._api.describe_association(self.cluster, association_id)
-        return None if raw is None else _Association.from_api(raw)
+        if raw is None:
+            self._forget(association_id)
+            return None
+        return self._keep(_Association.from_api(raw))
+
+    def _current(self, association_id: str) -> _Association | None:
+        """The association as this command last read or wrote it; described only if it has not been yet."""
+        known = self._described.get(association_id)
+        return known if known is not None else self._describe(association_id)
+
+    def _keep(self, association: _Association) -> _Association:
+        self._described[association.id] = association
+        return association
+
+    def _forget(self, association_id: str) -> None:
+        self._described.pop(association_id, None)
+        if self._listing is not None:
+            self._listing = [s for s in self._listing if s.id != association_id]
+
+    def _settles_in(self, association: _Association) -> float:
+        """Seconds until new pods get this association's role: its last change plus the propagation time."""
+        if association.modified_at is None:
+            return self._settle
+        return max(0.0, association.modified_at + self._settle - self._now())
 
     def _find(self, namespace: str, service_account: str) -> _Association | None:
         """The association of a service account (EKS allows one), described."""
@@ -226,12 +272,17 @@ class AwsProvider:
     def _tag(self, association: _Association, owner: Owner) -> None:
         self._api.call(f"tagging pod identity association {association.id}",
                    lambda: self._eks.tag_resource(resourceArn=association.arn, tags=ownership_tags(owner)))
+        self._keep(replace(association, tags={**association.tags, **ownership_tags(owner)}))
 
     # ---- resolve --------------------------------------------------------------------------------
 
     def resolve(self, bindings: Sequence[Binding]) -> tuple[list[Binding], list[PreflightIssue]]:
-        """Look each distinct role up (GetRole) and fill in its ARN; missing or foreign roles become issues."""
+        """Look each distinct role up (GetRole) and fill in its ARN; missing or foreign roles become issues.
+
+        Resolving starts a command's reading: what earlier calls read is forgotten, and read again when needed."""
         self._roles = {}
+        self._listing = None
+        self._described = {}
         groups: dict[str, list[Binding]] = {}
         for binding in bindings:
             groups.setdefault(_aws_role(binding).role, []).append(binding)
@@ -371,14 +422,16 @@ class AwsProvider:
         its old associations. Other apps' and other people's associations are never described."""
         desired = {b.key for b in bindings}
         prefix = f"{app}-"
+        candidates = [s.id for s in self._list()
+                      if (s.namespace, s.service_account) in desired or s.service_account.startswith(prefix)]
+        # Each candidate described once, several at a time: the EKS read bucket sets the pace.
+        with ThreadPoolExecutor(max_workers=DESCRIBE_CONCURRENCY, thread_name_prefix="keyless-describe") as pool:
+            described = list(pool.map(self._current, candidates))
         found: list[ObservedBinding] = []
-        for summary in self._list():
-            key = (summary.namespace, summary.service_account)
-            if key not in desired and not summary.service_account.startswith(prefix):
-                continue
-            association = self._describe(summary.id)
+        for association in described:
             if association is None:
                 continue  # deleted since it was listed
+            key = (association.namespace, association.service_account)
             owner = association.owner
             if key not in desired and (owner is None or owner.app != app or owner.target != target):
                 continue
@@ -430,7 +483,11 @@ class AwsProvider:
                              retryable=lambda e: is_transient(e) or is_role_not_propagated(e))
         if created is None:
             return self._settle_conflict(binding, role_arn, owner)
-        return ActionOutcome(True, f"created association {created.id}: {address} -> {role_arn}", created.id)
+        self._keep(created)
+        if self._listing is not None:
+            self._listing.append(_Summary(created.id, created.namespace, created.service_account))
+        return ActionOutcome(True, f"created association {created.id}: {address} -> {role_arn}", created.id,
+                             self._settles_in(created))
 
     def _settle_conflict(self, binding: Binding, role_arn: str, owner: Owner) -> ActionOutcome:
         """Create said the service account is taken: ours after a lost response, identical, or someone's."""
@@ -453,30 +510,35 @@ class AwsProvider:
             return failed(refusal, existing.id)
         if existing.owner == owner:
             return ActionOutcome(True, f"association {existing.id} already exists: {address} -> {role_arn}",
-                                 existing.id)
+                                 existing.id, self._settles_in(existing))
         self._tag(existing, owner)
         return ActionOutcome(True, f"adopted existing association {existing.id} (same role): {address} -> "
-                             f"{role_arn}", existing.id)
+                             f"{role_arn}", existing.id, self._settles_in(existing))
 
     def _update(self, observed: ObservedBinding, binding: Binding) -> ActionOutcome:
         role_arn = _role_arn(binding)
-        current = self._describe(observed.id)
+        current = self._current(observed.id)
         if current is None:
             return failed(f"{_gone(observed)}; plan again", observed.id)
         refusal = _foreign(current, observed.owner, self.cluster, must_be_tagged=True)
         if refusal is not None:
             return failed(refusal, current.id)
         if current.role_arn != role_arn:
-            self._api.call(f"updating association {current.id} ({current.address})",
-                       lambda: self._eks.update_pod_identity_association(
-                           clusterName=self.cluster, associationId=current.id, roleArn=role_arn),
-                       policy=self._role_propagation,
-                       retryable=lambda e: is_transient(e) or is_role_not_propagated(e))
-        return ActionOutcome(True, f"updated association {current.id}: {current.address} -> {role_arn}", current.id)
+            association_id = current.id
+            updated = self._api.call(f"updating association {current.id} ({current.address})",
+                                     lambda: self._eks.update_pod_identity_association(
+                                         clusterName=self.cluster, associationId=association_id, roleArn=role_arn),
+                                     policy=self._role_propagation,
+                                     retryable=lambda e: is_transient(e) or is_role_not_propagated(e))
+            # The answer is the association as updated; its tags stay as they were.
+            current = self._keep(replace(_Association.from_api(updated["association"]), tags=current.tags))
+        return ActionOutcome(True, f"updated association {current.id}: {current.address} -> {role_arn}", current.id,
+                             self._settles_in(current))
 
     def _delete(self, observed: ObservedBinding) -> ActionOutcome:
-        # Describe first: the plan may be old, and keyless deletes only what it can see is its own now.
-        current = self._describe(observed.id)
+        # Read in this command (observe, or here): the plan may be old, and keyless deletes only what it can see
+        # is its own now.
+        current = self._current(observed.id)
         if current is None:
             return ActionOutcome(True, f"{_gone(observed)} already", observed.id)
         refusal = _foreign(current, observed.owner, self.cluster, must_be_tagged=True)
@@ -492,13 +554,14 @@ class AwsProvider:
                     raise
 
         self._api.call(f"deleting association {current.id} ({current.address})", once)
+        self._forget(current.id)
         return ActionOutcome(True, f"deleted association {current.id}: {current.address} (was {current.role_arn})",
-                             current.id)
+                             current.id, 0.0)
 
     def _adopt(self, observed: ObservedBinding, binding: Binding) -> ActionOutcome:
         role_arn = _role_arn(binding)
         owner = _owner_of(binding)
-        current = self._describe(observed.id)
+        current = self._current(observed.id)
         if current is None:
             return failed(f"{_gone(observed)}; plan again", observed.id)
         refusal = _foreign(current, owner, self.cluster)
@@ -509,35 +572,8 @@ class AwsProvider:
             return failed(refusal, current.id)
         if current.owner != owner:
             self._tag(current, owner)
-        return ActionOutcome(True, f"adopted association {current.id}: {current.address} -> {role_arn}", current.id)
-
-    # ---- wait -----------------------------------------------------------------------------------
-
-    def wait_visible(self, action: Action, timeout: float) -> bool:
-        """Poll Describe until the association shows the desired role (or, for a delete, is gone), and
-        its last change is `settle` seconds old, so that pods created from now on get the credentials."""
-        # The poll only waits for "not yet"; AWS errors inside each check are retried by _call, once.
-        schedule = RetryPolicy(max_attempts=10_000, base_delay=0.25, max_delay=2.0, deadline=max(0.0, timeout))
-        if action.kind is ActionKind.NOOP:
-            return True
-        if action.kind is ActionKind.DELETE:
-            observed = observed_of(action)
-            return poll(lambda: self._describe(observed.id) is None, policy=schedule, sleep=self._sleep,
-                        clock=self._clock,
-                        what=f"waiting for association {observed.id} to go")
-        binding = desired_of(action)
-        role_arn = _role_arn(binding)
-
-        def visible() -> bool:
-            found = self._find(binding.namespace, binding.service_account)
-            if found is None or found.role_arn != role_arn:
-                return False
-            return found.modified_at is None or self._now() >= found.modified_at + self._settle
-
-        return poll(visible, policy=schedule, sleep=self._sleep, clock=self._clock,
-                    what=f"waiting for {binding.namespace}/{binding.service_account} to be bound to {role_arn}")
-
-
+        return ActionOutcome(True, f"adopted association {current.id}: {current.address} -> {role_arn}", current.id,
+                             self._settles_in(current))
 
 
 def _gone(observed: ObservedBinding) -> str:

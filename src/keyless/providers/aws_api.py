@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,9 +36,12 @@ from botocore.exceptions import (
 
 from keyless.errors import CloudError, Denied
 from keyless.providers.retry import (
+    RateLimit,
     RetryPolicy,
+    TokenBucket,
     call_with_retry,
     endpoint_root,
+    retry_after,
     unreachable_cause,
     unreachable_hint,
 )
@@ -59,11 +65,40 @@ SDK_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": 1},
     connect_timeout=5,
     read_timeout=30,
+    max_pool_connections=32,  # the provider's concurrent describes and the engine's concurrent writes
     user_agent_extra="keyless",
 )
 
 # Throttling and 5xx: a handful of attempts within ~45 s, then the person hears about it.
 DEFAULT_RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=8.0, deadline=45.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AwsLimits:
+    """The request rates keyless paces itself to. AWS does not publish the EKS and IAM limits (REFERENCE.md);
+    these sit below the rates at which an account is commonly throttled, so a run of hundreds of calls is paced
+    instead of throttled and backed off."""
+
+    eks_reads: RateLimit
+    eks_writes: RateLimit
+    iam_reads: RateLimit
+    iam_writes: RateLimit
+
+
+DEFAULT_LIMITS = AwsLimits(eks_reads=RateLimit(per_second=20.0, burst=20),
+                           eks_writes=RateLimit(per_second=10.0, burst=10),
+                           iam_reads=RateLimit(per_second=15.0, burst=15),
+                           iam_writes=RateLimit(per_second=5.0, burst=5))
+
+
+_READ_PREFIXES = ("Describe", "List", "Get")
+
+
+def _asked_wait(exc: BaseException) -> float | None:
+    """The Retry-After a throttled AWS answer carries, if any."""
+    if isinstance(exc, ClientError):
+        return retry_after(exc.response.get("ResponseMetadata", {}).get("HTTPHeaders"))
+    return None
 
 _THROTTLING_CODES = frozenset({
     "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
@@ -187,12 +222,22 @@ class AwsApi:
         session: boto3.Session | None = None,
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
+        limits: AwsLimits = DEFAULT_LIMITS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.retry = retry
         self.sleep = sleep
         self.clock = clock
+        # Every request is paced by its bucket and counted (`calls`, e.g. "eks:ListPodIdentityAssociations"),
+        # through botocore's before-call event: retries are paced and counted too.
+        self.calls: Counter[str] = Counter()
+        self._counting = threading.Lock()
+        self._buckets = {(service, reads): TokenBucket(limit, sleep=sleep, clock=clock)
+                         for service, reads, limit in (("eks", True, limits.eks_reads),
+                                                       ("eks", False, limits.eks_writes),
+                                                       ("iam", True, limits.iam_reads),
+                                                       ("iam", False, limits.iam_writes))}
         try:
             session = session or boto3.Session()
             self.eks: EKSClient = session.client("eks", region_name=region, config=SDK_CONFIG)
@@ -201,6 +246,18 @@ class AwsApi:
             self.sts: STSClient = session.client("sts", region_name=region, config=SDK_CONFIG)
         except BotoCoreError as exc:
             raise explain(exc, "setting up the AWS clients") from exc
+        for client in (self.eks, self.iam, self.sts):
+            client.meta.events.register("before-call", self._before_call)
+
+    def _before_call(self, model: Any, **_: Any) -> None:
+        """Pace and count one request (returning None lets botocore send it)."""
+        service = str(model.service_model.endpoint_prefix)
+        operation = str(model.name)
+        bucket = self._buckets.get((service, operation.startswith(_READ_PREFIXES)))
+        if bucket is not None:
+            bucket.take()
+        with self._counting:
+            self.calls[f"{service}:{operation}"] += 1
 
     def call(
         self,
@@ -214,7 +271,7 @@ class AwsApi:
         missing permission)."""
         try:
             return call_with_retry(fn, policy=policy or self.retry, retryable=retryable, what=doing,
-                                   sleep=self.sleep, clock=self.clock)
+                                   sleep=self.sleep, clock=self.clock, asked=_asked_wait)
         except (ClientError, BotoCoreError) as exc:
             raise explain(exc, doing) from exc
 

@@ -28,11 +28,17 @@ class PreflightIssue:
 
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
-    """What applying one cloud action did; `detail` feeds status and the deploy record."""
+    """What applying one cloud action did; `message` feeds status and the deploy record.
+
+    `settles_in`: seconds from now until the write takes effect for new pods, as the cloud's own answer tells
+    (EKS: the association's modifiedAt plus the propagation time), so the engine can restart the service's pods
+    then without polling; None when the answer cannot tell (the engine asks a VisibilityWaiter instead).
+    """
 
     ok: bool
     message: str
     binding_id: str | None = None
+    settles_in: float | None = None
 
 
 def _damaged(action: Action, which: str) -> CloudError:
@@ -151,6 +157,12 @@ class Provider(Protocol):
         """Carry out one cloud action (create, update, replace, delete, adopt); idempotent on retry."""
         ...
 
+
+@runtime_checkable
+class VisibilityWaiter(Protocol):
+    """A provider whose write answers do not say when a binding takes effect (Azure): after a write whose outcome
+    has no `settles_in`, the engine waits here before it restarts the service's pods."""
+
     def wait_visible(self, action: Action, timeout: float) -> bool:
-        """After a create/update, wait until the binding takes effect (or the timeout passes)."""
+        """Wait until the action's binding takes effect (or the timeout passes); False on timeout."""
         ...

@@ -420,7 +420,9 @@ class GcpProvider:
             elif action.kind is ActionKind.NOOP:
                 outcomes.append(ActionOutcome(True, f"{action.address}: nothing to do", binding_id))
             else:
-                outcomes.append(ActionOutcome(True, _describe(action, results), binding_id))
+                # setIamPolicy answers with the policy as written: nothing to wait for here. Whether IAM has
+                # propagated it is proven by try_token_exchange before the service's pods restart.
+                outcomes.append(ActionOutcome(True, _describe(action, results), binding_id, settles_in=0.0))
         return outcomes
 
     def _write_wave(self, emails: Sequence[str], per_account: Mapping[str, MemberChanges], results: dict[str, str],
@@ -522,11 +524,6 @@ class GcpProvider:
         except _Conflict as exc:
             raise CloudError(f"{exc} (gave up after other writers kept changing it)",
                              "run it again when the other writers are done") from exc
-
-    def wait_visible(self, action: Action, timeout: float) -> bool:
-        """setIamPolicy answers with the policy as written, so there is nothing to wait for here; whether IAM has
-        propagated it is proven by try_token_exchange before pods restart."""
-        return True
 
     # ---- proof ----------------------------------------------------------------------------------------
 

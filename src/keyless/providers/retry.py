@@ -1,5 +1,5 @@
-"""The one retry helper of keyless: bounded attempts, exponential backoff with jitter, a total deadline, and a brief
-budget for an endpoint nothing answers on."""
+"""How keyless waits on a cloud: the one retry helper (bounded attempts, backoff with jitter, a deadline, a brief budget
+for an endpoint nothing answers on) and the one pacer (a token bucket per rate limit)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import email.utils
 import logging
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -220,3 +221,45 @@ def poll(
         )
     except NotYet:
         return False
+
+
+# --- pacing ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A request rate a cloud sustains (`per_second`) and the burst it allows above it."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if self.per_second <= 0 or self.burst < 1:
+            raise ValueError("a rate limit needs a positive rate and a burst of at least 1")
+
+
+class TokenBucket:
+    """Paces calls to a RateLimit across threads: `take()` returns at once while tokens last, else sleeps until the
+    next one is due. Pacing client-side keeps a run at the cloud's rate instead of above it, where every excess
+    call earns a throttling error and a backoff longer than the wait it tried to skip."""
+
+    def __init__(self, limit: RateLimit, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens = float(limit.burst)
+        self._updated = clock()
+
+    def take(self) -> float:
+        """Take one token, waiting for it if none is left; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.limit.burst), self._tokens + (now - self._updated) * self.limit.per_second)
+            self._updated = now
+            self._tokens -= 1.0  # reserved now: callers behind this one queue after it
+            wait = max(0.0, -self._tokens / self.limit.per_second)
+        if wait > 0:
+            self._sleep(wait)
+        return wait
