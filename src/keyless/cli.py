@@ -203,6 +203,20 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target name in t
 AppOpt = Annotated[str | None, typer.Option("--app", help="App name (default: `name:` in porter.yaml).")]
 TargetsOpt = Annotated[Path | None, typer.Option(
     "--targets", help="Targets file (default: $KEYLESS_TARGETS, else ./keyless.targets.yaml).")]
+# Terraform's spelling, `--refresh=false`, taken literally; `--no-refresh` says the same.
+RefreshOpt = Annotated[str, typer.Option(
+    "--refresh", metavar="true|false",
+    help="false: trust what keyless recorded on the service accounts against the cloud's list pages, instead of "
+         "reading every binding again (EKS: no Describe per association). Default true: a full refresh.")]
+NoRefreshOpt = Annotated[bool, typer.Option("--no-refresh", help="The same as --refresh=false.")]
+
+
+def _refresh(value: str, no_refresh: bool) -> bool:
+    """Whether to read every binding again: --refresh=true|false, or --no-refresh."""
+    spelled = value.strip().lower()
+    if spelled not in ("true", "false"):
+        raise UsageError(f"--refresh={value}: expected true or false", "e.g. keyless plan --refresh=false ...")
+    return spelled == "true" and not no_refresh
 
 
 def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
@@ -220,7 +234,8 @@ def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
     return name, targets.get(name)
 
 
-def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None) -> Any:
+def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None,
+              refresh: bool = True) -> Any:
     from keyless import engine
     from keyless.porter import resolve_app_name
 
@@ -229,7 +244,7 @@ def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: 
     name, target = _target(target_name, targets_file)
     resolved_app = resolve_app_name(loaded, app_name, os.environ)
     provider, kube = engine.connect(name, target)
-    planned = engine.plan_app(engine.PlanInput(loaded, resolved_app, name, target), provider, kube)
+    planned = engine.plan_app(engine.PlanInput(loaded, resolved_app, name, target), provider, kube, refresh=refresh)
     _print_diagnostics(planned.notes)
     return planned, provider, kube, target
 
@@ -252,10 +267,12 @@ def plan(
     save: Annotated[Path | None, typer.Option("--out", help="Save the plan to apply it later.")] = None,
     output: FormatOpt = OutputFormat.TEXT,
     fail_on: FailOnOpt = None,
+    refresh: RefreshOpt = "true",
+    no_refresh: NoRefreshOpt = False,
 ) -> None:
     """Show what apply would change, without changing anything. Exit 3 when a preflight check blocks it,
     1 when --fail-on is given and the least-privilege audit finds something that severe."""
-    planned, _, _, tgt = _plan_for(file, target, app_name, targets)
+    planned, _, _, tgt = _plan_for(file, target, app_name, targets, _refresh(refresh, no_refresh))
     the_plan = planned.plan
     _show_plan(the_plan, output)
     failing = _audit_summary(the_plan, tgt, fail_on, file)
@@ -295,6 +312,8 @@ def apply_command(
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")] = False,
     output: FormatOpt = OutputFormat.TEXT,
     fail_on: FailOnOpt = None,
+    refresh: RefreshOpt = "true",
+    no_refresh: NoRefreshOpt = False,
 ) -> None:
     """Bind each service's identity: cloud binding, then service account, then a rollout of its pods.
     A saved plan (PLAN.json) is applied without asking, as Terraform does: it was reviewed when it was saved.
@@ -302,6 +321,7 @@ def apply_command(
     from keyless import engine
     from keyless.plan import planfile
 
+    fresh = _refresh(refresh, no_refresh)
     if plan_file is not None:
         try:
             saved = planfile.load(json.loads(plan_file.read_text()))
@@ -313,7 +333,7 @@ def apply_command(
             raise typer.Exit(3)
         name, tgt = _target(saved.target, targets)
         provider, kube = engine.connect(name, tgt)
-        fresh_observed = engine.observe_saved(saved, provider, kube, tgt.namespace)
+        fresh_observed = engine.observe_saved(saved, provider, kube, tgt.namespace, refresh=fresh)
         if fresh_observed.digest() != saved.observed_digest:
             raise engine.StalePlan()
         the_plan = saved
@@ -321,7 +341,7 @@ def apply_command(
         if target is None:
             raise UsageError("apply needs --target NAME (or a saved plan file)",
                              "e.g. keyless apply -f porter.yaml --target prod-eks")
-        planned, provider, kube, tgt = _plan_for(file, target, app_name, targets)
+        planned, provider, kube, tgt = _plan_for(file, target, app_name, targets, fresh)
         the_plan = planned.plan  # observed once, just now: apply carries out exactly this plan
     _show_plan(the_plan, output)
     failing = _audit_summary(the_plan, tgt, fail_on, file if plan_file is None else None)

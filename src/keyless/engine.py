@@ -15,13 +15,13 @@ from typing import Any
 from keyless import clouds
 from keyless.audit import AuditReport
 from keyless.bindings import Binding, desired_bindings, workloads
-from keyless.clouds import PENDING_ANNOTATION
+from keyless.clouds import BINDING_ANNOTATION, PENDING_ANNOTATION
 from keyless.diagnostics import Diagnostic
 from keyless.errors import ApplyFailed, KeylessError, PreflightFailed
 from keyless.kube.base import KubeSide
 from keyless.kube.manifests import IDENTITY_RECORD
 from keyless.ownership import SERVICE_LABEL
-from keyless.plan.model import Action, ActionKind, Observed, Plan, Resource
+from keyless.plan.model import AccountSpec, Action, ActionKind, Observed, Plan, Resource
 from keyless.plan.planner import PlanRequest, make_plan
 from keyless.porter.loader import LoadedApp
 from keyless.providers.base import (
@@ -74,23 +74,26 @@ def _blocking(issues: Sequence[PreflightIssue]) -> None:
 
 
 def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, namespace: str,
-                bindings: Sequence[Binding]) -> Observed:
+                bindings: Sequence[Binding], *, refresh: bool = True) -> Observed:
     accounts, workloads = kube.observe(namespace, app, [b.service_account for b in bindings])
     # The identities keyless bound (the record) or was about to bind when an apply was interrupted (pending).
     recorded = sorted({a.annotations[IDENTITY_RECORD] for a in accounts if a.annotations.get(IDENTITY_RECORD)}
                       | {i for a in accounts for i in a.annotations.get(PENDING_ANNOTATION, "").split(",") if i})
-    cloud = provider.observe(app, target_name, bindings, recorded, accounts)
+    cloud = provider.observe(app, target_name, bindings, recorded, accounts, refresh=refresh)
     return Observed(bindings=tuple(cloud), service_accounts=tuple(accounts), workloads=tuple(workloads))
 
 
-def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide) -> PlannedApp:
-    """Resolve identities, preflight, observe, and compute the Plan. Raises PreflightFailed (exit 3)."""
+def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide, *, refresh: bool = True) -> PlannedApp:
+    """Resolve identities, preflight, observe, and compute the Plan. Raises PreflightFailed (exit 3).
+
+    `refresh=False` (`--refresh=false`): trust keyless's journal where the cloud would need a read per binding."""
     desired, notes = desired_bindings(spec.loaded, spec.app, spec.target_name, spec.target)
     resolved, issues = provider.resolve(desired)
     _blocking(issues)
-    issues = [*issues, *provider.preflight(resolved)]
+    issues = [*issues, *provider.preflight(resolved, refresh)]
     _blocking(issues)
-    observed = observe_all(provider, kube, spec.app, spec.target_name, spec.target.namespace, resolved)
+    observed = observe_all(provider, kube, spec.app, spec.target_name, spec.target.namespace, resolved,
+                           refresh=refresh)
     declared = tuple(name for name, _, _, _ in workloads(spec.loaded))  # services, predeploy and initialDeploy
     request = PlanRequest(
         app=spec.app, target=spec.target_name, cloud=clouds.for_target(spec.target).cloud, desired=tuple(resolved),
@@ -129,10 +132,13 @@ class _Done:
 
     message: str
     settles_in: float = 0.0
+    binding_id: str | None = None  # the binding a cloud write left in place (not a delete's)
 
 
-def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: ActionOutcome | None = None) -> _Done:
-    """Carry out one action exactly as the plan's typed fields say (`written`: its cloud write, done already)."""
+def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: ActionOutcome | None = None,
+               journal: str | None = None) -> _Done:
+    """Carry out one action exactly as the plan's typed fields say (`written`: its cloud write, done already;
+    `journal`: the binding id the service's cloud write answered with, recorded on its account)."""
     ref = action.ref
     if action.resource is Resource.CLOUD_BINDING:
         if written is None and action.intent is not None:
@@ -141,18 +147,24 @@ def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: Acti
         outcome = written if written is not None else provider.apply(action)
         if not outcome.ok:
             raise ApplyFailed(outcome.message)
+        kept = None if action.kind is ActionKind.DELETE else outcome.binding_id
         if outcome.settles_in is not None or action.kind not in (ActionKind.CREATE, ActionKind.UPDATE,
                                                                     ActionKind.REPLACE):
-            return _Done(outcome.message, outcome.settles_in or 0.0)
+            return _Done(outcome.message, outcome.settles_in or 0.0, kept)
         if isinstance(provider, VisibilityWaiter) and not provider.wait_visible(action, VISIBILITY_TIMEOUT):
-            return _Done(outcome.message + f" (not yet visible after {VISIBILITY_TIMEOUT:.0f}s; pods may wait for it)")
-        return _Done(outcome.message)
+            return _Done(outcome.message + f" (not yet visible after {VISIBILITY_TIMEOUT:.0f}s; pods may wait for it)",
+                         binding_id=kept)
+        return _Done(outcome.message, binding_id=kept)
     if action.resource is Resource.SERVICE_ACCOUNT:
         if action.kind is ActionKind.DELETE:
             kube.delete_service_account(ref)
             return _Done(f"deleted service account {action.address}")
         if action.account is not None:
-            kube.apply_service_account(ref, action.account, action.remove_annotations)
+            account = action.account
+            if journal is not None:  # the plan could not know a new binding's id; the write's answer does
+                account = AccountSpec(labels=account.labels,
+                                      annotations={**account.annotations, BINDING_ANNOTATION: journal})
+            kube.apply_service_account(ref, account, action.remove_annotations)
         else:
             kube.remove_annotations(ref, action.remove_annotations)
         return _Done(f"applied service account {action.address}")
@@ -241,14 +253,16 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
     def run(service: str, actions: Sequence[Action]) -> float | None:
         """Carry out `actions` in order; the seconds until the last cloud write settles, or None on a failure."""
         settles_in = 0.0
+        journal: str | None = None
         for action in actions:
             if stopping.is_set():
                 return None  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
             start = time.monotonic()
             try:
-                done = _apply_one(action, provider, kube, written.get(id(action)))
+                done = _apply_one(action, provider, kube, written.get(id(action)), journal)
                 result = ActionResult(action, True, done.message, time.monotonic() - start)
                 settles_in = max(settles_in, done.settles_in - (time.monotonic() - start))
+                journal = done.binding_id or journal
             except KeylessError as exc:
                 result = ActionResult(action, False, exc.message, time.monotonic() - start)
             except Exception as exc:  # a bug or an SDK surprise: report it for this service, keep the others going
@@ -315,9 +329,9 @@ class StalePlan(ApplyFailed):
                          "run `keyless plan` again, review it, and apply the new plan")
 
 
-def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str) -> Observed:
-    """Observe again what a (saved) plan was computed from."""
-    return observe_all(provider, kube, plan.app, plan.target, namespace, plan.wanted_bindings())
+def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str, *, refresh: bool = True) -> Observed:
+    """Observe again what a (saved) plan was computed from: once, to tell whether it is stale."""
+    return observe_all(provider, kube, plan.app, plan.target, namespace, plan.wanted_bindings(), refresh=refresh)
 
 
 def render_app(spec: PlanInput, provider: Provider, out_dir: str | None) -> list[str]:

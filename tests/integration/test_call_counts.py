@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
-from e2e_support import Sandbox
+from e2e_support import Sandbox, run_cli
 from lightkube import Client, KubeConfig
 
 from keyless import engine
@@ -67,7 +67,8 @@ def _target(env: dict[str, str]) -> AwsTarget:
     return target
 
 
-def plan(env: dict[str, str], app: str, text: str) -> tuple[engine.PlannedApp, AwsProvider, Calls, Any]:
+def plan(env: dict[str, str], app: str, text: str, *,
+         refresh: bool = True) -> tuple[engine.PlannedApp, AwsProvider, Calls, Any]:
     """`keyless plan` as the CLI runs it, with a provider whose session counts its requests."""
     loaded = load_app(text.encode(), "porter.yaml", {})
     client = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=EKS_CONTEXT), namespace="shop")
@@ -76,7 +77,7 @@ def plan(env: dict[str, str], app: str, text: str) -> tuple[engine.PlannedApp, A
     calls = Calls()
     provider = AwsProvider(target, calls.session, settle=0.2)
     _, kube = engine.connect(EKS_TARGET, target)
-    planned = engine.plan_app(engine.PlanInput(loaded, app, EKS_TARGET, target), provider, kube)
+    planned = engine.plan_app(engine.PlanInput(loaded, app, EKS_TARGET, target), provider, kube, refresh=refresh)
     return planned, provider, calls, kube
 
 
@@ -159,3 +160,43 @@ def test_a_saved_plan_is_observed_once_when_applied(sandbox: Sandbox, env: dict[
     assert calls.by_operation["UpdatePodIdentityAssociation"] == 1
     assert calls.by_operation["DeletePodIdentityAssociation"] == 1
     assert calls.writes == 2
+
+
+def test_refresh_false_trusts_the_journal_and_reads_no_object(sandbox: Sandbox, env: dict[str, str]) -> None:
+    app = "journaled"
+    roles: dict[str, str | None] = {f"s{i:02d}": "keyless-demo-api" for i in range(12)}
+    apply(env, app, porter_text(app, roles))
+
+    # No change: not one association listed or described; the journal observes what a full refresh observes.
+    full, _, _, _ = plan(env, app, porter_text(app, roles))
+    trusted, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=False)
+    assert not trusted.plan.changes
+    assert trusted.plan.observed_digest == full.plan.observed_digest
+    assert calls.by_operation["ListPodIdentityAssociations"] == 0
+    assert calls.by_operation["DescribePodIdentityAssociation"] == 0
+    assert set(calls.by_operation) <= {"DescribeCluster", "DescribeAddon"}  # the preflight's two reads
+
+    # One role changed: that service alone is read (its key listed, its association described), then updated.
+    roles["s05"] = "keyless-demo-worker"
+    planned, provider, calls, kube = plan(env, app, porter_text(app, roles), refresh=False)
+    assert not engine.apply_plan(planned.plan, provider, kube).failures
+    assert calls.by_operation["UpdatePodIdentityAssociation"] == 1
+    assert calls.writes == 1
+    assert sum(calls.by_operation.values()) <= 6
+    [changed] = [a for a in planned.plan.changes if a.observed is not None]
+    assert list(calls.described) == [changed.observed.id]  # only the association that changes
+
+    # The CLI spells it as Terraform does, and as --no-refresh; anything else is a usage error.
+    for spelling in (["--refresh=false"], ["--no-refresh"]):
+        code, output = run_cli("plan", "-f", str(_written(env, app, roles)), "--target", EKS_TARGET, *spelling)
+        assert code == 0, output
+        assert "No changes" in output
+    code, output = run_cli("plan", "-f", str(_written(env, app, roles)), "--target", EKS_TARGET, "--refresh=maybe")
+    assert code == 2
+    assert "expected true or false" in output
+
+
+def _written(env: dict[str, str], app: str, roles: dict[str, str | None]) -> Path:
+    path = Path(env["KUBECONFIG"]).parent / f"{app}-porter.yaml"
+    path.write_text(porter_text(app, roles))
+    return path

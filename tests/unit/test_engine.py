@@ -14,7 +14,7 @@ import pytest
 
 from keyless import engine
 from keyless.bindings import Binding
-from keyless.clouds import IDENTITY_ANNOTATION, AwsRole, Cloud
+from keyless.clouds import BINDING_ANNOTATION, IDENTITY_ANNOTATION, AwsRole, Cloud
 from keyless.errors import PreflightFailed
 from keyless.kube.manifests import IDENTITY_RECORD
 from keyless.ownership import APP_LABEL, SERVICE_LABEL, Owner
@@ -111,12 +111,13 @@ class FakeProvider:
             resolved.append(replace(b, identity=replace(b.identity, arn=arn(b.identity.role))))
         return resolved, list(self.resolve_issues)
 
-    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
+    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
         self.log.add("-", "preflight")
         return list(self.preflight_issues)
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding],
-                recorded: Sequence[str] = (), accounts: Sequence[object] = ()) -> list[ObservedBinding]:
+                recorded: Sequence[str] = (), accounts: Sequence[object] = (),
+                refresh: bool = True) -> list[ObservedBinding]:
         self.log.add("-", "observe")
         keys = {b.key for b in bindings}
         return [o for o in self.bindings.values()
@@ -135,12 +136,12 @@ class FakeProvider:
         owner = Owner(desired.app, desired.service, desired.target)
         if action.kind in (ActionKind.UPDATE, ActionKind.ADOPT):
             assert action.observed is not None
-            self.add(replace(action.observed, identity=desired.identity, owner=owner))
+            made = replace(action.observed, identity=desired.identity, owner=owner)
         else:
-            self.add(ObservedBinding(cloud=Cloud.AWS, id=f"a-{next(self._ids)}", namespace=desired.namespace,
-                                     service_account=desired.service_account,
-                                     identity=desired.identity, owner=owner))
-        return ActionOutcome(True, f"{action.kind.value}d {action.address}")
+            made = ObservedBinding(cloud=Cloud.AWS, id=f"a-{next(self._ids)}", namespace=desired.namespace,
+                                   service_account=desired.service_account, identity=desired.identity, owner=owner)
+        self.add(made)
+        return ActionOutcome(True, f"{action.kind.value}d {action.address}", made.id)
 
     def wait_visible(self, action: Action, timeout: float) -> bool:
         self.log.add(action.service, "cloud visible")
@@ -499,8 +500,13 @@ def test_a_saved_plan_is_applied_exactly_as_saved_even_when_the_planner_changes(
 
     assert report.failures == []
     assert [(r.action.service, r.action.resource, r.action.kind, r.action.ref) for r in report.results] == printed
-    wanted_accounts = [(a.ref, a.account, a.remove_annotations) for a in saved.changes
-                       if a.resource is Resource.SERVICE_ACCOUNT]
+    # The accounts as the plan says, plus the one thing it could not know: the id each create answered with.
+    made = {(b.namespace, b.service_account): b.id for b in w.provider.bindings.values()}
+    wanted_accounts = [(a.ref, AccountSpec(labels=a.account.labels,
+                                           annotations={**a.account.annotations,
+                                                        BINDING_ANNOTATION: made[(a.ref.namespace, a.ref.name)]}),
+                        a.remove_annotations)
+                       for a in saved.changes if a.resource is Resource.SERVICE_ACCOUNT and a.account is not None]
     assert w.kube.applied == wanted_accounts
     for action in saved.changes:
         if action.resource is Resource.WORKLOAD:
@@ -516,7 +522,7 @@ def test_apply_strips_exactly_the_annotations_the_plan_lists() -> None:
     plan = w.plan(PORTER.replace("    connections:\n      - type: awsRole\n        role: api-role\n", "", 1))
     strip = next(a for a in plan.changes if a.resource is Resource.SERVICE_ACCOUNT and a.service == "api")
     assert strip.account is None
-    assert strip.remove_annotations == (IDENTITY_ANNOTATION,)
+    assert strip.remove_annotations == (BINDING_ANNOTATION, IDENTITY_ANNOTATION)
     edited = replace(strip, remove_annotations=())  # a plan that keeps the annotation keeps it
     w.apply(replace(plan, actions=tuple(edited if a is strip else a for a in plan.actions)))
     assert IDENTITY_ANNOTATION in w.kube.accounts[(NS, "shop-api")].annotations

@@ -9,6 +9,7 @@ from keyless.clouds import aws, azure, gcp
 from keyless.clouds.aws import AwsRole
 from keyless.clouds.azure import AzureIdentity
 from keyless.clouds.base import (
+    BINDING_ANNOTATION,
     IDENTITY_ANNOTATION,
     PENDING_ANNOTATION,
     Cloud,
@@ -22,6 +23,7 @@ from keyless.clouds.gcp import GcpIdentity
 from keyless.errors import UsageError
 
 __all__ = [
+    "BINDING_ANNOTATION",
     "IDENTITY_ANNOTATION",
     "PENDING_ANNOTATION",
     "REGISTRY",

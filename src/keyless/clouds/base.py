@@ -24,6 +24,10 @@ IDENTITY_ANNOTATION = "keyless.dev/identity"
 # GCP members), and cleared once the service's apply is done: an apply killed in between leaves it, so the next
 # plan looks on those identities too and no binding keyless made can outlive its connection unseen.
 PENDING_ANNOTATION = "keyless.dev/pending-identities"
+# The journal: the id of the cloud binding keyless last applied for the account (an EKS association id, ...).
+# `--refresh=false` trusts it against the cloud's list pages instead of reading each binding again; the planner
+# keeps it equal to what it observed, and apply writes the id a create answered with.
+BINDING_ANNOTATION = "keyless.dev/binding"
 
 
 # --- previews: what a connection makes keyless create, for the dashboard's info box ----------------------

@@ -171,6 +171,11 @@ def _restart_stamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # RFC 3339, as `kubectl rollout restart` writes
 
 
+# Lists are read in pages of this many objects (limit/continue), as kubectl does: the API server answers a page
+# at a time instead of building one response of every object in the namespace.
+LIST_PAGE = 500
+
+
 class ClusterKube:
     """The cluster of a target, through lightkube: server-side apply for accounts, merge patches for workloads."""
 
@@ -255,25 +260,29 @@ class ClusterKube:
         """Accounts labelled keyless's for the app plus the named ones; the app's Deployments, CronJobs and Jobs."""
         labelled = self._call(
             f"list service accounts in namespace {namespace}",
-            lambda: list(self._client.list(ServiceAccount, namespace=namespace,
-                                           labels=_selector(APP_LABEL, app))))
+            lambda: list(self._client.list(ServiceAccount, namespace=namespace, labels=_selector(APP_LABEL, app),
+                                           chunk_size=LIST_PAGE)))
         accounts = {a.name: a for a in map(_observed_account, labelled)}
         missing = set(service_accounts) - set(accounts)
         if missing:
             # One list of the namespace, not a GET per account: a 300-service app would wait on 300 round trips.
             everything = self._call(f"list service accounts in namespace {namespace}",
-                                    lambda: list(self._client.list(ServiceAccount, namespace=namespace)))
+                                    lambda: list(self._client.list(ServiceAccount, namespace=namespace,
+                                                                   chunk_size=LIST_PAGE)))
             for found in map(_observed_account, everything):
                 if found.name in missing:
                     accounts[found.name] = found
         selector = _selector(PORTER_APP_LABEL, app)
         workloads: list[ObservedWorkload] = []
         deployments = self._call(f"list deployments in namespace {namespace}",
-                                 lambda: list(self._client.list(Deployment, namespace=namespace, labels=selector)))
+                                 lambda: list(self._client.list(Deployment, namespace=namespace, labels=selector,
+                                                                chunk_size=LIST_PAGE)))
         cronjobs = self._call(f"list cronjobs in namespace {namespace}",
-                              lambda: list(self._client.list(CronJob, namespace=namespace, labels=selector)))
+                              lambda: list(self._client.list(CronJob, namespace=namespace, labels=selector,
+                                                             chunk_size=LIST_PAGE)))
         jobs = self._call(f"list jobs in namespace {namespace}",
-                          lambda: list(self._client.list(Job, namespace=namespace, labels=selector)))
+                          lambda: list(self._client.list(Job, namespace=namespace, labels=selector,
+                                                         chunk_size=LIST_PAGE)))
         found_workloads: Iterable[tuple[str, Deployment | CronJob | Job]] = [
             *(("Deployment", d) for d in deployments),
             *(("CronJob", c) for c in cronjobs),

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from keyless import clouds
 from keyless.bindings import Binding
-from keyless.clouds import PENDING_ANNOTATION
+from keyless.clouds import BINDING_ANNOTATION, PENDING_ANNOTATION
 from keyless.kube.manifests import (
     account_spec,
     defer_to_other_manager,
@@ -36,6 +36,8 @@ from keyless.plan.model import (
 RESTART_REASON = "restart: identity changed"
 LEFTOVER = "left by an interrupted apply"
 SERVICE_ACCOUNT = "ServiceAccount"
+# In a journal, a binding the plan creates: its id is known once the cloud answers, and apply records it then.
+NEW_BINDING: None = None
 
 
 def _differences(want: Mapping[str, str], have: Mapping[str, str], what: str) -> list[str]:
@@ -52,10 +54,19 @@ def _workload_ref(workload: ObservedWorkload) -> ObjectRef:
     return ObjectRef(workload.kind, workload.namespace, workload.name)
 
 
-def _plan_account(binding: Binding, observed: ObservedServiceAccount | None) -> Action:
+def _journaled(spec: AccountSpec, binding_id: str | None) -> AccountSpec:
+    if binding_id is None:
+        return spec
+    return AccountSpec(labels=spec.labels, annotations={**spec.annotations, BINDING_ANNOTATION: binding_id})
+
+
+def _plan_account(binding: Binding, observed: ObservedServiceAccount | None, journal: Mapping[tuple[str, str],
+                  str | None]) -> Action:
     ref = ObjectRef(SERVICE_ACCOUNT, binding.namespace, binding.service_account)
     identity = binding.identity.describe()
-    spec = account_spec(binding)
+    journaled = binding.key in journal
+    recorded = journal.get(binding.key)  # the binding id the journal must hold (NEW_BINDING: the create tells)
+    spec = _journaled(account_spec(binding), recorded)
     template = pod_template_settings(binding)  # render mode writes it beside the account
     if observed is None:
         return Action(ActionKind.CREATE, Resource.SERVICE_ACCOUNT, binding.service, ref,
@@ -66,6 +77,8 @@ def _plan_account(binding: Binding, observed: ObservedServiceAccount | None) -> 
     else:
         changes = ["take over the existing account (add keyless's labels)"]
     changes += _differences(spec.annotations, observed.annotations, "annotation")
+    if journaled and recorded is NEW_BINDING:
+        changes.append(f"record the new binding in annotation {BINDING_ANNOTATION}")
     stale = {**clouds.entry(binding.cloud).stale_annotations, PENDING_ANNOTATION: LEFTOVER}
     present = tuple(key for key in sorted(stale) if key in observed.annotations)
     changes += [f"remove annotation {key} ({stale[key]})" for key in present]
@@ -107,7 +120,7 @@ def _plan_released(account: ObservedServiceAccount, service: str, still_declared
                    workloads: Sequence[ObservedWorkload]) -> list[Action]:
     ref = ObjectRef(SERVICE_ACCOUNT, account.namespace, account.name)
     ours = account.labels.get(MANAGED_BY_LABEL) == MANAGER
-    bound = tuple(sorted(key for key in {*clouds.all_annotation_keys(), PENDING_ANNOTATION}
+    bound = tuple(sorted(key for key in {*clouds.all_annotation_keys(), PENDING_ANNOTATION, BINDING_ANNOTATION}
                          if key in account.annotations))
     actions: list[Action] = []
     if not still_declared:
@@ -158,8 +171,12 @@ def plan_kubernetes(
     observed_workloads: Iterable[ObservedWorkload],
     app: str,
     target: str,
+    journal: Mapping[tuple[str, str], str | None] | None = None,
 ) -> list[Action]:
     """Service account and workload actions that make the cluster match the desired bindings. Pure.
+
+    `journal` maps a desired account's key to the binding id its journal annotation must hold: the observed
+    binding that stays, or NEW_BINDING for one the plan creates (apply records the id the cloud answers with).
 
     `services_in_app` names every workload porter.yaml still declares (predeploy included): an account
     keyless labelled for a service no longer listed is deleted, one whose service only lost its
@@ -177,7 +194,7 @@ def plan_kubernetes(
         account = accounts.get(binding.key)
         if account is not None and labelled_elsewhere(account.labels, app, target):
             continue
-        actions.append(_plan_account(binding, account))
+        actions.append(_plan_account(binding, account, journal or {}))
         for workload in workloads.get((binding.namespace, binding.service), []):
             actions.append(_plan_workload(binding, workload))
     declared = set(services_in_app)

@@ -9,7 +9,7 @@ from keyless import clouds
 from keyless.bindings import Binding
 from keyless.clouds import Cloud
 from keyless.ownership import ownership_labels
-from keyless.plan.kubernetes import kubernetes_blockers, plan_kubernetes
+from keyless.plan.kubernetes import NEW_BINDING, kubernetes_blockers, plan_kubernetes
 from keyless.plan.model import (
     Action,
     ActionKind,
@@ -41,7 +41,7 @@ def make_plan(request: PlanRequest, observed: Observed) -> Plan:
         request.desired, observed.bindings, app=request.app, target=request.target, cloud=request.cloud,
         services_in_app=request.services_in_app)
     kube_actions = plan_kubernetes(request.desired, request.services_in_app, observed.service_accounts,
-                                   observed.workloads, request.app, request.target)
+                                   observed.workloads, request.app, request.target, _journal(cloud_actions))
     return Plan(
         app=request.app, target=request.target, cloud=request.cloud,
         actions=tuple(_ordered([*cloud_actions, *kube_actions])), observed_digest=observed.digest(),
@@ -50,6 +50,18 @@ def make_plan(request: PlanRequest, observed: Observed) -> Plan:
         notes=request.notes,
         warnings=tuple(_unbinding_warnings(cloud_actions, request.services_in_app)),
     )
+
+
+def _journal(cloud_actions: Sequence[Action]) -> dict[tuple[str, str], str | None]:
+    """The binding id each bound account's journal must hold after apply: the observed binding where it stays,
+    NEW_BINDING where the plan makes a new one."""
+    journal: dict[tuple[str, str], str | None] = {}
+    for action in cloud_actions:
+        if action.desired is None or action.kind is ActionKind.DELETE:
+            continue
+        stays = action.kind in (ActionKind.NOOP, ActionKind.UPDATE, ActionKind.ADOPT) and action.observed is not None
+        journal[action.desired.key] = action.observed.id if stays and action.observed is not None else NEW_BINDING
+    return journal
 
 
 def _unbinding_warnings(actions: Sequence[Action], services_in_app: Sequence[str]) -> list[str]:

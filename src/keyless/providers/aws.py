@@ -17,11 +17,11 @@ from botocore.exceptions import ClientError
 
 from keyless import names
 from keyless.bindings import Binding
-from keyless.clouds import AwsRole, Cloud
+from keyless.clouds import BINDING_ANNOTATION, IDENTITY_ANNOTATION, AwsRole, Cloud
 from keyless.errors import CloudError
 from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
 from keyless.iam_policy import check_trust_policy
-from keyless.ownership import Owner, owner_from_tags, ownership_tags
+from keyless.ownership import SERVICE_LABEL, Owner, label_value, labelled_for, owner_from_tags, ownership_tags
 from keyless.plan import Action, ObservedBinding, ObservedServiceAccount
 from keyless.providers.aws_api import (
     ASSOCIATION_QUOTA,
@@ -91,6 +91,30 @@ class _Summary:
     id: str
     namespace: str
     service_account: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Journaled:
+    """What keyless's journal on a service account vouches for: the association it last applied there."""
+
+    key: tuple[str, str]
+    role_arn: str
+    owner: Owner
+
+
+def _journal(accounts: Sequence[ObservedServiceAccount], app: str, target: str) -> dict[str, _Journaled]:
+    """The associations the app's own service accounts record (by id); an account whose labels could not hold the
+    names exactly (shortened) vouches for nothing, so its association is described instead."""
+    found: dict[str, _Journaled] = {}
+    for account in accounts:
+        binding_id = account.annotations.get(BINDING_ANNOTATION)
+        role_arn = account.annotations.get(IDENTITY_ANNOTATION, "")
+        service = account.labels.get(SERVICE_LABEL, "")
+        if (not binding_id or not role_arn.startswith("arn:") or not labelled_for(account.labels, app, target)
+                or label_value(service) != service or label_value(app) != app or label_value(target) != target):
+            continue
+        found[binding_id] = _Journaled((account.namespace, account.name), role_arn, Owner(app, service, target))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +359,7 @@ class AwsProvider:
 
     # ---- preflight ------------------------------------------------------------------------------
 
-    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
+    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
         """Cluster, agent add-on (unless Auto Mode), the quota, and each role's trust policy."""
         issues: list[PreflightIssue] = []
         cluster = self._describe_cluster()
@@ -346,7 +370,8 @@ class AwsProvider:
                 "lists the clusters there)"))
         else:
             issues += self._check_cluster(cluster)
-            issues += self._check_quota(bindings)
+            if refresh:  # the quota needs the whole listing, which --refresh=false does not read
+                issues += self._check_quota(bindings)
         issues += self._check_trust(bindings)
         return issues
 
@@ -414,19 +439,31 @@ class AwsProvider:
     # ---- observe --------------------------------------------------------------------------------
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = ()) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
         """What sits at the desired (namespace, service account) keys, plus every association keyless owns
         for this app on this target. Summaries carry no tags, so candidates are described: those at a
         desired key, and those whose service account has the app's `<app>-` prefix (every account keyless
         names for the app has it), in any namespace so that a target whose namespace changed still finds
-        its old associations. Other apps' and other people's associations are never described."""
+        its old associations. Other apps' and other people's associations are never described.
+
+        `refresh=False` reads nothing the journal on the app's service accounts vouches for (an association it
+        records whose role is the one wanted, or whose connection is gone): only the desired keys it does not
+        vouch for are listed (filtered to the key) and described. What an interrupted apply left where no
+        connection wants it anymore is found by the next full refresh, the default."""
+        if not refresh:
+            return self._observe_journaled(app, target, bindings, accounts)
         desired = {b.key for b in bindings}
         prefix = f"{app}-"
-        candidates = [s.id for s in self._list()
-                      if (s.namespace, s.service_account) in desired or s.service_account.startswith(prefix)]
-        # Each candidate described once, several at a time: the EKS read bucket sets the pace.
+        listed = [s.id for s in self._list()
+                  if (s.namespace, s.service_account) in desired or s.service_account.startswith(prefix)]
+        return self._described_bindings(app, target, desired, listed)
+
+    def _described_bindings(self, app: str, target: str, desired: set[tuple[str, str]],
+                            ids: Sequence[str]) -> list[ObservedBinding]:
+        """Describe each association once, several at a time (the EKS read bucket sets the pace); keep those at a
+        desired key and those keyless made for this app and target."""
         with ThreadPoolExecutor(max_workers=DESCRIBE_CONCURRENCY, thread_name_prefix="keyless-describe") as pool:
-            described = list(pool.map(self._current, candidates))
+            described = list(pool.map(self._current, ids))
         found: list[ObservedBinding] = []
         for association in described:
             if association is None:
@@ -435,15 +472,30 @@ class AwsProvider:
             owner = association.owner
             if key not in desired and (owner is None or owner.app != app or owner.target != target):
                 continue
-            details = {"associationArn": association.arn}
-            if association.target_role_arn:
-                details["targetRoleArn"] = association.target_role_arn
+            # Only what tells bindings apart: the journal (`refresh=False`) must observe the same value.
+            details = {"targetRoleArn": association.target_role_arn} if association.target_role_arn else {}
             found.append(ObservedBinding(
                 cloud=Cloud.AWS, id=association.id, namespace=association.namespace,
                 service_account=association.service_account,
                 identity=AwsRole(role=association.role_arn, arn=association.role_arn),
                 owner=owner, managed_by=association.owner_arn, details=details))
         return found
+
+    def _observe_journaled(self, app: str, target: str, bindings: Sequence[Binding],
+                           accounts: Sequence[ObservedServiceAccount]) -> list[ObservedBinding]:
+        journal = {entry.key: (binding_id, entry) for binding_id, entry in _journal(accounts, app, target).items()}
+        wanted = {b.key: _role_arn(b) for b in bindings}
+        found: list[ObservedBinding] = []
+        for key, (binding_id, entry) in sorted(journal.items()):
+            if key in wanted and wanted[key] != entry.role_arn:
+                continue  # the role changes: read what is there now
+            found.append(ObservedBinding(
+                cloud=Cloud.AWS, id=binding_id, namespace=key[0], service_account=key[1],
+                identity=AwsRole(role=entry.role_arn, arn=entry.role_arn), owner=entry.owner))
+        vouched = {b.key for b in found}
+        unvouched = [key for key in wanted if key not in vouched]
+        ids = [s.id for namespace, account in unvouched for s in self._list(namespace, account)]
+        return found + self._described_bindings(app, target, set(wanted), ids)
 
     # ---- apply ----------------------------------------------------------------------------------
 

@@ -348,7 +348,7 @@ class AzureProvider:
 
     # ---- preflight ------------------------------------------------------------------------------
 
-    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
+    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
         """The cluster (found, OIDC issuer and workload identity on), then per identity the credential cap and
         credentials someone made for the same service account."""
         t = self.target
@@ -410,7 +410,7 @@ class AzureProvider:
     # ---- observe --------------------------------------------------------------------------------
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = ()) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
         """One list per identity, for every identity of the bindings and every identity keyless recorded on the
         app's service accounts (how a removed connection's credential is found): what sits at a desired key, and
         every credential keyless owns for this app on this target."""

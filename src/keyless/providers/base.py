@@ -138,18 +138,22 @@ class Provider(Protocol):
         """Fill in cloud facts (role ARN, client ID); identities that cannot be resolved become issues."""
         ...
 
-    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
-        """Check what must hold before any write: cluster, add-on or issuer, trust, quotas."""
+    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
+        """Check what must hold before any write: cluster, add-on or issuer, trust, quotas (`refresh=False`: not
+        the checks that need a whole listing; the cloud still refuses a write past its quota)."""
         ...
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = ()) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
         """Every binding keyless owns for this app on this target, plus whatever sits at the desired keys.
 
         `recorded` are identities keyless wrote on the app's service accounts (`Identity.describe()`):
         where a cloud keeps bindings on the identity (Azure, GCP), that is how a removed connection is found.
         `accounts` are the app's service accounts as observed: where a binding carries no mark (a GCP member),
         keyless's labels on the account it names say whose it is.
+        `refresh=False` (`--refresh=false`): where reading each binding costs a call of its own (EKS), trust the
+        journal on `accounts` (BINDING_ANNOTATION) against the cloud's list pages instead; a cloud whose listing
+        already carries every field reads the same either way.
         """
         ...
 

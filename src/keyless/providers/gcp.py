@@ -283,7 +283,7 @@ class GcpProvider:
         return [replace(b, principal=direct_access_principal(number, project, b.namespace, b.service_account))
                 for b in bindings], issues
 
-    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
+    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
         """The cluster exists and runs Workload Identity with the project's pool; node pools serve pods their
         identity (GKE_METADATA), else pods get the node's identity: a warning, since some pools may not run them."""
         t = self.target
@@ -317,7 +317,7 @@ class GcpProvider:
     # ---- observe ------------------------------------------------------------------------------------
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = ()) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
         """One getIamPolicy per Google service account the app uses or used (recorded on its service accounts):
         every workload identity member there for one of the app's service accounts in the target's namespace."""
         emails: dict[str, None] = {}
