@@ -295,8 +295,24 @@ def test_help_of_every_command_shows_no_type_beside_a_flag() -> None:
 
 def test_plan_help_offers_no_option_that_does_nothing() -> None:
     result = CliRunner().invoke(app, ["plan", "--help"], env={"COLUMNS": "200"})
-    assert "--refresh" not in result.output
     assert "always on" not in result.output
+    # --refresh does something now: false trusts the journal (tests/integration/test_call_counts.py counts it).
+    assert "--refresh" in result.output
+    assert "--no-refresh" in result.output
+
+
+@pytest.mark.parametrize(("value", "no_refresh", "expected"), [
+    ("true", False, True), ("false", False, False), ("FALSE", False, False), ("true", True, False)])
+def test_refresh_is_spelled_as_terraform_spells_it(value: str, no_refresh: bool, expected: bool) -> None:
+    from keyless.cli import _refresh
+
+    assert _refresh(value, no_refresh) is expected
+
+
+def test_a_refresh_that_is_neither_true_nor_false_is_a_usage_error() -> None:
+    result = CliRunner().invoke(app, ["plan", "--target", "x", "--refresh=sometimes"])
+    assert result.exit_code == 2
+    assert "--refresh=sometimes: expected true or false" in result.output
 
 
 def test_sandbox_help_names_every_cloud_it_stands_in_for() -> None:

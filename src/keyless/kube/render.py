@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -41,6 +42,8 @@ class RenderedKube:
         root = base if base is not None else Path.cwd()
         self.target = target
         self.out_dir = root / (side.out_dir if side.out_dir else Path("keyless-manifests") / target)
+        # Accounts as apply wrote them: the plan's, plus the binding id a create answered with (the journal).
+        self._applied: dict[ObjectRef, AccountSpec] = {}
 
     def observe(
         self, namespace: str, app: str, service_accounts: Collection[str] = ()
@@ -88,8 +91,10 @@ class RenderedKube:
         return written
 
     def complete(self, plan: Plan) -> None:
-        """Once every action is applied: write the whole app's files as the plan carries them."""
-        self.write_app(rendered_services(plan.actions), app=plan.app)
+        """Once every action is applied: write the whole app's files as the plan carries them (each account as apply
+        wrote it)."""
+        actions = [replace(a, account=self._applied[a.ref]) if a.ref in self._applied else a for a in plan.actions]
+        self.write_app(rendered_services(actions), app=plan.app)
 
     def write_app(self, services: Sequence[RenderedService], *, app: str) -> list[Path]:
         """Write every file of the app (accounts, patches, helm values); drop those of removed services."""
@@ -103,6 +108,7 @@ class RenderedKube:
         return written
 
     def apply_service_account(self, ref: ObjectRef, spec: AccountSpec, remove_annotations: Collection[str]) -> None:
+        self._applied[ref] = spec
         app = str(spec.labels.get(APP_LABEL, ""))
         manifest = service_account_manifest(ref.namespace, ref.name, spec)
         self.write({service_account_path(ref.name): service_account_file(manifest, app=app, target=self.target)})
