@@ -25,8 +25,9 @@ from keyless.plan.model import ObjectRef
 from keyless.plan.planner import plan_bindings
 from keyless.porter.model import ServiceType
 from keyless.providers.aws import AwsProvider
+from keyless.providers.aws_api import AwsLimits
 from keyless.providers.base import PreflightIssue, PreflightSeverity
-from keyless.providers.retry import NO_RETRY, RetryPolicy
+from keyless.providers.retry import NO_RETRY, RateLimit, RetryPolicy
 from keyless.sandbox.aws import POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed
 from keyless.targets import AwsTarget
 
@@ -614,6 +615,28 @@ def test_observe_follows_every_page_and_describes_only_candidates(
     assert kinds.count(ActionKind.CREATE) == 1
     assert kinds.count(ActionKind.NOOP) == 1
     assert kinds.count(ActionKind.DELETE) == 129
+
+
+def test_reads_and_writes_are_paced_to_their_limits(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+    cluster = _cluster(sandbox)
+    role = seed.roles["keyless-demo-api"]
+    app = "paced"
+    for i in range(8):
+        _by_hand(eks, cluster, app, names.service_account_name(app, f"s{i}"), role,
+                 ownership_tags(Owner(app, f"s{i}", TARGET)))
+    virtual = VirtualTime()
+    slow = RateLimit(per_second=2.0, burst=1)
+    provider = _provider(cluster, limits=AwsLimits(eks_reads=slow, eks_writes=slow, iam_reads=slow,
+                                                   iam_writes=slow),
+                         sleep=virtual.sleep, clock=virtual.clock)
+    observed = provider.observe(app, TARGET, [])
+    assert len(observed) == 8
+    reads = provider.api.calls["eks:ListPodIdentityAssociations"] + provider.api.calls[
+        "eks:DescribePodIdentityAssociation"]
+    assert reads == 9
+    # Each read beyond the burst waited its turn at 2/s (the waits overlap across the describing threads, so the
+    # virtual clock, which adds every sleep, has at least that much).
+    assert virtual.now >= (reads - 1) / 2.0
 
 
 # ---- configuration and credentials -------------------------------------------------------------

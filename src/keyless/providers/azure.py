@@ -33,8 +33,10 @@ from keyless.plan import Action, ActionKind, ObservedBinding, ObservedServiceAcc
 from keyless.providers.azure_api import (
     AUTHORITY_ENV,
     CREDENTIALS_PER_IDENTITY,
+    DEFAULT_LIMITS,
     DEFAULT_RETRY,
     AzureApi,
+    AzureLimits,
     aadsts,
     arm_code,
     explain,
@@ -60,7 +62,7 @@ from keyless.providers.base import (
     observed_of,
     services_label,
 )
-from keyless.providers.retry import RetryPolicy, poll
+from keyless.providers.retry import RetryPolicy, TokenBucket, poll
 from keyless.targets import AzureTarget
 
 T = TypeVar("T")
@@ -142,12 +144,18 @@ class AzureProvider:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         settle: float = PROPAGATION_SETTLE,
+        limits: AzureLimits = DEFAULT_LIMITS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.target = target
         self._api = AzureApi(target, credential, retry=retry, sleep=sleep, clock=clock, now=now)
+        self._limits = limits
+        # Writes are paced per subscription and per identity (each attempt takes a token), so a large apply runs at
+        # ARM's rate instead of collecting 429s and backing off past it.
+        self._subscription_writes = TokenBucket(limits.writes_per_subscription, sleep=sleep, clock=clock)
+        self._identity_writes: dict[str, TokenBucket] = {}
         self._credential = self._api.credential
         self._scope = self._api.scope
         self.msi = self._api.msi
@@ -188,9 +196,20 @@ class AzureProvider:
             return self._locks.setdefault(identity_key(resource_group, identity_name), threading.Lock())
 
     def _write(self, resource_group: str, identity_name: str, doing: str, fn: Callable[[], T]) -> T:
-        """One credential write, alone on its identity in this process; 409s from other writers are retried."""
+        """One credential write, alone on its identity in this process and paced to ARM's limits; 409s from other
+        writers are retried."""
+        key = identity_key(resource_group, identity_name)
+        with self._locks_guard:
+            identity = self._identity_writes.setdefault(
+                key, TokenBucket(self._limits.writes_per_identity, sleep=self._sleep, clock=self._clock))
+
+        def paced() -> T:
+            identity.take()
+            self._subscription_writes.take()
+            return fn()
+
         with self._lock(resource_group, identity_name):
-            return self._call(doing, fn)
+            return self._call(doing, paced)
 
     def _cluster_facts(self, *, refresh: bool = False) -> _Cluster:
         """The cluster's issuer and settings. Read once and reused by observe and apply (services apply in

@@ -8,6 +8,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from azure.mgmt.msi.v2024_11_30 import ManagedServiceIdentityClient
 
 from keyless.errors import CloudError, Denied
 from keyless.providers.retry import (
+    RateLimit,
     RetryPolicy,
     call_with_retry,
     endpoint_root,
@@ -47,6 +49,21 @@ AUTHORITY_ENV = "AZURE_AUTHORITY_HOST"
 # throttled to about one every four seconds and concurrent writers get a 409, so the schedule is longer than
 # AWS's: a write queued behind a handful of others on the same identity still gets through.
 DEFAULT_RETRY = RetryPolicy(max_attempts=8, base_delay=1.0, max_delay=10.0, deadline=60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AzureLimits:
+    """The federated-credential write rates keyless paces itself to (REFERENCE.md: about 0.25/s per identity and
+    2/s per subscription, 429 with Retry-After beyond)."""
+
+    writes_per_subscription: RateLimit
+    writes_per_identity: RateLimit
+
+
+# The bursts are assumed (ARM does not document them): a few writes go at once, then the rate applies; a burst the
+# cloud does not grant costs a 429 and its Retry-After, which the retry helper honours.
+DEFAULT_LIMITS = AzureLimits(writes_per_subscription=RateLimit(per_second=2.0, burst=10),
+                             writes_per_identity=RateLimit(per_second=0.25, burst=4))
 
 _AADSTS = re.compile(r"AADSTS\d+.*", re.DOTALL)
 _DENIED_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed", "Forbidden",
