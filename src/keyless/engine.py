@@ -251,8 +251,8 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
     results: dict[str, list[ActionResult]] = {service: [] for service in by_service}
 
     def run(service: str, actions: Sequence[Action]) -> float | None:
-        """Carry out `actions` in order; the seconds until the last cloud write settles, or None on a failure."""
-        settles_in = 0.0
+        """Carry out `actions` in order; when (on `clock`) the last cloud write settles, or None on a failure."""
+        settled_at = clock()
         journal: str | None = None
         for action in actions:
             if stopping.is_set():
@@ -261,7 +261,7 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
             try:
                 done = _apply_one(action, provider, kube, written.get(id(action)), journal)
                 result = ActionResult(action, True, done.message, time.monotonic() - start)
-                settles_in = max(settles_in, done.settles_in - (time.monotonic() - start))
+                settled_at = max(settled_at, clock() + done.settles_in)
                 journal = done.binding_id or journal
             except KeylessError as exc:
                 result = ActionResult(action, False, exc.message, time.monotonic() - start)
@@ -273,12 +273,11 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
                 progress(result)
             if not result.ok:
                 return None  # later steps of this service depend on this one
-        return settles_in
+        return settled_at
 
     def prepare(service: str) -> float | None:
         """The service's binding and account; when its pods may restart (on `clock`), or None if it stopped."""
-        settles_in = run(service, [a for a in by_service[service] if a.resource is not Resource.WORKLOAD])
-        return None if settles_in is None else clock() + settles_in
+        return run(service, [a for a in by_service[service] if a.resource is not Resource.WORKLOAD])
 
     def finish(service: str) -> None:
         actions = by_service[service]

@@ -6,7 +6,7 @@ import itertools
 import json
 import textwrap
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -93,9 +93,11 @@ class FakeProvider:
     cloud = Cloud.AWS
 
     def __init__(self, log: Log, *, fail: Collection[str] = (),
-                 resolve_issues: Sequence[PreflightIssue] = (), preflight_issues: Sequence[PreflightIssue] = ()):
+                 resolve_issues: Sequence[PreflightIssue] = (), preflight_issues: Sequence[PreflightIssue] = (),
+                 settles: Mapping[str, float] | None = None):
         self.log = log
         self.fail = set(fail)
+        self.settles = dict(settles or {})  # service -> the settles_in its write answers (None: ask wait_visible)
         self.resolve_issues = list(resolve_issues)
         self.preflight_issues = list(preflight_issues)
         self.bindings: dict[str, ObservedBinding] = {}
@@ -141,7 +143,8 @@ class FakeProvider:
             made = ObservedBinding(cloud=Cloud.AWS, id=f"a-{next(self._ids)}", namespace=desired.namespace,
                                    service_account=desired.service_account, identity=desired.identity, owner=owner)
         self.add(made)
-        return ActionOutcome(True, f"{action.kind.value}d {action.address}", made.id)
+        return ActionOutcome(True, f"{action.kind.value}d {action.address}", made.id,
+                             self.settles.get(action.service))
 
     def wait_visible(self, action: Action, timeout: float) -> bool:
         self.log.add(action.service, "cloud visible")
@@ -236,6 +239,50 @@ class World:
 def world(*, fail: Collection[str] = (), services: Sequence[str] = ("api", "worker"), **provider: Any) -> World:
     log = Log()
     return World(log, FakeProvider(log, fail=fail, **provider), FakeKube(log, [workload(s) for s in services]))
+
+
+# --- settling -----------------------------------------------------------------------------------------
+
+
+class StillClock:
+    """Time that moves only when the engine sleeps, and a record of when each restart happened."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.lock = threading.Lock()
+
+    def clock(self) -> float:
+        with self.lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self.lock:
+            self.now += max(0.0, seconds)
+
+
+def test_each_service_restarts_once_its_own_binding_has_settled_and_nothing_polls() -> None:
+    w = world(settles={"api": 5.0, "worker": 0.0})
+    time = StillClock()
+    restarted: dict[str, float] = {}
+    update = w.kube.update_workload
+
+    def timed_update(ref: ObjectRef, service: str, settings: PodTemplateSettings) -> None:
+        restarted[service] = time.clock()
+        update(ref, service, settings)
+
+    w.kube.update_workload = timed_update  # type: ignore[method-assign]
+    report = engine.apply_plan(w.plan(), w.provider, w.kube, clock=time.clock, sleep=time.sleep)
+    assert not report.failures
+    # worker's binding settled at once: its restart did not wait for api's five seconds.
+    assert restarted["worker"] == pytest.approx(0.0)
+    assert restarted["api"] == pytest.approx(5.0)  # and api's waited exactly until its own had
+    assert "cloud visible" not in [what for _, what in w.log.calls]  # the answers said when: no wait_visible
+
+
+def test_a_provider_that_cannot_say_when_is_asked_to_wait() -> None:
+    w = world()  # the fake's answers carry no settles_in
+    w.apply(w.plan())
+    assert w.log.of("api").count("cloud visible") == 1
 
 
 # --- ordering ------------------------------------------------------------------------------------------
