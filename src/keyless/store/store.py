@@ -326,7 +326,7 @@ class Store:
                 .where(DashboardSessionRow.secret_hash == hash_token(session_secret))).first()
             if found is None:
                 return None
-            session, token = found.tuple()
+            session, token = found
             if token.revoked_at is not None or now >= session.idle_expires_at or now >= session.expires_at:
                 s.delete(session)
                 return None
