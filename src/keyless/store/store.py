@@ -328,7 +328,8 @@ class Store:
                 return None
             session, token = found
             if token.revoked_at is not None or now >= session.idle_expires_at or now >= session.expires_at:
-                s.delete(session)
+                # By id, not through the ORM: a concurrent request may have deleted it already.
+                s.execute(delete(DashboardSessionRow).where(DashboardSessionRow.id == session.id))
                 return None
             if now - session.last_seen_at >= TOUCH_EVERY:
                 session.last_seen_at = now
