@@ -563,6 +563,12 @@ def serve(
         "--new-admin-token", help="Print a new admin token even if tokens exist (lost the first one?).")] = False,
     secure_cookies: Annotated[bool, typer.Option(
         "--secure-cookies", help="Mark the session cookie Secure (when users reach keyless over HTTPS).")] = False,
+    session_idle_minutes: Annotated[int, typer.Option(
+        "--session-idle-minutes", min=1, max=7 * 24 * 60,
+        help="A dashboard login ends after this many minutes without a request.")] = 30,
+    session_hours: Annotated[int, typer.Option(
+        "--session-hours", min=1, max=30 * 24,
+        help="A dashboard login ends this many hours after it began, however busy.")] = 12,
     files_dir: Annotated[Path | None, typer.Option(
         "--files-dir", help="The only directory targets given through the API may name files in (kubeconfig, "
                             "outDir, caBundle); default: $XDG_DATA_HOME/keyless/files.")] = None,
@@ -572,11 +578,13 @@ def serve(
     On first start it prints an admin token; it is shown once. Targets from --targets (else $KEYLESS_TARGETS,
     else ./keyless.targets.yaml, when present) are imported at start.
     """
+    import datetime as dt
     import socket
 
     import uvicorn
 
     from keyless.server.app import create_app
+    from keyless.server.auth import SessionLimits
     from keyless.server.operations import ControlPlane
     from keyless.store import Role, Store, default_files_dir
     from keyless.targets import targets_path
@@ -606,7 +614,10 @@ def serve(
     server = f"{socket.gethostname()}:{port}"  # stable across restarts, so a restart frees this server's own locks
     files = files_dir or default_files_dir()
     files.mkdir(parents=True, exist_ok=True, mode=0o700)
-    uvicorn.run(create_app(store, os.environ, server=server, secure_cookies=secure_cookies, files_dir=files),
+    sessions = SessionLimits(idle=dt.timedelta(minutes=session_idle_minutes),
+                             lifetime=dt.timedelta(hours=session_hours))
+    uvicorn.run(create_app(store, os.environ, server=server, secure_cookies=secure_cookies, files_dir=files,
+                           sessions=sessions),
                 host=host, port=port, log_level="warning")
 
 

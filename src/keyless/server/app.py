@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,13 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyless import __version__, engine
 from keyless.errors import InvalidInput, KeylessError
-from keyless.server.auth import LoginRequired, ServerState, Viewer
+from keyless.server.auth import LoginRequired, ServerState, SessionLimits, Viewer
 from keyless.server.deploys import DeployRunner
 from keyless.server.errors import error_body, http_status
 from keyless.server.eventlog import EventLog, RequestLog
 from keyless.server.limits import BoundedRequests
 from keyless.server.operations import Connector, ControlPlane, problems
 from keyless.store import Store, TokenRecord, default_files_dir
+from keyless.store.models import utcnow
 
 STATIC = Path(__file__).parent / "static"
 CSRF_SETTING = "csrf-key"
@@ -36,19 +38,22 @@ def _is_api(request: Request) -> bool:
 
 def create_app(store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
                secure_cookies: bool = False, server: str = "", files_dir: Path | None = None,
-               events: EventLog | None = None) -> FastAPI:
+               events: EventLog | None = None, sessions: SessionLimits | None = None,
+               clock: Callable[[], dt.datetime] = utcnow) -> FastAPI:
     """The application; `server` names this server among those sharing the database (`keyless serve`: host:port);
     targets given through the API may name files under `files_dir` only; requests and deploys are logged to
-    `events` (default: JSON lines on stderr)."""
+    `events` (default: JSON lines on stderr); dashboard logins last as `sessions` says, on `clock`."""
     events = events or EventLog()
     plane = ControlPlane(store, env, connector, files_dir or default_files_dir())
     runner = DeployRunner(plane, server=server, events=events)
     server_state = ServerState(store=store, plane=plane, runner=runner,
-                               csrf_key=store.secret(CSRF_SETTING).encode(), secure_cookies=secure_cookies)
+                               csrf_key=store.secret(CSRF_SETTING).encode(), secure_cookies=secure_cookies,
+                               sessions=sessions or SessionLimits(), clock=clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.interrupt_abandoned(server)
+        store.purge_sessions(clock())
         yield
         runner.shutdown()
 

@@ -1,11 +1,12 @@
-"""Who is asking and what they may do: API tokens (Bearer for the API, a cookie for the dashboard), roles, CSRF."""
+"""Who is asking and what they may do: API tokens (Bearer for the API), dashboard sessions, roles, CSRF."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
@@ -16,11 +17,20 @@ from keyless.server.eventlog import record_caller
 from keyless.server.limits import TOKEN_STATE
 from keyless.server.operations import ControlPlane
 from keyless.store import Role, Store, TokenRecord
+from keyless.store.models import utcnow
 from keyless.store.store import hash_token
 
 SESSION_COOKIE = "keyless_session"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long a dashboard login lasts: until `idle` passes without a request, and `lifetime` at most."""
+
+    idle: dt.timedelta = dt.timedelta(minutes=30)
+    lifetime: dt.timedelta = dt.timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,8 @@ class ServerState:
     runner: DeployRunner
     csrf_key: bytes
     secure_cookies: bool = False
+    sessions: SessionLimits = field(default_factory=SessionLimits)
+    clock: Callable[[], dt.datetime] = utcnow  # sessions expire on this clock (tests pass their own)
 
 
 def state(request: Request) -> ServerState:
@@ -86,7 +98,7 @@ Deployer = Depends(api_caller(Role.DEPLOYER))
 Admin = Depends(api_caller(Role.ADMIN))
 
 
-# --- the dashboard: a session cookie holding the token, and CSRF tokens on every form -------------
+# --- the dashboard: a server-side session named by its cookie, and CSRF tokens on every form ------
 
 
 class LoginRequired(Exception):
@@ -98,8 +110,20 @@ class LoginRequired(Exception):
 
 
 def session_user(request: Request) -> TokenRecord | None:
+    """The token whose live session the cookie names, or None. The cookie holds the session's random secret, never
+    the token: a copied cookie is no API token, and it stops working at logout, revocation or expiry."""
     secret = request.cookies.get(SESSION_COOKIE)
-    return state(request).store.authenticate(secret) if secret else None
+    if not secret:
+        return None
+    server = state(request)
+    return server.store.session_token(secret, server.clock(), server.sessions.idle)
+
+
+def open_session(request: Request, token_secret: str) -> str | None:
+    """Log in with an API token: the new session's secret (the cookie's value), or None for a token not valid."""
+    server = state(request)
+    opened = server.store.open_session(token_secret, server.clock(), server.sessions.idle, server.sessions.lifetime)
+    return None if opened is None else opened[1]
 
 
 def dashboard_user(needed: Role = Role.VIEWER) -> Callable[[Request], TokenRecord]:
@@ -116,7 +140,8 @@ def dashboard_user(needed: Role = Role.VIEWER) -> Callable[[Request], TokenRecor
 
 
 def csrf_token(request: Request) -> str:
-    """The value forms carry: an HMAC of the session, so another site cannot forge a form post."""
+    """The value forms carry: an HMAC of the session's secret (bound to this session, not to its token), so
+    another site cannot forge a form post, and a new login makes the old forms stale."""
     secret = request.cookies.get(SESSION_COOKIE, "")
     return hmac.new(state(request).csrf_key, hash_token(secret).encode(), hashlib.sha256).hexdigest()
 

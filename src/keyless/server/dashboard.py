@@ -29,6 +29,7 @@ from keyless.server.auth import (
     check_csrf,
     csrf_token,
     dashboard_user,
+    open_session,
     session_user,
     state,
 )
@@ -142,20 +143,29 @@ def login_page(request: Request, next_url: Annotated[str, Query(alias="next")] =
 def login(request: Request, token: Annotated[str, Form()] = "",
           next_url: Annotated[str, Form(alias="next")] = "/") -> Response:
     secret = token.strip()
-    record = state(request).store.authenticate(secret) if secret else None
-    if record is None:
+    session = open_session(request, secret) if secret else None
+    if session is None:
         return _render(request, "login.html", {
             "next": local_path(next_url),
             "error": "That token is not valid (unknown or revoked). Check it, or ask an admin for a new one.",
         }, None, status_code=401)
+    _close_session(request)  # a session this browser had before is replaced, not left behind
     response = _see_other(local_path(next_url))
-    response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="strict",
+    response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict",
                         secure=state(request).secure_cookies, path="/")
     return response
 
 
+def _close_session(request: Request) -> None:
+    previous = request.cookies.get(SESSION_COOKIE)
+    if previous:
+        state(request).store.close_session(previous)
+
+
 @router.post("/logout", dependencies=[Depends(check_csrf)])
 def logout(request: Request) -> Response:
+    """Ends the session on the server, so its cookie is refused even where it was copied; then clears it here."""
+    _close_session(request)
     response = _see_other("/login")
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
                            secure=state(request).secure_cookies)

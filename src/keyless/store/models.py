@@ -183,6 +183,23 @@ class ApiTokenRow(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column()
 
 
+class DashboardSessionRow(Base):
+    """A dashboard login: the browser's cookie holds a random secret, of which only the SHA-256 is kept.
+
+    It lasts until logout, its token's revocation, `idle_expires_at` (pushed back while it is used) or
+    `expires_at` (fixed when it is opened), whichever comes first."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column()
+    last_seen_at: Mapped[dt.datetime] = mapped_column()
+    idle_expires_at: Mapped[dt.datetime] = mapped_column()
+    expires_at: Mapped[dt.datetime] = mapped_column()
+
+
 class SettingRow(Base):
     """Server-wide values kept across restarts (the key that signs CSRF tokens)."""
 

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, case, create_engine, delete, event, func, select,
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from keyless.errors import Conflict, NotFound, StaleRevision, UsageError
 from keyless.store.models import (
@@ -27,6 +28,7 @@ from keyless.store.models import (
     AppRow,
     AuditEventRow,
     ConnectionRow,
+    DashboardSessionRow,
     DeployActionRow,
     DeployRow,
     ServiceRow,
@@ -52,6 +54,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 TOKEN_PREFIX = "kl_"
 # A lock whose deploy has not reported for this long belongs to a server that died mid-deploy.
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
+# How often a token's last use and a session's idle expiry are written: at most once a minute, not on every request.
+TOUCH_EVERY = dt.timedelta(minutes=1)
 
 
 def data_dir() -> Path:
@@ -70,6 +74,7 @@ def default_files_dir() -> Path:
 
 
 def hash_token(secret: str) -> str:
+    """What the store keeps of a random secret (an API token, a dashboard session): its SHA-256, never the secret."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -114,6 +119,16 @@ def _create_engine(url: str) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver keyless ships
         return create_engine(parsed, pool_pre_ping=True)
     raise UsageError(f"database {backend!r} is not supported", "use SQLite (the default) or PostgreSQL")
+
+
+def _touch_token(row: ApiTokenRow, now: dt.datetime) -> None:
+    """Record that a token was used (to the minute)."""
+    if row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
+        row.last_used_at = now
+
+
+def _session_expired(now: dt.datetime) -> ColumnElement[bool]:
+    return (DashboardSessionRow.idle_expires_at <= now) | (DashboardSessionRow.expires_at <= now)
 
 
 def _connection(row: ConnectionRow) -> ConnectionRecord:
@@ -247,16 +262,20 @@ class Store:
                          {"name": name, "role": role.value, "prefix": row.prefix})
             return _token(row), secret
 
+    @staticmethod
+    def _live_token(s: Session, secret: str, now: dt.datetime) -> ApiTokenRow | None:
+        """The unrevoked token with this secret, its last use recorded (to the minute), or None."""
+        row = s.scalars(select(ApiTokenRow).where(ApiTokenRow.token_hash == hash_token(secret))).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        _touch_token(row, now)
+        return row
+
     def authenticate(self, secret: str) -> TokenRecord | None:
         """The live token with this secret, or None. Records when it was last used (to the minute)."""
         with self._tx() as s:
-            row = s.scalars(select(ApiTokenRow).where(ApiTokenRow.token_hash == hash_token(secret))).first()
-            if row is None or row.revoked_at is not None:
-                return None
-            now = utcnow()
-            if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
-                row.last_used_at = now
-            return _token(row)
+            row = self._live_token(s, secret, utcnow())
+            return None if row is None else _token(row)
 
     def has_tokens(self) -> bool:
         with self._tx() as s:
@@ -275,7 +294,59 @@ class Store:
                 row.revoked_at = utcnow()
                 self._record(s, actor, "token.revoke", f"token/{row.id}",
                              {"name": row.name, "role": row.role}, None)
+            # Its dashboard sessions end with it (deleting a token ends them too: the foreign key cascades).
+            s.execute(delete(DashboardSessionRow).where(DashboardSessionRow.token_id == row.id))
             return _token(row)
+
+    # --- dashboard sessions --------------------------------------------------------------------------
+
+    def open_session(self, token_secret: str, now: dt.datetime, idle: dt.timedelta,
+                     lifetime: dt.timedelta) -> tuple[TokenRecord, str] | None:
+        """Log in with an API token: its record and a new session's secret (for the cookie; the store keeps only
+        its SHA-256), or None when the token is unknown or revoked. The session ends after `idle` without use or
+        `lifetime` in all. Expired sessions of every token are deleted on the way."""
+        session_secret = secrets.token_urlsafe(32)
+        with self._tx() as s:
+            token = self._live_token(s, token_secret, now)
+            if token is None:
+                return None
+            s.execute(delete(DashboardSessionRow).where(_session_expired(now)))
+            expires = now + lifetime
+            s.add(DashboardSessionRow(secret_hash=hash_token(session_secret), token_id=token.id, created_at=now,
+                                      last_seen_at=now, idle_expires_at=min(now + idle, expires), expires_at=expires))
+            return _token(token), session_secret
+
+    def session_token(self, session_secret: str, now: dt.datetime, idle: dt.timedelta) -> TokenRecord | None:
+        """The token a live session was opened with, or None: no such session (never opened, or logged out), an
+        expired one (deleted now), or its token revoked. Each use pushes the idle expiry back to `idle` from now
+        (written at most once a minute), never past the session's lifetime."""
+        with self._tx() as s:
+            found = s.execute(
+                select(DashboardSessionRow, ApiTokenRow).join(ApiTokenRow)
+                .where(DashboardSessionRow.secret_hash == hash_token(session_secret))).first()
+            if found is None:
+                return None
+            session, token = found
+            if token.revoked_at is not None or now >= session.idle_expires_at or now >= session.expires_at:
+                # By id, not through the ORM: a concurrent request may have deleted it already.
+                s.execute(delete(DashboardSessionRow).where(DashboardSessionRow.id == session.id))
+                return None
+            if now - session.last_seen_at >= TOUCH_EVERY:
+                session.last_seen_at = now
+                session.idle_expires_at = min(now + idle, session.expires_at)
+            _touch_token(token, now)
+            return _token(token)
+
+    def close_session(self, session_secret: str) -> None:
+        """Log out: the session is deleted, so its cookie is refused from now on, wherever it was copied to."""
+        with self._tx() as s:
+            s.execute(delete(DashboardSessionRow).where(
+                DashboardSessionRow.secret_hash == hash_token(session_secret)))
+
+    def purge_sessions(self, now: dt.datetime) -> None:
+        """Delete the sessions that expired by `now`."""
+        with self._tx() as s:
+            s.execute(delete(DashboardSessionRow).where(_session_expired(now)))
 
     # --- targets -----------------------------------------------------------------------------------
 
