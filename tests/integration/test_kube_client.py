@@ -515,6 +515,20 @@ def test_rendered_side_observes_nothing_and_writes_files(tmp_path: Path) -> None
     assert rendered.delete_service_account(account_ref("shop", "shop-api")) is False
 
 
+def test_rendering_again_leaves_unchanged_files_untouched(tmp_path: Path) -> None:
+    rendered = RenderedKube(TARGET, KubernetesSide.model_validate({"mode": "render"}), base=tmp_path)
+    api, worker = binding("shop"), binding("shop", service="worker", role="w", arn=ROLE_ARN + "-w")
+    render(rendered, [api, worker])
+    before = {p: p.stat().st_mtime_ns for p in rendered.out_dir.rglob("*.yaml")}
+    for path in before:
+        os.utime(path, ns=(0, 0))  # a stamp no write could leave
+    moved = binding("shop", service="worker", role="w2", arn=ROLE_ARN + "-w2")
+    render(rendered, [api, moved])
+    rewritten = sorted(str(p.relative_to(rendered.out_dir)) for p in before if p.stat().st_mtime_ns != 0)
+    # Only what the worker's new role changes (its account and patch, and the values file listing every service).
+    assert rewritten == ["helm-values.yaml", "patches/deployment-shop-worker.yaml", "serviceaccounts/shop-worker.yaml"]
+
+
 def test_rendered_side_uses_out_dir_and_refuses_escapes(tmp_path: Path) -> None:
     rendered = RenderedKube(TARGET, KubernetesSide.model_validate({"mode": "render", "outDir": "gitops/prod"}),
                             base=tmp_path)

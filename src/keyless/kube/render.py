@@ -75,11 +75,15 @@ class RenderedKube:
         return path
 
     def write(self, files: Mapping[str, str]) -> list[Path]:
-        """Write {relative path: text} under out_dir, each file replaced whole (never half-written)."""
+        """Write {relative path: text} under out_dir, each file replaced whole (never half-written); a file that
+        already holds the text is left untouched, so a GitOps repository sees only what changed."""
         written: list[Path] = []
         for relative, text in sorted(files.items()):
             path = self._path(relative)
             try:
+                if path.is_file() and path.read_text(encoding="utf-8") == text:
+                    written.append(path)
+                    continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 partial = path.with_name(f".{path.name}.partial")
                 partial.write_text(text, encoding="utf-8")
