@@ -280,4 +280,9 @@ def timing() -> None:
 
 
 if __name__ == "__main__":
-    {"build": build, "time": timing}[sys.argv[1] if len(sys.argv) > 1 else "build"]()
+    commands = {"build": build, "time": timing}
+    chosen = sys.argv[1] if len(sys.argv) > 1 else "build"
+    if chosen not in commands:
+        print(f"usage: {sys.argv[0]} [build | time]\n{__doc__}", file=sys.stderr)
+        raise SystemExit(2)
+    commands[chosen]()
