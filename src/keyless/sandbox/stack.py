@@ -89,7 +89,8 @@ def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: s
 def kube_pod_lookup(cluster: KubeStandIn) -> PodLookup:
     """How the GKE metadata server learns a pod's service account: from the cluster's API, as the real one does."""
     def lookup(namespace: str, pod: str) -> tuple[str, str, dict[str, str]] | None:
-        with httpx.Client(base_url=cluster.url, timeout=10.0) as client:
+        # As the metadata server's own service account would; the sandbox's is the cluster admin.
+        with httpx.Client(base_url=cluster.url, timeout=10.0, headers=cluster.admin_headers) as client:
             found = client.get(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}")
             if found.status_code != 200:
                 return None
