@@ -136,7 +136,8 @@ def _account(name: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_strict_validation_refuses_an_unknown_field(kube: KubeStandIn) -> None:
-    response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Strict", headers=kube.admin_headers,
+    response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Strict",
+                          headers=kube.admin_headers,
                           json=_account("strict", lables={"app": "web"}))
     assert response.status_code == 400
     assert response.json()["message"] == ('ServiceAccount in version "v1" cannot be handled as a ServiceAccount: '
@@ -151,7 +152,8 @@ def test_warn_is_the_default_and_names_each_unknown_field(kube: KubeStandIn) -> 
     assert sorted(response.headers.get_list("Warning")) == [
         '299 - "unknown field \\"metadata.lables\\""', '299 - "unknown field \\"secretz\\""']
     # Warnings belong to their own answer, never to the next one on the same route.
-    quiet = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Ignore", headers=kube.admin_headers,
+    quiet = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Ignore",
+                          headers=kube.admin_headers,
                        json=_account("ignored", lables={"app": "web"}))
     assert quiet.status_code == 201
     assert "Warning" not in quiet.headers
@@ -171,7 +173,8 @@ def test_a_strategic_merge_patch_may_carry_directives_but_not_unknown_fields(kub
 
 
 def test_an_unsupported_directive_is_a_bad_request(kube: KubeStandIn) -> None:
-    response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Loud", headers=kube.admin_headers,
+    response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Loud",
+                          headers=kube.admin_headers,
                           json=_account("loud"))
     assert response.status_code == 400
 
