@@ -265,7 +265,8 @@ def test_scale_reads_and_writes_replicas(kube: KubeStandIn) -> None:
         "Scale", "autoscaling/v1", {"replicas": 1}, "app.kubernetes.io/name=scaled")
     patched = admin(kube, "PATCH", path, headers={"Content-Type": "application/merge-patch+json"},
                     json={"spec": {"replicas": 3}})
-    assert patched.status_code == 200 and patched.json()["spec"]["replicas"] == 3
+    assert patched.status_code == 200
+    assert patched.json()["spec"]["replicas"] == 3
     kube.wait_idle()
     assert admin(kube, "GET", path).json()["status"]["replicas"] == 3
     stale = admin(kube, "PUT", path, json={**scale, "spec": {"replicas": 2}})
