@@ -18,7 +18,7 @@ from keyless.porter import load_app
 from keyless.sandbox import control
 from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_BROAD_IDENTITY, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET
+from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, keyless_context
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +162,7 @@ def test_a_cluster_without_issuer_or_workload_identity_blocks_with_the_fix(
             namespace: shop
             armEndpoint: {stack.azure.arm_url}
             caBundle: {stack.azure.ca_bundle}
-            kubernetes: {{context: {AKS_CONTEXT}}}
+            kubernetes: {{context: {keyless_context(AKS_CONTEXT)}}}
         """))
     path = porter_yaml(tmp_path, "az-off", {"api": DEMO_API_IDENTITY})
     code, output = run("plan", "-f", str(path), "--target", "off", "--targets", str(targets))

@@ -138,6 +138,7 @@ def new_account(sandbox: GcpSandbox) -> str:
 def kube_account(cluster: KubeStandIn, name: str, gsa: str | None) -> None:
     annotations = {"iam.gke.io/gcp-service-account": gsa} if gsa else {}
     response = requests.post(f"{cluster.url}/api/v1/namespaces/shop/serviceaccounts", timeout=10,
+                             headers=cluster.admin_headers,
                              json={"metadata": {"name": name, "annotations": annotations}})
     assert response.status_code == 201, response.text
 
@@ -145,7 +146,7 @@ def kube_account(cluster: KubeStandIn, name: str, gsa: str | None) -> None:
 def running_pod(cluster: KubeStandIn, workload: str, ksa: str) -> str:
     """A Deployment's pod, named by its ReplicaSet (generateName), as Porter's services run."""
     cluster.seed_workload("shop", workload, service_account=ksa)
-    pods = requests.get(f"{cluster.url}/api/v1/namespaces/shop/pods", timeout=10,
+    pods = requests.get(f"{cluster.url}/api/v1/namespaces/shop/pods", timeout=10, headers=cluster.admin_headers,
                         params={"labelSelector": f"app.kubernetes.io/name={workload}"}).json()["items"]
     assert len(pods) == 1
     return str(pods[0]["metadata"]["name"])

@@ -199,7 +199,7 @@ def test_json_patch_removes_a_single_annotation(client: Client) -> None:
     assert strategic.metadata.annotations == {"keep": "me"}
 
 
-def test_list_filters_by_label_selector(client: Client) -> None:
+def test_list_filters_by_label_selector(client: Client, kube: KubeStandIn) -> None:
     namespace = _namespace(client, "selectors")
     for name, labels in {"a": {"porter.run/app-name": "shop", "porter.run/service-name": "web"},
                          "b": {"porter.run/app-name": "shop", "porter.run/service-name": "worker"},
@@ -216,7 +216,7 @@ def test_list_filters_by_label_selector(client: Client) -> None:
     every = sorted((s.metadata.namespace, s.metadata.name) for s in client.list(
         ServiceAccount, namespace="*", labels={"porter.run/app-name": "blog"}))
     assert every == [(namespace, "c")]
-    raw = httpx.get(f"{client._client.config.cluster.server}/api/v1/namespaces/{namespace}/serviceaccounts",
+    raw = httpx.get(f"{kube.url}/api/v1/namespaces/{namespace}/serviceaccounts", headers=kube.admin_headers,
                     params={"labelSelector": "porter.run/app-name=shop,porter.run/service-name!=web", "limit": "1"})
     assert [i["metadata"]["name"] for i in raw.json()["items"]] == ["b"]
 
@@ -390,7 +390,8 @@ def test_exec_env_materializes_the_projected_token(client: Client, kube: KubeSta
 
     kube.finish_pod(namespace, pod.metadata.name)
     conditions = {c["type"] for c in httpx.get(
-        f"{kube.url}/apis/batch/v1/namespaces/{namespace}/jobs/{job}").json()["status"]["conditions"]}
+        f"{kube.url}/apis/batch/v1/namespaces/{namespace}/jobs/{job}",
+        headers=kube.admin_headers).json()["status"]["conditions"]}
     assert "Complete" in conditions
 
 

@@ -36,7 +36,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeStandIn]:
 
 
 def _get(kube: KubeStandIn, path: str, **headers: str) -> httpx.Response:
-    return httpx.get(f"{kube.url}{path}", headers=headers)
+    return httpx.get(f"{kube.url}{path}", headers={**kube.admin_headers, **headers})
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -83,7 +83,8 @@ def _v3(kube: KubeStandIn, group_version: str) -> dict[str, Any]:
 
 def test_the_v3_index_lists_each_served_group_version(kube: KubeStandIn) -> None:
     index = _get(kube, "/openapi/v3").json()["paths"]
-    assert sorted(index) == ["api/v1", "apis/apps/v1", "apis/batch/v1"]
+    assert sorted(index) == ["api/v1", "apis/apps/v1", "apis/authentication.k8s.io/v1",
+                             "apis/authorization.k8s.io/v1", "apis/batch/v1", "apis/rbac.authorization.k8s.io/v1"]
     assert all(entry["serverRelativeURL"].startswith(f"/openapi/v3/{gv}?hash=") for gv, entry in index.items())
     assert _get(kube, "/openapi/v3/apis/policy/v1").status_code == 404
 
@@ -136,6 +137,7 @@ def _account(name: str, **extra: Any) -> dict[str, Any]:
 
 def test_strict_validation_refuses_an_unknown_field(kube: KubeStandIn) -> None:
     response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Strict",
+                          headers=kube.admin_headers,
                           json=_account("strict", lables={"app": "web"}))
     assert response.status_code == 400
     assert response.json()["message"] == ('ServiceAccount in version "v1" cannot be handled as a ServiceAccount: '
@@ -144,13 +146,14 @@ def test_strict_validation_refuses_an_unknown_field(kube: KubeStandIn) -> None:
 
 
 def test_warn_is_the_default_and_names_each_unknown_field(kube: KubeStandIn) -> None:
-    response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts",
+    response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts", headers=kube.admin_headers,
                           json={**_account("warned", lables={"app": "web"}), "secretz": []})
     assert response.status_code == 201
     assert sorted(response.headers.get_list("Warning")) == [
         '299 - "unknown field \\"metadata.lables\\""', '299 - "unknown field \\"secretz\\""']
     # Warnings belong to their own answer, never to the next one on the same route.
     quiet = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Ignore",
+                          headers=kube.admin_headers,
                        json=_account("ignored", lables={"app": "web"}))
     assert quiet.status_code == 201
     assert "Warning" not in quiet.headers
@@ -158,12 +161,12 @@ def test_warn_is_the_default_and_names_each_unknown_field(kube: KubeStandIn) -> 
 
 def test_a_strategic_merge_patch_may_carry_directives_but_not_unknown_fields(kube: KubeStandIn) -> None:
     url = f"{kube.url}/api/v1/namespaces/shop/serviceaccounts"
-    assert httpx.post(url, json=_account("patched")).status_code == 201
+    assert httpx.post(url, headers=kube.admin_headers, json=_account("patched")).status_code == 201
     headers = {"Content-Type": "application/strategic-merge-patch+json"}
-    ok = httpx.patch(f"{url}/patched?fieldValidation=Strict", headers=headers,
+    ok = httpx.patch(f"{url}/patched?fieldValidation=Strict", headers={**kube.admin_headers, **headers},
                      content=json.dumps({"metadata": {"labels": {"a": "b"}, "$setElementOrder/finalizers": []}}))
     assert ok.status_code == 200, ok.text
-    bad = httpx.patch(f"{url}/patched?fieldValidation=Strict", headers=headers,
+    bad = httpx.patch(f"{url}/patched?fieldValidation=Strict", headers={**kube.admin_headers, **headers},
                       content=json.dumps({"secrets": [{"name": "x", "nmae": "y"}]}))
     assert bad.status_code == 400
     assert 'unknown field "secrets[0].nmae"' in bad.json()["message"]
@@ -171,6 +174,7 @@ def test_a_strategic_merge_patch_may_carry_directives_but_not_unknown_fields(kub
 
 def test_an_unsupported_directive_is_a_bad_request(kube: KubeStandIn) -> None:
     response = httpx.post(f"{kube.url}/api/v1/namespaces/shop/serviceaccounts?fieldValidation=Loud",
+                          headers=kube.admin_headers,
                           json=_account("loud"))
     assert response.status_code == 400
 

@@ -46,8 +46,9 @@ ROLLOUT_POLL_SECONDS = 1.0
 _HINTS = {
     401: "the cluster rejected the kubeconfig's credentials: refresh them (e.g. `aws eks update-kubeconfig`, "
          "`az aks get-credentials`, `gcloud container clusters get-credentials`)",
-    403: "the kubeconfig's user lacks RBAC permission: keyless needs get, list, patch and delete on serviceaccounts, "
-         "and get, list and patch on deployments, cronjobs and jobs, in the target namespace",
+    403: "the kubeconfig's user lacks RBAC permission: in the target namespace keyless needs get, list, create, patch "
+         "and delete on serviceaccounts, create on serviceaccounts/token, get, list and patch on deployments, list "
+         "and patch on cronjobs, list on jobs (README: Kubernetes permissions)",
     404: "check the namespace in the targets file and that the object still exists",
     409: "someone else changed the object at the same time: run keyless again",
     422: "the API server rejected the change as invalid",

@@ -21,7 +21,7 @@ from lightkube.resources.core_v1 import Pod
 from keyless.errors import KeylessError
 from keyless.porter.model import App
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import STATE_FILE, SandboxState
+from keyless.sandbox.stack import STATE_FILE, SandboxState, admin_contexts
 
 START_TIMEOUT = 90.0
 
@@ -147,7 +147,7 @@ def list_pods(state: SandboxState) -> list[SandboxPod]:
         raise SandboxError(f"cannot read the sandbox's kubeconfig ({exc})", "restart it: keyless sandbox down, up") \
             from None
     found: list[SandboxPod] = []
-    for context in sorted(config.contexts):
+    for context in admin_contexts(config.contexts):
         try:
             with Client(config.get(context_name=context)) as client:
                 pods = list(client.list(Pod, namespace="*"))
@@ -235,7 +235,7 @@ def deploy_as_porter(state: SandboxState, app_name: str, app: App, namespace: st
         raise SandboxError(f"no sandbox cluster for context {unknown[0]!r}",
                            f"contexts: {', '.join(sorted(config.contexts))}")
     created: list[str] = []
-    for context in contexts or sorted(config.contexts):
+    for context in contexts or admin_contexts(config.contexts):
         with Client(config.get(context_name=context), namespace=namespace) as client:
             created += [f"{context}: {what}" for what in deploy_workloads(client, app_name, app, namespace)]
     return created

@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +34,10 @@ AKS_TARGET = "sandbox-aks"
 AKS_CONTEXT = "sandbox-aks"
 GKE_TARGET = "sandbox-gke"
 GKE_CONTEXT = "sandbox-gke"
+# Each cluster has two contexts in the exported kubeconfig: the admin one above (cluster-admin, for kubectl and for
+# Porter's stand-in) and keyless's own, bound to the least-privilege role the README documents, which the targets
+# file names: keyless never runs with more than a real set-up would give it.
+KEYLESS_CONTEXT_PREFIX = "keyless@"
 DEMO_NAMESPACE = "shop"
 STATE_FILE = "state.json"
 
@@ -56,6 +60,15 @@ class SandboxState:
                    pod_env=dict(data["podEnv"]))
 
 
+def keyless_context(admin_context: str) -> str:
+    return f"{KEYLESS_CONTEXT_PREFIX}{admin_context}"
+
+
+def admin_contexts(contexts: Iterable[str]) -> list[str]:
+    """The sandbox kubeconfig's cluster-admin contexts (one per cluster), without keyless's own."""
+    return sorted(c for c in contexts if not c.startswith(KEYLESS_CONTEXT_PREFIX))
+
+
 def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: str, ca_bundle: Path,
                      gcp: GcpDemoSeed) -> str:
     return (
@@ -66,7 +79,7 @@ def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: s
         f"    region: {region}\n"
         f"    cluster: {cluster}\n"
         f"    namespace: {DEMO_NAMESPACE}\n"
-        f"    kubernetes: {{context: {EKS_CONTEXT}, mode: apply}}\n"
+        f"    kubernetes: {{context: {keyless_context(EKS_CONTEXT)}, mode: apply}}\n"
         f"  {AKS_TARGET}:\n"
         "    cloud: azure\n"
         f"    subscription: {azure.subscription_id}\n"
@@ -75,21 +88,22 @@ def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: s
         f"    namespace: {DEMO_NAMESPACE}\n"
         f"    armEndpoint: {arm_url}\n"
         f"    caBundle: {ca_bundle}\n"
-        f"    kubernetes: {{context: {AKS_CONTEXT}, mode: apply}}\n"
+        f"    kubernetes: {{context: {keyless_context(AKS_CONTEXT)}, mode: apply}}\n"
         f"  {GKE_TARGET}:\n"
         "    cloud: gcp\n"
         f"    project: {gcp.project}\n"
         f"    location: {gcp.location}\n"
         f"    cluster: {gcp.cluster}\n"
         f"    namespace: {DEMO_NAMESPACE}\n"
-        f"    kubernetes: {{context: {GKE_CONTEXT}, mode: apply}}\n"
+        f"    kubernetes: {{context: {keyless_context(GKE_CONTEXT)}, mode: apply}}\n"
     )
 
 
 def kube_pod_lookup(cluster: KubeStandIn) -> PodLookup:
     """How the GKE metadata server learns a pod's service account: from the cluster's API, as the real one does."""
     def lookup(namespace: str, pod: str) -> tuple[str, str, dict[str, str]] | None:
-        with httpx.Client(base_url=cluster.url, timeout=10.0) as client:
+        # As the metadata server's own service account would; the sandbox's is the cluster admin.
+        with httpx.Client(base_url=cluster.url, timeout=10.0, headers=cluster.admin_headers) as client:
             found = client.get(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}")
             if found.status_code != 200:
                 return None
@@ -119,8 +133,12 @@ class SandboxStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.aws.start()
         seed = self.aws.seed_demo()
+        # The API server signs tokens as the issuer EKS describes (identity.oidc.issuer), as on a real cluster.
+        eks_issuer = str(self.aws.client("eks").describe_cluster(name=seed.cluster)["cluster"]["identity"]["oidc"]
+                         ["issuer"])
         eks = KubeStandIn(
             seed.cluster,
+            issuer_url=eks_issuer,
             state_dir=self.state_dir / "clusters" / seed.cluster,
             # The webhook adds the credentials path itself, as the real one does to its fixed agent address.
             mutators=[eks_pod_identity_mutator(self.aws.association_for,
@@ -131,6 +149,7 @@ class SandboxStack:
         self.aws.set_cluster_keys(lambda cluster: eks.jwks() if cluster == seed.cluster else None)
         kubeconfig = eks.write_kubeconfig(self.state_dir / "kubeconfig", EKS_CONTEXT)
         eks.ensure_namespace(DEMO_NAMESPACE)
+        self._grant_keyless(eks, kubeconfig, EKS_CONTEXT)
 
         azure = self.azure.start()
         # AKS issuers look like https://<region>.oic.prod-aks.azure.com/<tenant>/<id>/: the trailing slash is part of
@@ -147,6 +166,7 @@ class SandboxStack:
         azure_seed = azure.seed_demo(aks.issuer_url)
         aks.write_kubeconfig(kubeconfig, AKS_CONTEXT, make_current=False)
         aks.ensure_namespace(DEMO_NAMESPACE)
+        self._grant_keyless(aks, kubeconfig, AKS_CONTEXT)
 
         gcp = self.gcp.start()
         gcp_seed = gcp.seed_demo()
@@ -163,6 +183,7 @@ class SandboxStack:
         gcp.set_pod_lookup(kube_pod_lookup(gke))
         gke.write_kubeconfig(kubeconfig, GKE_CONTEXT, make_current=False)
         gke.ensure_namespace(DEMO_NAMESPACE)
+        self._grant_keyless(gke, kubeconfig, GKE_CONTEXT)
 
         targets = self.state_dir / "keyless.targets.yaml"
         targets.write_text(targets_document(seed.region, seed.cluster, azure_seed, azure.arm_url, azure.ca_bundle,
@@ -181,6 +202,13 @@ class SandboxStack:
         state = SandboxState(pid=os.getpid(), control_url=f"http://{host!s}:{port}", env=env, pod_env=pod_env)
         (self.state_dir / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
         return state
+
+    @staticmethod
+    def _grant_keyless(cluster: KubeStandIn, kubeconfig: Path, admin_context: str) -> None:
+        """keyless's service account, role and binding in the demo namespace, and its context in the kubeconfig."""
+        token = cluster.keyless_identity([DEMO_NAMESPACE])
+        cluster.write_kubeconfig(kubeconfig, keyless_context(admin_context), namespace=DEMO_NAMESPACE,
+                                 make_current=False, token=token)
 
     def stop(self) -> None:
         if self._control is not None:

@@ -21,6 +21,7 @@ from yarl import URL
 
 from keyless.sandbox.aws.eks import EksState
 from keyless.sandbox.aws.eks_model import (
+    KNOWN_ADDONS,
     BindingChange,
     ClusterRef,
     EksError,
@@ -228,7 +229,17 @@ class EksFront:
             arn = "/".join(seg[1:])
             if self.state.owns_arn(arn):
                 return await self._tags(request, arn)
-        return (await self._proxy(request)).response()
+        if seg == ["addons", "supported-versions"] and method == "GET":
+            return _ok(_addon_versions(request.query.get("addonName")))
+        unsupported = _unsupported_operation(method, seg)
+        if unsupported is not None:
+            raise EksError("InvalidRequestException", f"{unsupported} is not supported by the keyless sandbox")
+        upstream = await self._proxy(request)
+        if upstream.status == 404 and "json" not in upstream.headers.get("Content-Type", ""):
+            # moto's page for a route it lacks is HTML, which botocore cannot read: answer as an AWS API does.
+            raise EksError("UnknownOperationException",
+                           f"the keyless sandbox's EKS does not serve {method} {request.path}")
+        return upstream.response()
 
     # ---- IAM: a pass-through to moto that refuses denied actions the way IAM does ------------------
 
@@ -463,6 +474,8 @@ class EksFront:
             return _ok({"addon": self.state.describe_addon(region, cluster_name, rest[0]).to_api(now)})
         if len(rest) == 1 and method == "DELETE":
             return _ok({"addon": self.state.delete_addon(region, cluster_name, rest[0]).to_api(now)})
+        if len(rest) == 2 and rest[1] == "update" and method == "POST":
+            raise EksError("InvalidRequestException", "UpdateAddon is not supported by the keyless sandbox")
         raise EksError("InvalidRequestException", f"Unsupported add-on request {method} {request.path}")
 
     # ---- tags on associations and add-ons --------------------------------------------------------
@@ -585,6 +598,32 @@ def _not_authorized(action: str) -> str:
     """AWS's wording for an action the caller's identity-based policies do not allow."""
     return (f"User: arn:aws:iam::{DEFAULT_ACCOUNT}:user/test is not authorized to perform: {action} because no "
             "identity-based policy allows the {action} action").replace("{action}", action)
+
+
+def _addon_versions(name: str | None) -> dict[str, Any]:
+    """DescribeAddonVersions for the add-ons the sandbox installs: one version each, the default of every cluster."""
+    addons = [{
+        "addonName": addon, "type": "security", "owner": "aws", "publisher": "eks",
+        "addonVersions": [{"addonVersion": version, "architecture": ["amd64", "arm64"], "computeTypes": ["ec2"],
+                           "compatibilities": [{"clusterVersion": "1.31", "platformVersions": ["*"],
+                                                "defaultVersion": True}],
+                           "requiresConfiguration": False, "requiresIamPermissions": False}],
+    } for addon, version in sorted(KNOWN_ADDONS.items()) if name in (None, "", addon)]
+    return {"addons": addons}
+
+
+# EKS operations the sandbox knows and does not serve (moto lacks them too), by method and path shape.
+def _unsupported_operation(method: str, seg: Sequence[str]) -> str | None:
+    if seg[:1] == ["clusters"] and len(seg) >= 3 and seg[2] == "access-entries":
+        if len(seg) == 3:
+            return {"GET": "ListAccessEntries", "POST": "CreateAccessEntry"}.get(method, "AccessEntries")
+        return "AccessEntries" if len(seg) > 4 else {
+            "GET": "DescribeAccessEntry", "POST": "UpdateAccessEntry", "DELETE": "DeleteAccessEntry"}.get(method)
+    if seg[:1] == ["access-policies"]:
+        return "ListAccessPolicies"
+    if seg[:1] == ["clusters"] and len(seg) == 3 and method == "POST":
+        return {"update-config": "UpdateClusterConfig", "updates": "UpdateClusterVersion"}.get(seg[2])
+    return None
 
 
 # The EKS operations whose denial the sandbox can simulate, by method and path shape.

@@ -26,6 +26,7 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType(
         "AccessDeniedException": 403,  # botocore's EKS model: AccessDeniedException is HTTP 403
         "NotFoundException": 404,
         "ResourceNotFoundException": 404,
+        "UnknownOperationException": 404,  # what an AWS REST API answers for a route it does not have
         "ResourceInUseException": 409,
         "ThrottlingException": 429,
         "ServerException": 500,

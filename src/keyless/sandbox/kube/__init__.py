@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import urllib.parse
@@ -21,9 +22,11 @@ from typing import Any, Final, Literal, Self, TypeVar
 
 import aiohttp.web
 import httpx
+import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 from ruamel.yaml import YAML
 
+from keyless.sandbox.kube import rbac
 from keyless.sandbox.kube.admission import (
     AZURE_AUDIENCE,
     AZURE_TOKEN_FILE,
@@ -41,7 +44,16 @@ from keyless.sandbox.kube.admission import (
 from keyless.sandbox.kube.api import KubeApiServer, random_suffix
 from keyless.sandbox.kube.controllers import Controllers
 from keyless.sandbox.kube.merge import JsonDict
-from keyless.sandbox.kube.schema import CONFIG_MAPS, NAMESPACES, PODS, SECRETS, StatusError
+from keyless.sandbox.kube.schema import (
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
+    CONFIG_MAPS,
+    NAMESPACES,
+    PODS,
+    ROLE_BINDINGS,
+    SECRETS,
+    StatusError,
+)
 from keyless.sandbox.kube.tokens import DEFAULT_EXPIRATION_SECONDS, ServiceAccountIssuer
 
 __all__ = [
@@ -67,6 +79,9 @@ WorkloadKind = Literal["Deployment", "CronJob", "Job"]
 
 SYSTEM_NAMESPACES: Final = ("default", "kube-system", "kube-public", "kube-node-lease")
 SEED_MANAGER: Final = "porter"  # who creates the app's workloads in a real set-up
+KEYLESS_NAMESPACE: Final = "keyless-system"  # where keyless's own service account lives
+KEYLESS_ACCOUNT: Final = "keyless"
+KEYLESS_TOKEN_SECONDS: Final = 365 * 24 * 3600  # `kubectl create token keyless --duration=8760h`
 DEFAULT_IMAGE: Final = "registry.sandbox.local/porter/app:latest"
 _HOST_ENV: Final = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM", "SYSTEMROOT")
 _DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -116,6 +131,10 @@ class KubeStandIn:
         self._api: KubeApiServer | None = None
         self._controllers: Controllers | None = None
         self._url = ""
+        self._https_url = ""
+        # kubectl sends a kubeconfig's credentials to https servers only, so kubeconfigs point at an HTTPS port
+        # signed by this CA; the plain port stays for the OIDC issuer and the sandbox's own calls.
+        self._ca = trustme.CA(organization_name=f"keyless sandbox cluster {cluster_name}")
         self._state_dir: Path | None = None
         self._startup_error: BaseException | None = None
 
@@ -189,10 +208,13 @@ class KubeStandIn:
         issuer_url = (self._issuer_url or url).replace("{url}", url)
         issuer = ServiceAccountIssuer.load_or_create(issuer_url, key_file)
         api = KubeApiServer(issuer=issuer, cluster_name=self.cluster_name, mutators=self._mutators,
-                            jwks_uri=f"{url}/openid/v1/jwks")
+                            jwks_uri=f"{url}/openid/v1/jwks", admin_token=self.admin_token)
         parts = urllib.parse.urlsplit(issuer_url)
+        issuer_paths: list[str] = []
         if f"{parts.scheme}://{parts.netloc}" == url:
             api.serve_discovery_under(parts.path)
+            if parts.path.rstrip("/"):
+                issuer_paths.append(f"{parts.path.rstrip('/')}/.well-known/openid-configuration")
         async with api:
             controllers = Controllers(api, pod_startup_seconds=self._pod_startup_seconds)
             controllers.start()
@@ -202,9 +224,20 @@ class KubeStandIn:
             await runner.setup()
             try:
                 await aiohttp.web.SockSite(runner, sock).start()
+                secure = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                secure.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                secure.bind((self._host, 0))
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                self._ca.issue_cert(self._host, "localhost").configure_cert(context)
+                await aiohttp.web.SockSite(runner, secure, ssl_context=context).start()
+                self._https_url = f"https://{self._host}:{secure.getsockname()[1]}"
                 for namespace in SYSTEM_NAMESPACES:
                     await api.create_object(NAMESPACES, None, {"metadata": {"name": namespace}},
                                             manager="kube-apiserver")
+                for role in rbac.bootstrap_cluster_roles(issuer_paths):
+                    await api.create_object(CLUSTER_ROLES, None, role, manager="kube-apiserver")
+                for binding in rbac.bootstrap_cluster_role_bindings():
+                    await api.create_object(CLUSTER_ROLE_BINDINGS, None, binding, manager="kube-apiserver")
                 await controllers.settle()
                 self._api, self._controllers, self._url = api, controllers, url
                 self._stopping = asyncio.Event()
@@ -235,10 +268,31 @@ class KubeStandIn:
         return self._api
 
     @property
+    def admin_token(self) -> str:
+        """The admin kubeconfig's token: user kubernetes-admin in group system:masters (cluster-admin)."""
+        return f"keyless-sandbox-{self.cluster_name}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    @property
     def url(self) -> str:
+        """The plain-HTTP address: where the issuer's documents are, and what the sandbox itself calls."""
         if not self._url:
             raise KubeStandInError("the Kubernetes stand-in is not started")
         return self._url
+
+    @property
+    def https_url(self) -> str:
+        """The HTTPS address kubeconfigs name (signed by ``ca_pem``), as every real API server is reached."""
+        if not self._https_url:
+            raise KubeStandInError("the Kubernetes stand-in is not started")
+        return self._https_url
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._ca.cert_pem.bytes()
 
     @property
     def issuer_url(self) -> str:
@@ -275,10 +329,12 @@ class KubeStandIn:
         self._call(controllers.settle(), timeout)
 
     def write_kubeconfig(self, path: str | os.PathLike[str], context_name: str | None = None, *,
-                         namespace: str | None = None, make_current: bool = True) -> Path:
+                         namespace: str | None = None, make_current: bool = True, token: str | None = None) -> Path:
         """Add (or refresh) a cluster, user and context for this stand-in in the kubeconfig at ``path``.
 
-        Other entries of an existing file are kept, so several sandbox clusters can share one file.
+        The user is the cluster's admin (system:masters) unless ``token`` names another identity (a service
+        account's, from ``keyless_identity``). Other entries of an existing file are kept, so several sandbox
+        clusters and identities can share one file.
         """
         target = Path(path)
         name = context_name or self.cluster_name
@@ -294,9 +350,10 @@ class KubeStandIn:
         if namespace:
             context["namespace"] = namespace
         entries = {
-            "clusters": {"name": name, "cluster": {"server": self.url}},
-            # Any token is accepted; one must be there because clients refuse to send no credentials.
-            "users": {"name": name, "user": {"token": f"keyless-sandbox-{self.cluster_name}"}},
+            "clusters": {"name": name, "cluster": {
+                "server": self.https_url,
+                "certificate-authority-data": base64.b64encode(self.ca_pem).decode("ascii")}},
+            "users": {"name": name, "user": {"token": token or self.admin_token}},
             "contexts": {"name": name, "context": context},
         }
         for section, entry in entries.items():
@@ -313,7 +370,37 @@ class KubeStandIn:
     # --- seeding workloads (through the HTTP API, as Porter would) ------------------------------
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, headers={"User-Agent": "keyless-sandbox"})
+        return httpx.Client(base_url=self.url, timeout=30.0,
+                            headers={"User-Agent": "keyless-sandbox", **self.admin_headers})
+
+    def keyless_identity(self, namespaces: Iterable[str], *, rules: Iterable[Mapping[str, Any]] | None = None,
+                         ) -> str:
+        """Set keyless up as the README says, with least privilege, and answer a token of its service account.
+
+        Creates the ServiceAccount ``keyless-system/keyless``, the ClusterRole ``keyless`` (README's rules, or
+        ``rules``) and a RoleBinding ``keyless`` to it in each of ``namespaces``, as an admin would with
+        kubectl; the token is what ``kubectl create token keyless -n keyless-system --duration=8760h`` gives.
+        """
+        role = rbac.keyless_cluster_role()
+        if rules is not None:
+            role["rules"] = [dict(rule) for rule in rules]
+        self.ensure_namespace(KEYLESS_NAMESPACE)
+        with self._client() as client:
+            apply = {"fieldManager": "kubectl", "force": "true"}
+            headers = {"Content-Type": "application/apply-patch+yaml"}
+            self._check(client.patch(f"/api/v1/namespaces/{KEYLESS_NAMESPACE}/serviceaccounts/{KEYLESS_ACCOUNT}",
+                                     params=apply, headers=headers, json={
+                                         "apiVersion": "v1", "kind": "ServiceAccount",
+                                         "metadata": {"name": KEYLESS_ACCOUNT, "namespace": KEYLESS_NAMESPACE}}))
+            self._check(client.patch(f"/apis/{CLUSTER_ROLES.api_version}/clusterroles/{rbac.KEYLESS_ROLE}",
+                                     params=apply, headers=headers, json=role))
+            for namespace in namespaces:
+                self.ensure_namespace(namespace)
+                binding = rbac.keyless_role_binding(namespace, KEYLESS_NAMESPACE, KEYLESS_ACCOUNT)
+                self._check(client.patch(
+                    f"/apis/{ROLE_BINDINGS.api_version}/namespaces/{namespace}/rolebindings/{rbac.KEYLESS_ROLE}",
+                    params=apply, headers=headers, json=binding))
+        return self.mint_token(KEYLESS_NAMESPACE, KEYLESS_ACCOUNT, expiration_seconds=KEYLESS_TOKEN_SECONDS)
 
     @staticmethod
     def _check(response: httpx.Response) -> JsonDict:

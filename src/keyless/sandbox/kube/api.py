@@ -6,6 +6,7 @@ import asyncio
 import base64
 import collections
 import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -19,13 +20,14 @@ from typing import Any, Final, Literal
 
 import aiohttp.web
 import attrs
+import jwt
 import kmock
 
 # kmock does not re-export the response record its reactions may return (status, headers, body).
 from kmock._internal.rendering import Response as KmockResponse
 from ruamel.yaml import YAML
 
-from keyless.sandbox.kube import openapi
+from keyless.sandbox.kube import openapi, rbac, tables
 from keyless.sandbox.kube.admission import Mutator, mutator_name, service_account_admission
 from keyless.sandbox.kube.merge import (
     ApplyConflictError,
@@ -45,11 +47,19 @@ from keyless.sandbox.kube.merge import (
     strategic_merge_patch,
 )
 from keyless.sandbox.kube.schema import (
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
     JOBS,
     KINDS,
     NAMESPACES,
     PODS,
+    REVIEWS,
+    ROLE_BINDINGS,
+    ROLES,
+    SELF_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_RULES_REVIEWS,
     SERVICE_ACCOUNTS,
+    Cause,
     Kind,
     StatusError,
     already_exists,
@@ -59,10 +69,10 @@ from keyless.sandbox.kube.schema import (
     conflict,
     default_job_selector,
     forbidden,
+    invalid,
     kind_for,
     not_found,
     validate,
-    verbs,
 )
 from keyless.sandbox.kube.tokens import DEFAULT_EXPIRATION_SECONDS, BoundObject, ServiceAccountIssuer
 
@@ -218,6 +228,12 @@ class KubeApiServer(kmock.KubernetesEmulator):
     mutators: list[Mutator] = attrs.field(factory=list)
     jwks_uri: str = ""
     server_version: tuple[str, str] = ("1", "31")
+    admin_token: str = ""  # the kubeconfig's static token: a system:masters user (kubeadm's admin.conf)
+    _rbac_objects: dict[Kind, dict[tuple[str | None, str], JsonDict]] = attrs.field(
+        factory=lambda: {kind: {} for kind in (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)},
+        init=False)
+    _request_attributes: dict[int, rbac.Attributes] = attrs.field(factory=dict, init=False)
+    authorizer: rbac.Authorizer = attrs.field(init=False)
     _rv: int = attrs.field(default=0, init=False)
     _request_count: int = attrs.field(default=0, init=False)
     _watchers: list[_Watcher] = attrs.field(factory=list, init=False)
@@ -233,7 +249,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         for kind in KINDS:
             self.resources[self.ref(kind)] = kmock.ResourceInfo(
-                kind=kind.kind, singular=kind.singular, namespaced=kind.namespaced, verbs=set(verbs()),
+                kind=kind.kind, singular=kind.singular, namespaced=kind.namespaced, verbs=set(kind.verbs),
                 shortnames=set(kind.short_names), subresources=set(kind.subresources),
             )
         # Requests kmock's emulator does not classify: replace, subresource posts, collection deletes.
@@ -247,6 +263,15 @@ class KubeApiServer(kmock.KubernetesEmulator):
         self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_v3
         for probe in ("/healthz", "/readyz", "/livez"):
             self.fallback[f"get {probe}"] << b"ok"
+        self.authorizer = rbac.Authorizer(rbac.PolicySource(
+            roles=lambda namespace: self._policy(ROLES, namespace),
+            cluster_roles=lambda: self._policy(CLUSTER_ROLES, None),
+            role_bindings=lambda namespace: self._policy(ROLE_BINDINGS, namespace),
+            cluster_role_bindings=lambda: self._policy(CLUSTER_ROLE_BINDINGS, None),
+        ))
+
+    def _policy(self, kind: Kind, namespace: str | None) -> list[JsonDict]:
+        return [obj for (ns, _), obj in self._rbac_objects[kind].items() if ns == namespace]
 
     # --- request plumbing -----------------------------------------------------------------------
 
@@ -256,6 +281,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
             request = await self._parse_request(raw_request)
             request_id = request.id
             self._remember(request)
+            self._authorize(request, raw_request)
             response = await self._handle(request)
             if not response.prepared:  # a watch stream has sent its headers already
                 for name, value in self._extra_headers.get(request_id, ()):
@@ -273,6 +299,67 @@ class KubeApiServer(kmock.KubernetesEmulator):
             return status_response(StatusError(500, "InternalError", f"Internal error occurred: {error!r}"))
         finally:
             self._extra_headers.pop(request_id, None)
+            self._request_attributes.pop(request_id, None)
+
+    # --- authentication and authorization ----------------------------------------------------------
+
+    def authenticate(self, authorization: str) -> rbac.UserInfo:
+        """The user an ``Authorization`` header names: the admin token, a service-account token, or anonymous.
+
+        Like the API server's bearer-token authenticators: a service-account token must be signed by this
+        cluster's issuer for the API's audience (the issuer URL), unexpired, and its account (and the pod it is
+        bound to) must still exist with the same uid; anything else presented as a token is a 401.
+        """
+        if not authorization.strip():
+            return rbac.ANONYMOUS
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise rbac.unauthorized()
+        if self.admin_token and secrets.compare_digest(token, self.admin_token):
+            return rbac.ADMIN
+        try:
+            claims = jwt.decode(token, self.issuer.public_key(), algorithms=["RS256"],
+                                audience=self.issuer.issuer_url, issuer=self.issuer.issuer_url)
+        except jwt.PyJWTError as error:
+            raise rbac.unauthorized() from error
+        found = claims.get("kubernetes.io")
+        private: dict[str, Any] = found if isinstance(found, dict) else {}
+        namespace = str(private.get("namespace") or "")
+        account_claim = private.get("serviceaccount") or {}
+        account = self.get_object(SERVICE_ACCOUNTS, namespace, str(account_claim.get("name")))
+        if account is None or account["metadata"].get("uid") != account_claim.get("uid"):
+            raise rbac.unauthorized()  # the account was deleted (and maybe made again): its tokens die with it
+        extra: dict[str, tuple[str, ...]] = {}
+        if claims.get("jti"):
+            extra["authentication.kubernetes.io/credential-id"] = (f"JTI={claims['jti']}",)
+        pod_claim = private.get("pod")
+        if isinstance(pod_claim, dict):
+            pod = self.get_object(PODS, namespace, str(pod_claim.get("name")))
+            if pod is None or pod["metadata"].get("uid") != pod_claim.get("uid"):
+                raise rbac.unauthorized()
+            extra["authentication.kubernetes.io/pod-name"] = (str(pod_claim.get("name")),)
+            extra["authentication.kubernetes.io/pod-uid"] = (str(pod_claim.get("uid")),)
+        return rbac.service_account_user(namespace, str(account_claim.get("name")), str(account_claim.get("uid")),
+                                         extra)
+
+    def _authorize(self, request: kmock.Request, raw: aiohttp.web.BaseRequest) -> None:
+        user = self.authenticate(_header(request, "Authorization"))
+        attributes = rbac.request_attributes(user, raw.method, raw.path, request.params)
+        decision = self.authorizer.authorize(attributes)
+        if not decision.allowed:
+            raise rbac.forbidden(attributes, decision.reason)
+        self._request_attributes[request.id] = attributes
+
+    def _attributes(self, request: kmock.Request) -> rbac.Attributes:
+        return self._request_attributes.get(request.id) or rbac.Attributes(rbac.ANONYMOUS, "", False)
+
+    def _authorize_create_on_apply(self, request: kmock.Request) -> None:
+        """An apply that creates the object needs ``create`` too (the API server's ``withAuthorization``)."""
+        attributes = dataclasses.replace(self._attributes(request), verb="create")
+        decision = self.authorizer.authorize(attributes)
+        if not decision.allowed:
+            raise rbac.forbidden_for(attributes, decision.reason)
 
     def _add_header(self, request: kmock.Request, name: str, value: str) -> None:
         """Send ``name: value`` with this request's answer (a header line each, as the API server does)."""
@@ -318,6 +405,9 @@ class KubeApiServer(kmock.KubernetesEmulator):
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
         if not kind.namespaced and request.namespace:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        if kind in REVIEWS and (request.method != "POST" or request.name is not None):
+            raise StatusError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
+                                                       "resource")
         return kind, request.namespace if kind.namespaced else None
 
     @staticmethod
@@ -378,6 +468,12 @@ class KubeApiServer(kmock.KubernetesEmulator):
                     del self.objects[gone]
         if len(stored.history) > _HISTORY_KEPT:
             del stored.history[:-_HISTORY_KEPT]
+        if kind in self._rbac_objects:  # the authorizer reads these on every request: keep them at hand
+            policy_key = (key[1], key[2])
+            if event_type == "DELETED":
+                self._rbac_objects[kind].pop(policy_key, None)
+            else:
+                self._rbac_objects[kind][policy_key] = copy.deepcopy(new)
         change = ChangeEvent(event_type, kind, new, old, self._rv)
         self._log.append(change)
         for watcher in list(self._watchers):
@@ -749,6 +845,11 @@ class KubeApiServer(kmock.KubernetesEmulator):
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
         assert request.name is not None  # a FETCH has a name by definition
+        if request.subresource == "scale" and "scale" in kind.subresources:
+            live = self.get_object(kind, namespace, request.name)
+            if live is None:
+                raise not_found(kind, request.name)
+            return _api_response(self._scale_of(live))
         if request.subresource not in (None, "status"):
             if kind is PODS and request.subresource == "log":
                 if self.get_object(kind, namespace, request.name) is None:
@@ -758,6 +859,8 @@ class KubeApiServer(kmock.KubernetesEmulator):
         obj = self.get_object(kind, namespace, request.name)
         if obj is None:
             raise not_found(kind, request.name)
+        if tables.wants_table(_header(request, "Accept")):
+            return _api_response(self._table(request, kind, [obj], {"resourceVersion": str(self._rv)}))
         return _api_response(obj)
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
@@ -783,15 +886,127 @@ class KubeApiServer(kmock.KubernetesEmulator):
             state = {"rv": listed_rv, "after": [last.get("namespace") or "", last["name"]]}
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
             meta["remainingItemCount"] = rest
+        if tables.wants_table(_header(request, "Accept")):
+            return _api_response(self._table(request, kind, found, meta))
         return _api_response({
             "kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": meta,
             "items": [_strip_for_list(o) for o in found],
         })
 
+    def _table(self, request: kmock.Request, kind: Kind, objects: list[JsonDict], meta: JsonDict) -> JsonDict:
+        include = request.params.get("includeObject") or "Metadata"
+        if include not in ("None", "Metadata", "Object"):
+            raise bad_request(f'includeObject: Unsupported value: "{include}": supported values: "Metadata", '
+                              '"None", "Object"')
+        return tables.table(kind, objects, meta, include_object=include)
+
+    # --- the scale subresource (autoscaling/v1 Scale), what `kubectl scale` reads and writes ---------
+
+    @staticmethod
+    def _scale_of(obj: Mapping[str, Any]) -> JsonDict:
+        meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+        selector = spec.get("selector") or {}
+        text = ",".join(f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items()))
+        return {
+            "kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in meta},
+            "spec": {"replicas": int(spec.get("replicas", 1))},
+            "status": {"replicas": int(status.get("replicas") or 0), "selector": text},
+        }
+
+    def _write_scale(self, request: kmock.Request, kind: Kind, namespace: str, name: str, scale: Any) -> JsonDict:
+        live = self.get_object(kind, namespace, name)
+        if live is None:
+            raise not_found(kind, name)
+        if not isinstance(scale, dict) or (scale.get("apiVersion") not in (None, "autoscaling/v1")
+                                           or scale.get("kind") not in (None, "Scale")):
+            raise bad_request("the body of a scale request must be an autoscaling/v1 Scale")
+        meta = scale.get("metadata") or {}
+        wanted_rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if wanted_rv and str(wanted_rv) != str(live["metadata"].get("resourceVersion")):
+            raise conflict(kind, name, "the object has been modified; please apply your changes to the latest "
+                                       "version and try again")
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise StatusError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                                              f"{json.dumps(replicas)}: must be greater than or equal to 0",
+                              {"name": name, "group": "autoscaling", "kind": "Scale",
+                               "causes": [{"reason": "FieldValueInvalid", "field": "spec.replicas",
+                                           "message": "Invalid value: must be greater than or equal to 0"}]})
+        candidate = copy.deepcopy(live)
+        candidate["spec"]["replicas"] = replicas
+        candidate["metadata"].pop("resourceVersion", None)
+        written = self.write_object(kind, live, candidate, manager=self._manager(request), subresource="scale",
+                                    dry_run=self._dry_run(request))
+        return self._scale_of(written)
+
+    def _patch_scale(self, request: kmock.Request, kind: Kind, namespace: str, name: str,
+                     content_type: str) -> kmock.Payload:
+        live = self.get_object(kind, namespace, name)
+        if live is None:
+            raise not_found(kind, name)
+        current = self._scale_of(live)
+        body = request.data
+        try:
+            if content_type in (MERGE_PATCH, STRATEGIC_PATCH) and isinstance(body, dict):
+                patched = merge_patch(current, body)  # a Scale has no lists: both patch types merge the same way
+            elif content_type == JSON_PATCH and isinstance(body, list):
+                patched = json_patch(current, body)
+            elif content_type == APPLY_PATCH:
+                patched = merge_patch(current, self._parse_apply_body(request.body))
+            else:
+                raise StatusError(415, "UnsupportedMediaType",
+                                  f"the body of the request was in an unknown format - accepted media types "
+                                  f"include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_PATCH}, {APPLY_PATCH}")
+        except PatchError as error:
+            raise StatusError(422, "Invalid", f"the server rejected our request due to an error in our request: "
+                                              f"{error}", {"name": name, "kind": kind.plural}) from error
+        return _api_response(self._write_scale(request, kind, namespace, name, patched))
+
+    # --- reviews: who am I, may I ---------------------------------------------------------------
+
+    def _review(self, kind: Kind, body: JsonDict, user: rbac.UserInfo) -> JsonDict:
+        given = body.get("spec")
+        spec: JsonDict = given if isinstance(given, dict) else {}
+        answer: JsonDict = {"kind": kind.kind, "apiVersion": kind.api_version,
+                            "metadata": {"creationTimestamp": None}}
+        if kind is SELF_SUBJECT_ACCESS_REVIEWS:
+            resource, url = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+            if (resource is None) == (url is None):
+                raise invalid(kind, "", [Cause("spec.resourceAttributes", 'Invalid value: "null": exactly one of '
+                                                                          "nonResourceAttributes or resourceAttributes "
+                                                                          "must be specified")])
+            if isinstance(resource, dict):
+                asked = rbac.Attributes(
+                    user, str(resource.get("verb") or ""), True, group=str(resource.get("group") or ""),
+                    version=str(resource.get("version") or ""), resource=str(resource.get("resource") or ""),
+                    subresource=str(resource.get("subresource") or ""),
+                    namespace=str(resource.get("namespace") or ""), name=str(resource.get("name") or ""))
+            else:
+                asked = rbac.Attributes(user, str((url or {}).get("verb") or ""), False,
+                                        path=str((url or {}).get("path") or ""))
+            decision = self.authorizer.authorize(asked)
+            status: JsonDict = {"allowed": decision.allowed}
+            if decision.reason:
+                status["reason"] = decision.reason
+            return {**answer, "spec": spec, "status": status}
+        if kind is SELF_SUBJECT_RULES_REVIEWS:
+            resource_rules, url_rules, errors = self.authorizer.rules(user, str(spec.get("namespace") or ""))
+            rules_status: JsonDict = {"resourceRules": resource_rules, "nonResourceRules": url_rules,
+                                      "incomplete": bool(errors)}
+            if errors:
+                rules_status["evaluationError"] = ", ".join(errors)
+            return {**answer, "spec": spec, "status": rules_status}
+        return {**answer, "status": {"userInfo": user.to_api()}}
+
     async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
         if not isinstance(request.data, dict):
             raise bad_request("the body of the request must be a JSON object")
+        if kind in REVIEWS:
+            self._check_type(kind, request.data)
+            return _api_response(self._review(kind, request.data, self._attributes(request).user), 201)
         self._field_validation(request, kind, request.data)
         obj = await self.create_object(kind, namespace, request.data, manager=self._manager(request),
                                 dry_run=self._dry_run(request))
@@ -800,10 +1015,15 @@ class KubeApiServer(kmock.KubernetesEmulator):
     async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
         assert request.name is not None  # a PATCH has a name by definition
+        content_type = _header(request, "Content-Type").split(";")[0].strip().lower()
+        if request.subresource == "scale" and "scale" in kind.subresources:
+            return self._patch_scale(request, kind, str(namespace), request.name, content_type)
         if request.subresource not in (None, "status"):
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
-        content_type = _header(request, "Content-Type").split(";")[0].strip().lower()
         body: Any = request.body if content_type == APPLY_PATCH else request.data
+        if content_type == APPLY_PATCH and not request.subresource and \
+                self.get_object(kind, namespace, request.name) is None:
+            self._authorize_create_on_apply(request)
         if content_type != APPLY_PATCH and body is None:
             raise bad_request("the body of the request could not be decoded as JSON")
         checked = self._parse_apply_body(body) if content_type == APPLY_PATCH else body
@@ -819,6 +1039,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
 
     async def _serve_replace(self, request: kmock.Request) -> kmock.Payload:
         kind, namespace = self._target(request)
+        if request.name is not None and request.subresource == "scale" and "scale" in kind.subresources:
+            if not isinstance(request.data, dict):
+                raise bad_request("the body of the request must be a JSON object")
+            return _api_response(self._write_scale(request, kind, str(namespace), request.name, request.data))
         if request.name is None or request.subresource not in (None, "status"):
             raise StatusError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
                                                        "resource")

@@ -78,6 +78,7 @@ _QUANTITY_MAPS: Final = frozenset({
 _PATCH_TYPES: Final = ("application/apply-patch+yaml", "application/json-patch+json",
                        "application/merge-patch+json", "application/strategic-merge-patch+json")
 _TOKEN_REQUEST: Final = "io.k8s.api.authentication.v1.TokenRequest"
+_SCALE: Final = "io.k8s.api.autoscaling.v1.Scale"
 
 
 def _ref(name: str) -> JsonDict:
@@ -102,7 +103,8 @@ def definition_name(model: type) -> str:
 
 
 def _kind_model(kind: Kind) -> type:
-    module = importlib.import_module(f"{_MODELS}.{kind.group or 'core'}_{kind.version}")
+    # lightkube names a module after the group's first label: rbac.authorization.k8s.io/v1 is rbac_v1.
+    module = importlib.import_module(f"{_MODELS}.{kind.group.split('.')[0] or 'core'}_{kind.version}")
     model: type = getattr(module, kind.kind)
     return model
 
@@ -240,6 +242,7 @@ def schemas() -> Schemas:
     """The schemas of every served kind (built once: they depend only on the installed models)."""
     roots = [_kind_model(kind) for kind in KINDS]
     roots.append(importlib.import_module(f"{_MODELS}.authentication_v1").TokenRequest)
+    roots.append(importlib.import_module(f"{_MODELS}.autoscaling_v1").Scale)
     roots.append(importlib.import_module(f"{_MODELS}.meta_v1").ListMeta)  # every list's metadata
     components = _collect(roots)
     for kind in KINDS:
@@ -247,6 +250,8 @@ def schemas() -> Schemas:
             {"group": kind.group, "kind": kind.kind, "version": kind.version}]
     components[_TOKEN_REQUEST]["x-kubernetes-group-version-kind"] = [
         {"group": "authentication.k8s.io", "kind": "TokenRequest", "version": "v1"}]
+    components[_SCALE]["x-kubernetes-group-version-kind"] = [
+        {"group": "autoscaling", "kind": "Scale", "version": "v1"}]
     components.update({name: dict(schema) for name, schema in _SCALARS.items()})
     return Schemas(components)
 
@@ -324,6 +329,10 @@ def _paths(kind: Kind) -> dict[str, JsonDict]:
     namespace_parameter = [_parameter("namespace", "path", "The object's namespace.")] if kind.namespaced else []
     name_parameter = _parameter("name", "path", f"The name of the {kind.kind}.")
     force = _parameter("force", "query", "Take over fields other managers own (apply only).", "boolean")
+    if kind.verbs == ("create",):  # a review: posted and answered, nothing else
+        return {collection: {"parameters": namespace_parameter,
+                             "post": _operation("post", "create", kind, gvk, body=name, answer=name,
+                                                parameters=_WRITE_PARAMETERS, scope=scope)}}
     paths: dict[str, JsonDict] = {
         collection: {
             "parameters": namespace_parameter,
@@ -359,6 +368,17 @@ def _paths(kind: Kind) -> dict[str, JsonDict]:
                                   scope=f"{scope}Status"),
                 "patch": _operation("patch", "patch", kind, gvk, body=name, answer=name,
                                     parameters=(*_WRITE_PARAMETERS, force), scope=f"{scope}Status", patch=True),
+            }
+        elif sub == "scale":
+            scale_gvk: JsonDict = {"group": "autoscaling", "kind": "Scale", "version": "v1"}
+            paths[f"{item}/scale"] = {
+                "parameters": [name_parameter, *namespace_parameter],
+                "get": _operation("get", "read", kind, scale_gvk, body=None, answer=_SCALE,
+                                  scope=f"{scope}{kind.kind}"),
+                "put": _operation("put", "replace", kind, scale_gvk, body=_SCALE, answer=_SCALE,
+                                  parameters=_WRITE_PARAMETERS, scope=f"{scope}{kind.kind}"),
+                "patch": _operation("patch", "patch", kind, scale_gvk, body=_SCALE, answer=_SCALE,
+                                    parameters=(*_WRITE_PARAMETERS, force), scope=f"{scope}{kind.kind}", patch=True),
             }
         elif sub == "token":
             token_gvk: JsonDict = {"group": "authentication.k8s.io", "kind": "TokenRequest", "version": "v1"}
@@ -425,6 +445,8 @@ def _v3_document_text(group_version: str) -> str:
         roots += [definition_name(_kind_model(kind)), f"{definition_name(_kind_model(kind))}List"]
         if "token" in kind.subresources:
             roots.append(_TOKEN_REQUEST)
+        if "scale" in kind.subresources:
+            roots.append(_SCALE)
     document = {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes (keyless sandbox)", "version": "unversioned"},

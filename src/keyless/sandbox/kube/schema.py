@@ -11,6 +11,8 @@ from typing import Any, Final
 
 from keyless.sandbox.kube.merge import JsonDict, SelectorError, labels_match, selector_from_match
 
+_VERBS: Final = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -28,6 +30,7 @@ class Kind:
     field_selectors: frozenset[str] = frozenset()
     subresources: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()  # what `kubectl get all` lists
+    verbs: tuple[str, ...] = _VERBS  # a review is only created, never stored: ("create",)
 
     @property
     def api_version(self) -> str:
@@ -43,8 +46,6 @@ class Kind:
         """How validation errors name the kind: ``Pod``, ``Deployment.apps``."""
         return f"{self.kind}.{self.group}" if self.group else self.kind
 
-
-_VERBS: Final = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 NAMESPACES = Kind("", "v1", "namespaces", "Namespace", False, "namespace", ("ns",), status_subresource=True,
                   field_selectors=frozenset({"status.phase"}), subresources=("status",))
@@ -62,16 +63,33 @@ EVENTS = Kind("", "v1", "events", "Event", True, "event", ("ev",),
               field_selectors=frozenset({"involvedObject.kind", "involvedObject.name", "involvedObject.uid",
                                          "involvedObject.namespace", "reason", "type"}))
 DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment", True, "deployment", ("deploy",),
-                   status_subresource=True, has_generation=True, subresources=("status",), categories=("all",))
+                   status_subresource=True, has_generation=True, subresources=("status", "scale"),
+                   categories=("all",))
 REPLICA_SETS = Kind("apps", "v1", "replicasets", "ReplicaSet", True, "replicaset", ("rs",),
-                    status_subresource=True, has_generation=True, subresources=("status",), categories=("all",))
+                    status_subresource=True, has_generation=True, subresources=("status", "scale"),
+                    categories=("all",))
 JOBS = Kind("batch", "v1", "jobs", "Job", True, "job", (), status_subresource=True, has_generation=True,
             field_selectors=frozenset({"status.successful"}), subresources=("status",), categories=("all",))
 CRON_JOBS = Kind("batch", "v1", "cronjobs", "CronJob", True, "cronjob", ("cj",), status_subresource=True,
                  has_generation=True, subresources=("status",), categories=("all",))
 
+_RBAC: Final = "rbac.authorization.k8s.io"
+ROLES = Kind(_RBAC, "v1", "roles", "Role", True, "role")
+CLUSTER_ROLES = Kind(_RBAC, "v1", "clusterroles", "ClusterRole", False, "clusterrole")
+ROLE_BINDINGS = Kind(_RBAC, "v1", "rolebindings", "RoleBinding", True, "rolebinding")
+CLUSTER_ROLE_BINDINGS = Kind(_RBAC, "v1", "clusterrolebindings", "ClusterRoleBinding", False, "clusterrolebinding")
+# Reviews: created and answered, never stored (what `kubectl auth can-i` and `kubectl auth whoami` post).
+SELF_SUBJECT_ACCESS_REVIEWS = Kind("authorization.k8s.io", "v1", "selfsubjectaccessreviews",
+                                   "SelfSubjectAccessReview", False, "selfsubjectaccessreview", verbs=("create",))
+SELF_SUBJECT_RULES_REVIEWS = Kind("authorization.k8s.io", "v1", "selfsubjectrulesreviews",
+                                  "SelfSubjectRulesReview", False, "selfsubjectrulesreview", verbs=("create",))
+SELF_SUBJECT_REVIEWS = Kind("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False,
+                            "selfsubjectreview", verbs=("create",))
+REVIEWS: Final = (SELF_SUBJECT_ACCESS_REVIEWS, SELF_SUBJECT_RULES_REVIEWS, SELF_SUBJECT_REVIEWS)
+
 KINDS: Final = (NAMESPACES, SERVICE_ACCOUNTS, PODS, CONFIG_MAPS, SECRETS, SERVICES, EVENTS,
-                DEPLOYMENTS, REPLICA_SETS, JOBS, CRON_JOBS)
+                DEPLOYMENTS, REPLICA_SETS, JOBS, CRON_JOBS,
+                ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, *REVIEWS)
 
 
 def kind_for(group: str | None, version: str | None, plural: str | None) -> Kind | None:
@@ -89,6 +107,7 @@ def verbs() -> tuple[str, ...]:
 _SUBRESOURCES: Final[dict[str, tuple[str, str, str | None, tuple[str, ...]]]] = {
     "status": ("", "", None, ("get", "patch", "update")),
     "token": ("authentication.k8s.io", "v1", "TokenRequest", ("create",)),
+    "scale": ("autoscaling", "v1", "Scale", ("get", "patch", "update")),
 }
 
 
@@ -103,7 +122,7 @@ def api_resources(group: str, version: str) -> list[JsonDict]:
         if (kind.group, kind.version) != (group, version):
             continue
         entry: JsonDict = {"name": kind.plural, "singularName": kind.singular, "namespaced": kind.namespaced,
-                           "kind": kind.kind, "verbs": list(_VERBS)}
+                           "kind": kind.kind, "verbs": list(kind.verbs)}
         if kind.short_names:
             entry["shortNames"] = list(kind.short_names)
         if kind.categories:
@@ -236,6 +255,11 @@ def validate_metadata(kind: Kind, obj: Mapping[str, Any]) -> list[Cause]:
                             "FieldValueRequired"))
     elif kind is NAMESPACES:
         _check_dns_label(name, "metadata.name", causes)
+    elif kind.group == _RBAC:
+        # RBAC names are path segments, so the bootstrap roles can be called "system:discovery".
+        if not isinstance(name, str) or name in (".", "..") or "/" in name or "%" in name:
+            causes.append(Cause("metadata.name", f"Invalid value: {json.dumps(name)}: may not be '.' or '..', "
+                                                 "and may not contain '/' or '%'"))
     else:
         _check_subdomain(name, "metadata.name", causes)
     labels = meta.get("labels") or {}
@@ -368,8 +392,69 @@ def validate(kind: Kind, obj: Mapping[str, Any], old: Mapping[str, Any] | None) 
         template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
         causes += validate_pod_spec(template.get("spec"), "spec.jobTemplate.spec.template.spec",
                                     restart_policies=("OnFailure", "Never"))
+    elif kind in (ROLES, CLUSTER_ROLES):
+        for index, rule in enumerate(obj.get("rules") or []):
+            causes += _validate_rule(rule if isinstance(rule, dict) else {}, f"rules[{index}]",
+                                     namespaced=kind is ROLES)
+    elif kind in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
+        causes += _validate_binding(kind, obj, old)
     if causes:
         raise invalid(kind, str((obj.get("metadata") or {}).get("name") or ""), causes)
+
+
+def _validate_rule(rule: Mapping[str, Any], where: str, *, namespaced: bool) -> list[Cause]:
+    """Kubernetes' ValidatePolicyRule, with its wording."""
+    causes: list[Cause] = []
+    if not rule.get("verbs"):
+        causes.append(Cause(f"{where}.verbs", "Required value: verbs must contain at least one value",
+                            "FieldValueRequired"))
+    urls = rule.get("nonResourceURLs") or []
+    if urls:
+        if namespaced:
+            causes.append(Cause(f"{where}.nonResourceURLs", f"Invalid value: {json.dumps(urls)}: namespaced rules "
+                                                            "cannot apply to non-resource URLs"))
+        if rule.get("apiGroups") or rule.get("resources") or rule.get("resourceNames"):
+            causes.append(Cause(f"{where}.nonResourceURLs", f"Invalid value: {json.dumps(urls)}: rules cannot apply "
+                                                            "to both regular resources and non-resource URLs"))
+        return causes
+    if not rule.get("apiGroups"):
+        causes.append(Cause(f"{where}.apiGroups", "Required value: resource rules must supply at least one api group",
+                            "FieldValueRequired"))
+    if not rule.get("resources"):
+        causes.append(Cause(f"{where}.resources", "Required value: resource rules must supply at least one resource",
+                            "FieldValueRequired"))
+    return causes
+
+
+def _validate_binding(kind: Kind, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[Cause]:
+    """Kubernetes' ValidateRoleBinding and ValidateClusterRoleBinding, with their wording."""
+    causes: list[Cause] = []
+    ref = obj.get("roleRef")
+    ref = ref if isinstance(ref, dict) else {}
+    if ref.get("apiGroup") != _RBAC:
+        causes.append(Cause("roleRef.apiGroup", f"Unsupported value: {json.dumps(ref.get('apiGroup', ''))}: "
+                                                f'supported values: "{_RBAC}"', "FieldValueNotSupported"))
+    kinds = ("Role", "ClusterRole") if kind is ROLE_BINDINGS else ("ClusterRole",)
+    if ref.get("kind") not in kinds:
+        allowed = ", ".join(json.dumps(k) for k in kinds)
+        causes.append(Cause("roleRef.kind", f"Unsupported value: {json.dumps(ref.get('kind', ''))}: supported "
+                                            f"values: {allowed}", "FieldValueNotSupported"))
+    if not ref.get("name"):
+        causes.append(Cause("roleRef.name", "Required value", "FieldValueRequired"))
+    for index, listed in enumerate(obj.get("subjects") or []):
+        subject = listed if isinstance(listed, dict) else {}
+        where = f"subjects[{index}]"
+        if not subject.get("name"):
+            causes.append(Cause(f"{where}.name", "Required value", "FieldValueRequired"))
+        if subject.get("kind") not in ("ServiceAccount", "User", "Group"):
+            causes.append(Cause(f"{where}.kind", f"Unsupported value: {json.dumps(subject.get('kind', ''))}: "
+                                                 'supported values: "ServiceAccount", "User", "Group"',
+                                "FieldValueNotSupported"))
+        elif subject["kind"] == "ServiceAccount" and kind is CLUSTER_ROLE_BINDINGS and not subject.get("namespace"):
+            causes.append(Cause(f"{where}.namespace", "Required value", "FieldValueRequired"))
+    if old is not None and old.get("roleRef") != obj.get("roleRef"):
+        causes.append(Cause("roleRef", f"Invalid value: {json.dumps(ref, sort_keys=True)}: cannot change roleRef"))
+    return causes
 
 
 def _pod_spec_mutable_view(spec: Mapping[str, Any]) -> JsonDict:
