@@ -13,9 +13,10 @@ where the scenario writes) and efficiency = floor / wall. The per-resource strat
 then write what differs, 10 at a time, the SDK's own retries, no pacing) runs on the same sandbox for the AWS
 scenarios, and keyless / per-resource is the ratio of their wall times.
 
-The limits are keyless's defaults (AWS does not publish EKS's; ARM's are in REFERENCE.md), divided by nothing and
-multiplied by TIME_SCALE together with every delay, so a run keeps real ratios in seconds. The sandbox enforces the
-same limits, answering as the cloud does past them, when it can (`sandbox_knobs`).
+The limits are keyless's defaults (AWS does not publish EKS's; ARM's are in REFERENCE.md). The sandbox runs with
+`--rate-limits realistic`, refusing requests past them as the clouds do, a per-request latency, and a time scale
+that multiplies every rate and divides every delay, on the sandbox and on keyless alike, so a run keeps the clouds'
+ratios in seconds (keyless's own CPU time is not scaled: it counts more here than against a real cloud).
 """
 
 from __future__ import annotations
@@ -50,13 +51,15 @@ from keyless.providers.azure_api import AzureLimits
 from keyless.providers.gcp import GcpProvider
 from keyless.providers.retry import RateLimit
 from keyless.sandbox import control
+from keyless.sandbox.limits import RateLimits, SandboxKnobs
 from keyless.targets import AnyTarget, AwsTarget, AzureTarget, GcpTarget, KubernetesMode
 
 AWS_SERVICES = int(os.environ.get("KEYLESS_BENCH_SERVICES", "1000"))
 AZURE_SERVICES = int(os.environ.get("KEYLESS_BENCH_AZURE_SERVICES", "200"))
 AZURE_IDENTITIES = int(os.environ.get("KEYLESS_BENCH_AZURE_IDENTITIES", "100"))
 GCP_SERVICES = int(os.environ.get("KEYLESS_BENCH_GCP_SERVICES", "200"))
-TIME_SCALE = float(os.environ.get("KEYLESS_BENCH_TIME_SCALE", "4"))
+TIME_SCALE = float(os.environ.get("KEYLESS_BENCH_TIME_SCALE", "2"))
+LATENCY = float(os.environ.get("KEYLESS_BENCH_LATENCY", "0.03"))  # seconds per cloud request, before the scale
 PER_RESOURCE_CONCURRENCY = 10
 GSAS = ("shop-web@keyless-sandbox.iam.gserviceaccount.com", "shop-worker@keyless-sandbox.iam.gserviceaccount.com")
 ROLES = ("keyless-demo-api", "keyless-demo-worker")
@@ -222,7 +225,8 @@ def remove_all_associations(target: AwsTarget) -> None:
 def sandbox() -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KEYLESS_SANDBOX_DIR"] = tmp
-        state, _ = control.up(Path(tmp))
+        knobs = SandboxKnobs(latency=LATENCY, rate_limits=RateLimits.REALISTIC, time_scale=TIME_SCALE)
+        state, _ = control.up(Path(tmp), knobs)
         try:
             os.environ.update(state.env)
             yield dict(state.env)
@@ -316,6 +320,8 @@ def main() -> int:
           f"{AWS_LIMITS.eks_writes.per_second:g}/s, IAM reads {AWS_LIMITS.iam_reads.per_second:g}/s; ARM credential "
           f"writes {AZURE_LIMITS.writes_per_subscription.per_second:g}/s per subscription and "
           f"{AZURE_LIMITS.writes_per_identity.per_second:g}/s per identity; EKS settle {PROPAGATION_SETTLE:g} s")
+    print(f"the sandbox: `keyless sandbox up --rate-limits realistic --latency {LATENCY * 1000:g}ms --time-scale "
+          f"{TIME_SCALE:g}` (EKS and ARM refuse requests past these limits, as the clouds do)")
     print("render-mode targets: the cloud side is measured, manifests go to files\n")
     rows: list[Row] = []
     with sandbox() as env, tempfile.TemporaryDirectory() as out:

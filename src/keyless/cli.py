@@ -211,6 +211,17 @@ RefreshOpt = Annotated[str, typer.Option(
 NoRefreshOpt = Annotated[bool, typer.Option("--no-refresh", help="The same as --refresh=false.")]
 
 
+def _seconds(text: str, option: str) -> float:
+    """A duration as people write it: 50ms, 0.5s, or a bare number of seconds."""
+    spelled = text.strip().lower()
+    scale = 0.001 if spelled.endswith("ms") else 1.0
+    number = spelled.removesuffix("ms").removesuffix("s")
+    try:
+        return float(number) * scale
+    except ValueError:
+        raise UsageError(f"{option} {text}: not a duration", f"e.g. {option} 50ms") from None
+
+
 def _refresh(value: str, no_refresh: bool) -> bool:
     """Whether to read every binding again: --refresh=true|false, or --no-refresh."""
     spelled = value.strip().lower()
@@ -629,12 +640,29 @@ app.add_typer(sandbox_app, name="sandbox")
 
 
 @sandbox_app.command("up", cls=_Command)
-def sandbox_up() -> None:
+def sandbox_up(
+    latency: Annotated[str, typer.Option(
+        "--latency", metavar="DURATION", help="Added to each cloud request, e.g. 50ms or 0.05s.")] = "0ms",
+    rate_limits: Annotated[str, typer.Option(
+        "--rate-limits", metavar="off|realistic",
+        help="realistic: refuse requests past the clouds' limits as they do (EKS ThrottlingException, ARM 429 "
+             "with Retry-After).")] = "off",
+    time_scale: Annotated[float, typer.Option(
+        "--time-scale", metavar="FACTOR", help="Every rate times FACTOR, every delay divided by it.")] = 1.0,
+) -> None:
     """Start the sandbox in the background (or find the running one) and print how to use it."""
     from keyless.sandbox import control
+    from keyless.sandbox.limits import RateLimits, SandboxKnobs
 
+    if rate_limits not in {r.value for r in RateLimits}:
+        raise UsageError(f"--rate-limits {rate_limits}: expected off or realistic", "e.g. --rate-limits realistic")
+    try:
+        knobs = SandboxKnobs(latency=_seconds(latency, "--latency"), rate_limits=RateLimits(rate_limits),
+                             time_scale=time_scale)
+    except ValueError as exc:
+        raise UsageError(str(exc), "e.g. keyless sandbox up --latency 50ms --time-scale 10") from None
     directory = control.state_dir(os.environ)
-    state, started = control.up(directory)
+    state, started = control.up(directory, knobs)
     out.print(("Started" if started else "Already running:") + f" the keyless sandbox (pid {state.pid}).",
               markup=False)
     out.print(f"Point your shell at it with:  eval \"$(keyless sandbox env)\"   (state in {directory})",

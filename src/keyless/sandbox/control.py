@@ -20,6 +20,7 @@ from lightkube.resources.core_v1 import Pod
 
 from keyless.errors import KeylessError
 from keyless.porter.model import App
+from keyless.sandbox.limits import DEFAULT_KNOBS, SandboxKnobs
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import STATE_FILE, SandboxState, admin_contexts
 
@@ -69,8 +70,9 @@ def running(directory: Path) -> SandboxState | None:
     return state
 
 
-def up(directory: Path) -> tuple[SandboxState, bool]:
-    """Start the sandbox in the background unless it runs already; answers (state, started_now)."""
+def up(directory: Path, knobs: SandboxKnobs = DEFAULT_KNOBS) -> tuple[SandboxState, bool]:
+    """Start the sandbox in the background unless it runs already (its knobs are then as it was started with, and
+    can be changed over HTTP); answers (state, started_now)."""
     current = running(directory)
     if current is not None:
         return current, False
@@ -80,7 +82,9 @@ def up(directory: Path) -> tuple[SandboxState, bool]:
     # -P and cwd: a module in the directory the person ran `sandbox up` from (a jwt.py, say) must not shadow a
     # library, and the background process must not keep that directory busy.
     process = subprocess.Popen(
-        [sys.executable, "-P", "-m", "keyless.sandbox", "serve", "--state-dir", str(directory)],
+        [sys.executable, "-P", "-m", "keyless.sandbox", "serve", "--state-dir", str(directory),
+         "--latency", str(knobs.latency), "--rate-limits", knobs.rate_limits.value, "--time-scale",
+         str(knobs.time_scale)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=directory,
     )
     deadline = time.monotonic() + START_TIMEOUT

@@ -19,6 +19,7 @@ import trustme
 from keyless.sandbox.aws import AwsSandbox
 from keyless.sandbox.azure import AzureSandbox
 from keyless.sandbox.azure.demo import DEMO_CLUSTER, AzureDemoSeed
+from keyless.sandbox.azure.limits import REAL_WRITE_LIMITS
 from keyless.sandbox.gcp import GcpDemoSeed, GcpSandbox, PodLookup
 from keyless.sandbox.kube import (
     KubeStandIn,
@@ -27,6 +28,7 @@ from keyless.sandbox.kube import (
     eks_pod_identity_mutator,
     gke_metadata_mutator,
 )
+from keyless.sandbox.limits import DEFAULT_KNOBS, RateLimits, SandboxKnobs
 
 EKS_TARGET = "sandbox-eks"
 EKS_CONTEXT = "sandbox-eks"
@@ -117,13 +119,17 @@ def kube_pod_lookup(cluster: KubeStandIn) -> PodLookup:
 class SandboxStack:
     """Starts the stand-ins, wires the pod identity webhook and agent to the cluster, seeds the demo."""
 
-    def __init__(self, state_dir: Path, *, association_delay: float = 1.0) -> None:
+    def __init__(self, state_dir: Path, *, association_delay: float = 1.0, knobs: SandboxKnobs = DEFAULT_KNOBS) -> None:
         self.state_dir = state_dir
+        self.knobs = knobs
         # One CA signs every HTTPS stand-in, so that one REQUESTS_CA_BUNDLE trusts them all.
         ca = trustme.CA(organization_name="keyless sandbox")
-        self.aws = AwsSandbox(association_delay=association_delay)
-        self.azure = AzureSandbox(state_dir=state_dir / "azure", propagation_delay=association_delay, ca=ca)
-        self.gcp = GcpSandbox(state_dir=state_dir / "gcp", propagation_delay=association_delay, ca=ca)
+        delay = knobs.delay(association_delay)  # propagation, on the time scale
+        self.aws = AwsSandbox(association_delay=delay, knobs=knobs)
+        realistic = knobs.rate_limits is RateLimits.REALISTIC
+        self.azure = AzureSandbox(state_dir=state_dir / "azure", propagation_delay=delay, ca=ca,
+                                  write_limits=REAL_WRITE_LIMITS.scaled(knobs.time_scale) if realistic else None)
+        self.gcp = GcpSandbox(state_dir=state_dir / "gcp", propagation_delay=delay, ca=ca)
         self.eks: KubeStandIn | None = None
         self.aks: KubeStandIn | None = None
         self.gke: KubeStandIn | None = None
@@ -294,9 +300,9 @@ def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(state_dir: Path) -> None:
+def serve(state_dir: Path, knobs: SandboxKnobs = DEFAULT_KNOBS) -> None:
     """Run the sandbox until SIGTERM or SIGINT (what `keyless sandbox up` starts in the background)."""
-    stack = SandboxStack(state_dir)
+    stack = SandboxStack(state_dir, knobs=knobs)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -24,6 +24,7 @@ from keyless.sandbox.aws.agent import (
 from keyless.sandbox.aws.eks import DEFAULT_ASSOCIATION_QUOTA, POD_IDENTITY_AGENT_ADDON, EksState
 from keyless.sandbox.aws.eks_api import IAM_PREFIX, EksFront, Faults, FaultState, LostResponseMode
 from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoClients, MotoServer
+from keyless.sandbox.limits import DEFAULT_KNOBS, SandboxKnobs
 from keyless.sandbox.servers import BackgroundServers
 
 if TYPE_CHECKING:
@@ -133,9 +134,11 @@ class AwsSandbox:
         cluster_keys: ClusterKeyLookup | None = None,
         agent_cluster: str = DEMO_CLUSTER,
         require_agent_addon: bool = True,
+        knobs: SandboxKnobs = DEFAULT_KNOBS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock  # association and add-on delays are measured on it
+        self.knobs = knobs  # latency, EKS rate limits and the time scale of the EKS front
         self.region = region
         self.host = host
         self.agent_cluster = agent_cluster
@@ -164,7 +167,8 @@ class AwsSandbox:
             try:
                 clients = MotoClients(self._moto.url)
                 self._front = EksFront(
-                    self._state, clients, self._moto.url, self.region, self._faults, self._role_propagation_delay
+                    self._state, clients, self._moto.url, self.region, self._faults, self._role_propagation_delay,
+                    knobs=self.knobs, clock=self.clock,
                 )
                 self._agent = PodIdentityAgent(
                     self._state,

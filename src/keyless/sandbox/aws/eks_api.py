@@ -7,8 +7,9 @@ import collections
 import json
 import re
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -30,8 +31,14 @@ from keyless.sandbox.aws.eks_model import (
     validate_tags,
 )
 from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT, MotoClients
+from keyless.sandbox.limits import DEFAULT_KNOBS, Bucket, RateLimit, SandboxKnobs, knobs_from_json, knobs_json
 
 LostResponseMode = Literal["error", "drop"]
+
+# AWS does not publish EKS's request limits (REFERENCE.md); these are the rates keyless paces itself to
+# (providers/aws_api.py), which the sandbox enforces when `--rate-limits realistic` asks it to.
+REAL_READ_LIMIT = RateLimit(per_second=20.0, burst=20)
+REAL_WRITE_LIMIT = RateLimit(per_second=10.0, burst=10)
 
 _REGION = re.compile(r"Credential=[^/,]+/\d{8}/([a-z0-9-]+)/")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
@@ -162,7 +169,15 @@ class EksFront:
         default_region: str,
         faults: Faults,
         role_propagation_delay: float = 0.0,
+        knobs: SandboxKnobs = DEFAULT_KNOBS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.knobs = knobs
+        self._clock = clock
+        self._buckets: dict[bool, Bucket] = {}  # EKS reads (True) and writes (False), when limits are on
+        self._buckets_lock = threading.Lock()
+        # Requests by operation (ListPodIdentityAssociations, ...), readable at /_sandbox/operations.
+        self.operations: collections.Counter[str] = collections.Counter()
         self.state = state
         self.clients = clients
         self.moto_url = moto_url
@@ -192,14 +207,17 @@ class EksFront:
         if segments and segments[0] == IAM_PREFIX:
             return await self._iam(request)
         self.requests[request.method] += 1
+        if self.knobs.request_latency:
+            await asyncio.sleep(self.knobs.request_latency)
         try:
             if "Authorization" not in request.headers:
                 raise EksError("MissingAuthenticationTokenException", "Missing Authentication Token")
-            if self.faults.take_throttle():
+            operation = _eks_operation(request.method, segments)
+            self.operations[operation or f"{request.method} {request.path}"] += 1
+            if self.faults.take_throttle() or not self._within_limits(request.method == "GET"):
                 raise EksError("ThrottlingException", "Rate exceeded")
             match = _REGION.search(request.headers["Authorization"])
             region = match.group(1) if match else self.default_region
-            operation = _eks_operation(request.method, segments)
             if operation is not None and self.faults.denies(f"eks:{operation}"):
                 raise EksError("AccessDeniedException", _not_authorized(f"eks:{operation}"))
             return await self._route(request, region, segments)
@@ -208,6 +226,17 @@ class EksFront:
         except (aiohttp.ClientError, ClientError, OSError) as exc:
             # moto unreachable or failing: answer like EKS does when a dependency breaks, not with a traceback.
             return _error(EksError("ServerException", f"Internal failure: {exc}"))
+
+    def _within_limits(self, read: bool) -> bool:
+        """Take a token from the EKS read or write bucket; False past the limit (the request is throttled)."""
+        limit = self.knobs.limit(REAL_READ_LIMIT if read else REAL_WRITE_LIMIT)
+        if limit is None:
+            return True
+        with self._buckets_lock:
+            bucket = self._buckets.get(read)
+            if bucket is None or bucket.limit != limit:
+                bucket = self._buckets[read] = Bucket(limit, self._clock())
+            return bucket.take(self._clock()) == 0.0
 
     async def _route(self, request: web.Request, region: str, seg: list[str]) -> web.StreamResponse:
         method = request.method
@@ -504,6 +533,18 @@ class EksFront:
             return web.json_response({"ok": True})
         if seg == ["requests"] and request.method == "GET":
             return web.json_response(dict(self.requests))
+        if seg == ["knobs"] and request.method in ("GET", "POST"):
+            if request.method == "POST":
+                try:
+                    self.knobs = knobs_from_json(dict(body), self.knobs)
+                except ValueError as exc:
+                    return web.json_response({"message": str(exc)}, status=400)
+            return web.json_response(knobs_json(self.knobs))
+        if seg == ["operations"] and request.method == "GET":
+            return web.json_response(dict(self.operations))
+        if seg == ["operations", "reset"] and request.method == "POST":
+            self.operations.clear()
+            return web.json_response({})
         if seg == ["faults"] and request.method == "GET":
             return web.json_response(self._faults_json())
         if seg == ["faults", "throttle"] and request.method == "POST":

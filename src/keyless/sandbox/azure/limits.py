@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from keyless.sandbox.azure.state import ArmError
+from keyless.sandbox.limits import Bucket, RateLimit
+from keyless.sandbox.limits import retry_after_header as _retry_after
 
 __all__ = ["REAL_WRITE_LIMITS", "RateLimit", "WriteLimits", "WriteThrottle"]
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """A token bucket: `per_second` sustained, `burst` at once."""
-
-    per_second: float
-    burst: int = 1
 
 
 @dataclass(frozen=True)
@@ -28,31 +21,15 @@ class WriteLimits:
     per_identity: RateLimit | None = None
     per_subscription: RateLimit | None = None
 
+    def scaled(self, factor: float) -> WriteLimits:
+        """The same limits on a sandbox running `factor` times faster than the cloud."""
+        return WriteLimits(per_identity=self.per_identity.scaled(factor) if self.per_identity else None,
+                           per_subscription=self.per_subscription.scaled(factor) if self.per_subscription else None)
+
 
 # Azure's documented limits: 0.25 writes/s per identity, 2 per subscription. The sandbox throttles only when asked,
 # so that tests and demos stay fast; a set-up that wants Azure's pace passes these.
 REAL_WRITE_LIMITS = WriteLimits(per_identity=RateLimit(0.25, burst=4), per_subscription=RateLimit(2.0, burst=20))
-
-
-class _Bucket:
-    def __init__(self, limit: RateLimit, now: float) -> None:
-        self.limit = limit
-        self.tokens = float(limit.burst)
-        self.stamp = now
-
-    def take(self, now: float) -> float:
-        """0 when a token was taken, else the seconds until one is available."""
-        self.tokens = min(float(self.limit.burst), self.tokens + (now - self.stamp) * self.limit.per_second)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.limit.per_second
-
-
-def _retry_after(seconds: float) -> str:
-    # Retry-After is whole seconds in HTTP; never 0, or clients would hammer the endpoint.
-    return str(max(1, math.ceil(seconds)))
 
 
 class WriteThrottle:
@@ -64,7 +41,7 @@ class WriteThrottle:
         self.limits = limits or WriteLimits()
         self.clock = clock
         self._lock = threading.Lock()
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, Bucket] = {}
         self._throttle_next = 0
         self._throttle_retry_after = 1.0
 
@@ -107,8 +84,8 @@ class WriteThrottle:
                                    {"Retry-After": _retry_after(seconds)})
             return headers
 
-    def _bucket(self, key: str, limit: RateLimit, now: float) -> _Bucket:
+    def _bucket(self, key: str, limit: RateLimit, now: float) -> Bucket:
         bucket = self._buckets.get(key)
         if bucket is None or bucket.limit != limit:
-            bucket = self._buckets[key] = _Bucket(limit, now)
+            bucket = self._buckets[key] = Bucket(limit, now)
         return bucket
