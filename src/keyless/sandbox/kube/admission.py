@@ -23,6 +23,13 @@ EKS_AUDIENCE: Final = "pods.eks.amazonaws.com"
 EKS_TOKEN_DIR: Final = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
 EKS_TOKEN_NAME: Final = "eks-pod-identity-token"
 EKS_TOKEN_FILE: Final = f"{EKS_TOKEN_DIR}/{EKS_TOKEN_NAME}"
+# amazon-eks-pod-identity-webhook: annotations under its domain, the label it puts on pods it wires to the agent,
+# the default projected-token lifetime and the floor it raises shorter ones to (pkg/validation.go).
+EKS_POD_IDENTITY_LABEL: Final = "eks.amazonaws.com/pod-identity"
+EKS_TOKEN_EXPIRATION_ANNOTATION: Final = "eks.amazonaws.com/token-expiration"
+EKS_SKIP_CONTAINERS_ANNOTATION: Final = "eks.amazonaws.com/skip-containers"
+EKS_DEFAULT_EXPIRATION: Final = 86400
+EKS_MIN_EXPIRATION: Final = 600
 
 AZURE_USE_LABEL: Final = "azure.workload.identity/use"
 AZURE_CLIENT_ID_ANNOTATION: Final = "azure.workload.identity/client-id"
@@ -120,20 +127,53 @@ class EksPodIdentityWebhook:
 
     association_for: Callable[[str, str, str], str | None]
     agent_url: str = EKS_AGENT_URL
-    expiration_seconds: int = 86400
+    region: str = ""
+    expiration_seconds: int = EKS_DEFAULT_EXPIRATION
     name: str = "iam-for-pods.amazonaws.com"
 
     def __call__(self, pod: Pod, service_account: ServiceAccount | None, cluster: str) -> Pod:
-        namespace = str(pod.get("metadata", {}).get("namespace") or "default")
+        metadata = pod.setdefault("metadata", {})
+        namespace = str(metadata.get("namespace") or "default")
         account = str(pod.get("spec", {}).get("serviceAccountName") or "default")
         if not self.association_for(cluster, namespace, account):
             return pod
-        _add_token_volume(pod, EKS_TOKEN_NAME, EKS_AUDIENCE, self.expiration_seconds, EKS_TOKEN_NAME)
+        annotations = metadata.get("annotations") or {}
+        account_annotations = (service_account or {}).get("metadata", {}).get("annotations") or {}
+        expiration = self._expiration(annotations.get(EKS_TOKEN_EXPIRATION_ANNOTATION),
+                                      account_annotations.get(EKS_TOKEN_EXPIRATION_ANNOTATION))
+        # A comma-separated list (the webhook reads it as one CSV record).
+        skipped = {s.strip() for s in str(annotations.get(EKS_SKIP_CONTAINERS_ANNOTATION, "")).split(",") if s.strip()}
+        metadata.setdefault("labels", {})[EKS_POD_IDENTITY_LABEL] = "enabled"
+        _add_token_volume(pod, EKS_TOKEN_NAME, EKS_AUDIENCE, expiration, EKS_TOKEN_NAME)
         for container in _all_containers(pod):
+            if container.get("name") in skipped:
+                continue
+            self._add_region(container)
             _add_env(container, "AWS_CONTAINER_CREDENTIALS_FULL_URI", self.agent_url.rstrip("/") + "/v1/credentials")
             _add_env(container, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", EKS_TOKEN_FILE)
             _add_mount(container, EKS_TOKEN_NAME, EKS_TOKEN_DIR)
         return pod
+
+    def _add_region(self, container: dict[str, Any]) -> None:
+        names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
+        _add_env(container, "AWS_STS_REGIONAL_ENDPOINTS", "regional")
+        # Either region variable set by the workload keeps the webhook from adding both.
+        if self.region and not names & {"AWS_REGION", "AWS_DEFAULT_REGION"}:
+            _add_env(container, "AWS_DEFAULT_REGION", self.region)
+            _add_env(container, "AWS_REGION", self.region)
+
+    def _expiration(self, on_pod: Any, on_account: Any) -> int:
+        """Pod annotation, else the service account's, else the default; unparsable values fall back (the webhook
+        logs and goes on), shorter ones are raised to the floor."""
+        seconds = self.expiration_seconds
+        for value in (on_account, on_pod):
+            if value is None:
+                continue
+            try:
+                seconds = max(int(str(value)), EKS_MIN_EXPIRATION)
+            except ValueError:
+                continue
+        return seconds
 
 
 @dataclass(frozen=True)
@@ -226,10 +266,10 @@ def gke_metadata_mutator(metadata_host_for: Callable[[str, str], str | None]) ->
 
 
 def eks_pod_identity_mutator(
-    association_for: Callable[[str, str, str], str | None], agent_url: str = EKS_AGENT_URL
+    association_for: Callable[[str, str, str], str | None], agent_url: str = EKS_AGENT_URL, region: str = ""
 ) -> Mutator:
     """The EKS Pod Identity webhook as a mutator (see :class:`EksPodIdentityWebhook`)."""
-    return EksPodIdentityWebhook(association_for, agent_url)
+    return EksPodIdentityWebhook(association_for, agent_url, region)
 
 
 def azure_workload_identity_mutator(
