@@ -376,11 +376,11 @@ def test_the_association_quota_is_checked_before_any_create(sandbox: AwsSandbox,
     # Bindings at keys that already have an association create nothing and do not count.
     existing = [replace(_resolved(_binding("x", arn), arn), namespace="crowd", service_account=f"sa-{i}")
                 for i in range(5)]
-    fits = [_resolved(_binding(f"s{i}", arn), arn) for i in range(995)]
+    fits = [_resolved(_binding(f"s{i}", arn), arn) for i in range(4995)]
     assert _blocking(provider.preflight([*existing, *fits])) == []
     [issue] = _blocking(provider.preflight([*existing, *fits, _resolved(_binding("one-more", arn), arn)]))
-    assert "has 5 pod identity associations; 996 more" in issue.message
-    assert "1000" in issue.message
+    assert "has 5 pod identity associations; 4996 more" in issue.message
+    assert "5000" in issue.message
 
 
 # ---- associations someone else made --------------------------------------------------------------

@@ -703,10 +703,11 @@ def test_wait_visible_and_the_token_exchange_after_propagation(
             ok, why = provider.try_token_exchange(binding, assertion)
         assert (ok, why) == (True, "")
 
-        # Another service's token is no good for this credential.
+        # Another service's token is no good for this credential, and waiting would not change that.
         other = issuer.mint(namespace=APP, service_account="shop-worker", service_account_uid=str(uuid.uuid4()),
                             audiences=[AUDIENCE])
-        assert provider.try_token_exchange(binding, other)[0] is False
+        with pytest.raises(CloudError, match="AADSTS700213"):
+            provider.try_token_exchange(binding, other)
     finally:
         sandbox.propagation_delay = DELAY
 
@@ -764,3 +765,29 @@ def test_a_missing_identity_is_gone_for_observe_not_an_error(
     with pytest.raises(ResourceNotFoundError):
         msi.user_assigned_identities.get(RG, identity)
     assert provider.observe(APP, TARGET, [], [_recorded(identity), _recorded("x-identity", "no-such-group")]) == []
+
+
+def test_the_exchange_check_stops_at_once_on_a_misconfiguration(
+        sandbox: AzureSandbox, providers: list[AzureProvider], msi: ManagedServiceIdentityClient,
+        issuer: ServiceAccountIssuer) -> None:
+    identity = _identity(msi)
+    _by_hand(msi, identity, "other-sa", f"system:serviceaccount:{APP}:someone-else")
+    provider = _provider(sandbox, providers)
+    [create], _ = _plan(provider, [_binding("api", identity)])
+    binding = create.desired
+    assert binding is not None
+    deadline = time.monotonic() + 5.0
+    while True:  # once the hand-made credential reached Entra, the refusal is a subject mismatch, not a wait
+        assertion = issuer.mint(namespace=APP, service_account="shop-api", service_account_uid=str(uuid.uuid4()),
+                                audiences=[AUDIENCE])
+        try:
+            ok, why = provider.try_token_exchange(binding, assertion)
+        except CloudError as error:
+            refused = error
+            break
+        assert not ok
+        assert why.startswith("AADSTS70021")
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "AADSTS700213" in refused.message
+    assert "subject" in refused.hint

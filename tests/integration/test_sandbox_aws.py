@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from virtual_time import VirtualTime
 
 from keyless.sandbox.aws import DEMO_CLUSTER, POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed, StaticClusterKeys
+from keyless.sandbox.aws.eks_model import DEFAULT_ASSOCIATION_QUOTA
 
 pytestmark = pytest.mark.integration
 
@@ -105,14 +107,26 @@ def _token(key: rsa.RSAPrivateKey, namespace: str, service_account: str, **overr
     return jwt.encode(claims, key, algorithm="RS256")
 
 
+_AGENT_ERROR = re.compile(
+    r"\[(?P<request>[^\]]*)\]: \((?P<code>[A-Za-z]+)\): (?P<message>.*), fault: (client|server)\n"
+)
+
+
 def _agent(url: str, token: str | None) -> tuple[int, dict[str, Any]]:
+    """Credentials as JSON, or an error split into code and message from the agent's plain-text answer."""
     headers = {"Accept": "application/json"} | ({"Authorization": token} if token is not None else {})
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         with error:
-            return error.code, json.loads(error.read())
+            kind = error.headers.get_content_type()
+            text = error.read().decode()
+        assert kind == "text/plain"
+        relayed = _AGENT_ERROR.fullmatch(text)
+        if relayed is None:
+            return error.code, {"code": None, "message": text.rstrip("\n")}
+        return error.code, {"code": relayed["code"], "message": relayed["message"]}
 
 
 def _sandbox_api(sandbox: AwsSandbox, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -230,7 +244,7 @@ def test_quota_is_resource_limit_exceeded(sandbox: AwsSandbox, seed: DemoSeed, e
         with pytest.raises(ClientError) as limit:
             _associate(eks, cluster, "shop", "sa-3", seed.roles["keyless-demo-api"])
     finally:
-        sandbox.association_quota = 1000
+        sandbox.association_quota = DEFAULT_ASSOCIATION_QUOTA
     assert _code(limit) == ("ResourceLimitExceededException", 400)
 
 
@@ -529,9 +543,11 @@ def test_trust_policy_without_tag_session_is_denied(
             {"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"}, "Action": "sts:AssumeRole"}
         ],
     }
-    role = _new_role(iam, no_tag_session)
+    role = _new_role(iam)
     namespace = _unique("ns")
     _associate(eks, DEMO_CLUSTER, namespace, "api", role)
+    # EKS checks the trust policy when the association is made; a change afterwards only shows at assume time.
+    iam.update_assume_role_policy(RoleName=role.rsplit("/", 1)[1], PolicyDocument=json.dumps(no_tag_session))
     time.sleep(DELAY + 0.1)
     status, body = _agent(sandbox.agent_url, _token(signing_key, namespace, "api"))
     assert (status, body["code"]) == (400, "AccessDeniedException")
@@ -652,3 +668,58 @@ def test_the_sandbox_measures_its_delays_on_the_clock_it_is_given() -> None:
         virtual.sleep(1.0)
         assert timed.association_for(seed.cluster, "clocked", "api") == seed.roles["keyless-demo-api"]
         assert timed.clock == virtual.clock  # exposed, so a test can read the time the sandbox goes by
+
+
+# ---- fidelity: limits, trust policy at create time, the agent's plain-text errors -----------------------------
+
+
+def test_the_association_quota_is_eks_5000_per_cluster() -> None:
+    # EKS user guide, "EKS Pod Identity limits": 5,000 associations per cluster (1,000 was a wrong reading).
+    assert AwsSandbox().association_quota == 5000
+
+
+@pytest.mark.parametrize("trust", [
+    {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+    {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+         "Action": ["sts:AssumeRole", "sts:TagSession"]}]},
+    {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Principal": {"Service": "pods.eks.amazonaws.com"}, "Action": "sts:*"}]},
+], ids=["no-tag-session", "other-service", "deny-only"])
+def test_create_refuses_a_role_eks_pod_identity_cannot_assume(
+    sandbox: AwsSandbox, seed: DemoSeed, eks: Any, iam: Any, trust: Mapping[str, Any]
+) -> None:
+    role = _new_role(iam, trust)
+    with pytest.raises(ClientError) as refused:
+        _associate(eks, DEMO_CLUSTER, _unique("ns"), "api", role)
+    assert _code(refused) == ("InvalidParameterException", 400)
+    assert refused.value.response["Error"]["Message"].startswith("Trust policy of the role provided is invalid")
+    # The same check guards changing an association's role.
+    made = _associate(eks, DEMO_CLUSTER, _unique("ns"), "api", seed.roles["keyless-demo-api"])
+    with pytest.raises(ClientError) as update:
+        eks.update_pod_identity_association(clusterName=DEMO_CLUSTER, associationId=made["associationId"],
+                                            roleArn=role)
+    assert _code(update) == ("InvalidParameterException", 400)
+
+
+def test_create_accepts_wildcards_and_conditions_in_the_trust_policy(sandbox: AwsSandbox, eks: Any, iam: Any) -> None:
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": ["ec2.amazonaws.com", "pods.eks.amazonaws.com"]},
+        "Action": "sts:*", "Condition": {"StringEquals": {"aws:SourceAccount": "123456789012"}}}]}
+    role = _new_role(iam, trust)
+    assert _associate(eks, DEMO_CLUSTER, _unique("ns"), "api", role)["roleArn"] == role
+
+
+def test_agent_errors_are_plain_text_like_the_real_agent(
+    sandbox: AwsSandbox, eks: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = _token(signing_key, _unique("ns"), "x")
+    request = urllib.request.Request(sandbox.agent_url, headers={"Authorization": token})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value as error:
+        assert (error.code, error.headers["Content-Type"]) == (404, "text/plain; charset=utf-8")
+        assert error.headers["X-Content-Type-Options"] == "nosniff"
+        text = error.read().decode()
+    assert re.fullmatch(r"\[[0-9a-f-]{36}\]: \(ResourceNotFoundException\): .+, fault: client\n", text), text

@@ -448,9 +448,13 @@ def test_exchange_matches_issuer_subject_and_audience_exactly(
     good = _workload_credential(sandbox, tmp_path, client_id, _assertion(issuer_key, subject))
     _eventually(lambda: good.get_token(ARM_SCOPE))
     cases = {
-        "AADSTS70021: ": _assertion(issuer_key, subject, iss=TEST_ISSUER.rstrip("/")),  # trailing slash matters
-        "AADSTS70021: No matching": _assertion(issuer_key, "system:serviceaccount:shop:other"),
-        "AADSTS700212: ": _assertion(issuer_key, subject, aud=["api://SomethingElse"]),
+        # Codes as Entra sends them (azure-workload-identity issue 1200, Azure/login issues 482 and 515).
+        "AADSTS700211: No matching federated identity record found for presented assertion issuer":
+            _assertion(issuer_key, subject, iss=TEST_ISSUER.rstrip("/")),  # trailing slash matters
+        "AADSTS700213: No matching federated identity record found for presented assertion subject":
+            _assertion(issuer_key, "system:serviceaccount:shop:other"),
+        "AADSTS7002138: ": _assertion(issuer_key, "system:serviceaccount:shop:Exact"),  # case-only difference
+        "AADSTS70021: No matching": _assertion(issuer_key, subject, aud=["api://SomethingElse"]),
         "AADSTS700024: ": _assertion(issuer_key, subject, iat=1, nbf=1, exp=2),
         "AADSTS700027: ": _assertion(rsa.generate_private_key(public_exponent=65537, key_size=2048), subject),
     }
@@ -475,7 +479,7 @@ def test_entra_error_body_has_entras_shape(sandbox: AzureSandbox, seed: AzureDem
                            headers={"client-request-id": "0f1e2d3c-0000-4000-8000-000000000001"})
     assert status == 400
     assert body["error"] == "invalid_request"
-    assert body["error_codes"] == [70021]
+    assert body["error_codes"] == [70021]  # the demo identity trusts nothing from this issuer yet: the generic code
     assert body["error_description"].startswith(
         f"AADSTS70021: No matching federated identity record found for presented assertion. "
         f"Assertion Issuer: '{TEST_ISSUER}'. Assertion Subject: 'system:serviceaccount:shop:nobody'. "
@@ -554,3 +558,33 @@ def test_connection_verify_alone_is_enough(sandbox: AzureSandbox, seed: AzureDem
     monkeypatch.setenv("SSL_CERT_FILE", ca)
     with pytest.raises(ServiceRequestError):
         untrusting.user_assigned_identities.get(RG, "keyless-deployer")
+
+
+def test_a_credential_still_propagating_is_the_generic_code_even_beside_others(
+        sandbox: AzureSandbox, seed: AzureDemoSeed, msi: ManagedServiceIdentityClient,
+        issuer_key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
+    identity = _identity(msi)
+    msi.federated_identity_credentials.create_or_update(RG, str(identity.name), "first", _fic())
+    time.sleep(DELAY)
+    subject = "system:serviceaccount:shop:late"
+    msi.federated_identity_credentials.create_or_update(RG, str(identity.name), "late", _fic(subject=subject))
+    token = _assertion(issuer_key, subject)
+    with pytest.raises(ClientAuthenticationError) as early:  # not 700213: the record exists, Entra lags behind
+        _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE)
+    assert "AADSTS70021: " in str(early.value.message)
+    _eventually(lambda: _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE))
+
+
+def test_an_issuer_whose_keys_cannot_be_fetched_is_aadsts90061(
+        sandbox: AzureSandbox, seed: AzureDemoSeed, msi: ManagedServiceIdentityClient,
+        issuer_key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
+    identity = _identity(msi)
+    unreachable = "https://oidc.keyless.test/clusters/unreachable/"
+    subject = "system:serviceaccount:shop:api"
+    msi.federated_identity_credentials.create_or_update(RG, str(identity.name), "far",
+                                                        _fic(issuer=unreachable, subject=subject))
+    token = _assertion(issuer_key, subject, iss=unreachable)
+    time.sleep(DELAY + 0.2)
+    with pytest.raises(ClientAuthenticationError) as failed:
+        _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE)
+    assert "AADSTS90061: Request to External OIDC endpoint failed." in str(failed.value.message)

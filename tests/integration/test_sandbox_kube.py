@@ -305,7 +305,7 @@ def test_azure_webhook_needs_the_pod_label(client: Client, kube: KubeStandIn) ->
         "AZURE_CLIENT_ID": "00000000-aaaa-bbbb-cccc-000000000001", "AZURE_TENANT_ID": TENANT,
         "AZURE_FEDERATED_TOKEN_FILE": AZURE_TOKEN_FILE, "AZURE_AUTHORITY_HOST": AUTHORITY,
     }
-    (volume,) = [v for v in labelled.spec.volumes if v.name == "azure-identity-token"]
+    (volume,) = [v for v in labelled.spec.volumes if v.name.startswith("azure-workload-identity-reserved-")]
     assert volume.projected.sources[0].serviceAccountToken.audience == "api://AzureADTokenExchange"
     (unannotated,) = _pods(client, namespace, app="unannotated")
     assert "AZURE_CLIENT_ID" not in _env(unannotated)

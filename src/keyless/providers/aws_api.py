@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-ASSOCIATION_QUOTA = 1000  # EKS: pod identity associations per cluster (not adjustable)
+ASSOCIATION_QUOTA = 5000  # EKS: pod identity associations per cluster (EKS user guide, "EKS Pod Identity limits")
 PAGE_SIZE = 100  # the largest maxResults ListPodIdentityAssociations accepts
 
 # Retries live in keyless.providers.retry, not in botocore: the SDK makes exactly one attempt per call

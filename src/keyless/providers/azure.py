@@ -602,7 +602,8 @@ class AzureProvider:
     def try_token_exchange(self, binding: Binding, assertion: str) -> tuple[bool, str]:
         """Exchange a service-account token (audience api://AzureADTokenExchange) for an ARM token as the
         binding's identity, as the pod's SDK will: (True, "") once Entra ID accepts it, (False, "AADSTS70021 ...")
-        while the credential has not propagated or does not match. CloudError if the authority is unreachable."""
+        while the credential has not propagated. CloudError if the authority is unreachable, or if Entra ID refuses
+        for a reason no wait will cure (issuer or subject mismatch, an issuer it cannot fetch)."""
         ident = _azure_identity(binding)
         if not ident.client_id or not ident.tenant_id:
             raise CloudError(f"service {binding.service!r}: managed identity {ident.describe()} was not resolved",
@@ -615,10 +616,47 @@ class AzureProvider:
             try:
                 exchange.get_token(self._scope)
             except ClientAuthenticationError as exc:
-                return False, aadsts(exc)
+                return False, _wait_only_for_propagation(binding, ident, aadsts(exc))
             except (ServiceRequestError, ServiceResponseError) as exc:
                 raise explain(exc, f"exchanging a token for {ident.describe()} at {authority}") from exc
         return True, ""
+
+
+_AADSTS_CODE = re.compile(r"AADSTS(\d+)")
+# Only AADSTS70021 ("no matching federated identity record") can be a credential still propagating (it can also
+# flap back for a while after a first success); every other refusal is a misconfiguration no wait will cure:
+# what it means and how to fix it, by code.
+_MISCONFIGURED: dict[str, tuple[str, str]] = {
+    "700211": ("no federated credential on the identity trusts the token's issuer",
+               "the credential's issuer must be the cluster's OIDC issuer URL byte for byte, trailing slash included "
+               "(`az aks show --query oidcIssuerProfile.issuerUrl`); run `keyless plan` and apply again"),
+    "700213": ("no federated credential for this issuer trusts the service account",
+               "the credential's subject must be exactly system:serviceaccount:<namespace>:<service account>; run "
+               "`keyless plan` and apply again"),
+    "7002138": ("the federated credential's subject differs from the service account only in letter case",
+                "subjects match case-sensitively: fix the credential's subject (or the service account name) so "
+                "that they are identical"),
+    "90061": ("Entra ID cannot fetch the issuer's OIDC discovery document or keys",
+              "the cluster's OIDC issuer must be enabled and its /.well-known/openid-configuration reachable from "
+              "the internet (`az aks update --enable-oidc-issuer`)"),
+    "50166": ("Entra ID cannot fetch the issuer's OIDC discovery document or keys",
+              "the cluster's OIDC issuer must be enabled and its /.well-known/openid-configuration reachable from "
+              "the internet (`az aks update --enable-oidc-issuer`)"),
+    "700016": ("Entra ID knows no application with the identity's client id",
+               "check the managed identity still exists (`az identity show`) and plan again"),
+}
+
+
+def _wait_only_for_propagation(binding: Binding, ident: AzureIdentity, reason: str) -> str:
+    """The reason to keep waiting for an AADSTS70021; a CloudError naming the misconfiguration for anything else."""
+    match = _AADSTS_CODE.match(reason)
+    code = match.group(1) if match else ""
+    if code == "70021":
+        return reason
+    what, fix = _MISCONFIGURED.get(code, ("Entra ID refused the token exchange", "fix the federated credential on "
+                                          "the identity and apply again"))
+    raise CloudError(f"service {binding.service!r}: token exchange for {ident.describe()} refused, {what}: {reason}",
+                     fix)
 
 
 def _adopted(credential: Credential) -> ActionOutcome:

@@ -146,9 +146,11 @@ class SandboxStack:
             seed.cluster,
             issuer_url=eks_issuer,
             state_dir=self.state_dir / "clusters" / seed.cluster,
-            # The webhook adds the credentials path itself, as the real one does to its fixed agent address.
+            # The webhook adds the credentials path itself, as the real one does to its fixed agent address. That
+            # address is link-local 169.254.170.23, which an unprivileged process cannot bind: the agent listens on
+            # loopback instead (docs/SANDBOX.md).
             mutators=[eks_pod_identity_mutator(self.aws.association_for,
-                                               self.aws.agent_url.removesuffix("/v1/credentials"))],
+                                               self.aws.agent_url.removesuffix("/v1/credentials"), self.aws.region)],
         )
         eks.start()
         self.eks = eks

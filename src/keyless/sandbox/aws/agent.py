@@ -51,13 +51,33 @@ class StaticClusterKeys:
 
 
 class AgentError(Exception):
-    """A refusal, named after the eks-auth error the real agent would relay, with its HTTP status."""
+    """A refusal, named after the eks-auth error the real agent would relay, with its HTTP status.
 
-    def __init__(self, code: str, status: int, message: str) -> None:
+    ``relayed`` errors come from eks-auth and the agent passes them on as ``[request id]: (Code): message, fault:
+    client``; the others are the agent's own request checks, sent as the bare message. Both are plain text
+    (Go's http.Error), never JSON: an SDK shows the text as it is.
+    """
+
+    def __init__(self, code: str, status: int, message: str, *, relayed: bool = True) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
         self.message = message
+        self.relayed = relayed
+
+    def text(self, request_id: str) -> str:
+        if not self.relayed:
+            return f"{self.message}\n"
+        fault = "server" if self.status >= 500 else "client"
+        return f"[{request_id}]: ({self.code}): {self.message}, fault: {fault}\n"
+
+
+def plain_text_error(error: AgentError) -> web.Response:
+    """The agent's error answer: text/plain with nosniff, as Go's http.Error writes it."""
+    response = web.Response(status=error.status, text=error.text(str(uuid.uuid4())), content_type="text/plain",
+                            charset="utf-8")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @dataclass(frozen=True)
@@ -145,10 +165,10 @@ class PodIdentityAgent:
         try:
             credentials = await self.credentials(cluster, request.headers.get("Authorization", ""))
         except AgentError as error:
-            return web.json_response({"code": error.code, "message": error.message}, status=error.status)
+            return plain_text_error(error)
         except (ClientError, ValueError, OSError) as exc:
             # A broken key lookup or a moto failure: the real agent answers 500 with the reason.
-            return web.json_response({"code": "InternalServerException", "message": str(exc)}, status=500)
+            return plain_text_error(AgentError("InternalServerException", 500, str(exc)))
         return web.json_response(credentials.to_json())
 
     def _agent_installed(self, cluster: str) -> bool:
@@ -176,7 +196,7 @@ class PodIdentityAgent:
     def verify(self, cluster: str, token: str) -> PodSubject:
         token = token.strip()
         if not token:
-            raise AgentError("InvalidRequestException", 400, "Service account token cannot be empty")
+            raise AgentError("InvalidRequestException", 400, "Service account token cannot be empty", relayed=False)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:

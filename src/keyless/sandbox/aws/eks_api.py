@@ -31,6 +31,7 @@ from keyless.sandbox.aws.eks_model import (
     validate_tags,
 )
 from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT, MotoClients
+from keyless.sandbox.aws.policy import missing_service_actions
 from keyless.sandbox.limits import DEFAULT_KNOBS, Bucket, RateLimit, SandboxKnobs, knobs_from_json, knobs_json
 
 LostResponseMode = Literal["error", "drop"]
@@ -44,6 +45,11 @@ _REGION = re.compile(r"Credential=[^/,]+/\d{8}/([a-z0-9-]+)/")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
 _PASSED_BACK = {"content-type", "x-amzn-errortype", "x-amzn-requestid", "x-amz-request-id"}
 _ROLE_MISSING = "Role provided in the request does not exist"
+# EKS's answer when the role's trust policy does not let pods.eks.amazonaws.com assume and tag (botocore documents
+# only the InvalidParameterException; the wording is what EKS sends, e.g. terraform-provider-aws issue 41483).
+_TRUST_INVALID = "Trust policy of the role provided is invalid. Follow the official documentation to resolve the issue."
+_POD_IDENTITY_PRINCIPAL = "pods.eks.amazonaws.com"
+_POD_IDENTITY_ACTIONS = ("sts:AssumeRole", "sts:TagSession")
 _ACTION = re.compile(r"[a-z0-9-]+:[A-Za-z0-9]+")
 IAM_PREFIX = "iam"  # AWS_ENDPOINT_URL_IAM points at /iam on this front, which checks denials and passes on to moto
 _IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
@@ -320,23 +326,32 @@ class EksFront:
         return ClusterRef(region=region, account=arn.split(":")[4], name=name, arn=arn)
 
     async def _require_role(self, arn: str) -> None:
-        """IAM is eventually consistent: a role that does not exist, or was created too recently, is refused."""
+        """IAM is eventually consistent: a role that does not exist, or was created too recently, is refused; so is
+        one whose trust policy does not let pods.eks.amazonaws.com call sts:AssumeRole and sts:TagSession."""
         account, name = parse_role_arn(arn)
 
-        def lookup() -> bool:
+        def lookup() -> object | None:
+            """The role's trust policy, or None while IAM does not show the role to EKS."""
             try:
                 role = self.clients.iam(account).get_role(RoleName=name)["Role"]
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") == "NoSuchEntity":
-                    return False
+                    return None
                 raise
             if role["Arn"] != arn:
-                return False
+                return None
             age = (datetime.now(UTC) - role["CreateDate"]).total_seconds()
-            return age >= self.role_propagation_delay
+            return role.get("AssumeRolePolicyDocument") or {} if age >= self.role_propagation_delay else None
 
-        if not await asyncio.to_thread(lookup):
+        trust = await asyncio.to_thread(lookup)
+        if trust is None:
             raise EksError("InvalidParameterException", _ROLE_MISSING)
+        try:
+            missing = missing_service_actions(trust, _POD_IDENTITY_PRINCIPAL, _POD_IDENTITY_ACTIONS)
+        except ValueError:
+            missing = _POD_IDENTITY_ACTIONS
+        if missing:
+            raise EksError("InvalidParameterException", _TRUST_INVALID)
 
     # ---- clusters (Auto Mode is the only thing moto does not keep) -------------------------------
 

@@ -33,7 +33,7 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType(
     }
 )
 
-DEFAULT_ASSOCIATION_QUOTA = 1000
+DEFAULT_ASSOCIATION_QUOTA = 5000  # EKS user guide, "EKS Pod Identity limits": per cluster
 MAX_TAGS = 50
 POD_IDENTITY_AGENT_ADDON = "eks-pod-identity-agent"
 # Add-ons the sandbox agrees to install, with the version EKS would pick by default.

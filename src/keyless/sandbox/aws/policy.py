@@ -180,3 +180,20 @@ def _condition(operator: str, actual: str | None, expected: Sequence[str], *, if
     else:
         hit = any(_glob(e, actual) for e in expected)
     return not hit if operator in _NEGATED else hit
+
+
+def missing_service_actions(document: object, service: str, actions: Sequence[str]) -> tuple[str, ...]:
+    """The actions no Allow statement grants to `service`, conditions left aside.
+
+    This is the shape check EKS makes when an association is created or its role changed: the trust policy
+    must name the service principal with the actions it will call. Conditions are only known at assume time.
+    """
+    statements = [s for s in _as_list(parse_policy(document).get("Statement"))
+                  if isinstance(s, Mapping) and s.get("Effect") == "Allow" and "NotPrincipal" not in s]
+    request = AssumeRequest(actions=tuple(actions), service=service)
+    return tuple(
+        action for action in actions
+        if not any(_principal_matches(s.get("Principal"), request)
+                   and any(_glob(p, action, ignore_case=True) for p in _strings(s.get("Action")))
+                   for s in statements)
+    )

@@ -36,7 +36,7 @@ ARM_AUDIENCES = (
     "https://management.core.windows.net",
     "https://management.core.windows.net/",
 )
-_WORKLOAD_IDENTITY_DOCS = "https://docs.microsoft.com/en-us/azure/active-directory/develop/workload-identity-federation"
+_WORKLOAD_IDENTITY_DOCS = "https://learn.microsoft.com/entra/workload-id/workload-identity-federation"
 
 
 def _b64url(data: bytes) -> str:
@@ -230,27 +230,16 @@ class EntraStandIn:
         issuer, subject = str(claims.get("iss", "")), str(claims.get("sub", ""))
         raw_aud = claims.get("aud", [])
         audiences = [raw_aud] if isinstance(raw_aud, str) else [str(a) for a in raw_aud or []]
-        shown_aud = ",".join(audiences)
-        # Matching is exact and case-sensitive on the issuer and subject: a trailing "/" makes another issuer.
-        records = [t for t in self.state.trusts(identity.client_id) if t.issuer == issuer and t.subject == subject]
-        if not records:
-            raise _AadError("invalid_request", 70021,
-                            f"No matching federated identity record found for presented assertion. Assertion Issuer: "
-                            f"'{issuer}'. Assertion Subject: '{subject}'. Assertion Audience: '{shown_aud}'. "
-                            f"{_WORKLOAD_IDENTITY_DOCS}")
-        if not any(a in record.audiences for record in records for a in audiences):
-            raise _AadError("invalid_request", 700212,
-                            f"No matching federated identity record found for presented assertion audience "
-                            f"'{shown_aud}'. {_WORKLOAD_IDENTITY_DOCS}")
+        self._match_record(identity, issuer, subject, audiences)
         keys = self._keys_for(issuer)
         if not keys:
-            raise _AadError("invalid_request", 50166, f"Request to External OIDC endpoint failed. Issuer: '{issuer}'.")
+            # Entra could not fetch the issuer's discovery document or keys (AADSTS90061, invalid_request).
+            raise _AadError("invalid_request", 90061, "Request to External OIDC endpoint failed.")
         try:
             key_set = jwt.PyJWKSet.from_dict(dict(keys))
             candidates = [k for k in key_set.keys if header.get("kid") in (None, k.key_id)] or list(key_set.keys)
         except jwt.PyJWTError:
-            raise _AadError("invalid_request", 50166, f"Request to External OIDC endpoint failed. Issuer: "
-                            f"'{issuer}': the signing keys could not be read.") from None
+            raise _AadError("invalid_request", 90061, "Request to External OIDC endpoint failed.") from None
         for candidate in candidates:
             try:
                 jwt.decode(assertion, candidate.key, algorithms=["RS256"],
@@ -275,6 +264,44 @@ class EntraStandIn:
                             "documentation at https://docs.microsoft.com/azure/active-directory/develop/"
                             "active-directory-certificate-credentials .")
         return claims
+
+    def _match_record(self, identity: Identity, issuer: str, subject: str, audiences: list[str]) -> None:
+        """Find the federated identity record for the assertion, or refuse with the code Entra uses.
+
+        Matching is exact and case-sensitive. What Entra's token plane holds is what it compares with: a credential
+        written but not propagated yet (or flapping back) is not there, and an assertion it would match gets the
+        generic AADSTS70021, the one worth waiting on. Against the records that are there, an issuer none of them
+        names is AADSTS700211, a subject none of that issuer's names AADSTS700213 (AADSTS7002138 when only the case
+        differs), and a wrong audience the generic AADSTS70021.
+        """
+        shown_aud = ",".join(audiences)
+        generic = _AadError("invalid_request", 70021,
+                            f"No matching federated identity record found for presented assertion. Assertion Issuer: "
+                            f"'{issuer}'. Assertion Subject: '{subject}'. Assertion Audience: '{shown_aud}'. "
+                            f"{_WORKLOAD_IDENTITY_DOCS}")
+        records = self.state.trusts(identity.client_id)
+        if self.state.pending(identity.client_id, issuer, subject) or not records:
+            raise generic
+        exact = [t for t in records if t.issuer == issuer and t.subject == subject]
+        if exact:
+            if not any(a in t.audiences for t in exact for a in audiences):
+                raise generic
+            return
+        if not any(t.issuer == issuer for t in records):
+            raise _AadError("invalid_client", 700211,
+                            f"No matching federated identity record found for presented assertion issuer '{issuer}'. "
+                            "Please check your federated identity credential Subject, Audience and Issuer against the "
+                            f"presented assertion. {_WORKLOAD_IDENTITY_DOCS}")
+        if any(t.issuer == issuer and t.subject.lower() == subject.lower() for t in records):
+            raise _AadError("invalid_client", 7002138,
+                            f"No matching federated identity record found for presented assertion subject '{subject}'. "
+                            "The subject matches with case-insensitive comparison, but not with case-sensitive "
+                            "comparison. Check your federated identity credential Subject, Audience and Issuer against "
+                            f"the presented assertion. See documentation at: {_WORKLOAD_IDENTITY_DOCS}")
+        raise _AadError("invalid_client", 700213,
+                        f"No matching federated identity record found for presented assertion subject '{subject}'. "
+                        "Check your federated identity credential Subject, Audience and Issuer against the presented "
+                        f"assertion. {_WORKLOAD_IDENTITY_DOCS}")
 
     # ---- HTTP ----------------------------------------------------------------------------------------
 

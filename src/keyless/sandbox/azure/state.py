@@ -400,6 +400,13 @@ class AzureState:
             self._trusts = [t for t in self._trusts if t.effective_until > now]
             return [t for t in self._trusts if t.client_id.lower() == client_id.lower() and t.active(now)]
 
+    def pending(self, client_id: str, issuer: str, subject: str) -> bool:
+        """Whether a credential of `client_id` for this issuer and subject is written but not in effect now."""
+        now = self.clock()
+        with self.lock:
+            return any(t.client_id.lower() == client_id.lower() and t.issuer == issuer and t.subject == subject
+                       and not t.active(now) and t.effective_until > now for t in self._trusts)
+
     def make_propagated(self, client_id: str) -> None:
         """Let every pending credential of `client_id` take effect now (the sandbox's own bootstrap only)."""
         now = self.clock()

@@ -4,6 +4,7 @@ metadata server routing."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,20 +24,57 @@ EKS_AUDIENCE: Final = "pods.eks.amazonaws.com"
 EKS_TOKEN_DIR: Final = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
 EKS_TOKEN_NAME: Final = "eks-pod-identity-token"
 EKS_TOKEN_FILE: Final = f"{EKS_TOKEN_DIR}/{EKS_TOKEN_NAME}"
+# amazon-eks-pod-identity-webhook: annotations under its domain, the label it puts on pods it wires to the agent,
+# the default projected-token lifetime and the floor it raises shorter ones to (pkg/validation.go).
+EKS_POD_IDENTITY_LABEL: Final = "eks.amazonaws.com/pod-identity"
+EKS_TOKEN_EXPIRATION_ANNOTATION: Final = "eks.amazonaws.com/token-expiration"
+EKS_SKIP_CONTAINERS_ANNOTATION: Final = "eks.amazonaws.com/skip-containers"
+EKS_DEFAULT_EXPIRATION: Final = 86400
+EKS_MIN_EXPIRATION: Final = 600
 
 AZURE_USE_LABEL: Final = "azure.workload.identity/use"
 AZURE_CLIENT_ID_ANNOTATION: Final = "azure.workload.identity/client-id"
 AZURE_TENANT_ID_ANNOTATION: Final = "azure.workload.identity/tenant-id"
 AZURE_EXPIRATION_ANNOTATION: Final = "azure.workload.identity/service-account-token-expiration"
 AZURE_SKIP_CONTAINERS_ANNOTATION: Final = "azure.workload.identity/skip-containers"
+AZURE_INJECT_PROXY_ANNOTATION: Final = "azure.workload.identity/inject-proxy-sidecar"
+AZURE_PROXY_PORT_ANNOTATION: Final = "azure.workload.identity/proxy-sidecar-port"
 AZURE_AUDIENCE: Final = "api://AzureADTokenExchange"
-AZURE_TOKEN_DIR: Final = "/var/run/secrets/azure/tokens"
-AZURE_TOKEN_NAME: Final = "azure-identity-token"
-AZURE_TOKEN_FILE: Final = f"{AZURE_TOKEN_DIR}/{AZURE_TOKEN_NAME}"
+# The token layout of azure-workload-identity v1.6 (pkg/webhook/consts.go): one reserved volume per pod, named
+# after a hash of the pod's name, mounted at .../wi with the token under token/. Earlier releases used the volume
+# "azure-identity-token" at /var/run/secrets/azure/tokens; workloads must read AZURE_FEDERATED_TOKEN_FILE instead.
+AZURE_TOKEN_DIR: Final = "/var/run/secrets/azure/wi"
+AZURE_TOKEN_PATH: Final = "token/azure-identity-token"
+AZURE_TOKEN_FILE: Final = f"{AZURE_TOKEN_DIR}/{AZURE_TOKEN_PATH}"
+AZURE_VOLUME_PREFIX: Final = "azure-workload-identity-reserved-"
+AZURE_MIN_EXPIRATION: Final = 3600
+AZURE_MAX_EXPIRATION: Final = 86400
+AZURE_PROXY_INIT: Final = "azwi-proxy-init"
+AZURE_PROXY: Final = "azwi-proxy"
+AZURE_PROXY_IMAGES: Final = "mcr.microsoft.com/oss/azure/workload-identity"
+AZURE_PROXY_VERSION: Final = "v1.6.0"
+AZURE_DEFAULT_PROXY_PORT: Final = 8000
 AZURE_PUBLIC_AUTHORITY: Final = "https://login.microsoftonline.com/"
 
 # The downward-API variable through which a pod names itself in its metadata host (see GkeMetadataRouting).
 GKE_POD_NAME_VARIABLE: Final = "KEYLESS_SANDBOX_POD_NAME"
+
+
+class WebhookDenied(Exception):
+    """A webhook refused the pod: the API server answers with this status and the webhook's message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def azure_token_volume_name(pod: Pod) -> str:
+    """The reserved volume azure-workload-identity v1.6 adds: its prefix and a sha256 of the pod's name (a pod
+    made from generateName is hashed as ``<generateName> (prefix)``), cut to the 63 characters a name may have."""
+    meta = pod.get("metadata") or {}
+    name = str(meta.get("name") or f"{meta.get('generateName') or ''} (prefix)")
+    return AZURE_VOLUME_PREFIX + hashlib.sha256(name.encode()).hexdigest()[: 63 - len(AZURE_VOLUME_PREFIX)]
 
 
 def _all_containers(pod: Pod) -> list[dict[str, Any]]:
@@ -120,29 +158,64 @@ class EksPodIdentityWebhook:
 
     association_for: Callable[[str, str, str], str | None]
     agent_url: str = EKS_AGENT_URL
-    expiration_seconds: int = 86400
+    region: str = ""
+    expiration_seconds: int = EKS_DEFAULT_EXPIRATION
     name: str = "iam-for-pods.amazonaws.com"
 
     def __call__(self, pod: Pod, service_account: ServiceAccount | None, cluster: str) -> Pod:
-        namespace = str(pod.get("metadata", {}).get("namespace") or "default")
+        metadata = pod.setdefault("metadata", {})
+        namespace = str(metadata.get("namespace") or "default")
         account = str(pod.get("spec", {}).get("serviceAccountName") or "default")
         if not self.association_for(cluster, namespace, account):
             return pod
-        _add_token_volume(pod, EKS_TOKEN_NAME, EKS_AUDIENCE, self.expiration_seconds, EKS_TOKEN_NAME)
+        annotations = metadata.get("annotations") or {}
+        account_annotations = (service_account or {}).get("metadata", {}).get("annotations") or {}
+        expiration = self._expiration(annotations.get(EKS_TOKEN_EXPIRATION_ANNOTATION),
+                                      account_annotations.get(EKS_TOKEN_EXPIRATION_ANNOTATION))
+        # A comma-separated list (the webhook reads it as one CSV record).
+        skipped = {s.strip() for s in str(annotations.get(EKS_SKIP_CONTAINERS_ANNOTATION, "")).split(",") if s.strip()}
+        metadata.setdefault("labels", {})[EKS_POD_IDENTITY_LABEL] = "enabled"
+        _add_token_volume(pod, EKS_TOKEN_NAME, EKS_AUDIENCE, expiration, EKS_TOKEN_NAME)
         for container in _all_containers(pod):
+            if container.get("name") in skipped:
+                continue
+            self._add_region(container)
             _add_env(container, "AWS_CONTAINER_CREDENTIALS_FULL_URI", self.agent_url.rstrip("/") + "/v1/credentials")
             _add_env(container, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", EKS_TOKEN_FILE)
             _add_mount(container, EKS_TOKEN_NAME, EKS_TOKEN_DIR)
         return pod
 
+    def _add_region(self, container: dict[str, Any]) -> None:
+        names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
+        _add_env(container, "AWS_STS_REGIONAL_ENDPOINTS", "regional")
+        # Either region variable set by the workload keeps the webhook from adding both.
+        if self.region and not names & {"AWS_REGION", "AWS_DEFAULT_REGION"}:
+            _add_env(container, "AWS_DEFAULT_REGION", self.region)
+            _add_env(container, "AWS_REGION", self.region)
+
+    def _expiration(self, on_pod: Any, on_account: Any) -> int:
+        """Pod annotation, else the service account's, else the default; unparsable values fall back (the webhook
+        logs and goes on), shorter ones are raised to the floor."""
+        seconds = self.expiration_seconds
+        for value in (on_account, on_pod):
+            if value is None:
+                continue
+            try:
+                seconds = max(int(str(value)), EKS_MIN_EXPIRATION)
+            except ValueError:
+                continue
+        return seconds
+
 
 @dataclass(frozen=True)
 class AzureWorkloadIdentityWebhook:
-    """The Azure Workload Identity webhook: federated-token settings for pods labelled to use it.
+    """The Azure Workload Identity webhook (v1.6): federated-token settings for pods labelled to use it.
 
     Only pods labelled ``azure.workload.identity/use: "true"`` are touched. The client id comes from
     the service account's annotation; when it is missing the pod is still mutated but gets no
-    ``AZURE_CLIENT_ID`` (and fails later, as on AKS).
+    ``AZURE_CLIENT_ID`` (and fails later, as on AKS). A token lifetime outside 3600-86400 seconds, or one that is
+    not a number, is refused (the webhook answers 400), never clamped. ``inject-proxy-sidecar`` adds the proxy's
+    init container and native sidecar, and is refused on a hostNetwork pod; hostNetwork alone is fine.
     """
 
     default_tenant_id: str
@@ -156,29 +229,71 @@ class AzureWorkloadIdentityWebhook:
             return pod
         annotations = (service_account or {}).get("metadata", {}).get("annotations") or {}
         pod_annotations = pod.get("metadata", {}).get("annotations") or {}
-        client_id = str(annotations.get(AZURE_CLIENT_ID_ANNOTATION) or "")
-        tenant_id = str(annotations.get(AZURE_TENANT_ID_ANNOTATION) or self.default_tenant_id)
+        if AZURE_INJECT_PROXY_ANNOTATION in pod_annotations:
+            self._inject_proxy(pod, pod_annotations.get(AZURE_PROXY_PORT_ANNOTATION))
         expiration = self._expiration(pod_annotations.get(AZURE_EXPIRATION_ANNOTATION)
                                       or annotations.get(AZURE_EXPIRATION_ANNOTATION))
+        client_id = str(annotations.get(AZURE_CLIENT_ID_ANNOTATION) or "")
+        # An annotation present but empty wins over the default (and then no AZURE_TENANT_ID is set), as there.
+        tenant_id = str(annotations.get(AZURE_TENANT_ID_ANNOTATION, self.default_tenant_id))
         skipped = {s.strip() for s in str(pod_annotations.get(AZURE_SKIP_CONTAINERS_ANNOTATION, "")).split(";")}
-        _add_token_volume(pod, AZURE_TOKEN_NAME, AZURE_AUDIENCE, expiration, AZURE_TOKEN_NAME)
+        volume = azure_token_volume_name(pod)
+        _add_token_volume(pod, volume, AZURE_AUDIENCE, expiration, AZURE_TOKEN_PATH)
         for container in _all_containers(pod):
             if container.get("name") in skipped:
                 continue
-            if client_id:
-                _add_env(container, "AZURE_CLIENT_ID", client_id)
-            _add_env(container, "AZURE_TENANT_ID", tenant_id)
-            _add_env(container, "AZURE_FEDERATED_TOKEN_FILE", AZURE_TOKEN_FILE)
-            _add_env(container, "AZURE_AUTHORITY_HOST", self.authority_host)
-            _add_mount(container, AZURE_TOKEN_NAME, AZURE_TOKEN_DIR)
+            # Variables with an empty value are left out, as the webhook does.
+            for key, value in (("AZURE_CLIENT_ID", client_id), ("AZURE_TENANT_ID", tenant_id),
+                               ("AZURE_FEDERATED_TOKEN_FILE", AZURE_TOKEN_FILE),
+                               ("AZURE_AUTHORITY_HOST", self.authority_host)):
+                if value:
+                    _add_env(container, key, value)
+            _add_mount(container, volume, AZURE_TOKEN_DIR)
         return pod
 
     def _expiration(self, value: Any) -> int:
-        try:
-            seconds = int(value) if value is not None else self.expiration_seconds
-        except (TypeError, ValueError):
+        if value is None or value == "":
             return self.expiration_seconds
-        return min(max(seconds, 3600), 86400)  # the webhook's documented bounds
+        try:
+            seconds = int(str(value))
+        except ValueError:
+            raise WebhookDenied(f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
+        if not AZURE_MIN_EXPIRATION <= seconds <= AZURE_MAX_EXPIRATION:
+            raise WebhookDenied(f"token expiration {seconds} not valid. Expected value to be between "
+                                f"{AZURE_MIN_EXPIRATION} and {AZURE_MAX_EXPIRATION}")
+        return seconds
+
+    @staticmethod
+    def _inject_proxy(pod: Pod, port_annotation: Any) -> None:
+        spec = pod.setdefault("spec", {})
+        if spec.get("hostNetwork"):
+            # The proxy's init container rewrites the pod's iptables: on the host's network it would hit every pod.
+            raise WebhookDenied("hostNetwork is set to true, cannot inject proxy sidecar")
+        port = AZURE_DEFAULT_PROXY_PORT
+        if port_annotation is not None:
+            try:
+                port = int(str(port_annotation))
+            except ValueError:
+                raise WebhookDenied(f'failed to parse proxy sidecar port: strconv.ParseInt: parsing '
+                                    f'"{port_annotation}": invalid syntax') from None
+        init = spec.setdefault("initContainers", [])
+        names = {c.get("name") for c in init if isinstance(c, dict)}
+        if AZURE_PROXY_INIT not in names:
+            init.append({
+                "name": AZURE_PROXY_INIT, "image": f"{AZURE_PROXY_IMAGES}/proxy-init:{AZURE_PROXY_VERSION}",
+                "imagePullPolicy": "IfNotPresent", "env": [{"name": "PROXY_PORT", "value": str(port)}],
+                "securityContext": {"capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}, "privileged": True,
+                                    "runAsNonRoot": False, "runAsUser": 0},
+            })
+        if AZURE_PROXY not in names:
+            # A native sidecar (an init container that keeps running), as the webhook does from Kubernetes 1.32 on.
+            init.append({
+                "name": AZURE_PROXY, "image": f"{AZURE_PROXY_IMAGES}/proxy:{AZURE_PROXY_VERSION}",
+                "imagePullPolicy": "IfNotPresent", "restartPolicy": "Always",
+                "args": [f"--proxy-port={port}", "--log-level=info"], "ports": [{"containerPort": port}],
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                    "privileged": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True},
+            })
 
 
 @dataclass(frozen=True)
@@ -226,10 +341,10 @@ def gke_metadata_mutator(metadata_host_for: Callable[[str, str], str | None]) ->
 
 
 def eks_pod_identity_mutator(
-    association_for: Callable[[str, str, str], str | None], agent_url: str = EKS_AGENT_URL
+    association_for: Callable[[str, str, str], str | None], agent_url: str = EKS_AGENT_URL, region: str = ""
 ) -> Mutator:
     """The EKS Pod Identity webhook as a mutator (see :class:`EksPodIdentityWebhook`)."""
-    return EksPodIdentityWebhook(association_for, agent_url)
+    return EksPodIdentityWebhook(association_for, agent_url, region)
 
 
 def azure_workload_identity_mutator(

@@ -28,7 +28,7 @@ from kmock._internal.rendering import Response as KmockResponse
 from ruamel.yaml import YAML
 
 from keyless.sandbox.kube import openapi, rbac, tables
-from keyless.sandbox.kube.admission import Mutator, mutator_name, service_account_admission
+from keyless.sandbox.kube.admission import Mutator, WebhookDenied, mutator_name, service_account_admission
 from keyless.sandbox.kube.merge import (
     ApplyConflictError,
     FieldRequirement,
@@ -583,6 +583,9 @@ class KubeApiServer(kmock.KubernetesEmulator):
             try:
                 mutated = await asyncio.to_thread(mutator, copy.deepcopy(pod), copy.deepcopy(account),
                                                   self.cluster_name)
+            except WebhookDenied as denied:
+                raise StatusError(denied.status, "BadRequest", f'admission webhook "{mutator_name(mutator)}" '
+                                                               f"denied the request: {denied.message}") from denied
             except Exception as error:
                 raise StatusError(500, "InternalError", f'Internal error occurred: failed calling webhook '
                                                         f'"{mutator_name(mutator)}": {error}') from error
