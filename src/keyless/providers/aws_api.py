@@ -85,10 +85,12 @@ class AwsLimits:
     iam_writes: RateLimit
 
 
-DEFAULT_LIMITS = AwsLimits(eks_reads=RateLimit(per_second=20.0, burst=20),
-                           eks_writes=RateLimit(per_second=10.0, burst=10),
-                           iam_reads=RateLimit(per_second=15.0, burst=15),
-                           iam_writes=RateLimit(per_second=5.0, burst=5))
+# The bursts are half the cloud's: requests paced at the rate still reach the cloud bunched by network jitter, and
+# the cloud's unspent burst absorbs that instead of throttling (and a retry reading the same object twice).
+DEFAULT_LIMITS = AwsLimits(eks_reads=RateLimit(per_second=20.0, burst=10),
+                           eks_writes=RateLimit(per_second=10.0, burst=5),
+                           iam_reads=RateLimit(per_second=15.0, burst=8),
+                           iam_writes=RateLimit(per_second=5.0, burst=2))
 
 
 _READ_PREFIXES = ("Describe", "List", "Get")

@@ -60,10 +60,11 @@ class AzureLimits:
     writes_per_identity: RateLimit
 
 
-# The bursts are assumed (ARM does not document them): a few writes go at once, then the rate applies; a burst the
-# cloud does not grant costs a 429 and its Retry-After, which the retry helper honours.
+# ARM's bursts are not documented: keyless assumes small ones (the sandbox grants twice these), so requests bunched
+# by network jitter land in the cloud's unspent burst; a burst the cloud does not grant costs a 429 and its
+# Retry-After, which the retry helper honours.
 DEFAULT_LIMITS = AzureLimits(writes_per_subscription=RateLimit(per_second=2.0, burst=10),
-                             writes_per_identity=RateLimit(per_second=0.25, burst=4))
+                             writes_per_identity=RateLimit(per_second=0.25, burst=2))
 
 _AADSTS = re.compile(r"AADSTS\d+.*", re.DOTALL)
 _DENIED_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed", "Forbidden",
