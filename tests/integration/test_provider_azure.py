@@ -32,9 +32,10 @@ from keyless.plan.planner import plan_bindings
 from keyless.porter.loader import load_app
 from keyless.porter.model import ServiceType
 from keyless.providers.azure import AzureProvider
+from keyless.providers.azure_api import AzureLimits
 from keyless.providers.azure_credentials import AUDIENCE
 from keyless.providers.base import PreflightIssue, PreflightSeverity
-from keyless.providers.retry import RetryPolicy
+from keyless.providers.retry import RateLimit, RetryPolicy
 from keyless.sandbox.azure import DEMO_CLUSTER, DEMO_CLUSTER_OFF, DEMO_RESOURCE_GROUP, AzureDemoSeed, AzureSandbox
 from keyless.sandbox.kube.tokens import ServiceAccountIssuer
 from keyless.targets import AzureTarget
@@ -487,8 +488,10 @@ def test_endless_throttling_gives_up_in_bounded_time_with_a_clear_error(
         sandbox: AzureSandbox, providers: list[AzureProvider], msi: ManagedServiceIdentityClient) -> None:
     identity = _identity(msi)
     virtual = VirtualTime()
+    unpaced = RateLimit(per_second=1000.0, burst=1000)  # the pacing is not what this test is about
     provider = _provider(sandbox, providers, retry=RetryPolicy(max_attempts=20, base_delay=0.05, max_delay=0.2,
-                                                               deadline=2.5), sleep=virtual.sleep, clock=virtual.clock)
+                                                               deadline=2.5), sleep=virtual.sleep, clock=virtual.clock,
+                         limits=AzureLimits(writes_per_subscription=unpaced, writes_per_identity=unpaced))
     [create], _ = _plan(provider, [_binding("api", identity)])
     sandbox.throttle_next(1000, retry_after=1.0)
     with pytest.raises(CloudError) as caught:
