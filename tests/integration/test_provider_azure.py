@@ -413,6 +413,22 @@ def test_two_services_on_one_identity_applied_at_once(
     assert len(_credentials(msi, other)) == 1
 
 
+def test_writes_are_paced_to_arms_limits_per_identity_and_per_subscription(
+        sandbox: AzureSandbox, providers: list[AzureProvider], msi: ManagedServiceIdentityClient) -> None:
+    first, second = _identity(msi), _identity(msi)
+    virtual = VirtualTime()
+    limits = AzureLimits(writes_per_subscription=RateLimit(per_second=2.0, burst=1),
+                         writes_per_identity=RateLimit(per_second=0.25, burst=1))
+    provider = _provider(sandbox, providers, limits=limits, sleep=virtual.sleep, clock=virtual.clock)
+    wanted = [_binding("api", first), _binding("worker", first), _binding("web", first), _binding("jobs", second)]
+    for action in _plan(provider, wanted)[0]:
+        assert provider.apply(action).ok
+    # Three writes on one identity at 0.25/s: two waits of four seconds (the other identity's write costs only
+    # the subscription's half second, inside them).
+    assert virtual.now >= 8.0
+    assert max(virtual.sleeps) == pytest.approx(4.0)
+
+
 def test_writes_on_one_identity_queue_while_other_identities_run_in_parallel(
         sandbox: AzureSandbox, providers: list[AzureProvider], msi: ManagedServiceIdentityClient) -> None:
     first, second = _identity(msi), _identity(msi)
