@@ -388,7 +388,8 @@ def test_lost_create_response_leaves_the_association(sandbox: AwsSandbox, seed: 
     healed = _associate(sandbox.client("eks"), cluster, "shop", "jobs", role)
     assert len(eks.list_pod_identity_associations(clusterName=cluster, serviceAccount="jobs")["associations"]) == 1
     assert healed["serviceAccount"] == "jobs"
-    assert _sandbox_api(sandbox, "faults/reset", {}) == {"throttleRemaining": 0, "loseNextCreate": None, "denied": []}
+    assert _sandbox_api(sandbox, "faults/reset", {}) == {"throttleRemaining": 0, "loseRemaining": 0, "armed": [],
+                                                          "denied": []}
 
 
 # ---- add-ons and Auto Mode ---------------------------------------------------------------------------
