@@ -627,7 +627,7 @@ def test_denied_actions_answer_like_aws_and_can_be_allowed_again(sandbox: AwsSan
         assert denied_eks.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
         iam.get_role(RoleName="keyless-demo-api")  # what is not denied still works, through the same front
         eks.list_pod_identity_associations(clusterName=seed.cluster)
-        assert sandbox.faults.denied == ("eks:describecluster", "iam:listroles")
+        assert sandbox.faults.denied == ("eks:DescribeCluster", "iam:ListRoles")  # as given; matched ignoring case
     finally:
         sandbox.deny()
     assert iam.list_roles()["Roles"]

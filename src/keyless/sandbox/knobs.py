@@ -347,7 +347,7 @@ class Knobs:
         self._rng = random.Random(self._settings.fault_seed)
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._armed: list[ArmedFault] = []
-        self._denied: frozenset[str] = frozenset()
+        self._denied: dict[str, str] = {}  # lowered (matching ignores case) -> as given
         self._operations: collections.Counter[str] = collections.Counter()
         self._methods: collections.Counter[str] = collections.Counter()
         self._history: list[Call] = []
@@ -403,13 +403,13 @@ class Knobs:
             if bad:
                 raise ValueError(f"not {self._action_form or 'actions of this front'}: {', '.join(bad)}")
         with self._lock:
-            self._denied = frozenset(a.lower() for a in found)
+            self._denied = {a.lower(): a for a in found}
 
     def allow(self, actions: Iterable[str]) -> None:
         """Give denied actions back; with none, all of them."""
         found = {a.lower() for a in actions}
         with self._lock:
-            self._denied = self._denied - found if found else frozenset()
+            self._denied = {k: v for k, v in self._denied.items() if k not in found} if found else {}
 
     def denies(self, action: str) -> bool:
         with self._lock:
@@ -419,12 +419,12 @@ class Knobs:
         """Disarm every fault and allow every action (settings, buckets and counters stay)."""
         with self._lock:
             self._armed.clear()
-            self._denied = frozenset()
+            self._denied = {}
             self._buckets.clear()
 
     def faults(self) -> FaultState:
         with self._lock:
-            return FaultState(tuple(self._armed), tuple(sorted(self._denied)))
+            return FaultState(tuple(self._armed), tuple(sorted(self._denied.values())))
 
     # ---- counters ---------------------------------------------------------------------------------
 
