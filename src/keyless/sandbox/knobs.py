@@ -330,7 +330,8 @@ class _Bucket:
 
     def wait(self) -> float:
         """Sandbox seconds until a token is there (0 when one is)."""
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.limit.per_second
+        # A hair of slack: refills computed from float clocks land a rounding error short of a whole token.
+        return 0.0 if self.tokens >= 1.0 - 1e-9 else (1.0 - self.tokens) / self.limit.per_second
 
 
 class Knobs:
@@ -506,7 +507,7 @@ class Knobs:
             buckets.append((name, bucket))
         remaining = {}
         for name, bucket in buckets:
-            bucket.tokens -= 1.0
+            bucket.tokens = max(0.0, bucket.tokens - 1.0)
             remaining[name] = int(bucket.tokens)
         return None, remaining
 
