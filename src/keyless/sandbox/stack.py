@@ -191,6 +191,8 @@ class SandboxStack:
         pod_env.update(gcp.pod_env())  # the metadata host is per pod: the GKE routing sets it at admission
         pod_env["KEYLESS_DOCTOR_AZURE_SCOPE"] = f"{azure.arm_url}/.default"
         self.set_knobs(self.initial_knobs)
+        for knobs in self.fronts().values():
+            knobs.reset_calls()  # the counters count what the sandbox's users call, not its own seeding
         host, port = self._control.server_address[:2]
         state = SandboxState(pid=os.getpid(), control_url=f"http://{host!s}:{port}", env=env, pod_env=pod_env)
         (self.state_dir / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
