@@ -52,7 +52,6 @@ from keyless.providers.azure_api import AzureLimits
 from keyless.providers.gcp import GcpProvider
 from keyless.providers.retry import RateLimit
 from keyless.sandbox import control
-from keyless.sandbox.limits import RateLimits, SandboxKnobs
 from keyless.targets import AnyTarget, AwsTarget, AzureTarget, GcpTarget, KubernetesMode
 
 AWS_SERVICES = int(os.environ.get("KEYLESS_BENCH_SERVICES", "1000"))
@@ -213,12 +212,11 @@ def per_resource_aws(target: AwsTarget, wanted: Mapping[tuple[str, str], str]) -
 def remove_all_associations(target: AwsTarget) -> None:
     """Clean up between strategies (not measured): limits off meanwhile, so nothing is throttled."""
     knobs = f"{os.environ['AWS_ENDPOINT_URL_EKS']}/_sandbox/knobs"
-    before = httpx.get(knobs, timeout=10).json()
     httpx.post(knobs, json={"rateLimits": "off"}, timeout=10).raise_for_status()
     try:
         _remove_all(target)
     finally:
-        httpx.post(knobs, json={"rateLimits": before["rateLimits"]}, timeout=10).raise_for_status()
+        httpx.post(knobs, json={"rateLimits": "realistic"}, timeout=10).raise_for_status()
 
 
 def _remove_all(target: AwsTarget) -> None:
@@ -237,7 +235,7 @@ def _remove_all(target: AwsTarget) -> None:
 def sandbox() -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KEYLESS_SANDBOX_DIR"] = tmp
-        knobs = SandboxKnobs(latency=LATENCY, rate_limits=RateLimits.REALISTIC, time_scale=TIME_SCALE)
+        knobs = {"latency": LATENCY, "rateLimits": "realistic", "timeScale": TIME_SCALE}
         state, _ = control.up(Path(tmp), knobs)
         try:
             os.environ.update(state.env)

@@ -211,17 +211,6 @@ RefreshOpt = Annotated[str, typer.Option(
 NoRefreshOpt = Annotated[bool, typer.Option("--no-refresh", help="The same as --refresh=false.")]
 
 
-def _seconds(text: str, option: str) -> float:
-    """A duration as people write it: 50ms, 0.5s, or a bare number of seconds."""
-    spelled = text.strip().lower()
-    scale = 0.001 if spelled.endswith("ms") else 1.0
-    number = spelled.removesuffix("ms").removesuffix("s")
-    try:
-        return float(number) * scale
-    except ValueError:
-        raise UsageError(f"{option} {text}: not a duration", f"e.g. {option} 50ms") from None
-
-
 def _refresh(value: str, no_refresh: bool) -> bool:
     """Whether to read every binding again: --refresh=true|false, or --no-refresh."""
     spelled = value.strip().lower()
@@ -639,34 +628,81 @@ sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS, Azure, GCP a
 app.add_typer(sandbox_app, name="sandbox")
 
 
-@sandbox_app.command("up", cls=_Command)
-def sandbox_up(
-    latency: Annotated[str, typer.Option(
-        "--latency", metavar="DURATION", help="Added to each cloud request, e.g. 50ms or 0.05s.")] = "0ms",
-    rate_limits: Annotated[str, typer.Option(
-        "--rate-limits", metavar="off|realistic",
-        help="realistic: refuse requests past the clouds' limits as they do (EKS ThrottlingException, ARM 429 "
-             "with Retry-After).")] = "off",
-    time_scale: Annotated[float, typer.Option(
-        "--time-scale", metavar="FACTOR", help="Every rate times FACTOR, every delay divided by it.")] = 1.0,
-) -> None:
-    """Start the sandbox in the background (or find the running one) and print how to use it."""
-    from keyless.sandbox import control
-    from keyless.sandbox.limits import RateLimits, SandboxKnobs
+LatencyOpt = Annotated[str | None, typer.Option(
+    "--latency", help="Added to every call of every front, in sandbox time: 50ms, 0.2s, 1.")]
+JitterOpt = Annotated[str | None, typer.Option(
+    "--jitter", help="Up to this much more per call, drawn from an RNG seeded with --fault-seed.")]
+RateLimitsOpt = Annotated[str | None, typer.Option(
+    "--rate-limits", help="off (the default) or realistic: each cloud's token buckets, answering as it throttles.")]
+TimeScaleOpt = Annotated[float | None, typer.Option(
+    "--time-scale", help="Divide every sandbox delay (latency, bucket refill, propagation) by this factor.")]
+FaultRateOpt = Annotated[float | None, typer.Option(
+    "--fault-rate", help="Share of calls (0-1) that fail at random: throttled, 5xx, or a write's answer lost.")]
+FaultSeedOpt = Annotated[int | None, typer.Option("--fault-seed", help="Seed of the random faults and jitter.")]
 
-    if rate_limits not in {r.value for r in RateLimits}:
-        raise UsageError(f"--rate-limits {rate_limits}: expected off or realistic", "e.g. --rate-limits realistic")
-    try:
-        knobs = SandboxKnobs(latency=_seconds(latency, "--latency"), rate_limits=RateLimits(rate_limits),
-                             time_scale=time_scale)
-    except ValueError as exc:
-        raise UsageError(str(exc), "e.g. keyless sandbox up --latency 50ms --time-scale 10") from None
+
+def _knob_flags(latency: str | None, jitter: str | None, rate_limits: str | None, time_scale: float | None,
+                fault_rate: float | None, fault_seed: int | None) -> dict[str, Any]:
+    """The knob settings the flags given ask for, as the sandbox's POST /knobs takes them."""
+    if rate_limits is not None and rate_limits not in ("off", "realistic"):
+        raise UsageError(f"--rate-limits must be off or realistic, not {rate_limits!r}")
+    given = {"latency": latency, "jitter": jitter, "rateLimits": rate_limits, "timeScale": time_scale,
+             "faultRate": fault_rate, "faultSeed": fault_seed}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+@sandbox_app.command("up", cls=_Command)
+def sandbox_up(latency: LatencyOpt = None, jitter: JitterOpt = None, rate_limits: RateLimitsOpt = None,
+               time_scale: TimeScaleOpt = None, fault_rate: FaultRateOpt = None, fault_seed: FaultSeedOpt = None
+               ) -> None:
+    """Start the sandbox in the background (or find the running one) and print how to use it.
+
+    The knob flags shape every front (EKS, IAM, STS, ARM, Entra, GCP, Kubernetes); given to a running sandbox, they
+    are applied to it. `keyless sandbox knobs` shows and changes them later."""
+    from keyless.sandbox import control
+
+    knobs = _knob_flags(latency, jitter, rate_limits, time_scale, fault_rate, fault_seed)
     directory = control.state_dir(os.environ)
     state, started = control.up(directory, knobs)
     out.print(("Started" if started else "Already running:") + f" the keyless sandbox (pid {state.pid}).",
               markup=False)
+    if knobs and not started:
+        out.print("Applied the knobs given to it: " + json.dumps(knobs), markup=False)
     out.print(f"Point your shell at it with:  eval \"$(keyless sandbox env)\"   (state in {directory})",
               markup=False)
+
+
+@sandbox_app.command("knobs", cls=_Command)
+def sandbox_knobs(latency: LatencyOpt = None, jitter: JitterOpt = None, rate_limits: RateLimitsOpt = None,
+                  time_scale: TimeScaleOpt = None, fault_rate: FaultRateOpt = None, fault_seed: FaultSeedOpt = None
+                  ) -> None:
+    """Show every front's knobs (latency, rate limits, time scale, random and armed faults) as JSON; with flags,
+    change them on every front first."""
+    from keyless.sandbox import control
+
+    knobs = _knob_flags(latency, jitter, rate_limits, time_scale, fault_rate, fault_seed)
+    state = control.require(control.state_dir(os.environ))
+    print(json.dumps(control.set_knobs(state, knobs) if knobs else control.get_knobs(state), indent=2))
+
+
+@sandbox_app.command("calls", cls=_Command)
+def sandbox_calls(
+    reset: Annotated[bool, typer.Option("--reset", help="Set every counter back to zero (after showing them).")]
+    = False,
+) -> None:
+    """Show the calls each front served, per operation as its cloud names it (ListPodIdentityAssociations,
+    GET federatedIdentityCredentials, iam.projects.serviceAccounts.getIamPolicy, patch deployments)."""
+    from keyless.sandbox import control
+
+    state = control.require(control.state_dir(os.environ))
+    counts = control.calls(state)
+    for front, found in counts.items():
+        out.print(f"{front}: {found['total']} calls", markup=False)
+        for operation, count in found["operations"].items():
+            out.print(f"  {count:>7}  {operation}", markup=False)
+    if reset:
+        control.calls(state, reset=True)
+        out.print("(counters reset)", markup=False)
 
 
 @sandbox_app.command("env", cls=_Command)

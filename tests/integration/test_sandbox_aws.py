@@ -25,6 +25,8 @@ from virtual_time import VirtualTime
 
 from keyless.sandbox.aws import DEMO_CLUSTER, POD_IDENTITY_TRUST_POLICY, AwsSandbox, DemoSeed, StaticClusterKeys
 from keyless.sandbox.aws.eks_model import DEFAULT_ASSOCIATION_QUOTA
+from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT
+from keyless.sandbox.knobs import Knobs, KnobSettings, RateLimit, TimeScale
 
 pytestmark = pytest.mark.integration
 
@@ -402,7 +404,8 @@ def test_lost_create_response_leaves_the_association(sandbox: AwsSandbox, seed: 
     healed = _associate(sandbox.client("eks"), cluster, "shop", "jobs", role)
     assert len(eks.list_pod_identity_associations(clusterName=cluster, serviceAccount="jobs")["associations"]) == 1
     assert healed["serviceAccount"] == "jobs"
-    assert _sandbox_api(sandbox, "faults/reset", {}) == {"throttleRemaining": 0, "loseNextCreate": None, "denied": []}
+    assert _sandbox_api(sandbox, "faults/reset", {}) == {"throttleRemaining": 0, "loseRemaining": 0, "armed": [],
+                                                          "denied": []}
 
 
 # ---- add-ons and Auto Mode ---------------------------------------------------------------------------
@@ -642,7 +645,7 @@ def test_denied_actions_answer_like_aws_and_can_be_allowed_again(sandbox: AwsSan
         assert denied_eks.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
         iam.get_role(RoleName="keyless-demo-api")  # what is not denied still works, through the same front
         eks.list_pod_identity_associations(clusterName=seed.cluster)
-        assert sandbox.faults.denied == ("eks:describecluster", "iam:listroles")
+        assert sandbox.faults.denied == ("eks:DescribeCluster", "iam:ListRoles")  # as given; matched ignoring case
     finally:
         sandbox.deny()
     assert iam.list_roles()["Roles"]
@@ -723,3 +726,110 @@ def test_agent_errors_are_plain_text_like_the_real_agent(
         assert error.headers["X-Content-Type-Options"] == "nosniff"
         text = error.read().decode()
     assert re.fullmatch(r"\[[0-9a-f-]{36}\]: \(ResourceNotFoundException\): .+, fault: client\n", text), text
+# ---- knobs: rate limits, random faults, counters, time scale ------------------------------------------
+
+
+@pytest.fixture
+def knobs(sandbox: AwsSandbox) -> Iterator[Knobs]:
+    yield sandbox.knobs
+    sandbox.knobs.configure(KnobSettings())
+
+
+def test_an_eks_rate_limit_answers_throttling_exception_which_botocore_retries(
+        sandbox: AwsSandbox, seed: DemoSeed, knobs: Knobs) -> None:
+    knobs.configure(KnobSettings(rate_limits={"eks-read": RateLimit(20.0, burst=1)}))
+    eks = sandbox.client("eks", NO_RETRIES)
+    eks.describe_cluster(name=seed.cluster)
+    with pytest.raises(ClientError) as throttled:
+        eks.describe_cluster(name=seed.cluster)
+    assert _code(throttled) == ("ThrottlingException", 429)  # HTTP 429, as botocore's EKS model has it
+    assert throttled.value.response["Error"]["Message"] == "Rate exceeded"
+    knobs.configure(KnobSettings(rate_limits={"eks-read": RateLimit(5.0, burst=1)}))
+    retrying = sandbox.client("eks", Config(retries={"mode": "standard", "total_max_attempts": 10}))
+    retrying.describe_cluster(name=seed.cluster)
+    # botocore saw a throttling error and backed off until the bucket had a token again.
+    assert retrying.describe_cluster(name=seed.cluster)["ResponseMetadata"]["RetryAttempts"] >= 1
+
+
+def test_an_iam_rate_limit_answers_throttling_which_botocore_retries(
+        sandbox: AwsSandbox, seed: DemoSeed, knobs: Knobs) -> None:
+    knobs.configure(KnobSettings(rate_limits={"iam-read": RateLimit(5.0, burst=1)}))
+    iam = sandbox.client("iam", NO_RETRIES)
+    iam.get_role(RoleName="keyless-demo-api")
+    with pytest.raises(ClientError) as throttled:
+        iam.get_role(RoleName="keyless-demo-api")
+    assert _code(throttled) == ("Throttling", 400)  # IAM's query protocol: 400 Throttling, "Rate exceeded"
+    retrying = sandbox.client("iam", Config(retries={"mode": "standard", "total_max_attempts": 10}))
+    assert retrying.get_role(RoleName="keyless-demo-api")["ResponseMetadata"]["RetryAttempts"] >= 1
+    sandbox.client("iam", NO_RETRIES).create_role(  # writes have their own bucket
+        RoleName=_unique("bucketed"), AssumeRolePolicyDocument=json.dumps(dict(POD_IDENTITY_TRUST_POLICY)))
+
+
+def test_sts_goes_through_the_front_and_takes_its_faults(sandbox: AwsSandbox, knobs: Knobs) -> None:
+    sts = sandbox.client("sts", NO_RETRIES)
+    assert sts.get_caller_identity()["Account"] == DEFAULT_ACCOUNT
+    knobs.deny(["sts:GetCallerIdentity"])
+    with pytest.raises(ClientError) as denied:
+        sts.get_caller_identity()
+    assert _code(denied) == ("AccessDenied", 403)
+    knobs.reset_faults()
+    knobs.fail_next(1, status=500, match=("GetCallerIdentity",))
+    with pytest.raises(ClientError) as failed:
+        sts.get_caller_identity()
+    assert _code(failed) == ("InternalFailure", 500)
+    assert knobs.calls()["GetCallerIdentity"] >= 3
+
+
+def test_random_faults_follow_their_seed_and_a_lost_write_still_happens(
+        sandbox: AwsSandbox, seed: DemoSeed, eks: Any, knobs: Knobs) -> None:
+    cluster = _new_cluster(sandbox, seed)
+    no_retry = sandbox.client("eks", NO_RETRIES)
+
+    def outcomes() -> list[str]:
+        httpx.post(f"{sandbox.eks_url}/_sandbox/knobs", json={"faultRate": 0.6, "faultSeed": 11}).raise_for_status()
+        found = []
+        for _ in range(12):
+            try:
+                no_retry.list_pod_identity_associations(clusterName=cluster)
+                found.append("ok")
+            except ClientError as error:
+                found.append(error.response["Error"]["Code"])
+        return found
+
+    first = outcomes()
+    assert first == outcomes()  # the same seed, the same faults in the same order
+    assert {"ok", "ThrottlingException"} <= set(first)
+    assert set(first) <= {"ok", "ThrottlingException", "ServerException", "ServiceUnavailableException"}
+    knobs.configure(KnobSettings())
+    knobs.lose_next(1, mode="error", match=("CreatePodIdentityAssociation",))
+    with pytest.raises(ClientError) as lost:
+        _associate(no_retry, cluster, "shop", "lost", seed.roles["keyless-demo-api"])
+    assert _code(lost) == ("ServerException", 500)
+    assert eks.list_pod_identity_associations(clusterName=cluster, serviceAccount="lost")["associations"]
+
+
+def test_calls_are_counted_per_operation_and_reset_over_http(
+        sandbox: AwsSandbox, seed: DemoSeed, eks: Any, iam: Any) -> None:
+    httpx.delete(f"{sandbox.eks_url}/_sandbox/calls").raise_for_status()
+    eks.list_pod_identity_associations(clusterName=seed.cluster)
+    eks.list_pod_identity_associations(clusterName=seed.cluster)
+    iam.get_role(RoleName="keyless-demo-api")
+    counted = httpx.get(f"{sandbox.eks_url}/_sandbox/calls").json()
+    assert counted["operations"] == {"GetRole": 1, "ListPodIdentityAssociations": 2}
+    assert counted["total"] == 3
+    assert httpx.get(f"{sandbox.eks_url}/_sandbox/requests").json() == {"GET": 2}  # EKS only, by method
+    assert httpx.post(f"{sandbox.eks_url}/_sandbox/calls/reset").json()["total"] == 0
+    assert httpx.post(f"{sandbox.eks_url}/_sandbox/knobs", json={"faultRate": 3}).status_code == 400
+
+
+def test_the_time_scale_divides_the_association_delay() -> None:
+    virtual = VirtualTime()
+    with AwsSandbox(association_delay=30.0, time_scale=TimeScale(10.0, virtual.clock)) as scaled:
+        seed = scaled.seed_demo()
+        _associate(scaled.client("eks", NO_RETRIES), seed.cluster, "scaled", "api", seed.roles["keyless-demo-api"])
+        virtual.sleep(2.9)
+        assert scaled.association_for(seed.cluster, "scaled", "api") is None  # 29 of 30 sandbox seconds
+        virtual.sleep(0.1)
+        assert scaled.association_for(seed.cluster, "scaled", "api") == seed.roles["keyless-demo-api"]
+        answer = httpx.post(f"{scaled.eks_url}/_sandbox/knobs", json={"timeScale": 2, "latency": "40ms"}).json()
+        assert (answer["timeScale"], answer["latency"]) == (2.0, 0.04)

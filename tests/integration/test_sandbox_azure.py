@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import jwt
 import pytest
 from azure.core.exceptions import (
@@ -42,6 +43,7 @@ from keyless.sandbox.azure import (
     RateLimit,
     WriteLimits,
 )
+from keyless.sandbox.knobs import KnobSettings
 
 pytestmark = pytest.mark.integration
 
@@ -588,3 +590,82 @@ def test_an_issuer_whose_keys_cannot_be_fetched_is_aadsts90061(
     with pytest.raises(ClientAuthenticationError) as failed:
         _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE)
     assert "AADSTS90061: Request to External OIDC endpoint failed." in str(failed.value.message)
+# ---- knobs: ARM and Entra rate limits, lost answers, counters ------------------------------------------------
+
+
+def test_an_arm_read_limit_answers_429_with_retry_after_which_azure_core_honours(
+        sandbox: AzureSandbox, seed: AzureDemoSeed, credential: WorkloadIdentityCredential,
+        msi: ManagedServiceIdentityClient) -> None:
+    name = str(_identity(msi).name)
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    def record(response: Any) -> None:
+        seen.append((response.http_response.status_code, dict(response.http_response.headers)))
+
+    sandbox.arm_knobs.configure(KnobSettings(rate_limits={"arm-read": RateLimit(1.0, burst=1)}))
+    try:
+        no_retry = ManagedServiceIdentityClient(credential, sandbox.subscription_id,
+                                                **_common(sandbox, retry_total=0, raw_response_hook=record))
+        no_retry.user_assigned_identities.get(RG, name)
+        assert seen[-1][1]["x-ms-ratelimit-remaining-subscription-reads"] == "0"
+        with pytest.raises(HttpResponseError) as throttled:
+            no_retry.user_assigned_identities.get(RG, name)
+        assert _code(throttled) == (429, "SubscriptionRequestsThrottled")
+        assert _retry_after(throttled.value) == "1"
+        seen.clear()
+        began = time.monotonic()
+        retrying = ManagedServiceIdentityClient(credential, sandbox.subscription_id,
+                                                **_common(sandbox, raw_response_hook=record))
+        assert retrying.user_assigned_identities.get(RG, name).name == name
+        assert [status for status, _ in seen] == [429, 200]  # throttled once, then served
+        assert time.monotonic() - began >= 0.5  # azure-core waited as told, not its own sub-second backoff
+    finally:
+        sandbox.arm_knobs.configure(KnobSettings())
+
+
+def test_the_token_endpoint_throttles_in_entra_words_and_azure_identity_honours_retry_after(
+        sandbox: AzureSandbox, seed: AzureDemoSeed) -> None:
+    before = sandbox.entra_knobs.calls().get("token", 0)
+    sandbox.entra_knobs.throttle_next(1)
+    began = time.monotonic()
+    assert sandbox.deployer_credential().get_token(ARM_SCOPE).token
+    assert time.monotonic() - began >= 0.9  # it waited the Retry-After second, then asked again
+    assert sandbox.entra_knobs.calls()["token"] == before + 2
+    sandbox.entra_knobs.throttle_next(20)
+    with pytest.raises(ClientAuthenticationError) as throttled:
+        sandbox.deployer_credential().get_token(ARM_SCOPE)
+    assert "AADSTS90055" in str(throttled.value.message)
+
+
+def test_a_lost_answer_leaves_the_credential_written(sandbox: AzureSandbox, seed: AzureDemoSeed,
+                                                    credential: WorkloadIdentityCredential,
+                                                    msi: ManagedServiceIdentityClient) -> None:
+    name = str(_identity(msi).name)
+    no_retry = ManagedServiceIdentityClient(credential, sandbox.subscription_id, **_common(sandbox, retry_total=0))
+    sandbox.arm_knobs.lose_next(1, match=("federatedIdentityCredentials/write",))
+    with pytest.raises(HttpResponseError) as lost:
+        no_retry.federated_identity_credentials.create_or_update(RG, name, "lost-answer", _fic())
+    assert _code(lost) == (500, "InternalServerError")
+    assert msi.federated_identity_credentials.get(RG, name, "lost-answer").name == "lost-answer"
+
+
+def test_arm_counts_calls_by_operation_and_takes_faults_over_http(
+        sandbox: AzureSandbox, seed: AzureDemoSeed, msi: ManagedServiceIdentityClient) -> None:
+    name = str(_identity(msi).name)
+    with httpx.Client(base_url=f"{sandbox.arm_url}/_sandbox/",
+                      verify=ssl.create_default_context(cafile=str(sandbox.ca_bundle))) as control:
+        control.delete("calls").raise_for_status()
+        list(msi.federated_identity_credentials.list(RG, name))
+        msi.federated_identity_credentials.create_or_update(RG, name, "counted", _fic())
+        msi.federated_identity_credentials.get(RG, name, "counted")
+        assert control.get("calls").json()["operations"] == {
+            "GET federatedIdentityCredentials (list)": 1, "PUT federatedIdentityCredentials": 1,
+            "GET federatedIdentityCredentials": 1}
+        denied = control.post("faults/deny", json={"actions": [
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/read"]})
+        assert denied.json()["denied"] == [
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/read"]
+        with pytest.raises(HttpResponseError) as refused:
+            msi.federated_identity_credentials.get(RG, name, "counted")
+        assert _code(refused) == (403, "AuthorizationFailed")
+        assert control.post("faults/deny", json={"actions": ["read everything"]}).status_code == 400

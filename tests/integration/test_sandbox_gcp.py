@@ -30,6 +30,7 @@ from keyless.sandbox.gcp import (
     GcpDemoSeed,
     GcpSandbox,
 )
+from keyless.sandbox.knobs import KnobSettings, RateLimit
 from keyless.sandbox.kube import GKE_POD_NAME_VARIABLE, KubeStandIn, gke_metadata_mutator
 from keyless.sandbox.kube.admission import GkeMetadataRouting
 from keyless.sandbox.stack import SandboxStack, kube_pod_lookup
@@ -674,3 +675,63 @@ def test_stack_wires_sandbox_gke_to_the_gcp_stand_in(tmp_path: Path) -> None:
         assert result.stdout.split() == [DEMO_PROJECT, WEB]
     finally:
         stack.stop()
+
+
+# ---- knobs: IAM quotas, lost answers, counters -------------------------------------------------------------
+
+
+def test_iam_quotas_answer_429_resource_exhausted_and_refill_on_the_sandbox_clock(
+        sandbox: GcpSandbox, session: AuthorizedSession, env: dict[str, str], clock: VirtualTime) -> None:
+    email = new_account(sandbox)
+    sandbox.knobs.configure(KnobSettings(rate_limits={"gcp-iam-read": RateLimit(1.0, burst=1),
+                                                      "gcp-iam-write": RateLimit(0.5, burst=1)}))
+    try:
+        policy = get_policy(session, env, email)
+        throttled = session.post(sa_url(env, email, ":getIamPolicy"), json={})
+        status, name, message = error_of(throttled)
+        assert (status, name) == (429, "RESOURCE_EXHAUSTED")
+        assert "'Read requests'" in message
+        assert throttled.headers["Retry-After"] == "1"
+        [info] = throttled.json()["error"]["details"]
+        assert (info["@type"], info["reason"]) == ("type.googleapis.com/google.rpc.ErrorInfo", "RATE_LIMIT_EXCEEDED")
+        assert set_policy(session, env, email, policy).status_code == 200  # writes draw on their own bucket
+        refused = set_policy(session, env, email, policy)
+        assert error_of(refused)[:2] == (429, "RESOURCE_EXHAUSTED")
+        assert "'Write requests'" in error_of(refused)[2]
+        assert refused.headers["Retry-After"] == "2"
+        clock.sleep(1.0)  # the buckets refill on the sandbox's clock, not the wall's
+        assert session.post(sa_url(env, email, ":getIamPolicy"), json={}).status_code == 200
+    finally:
+        sandbox.knobs.configure(KnobSettings())
+
+
+def test_a_lost_set_iam_policy_answer_leaves_the_policy_written(
+        sandbox: GcpSandbox, session: AuthorizedSession, env: dict[str, str]) -> None:
+    email = new_account(sandbox)
+    policy = get_policy(session, env, email)
+    member = "serviceAccount:keyless-sandbox.svc.id.goog[shop/lost]"
+    policy["bindings"] = [{"role": "roles/iam.workloadIdentityUser", "members": [member]}]
+    sandbox.knobs.lose_next(1, match=(":setIamPolicy",))
+    assert error_of(set_policy(session, env, email, policy))[:2] == (500, "INTERNAL")
+    assert member in json.dumps(sandbox.iam_policy(email))
+
+
+def test_sts_throttles_in_oauth_words_and_calls_are_counted_by_google_method(
+        sandbox: GcpSandbox, session: AuthorizedSession, env: dict[str, str]) -> None:
+    control = f"{sandbox.api_url}_sandbox/"
+    verify = str(sandbox.ca_bundle)
+    requests.delete(f"{control}calls", verify=verify, timeout=10).raise_for_status()
+    email = new_account(sandbox)
+    get_policy(session, env, email)
+    session.get(sa_url(env, email))
+    armed = requests.post(f"{control}faults/throttle", json={"count": 1, "match": "sts.token", "retryAfter": 5},
+                          verify=verify, timeout=10)
+    assert armed.json()["throttleRemaining"] == 1
+    throttled = requests.post(url(env, "STS", "v1/token"), data={"grant_type": "x"}, timeout=10)
+    assert throttled.status_code == 429
+    assert throttled.json()["error"] == "rate_limit_exceeded"
+    assert throttled.headers["Retry-After"] == "5"
+    counted = requests.get(f"{control}calls", verify=verify, timeout=10).json()["operations"]
+    assert counted["iam.projects.serviceAccounts.getIamPolicy"] == 1
+    assert counted["iam.projects.serviceAccounts.get"] == 1
+    assert counted["sts.token"] == 1

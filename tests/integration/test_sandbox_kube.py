@@ -21,6 +21,7 @@ from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.core_v1 import Event, Namespace, Pod, ServiceAccount
 from lightkube.types import PatchType
 
+from keyless.sandbox.knobs import KnobSettings, RateLimit
 from keyless.sandbox.kube import (
     AZURE_TOKEN_FILE,
     EKS_TOKEN_FILE,
@@ -416,3 +417,51 @@ def test_async_client_and_namespace_deletion(kubeconfig: Path, kube: KubeStandIn
         sync.get(Namespace, "async")
     assert gone.value.status.code == 404
     assert list(sync.list(ServiceAccount, namespace="async")) == []
+
+
+# ---- knobs: API Priority and Fairness, denials, counters ---------------------------------------------------
+
+
+def test_a_rate_limit_answers_429_too_many_requests_with_retry_after(kube: KubeStandIn, client: Client) -> None:
+    kube.knobs.configure(KnobSettings(rate_limits={"kube": RateLimit(0.5, burst=1)}))
+    try:
+        client.get(Namespace, "default")
+        with pytest.raises(ApiError) as throttled:
+            client.get(Namespace, "default")
+        assert (throttled.value.status.code, throttled.value.status.reason) == (429, "TooManyRequests")
+        assert throttled.value.status.details is not None
+        assert throttled.value.status.details.retryAfterSeconds == 2
+        answer = httpx.get(f"{kube.url}/api/v1/namespaces/default")
+        assert (answer.status_code, answer.headers["Retry-After"]) == (429, "2")
+        assert answer.json()["kind"] == "Status"
+    finally:
+        kube.knobs.configure(KnobSettings())
+
+
+def test_denied_verbs_are_forbidden_and_calls_are_counted_by_verb_and_resource(
+        kube: KubeStandIn, client: Client) -> None:
+    control = f"{kube.url}/_sandbox"
+    httpx.post(f"{control}/calls/reset").raise_for_status()
+    namespace = _namespace(client, "knobs-counted")
+    list(client.list(Pod, namespace=namespace))
+    client.get(Namespace, namespace)
+    assert httpx.get(f"{control}/calls").json()["operations"] == {
+        "create namespaces": 1, "get namespaces": 1, "list pods": 1}
+    assert httpx.post(f"{control}/faults/deny", json={"actions": ["list pods"]}).json()["denied"] == ["list pods"]
+    try:
+        with pytest.raises(ApiError) as denied:
+            list(client.list(Pod, namespace=namespace))
+        assert (denied.value.status.code, denied.value.status.reason) == (403, "Forbidden")
+        client.get(Namespace, namespace)  # what is not denied still works
+    finally:
+        httpx.post(f"{control}/faults/reset").raise_for_status()
+    assert httpx.post(f"{control}/faults/deny", json={"actions": ["List Pods!"]}).status_code == 400
+
+
+def test_a_lost_answer_leaves_the_object_created(kube: KubeStandIn, client: Client) -> None:
+    namespace = _namespace(client, "knobs-lost")
+    kube.knobs.lose_next(1, match=("create serviceaccounts",))
+    with pytest.raises(ApiError) as lost:
+        client.create(ServiceAccount(metadata=ObjectMeta(name="lost", namespace=namespace)))
+    assert lost.value.status.code == 500
+    assert client.get(ServiceAccount, "lost", namespace=namespace).metadata is not None

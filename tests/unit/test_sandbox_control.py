@@ -56,3 +56,23 @@ def test_down_when_nothing_runs(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["sandbox", "down"], env={"KEYLESS_SANDBOX_DIR": str(tmp_path / "none")})
     assert result.exit_code == 0
     assert "not running" in result.stdout
+
+
+def test_bad_knob_flags_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    env = {"KEYLESS_SANDBOX_DIR": str(tmp_path / "sandbox")}
+    for flags, message in ((["--rate-limits", "fast"], "--rate-limits must be off or realistic"),
+                           (["--latency", "soon"], "not a duration"),
+                           (["--fault-rate", "1.5"], "between 0 and 1"),
+                           (["--time-scale", "0"], "timeScale must be a number > 0")):
+        result = CliRunner().invoke(app, ["sandbox", "up", *flags], env=env)
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    assert not (tmp_path / "sandbox").exists()  # nothing was started
+
+
+def test_knobs_without_a_running_sandbox_say_how_to_start_it(tmp_path: Path) -> None:
+    env = {"KEYLESS_SANDBOX_DIR": str(tmp_path / "sandbox")}
+    for words in (["sandbox", "knobs"], ["sandbox", "calls"], ["sandbox", "knobs", "--latency", "50ms"]):
+        result = CliRunner().invoke(app, words, env=env)
+        assert result.exit_code == 1
+        assert "keyless sandbox up" in result.output

@@ -12,15 +12,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import httpx2
 from lightkube import ApiError, Client, ConfigError, KubeConfig
 from lightkube.resources.core_v1 import Pod
 
-from keyless.errors import KeylessError
+from keyless.errors import KeylessError, UsageError
 from keyless.porter.model import App
-from keyless.sandbox.limits import DEFAULT_KNOBS, SandboxKnobs
+from keyless.sandbox.knobs import parse_settings
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import STATE_FILE, SandboxState, admin_contexts
 
@@ -70,11 +71,27 @@ def running(directory: Path) -> SandboxState | None:
     return state
 
 
-def up(directory: Path, knobs: SandboxKnobs = DEFAULT_KNOBS) -> tuple[SandboxState, bool]:
-    """Start the sandbox in the background unless it runs already (its knobs are then as it was started with, and
-    can be changed over HTTP); answers (state, started_now)."""
+def check_knobs(knobs: Mapping[str, Any]) -> None:
+    """Refuse bad knob settings before anything starts (UsageError, exit 2)."""
+    try:
+        parse_settings({k: v for k, v in knobs.items() if k != "timeScale"})
+        scale = knobs.get("timeScale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+            raise ValueError("timeScale must be a number > 0")
+    except ValueError as exc:
+        raise UsageError(f"bad sandbox knobs: {exc}") from None
+
+
+def up(directory: Path, knobs: Mapping[str, Any] | None = None) -> tuple[SandboxState, bool]:
+    """Start the sandbox in the background unless it runs already; answers (state, started_now).
+
+    `knobs` (the JSON POST /knobs takes) shape every front; given to a running sandbox, they are applied to it."""
+    knobs = dict(knobs or {})
+    check_knobs(knobs)
     current = running(directory)
     if current is not None:
+        if knobs:
+            set_knobs(current, knobs)
         return current, False
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).unlink(missing_ok=True)
@@ -83,8 +100,7 @@ def up(directory: Path, knobs: SandboxKnobs = DEFAULT_KNOBS) -> tuple[SandboxSta
     # library, and the background process must not keep that directory busy.
     process = subprocess.Popen(
         [sys.executable, "-P", "-m", "keyless.sandbox", "serve", "--state-dir", str(directory),
-         "--latency", str(knobs.latency), "--rate-limits", knobs.rate_limits.value, "--time-scale",
-         str(knobs.time_scale)],
+         "--knobs", json.dumps(knobs)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=directory,
     )
     deadline = time.monotonic() + START_TIMEOUT
@@ -110,6 +126,35 @@ def down(directory: Path) -> SandboxState | None:
     while time.monotonic() < deadline and _alive(state.pid):
         time.sleep(0.1)
     return state
+
+
+def _control(state: SandboxState, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    try:
+        response = httpx.request(method, f"{state.control_url}{path}", json=body, timeout=30)
+    except httpx.HTTPError as exc:
+        raise SandboxError(f"cannot reach the sandbox's control endpoint: {exc}") from None
+    if response.status_code == 400:
+        raise UsageError(f"bad sandbox knobs: {response.json().get('message')}")
+    if response.status_code != 200:
+        raise SandboxError(f"the sandbox answered {response.status_code} to {method} {path}",
+                           "restart it: keyless sandbox down, then keyless sandbox up")
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def get_knobs(state: SandboxState) -> dict[str, Any]:
+    """Every front's knobs: settings, time scale, armed faults."""
+    return _control(state, "GET", "/knobs")
+
+
+def set_knobs(state: SandboxState, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply knob settings to every front of the running sandbox."""
+    return _control(state, "POST", "/knobs", knobs)
+
+
+def calls(state: SandboxState, reset: bool = False) -> dict[str, Any]:
+    """Calls per operation on every front (and reset the counters when asked)."""
+    return _control(state, "POST", "/calls/reset") if reset else _control(state, "GET", "/calls")
 
 
 def unset_line(state: SandboxState) -> str:

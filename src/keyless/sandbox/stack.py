@@ -19,8 +19,9 @@ import trustme
 from keyless.sandbox.aws import AwsSandbox
 from keyless.sandbox.azure import AzureSandbox
 from keyless.sandbox.azure.demo import DEMO_CLUSTER, AzureDemoSeed
-from keyless.sandbox.azure.limits import REAL_WRITE_LIMITS
 from keyless.sandbox.gcp import GcpDemoSeed, GcpSandbox, PodLookup
+from keyless.sandbox.knobs import Knobs, KnobSettings, TimeScale, parse_settings
+from keyless.sandbox.knobs_http import calls_json
 from keyless.sandbox.kube import (
     KubeStandIn,
     KubeStandInError,
@@ -28,7 +29,6 @@ from keyless.sandbox.kube import (
     eks_pod_identity_mutator,
     gke_metadata_mutator,
 )
-from keyless.sandbox.limits import DEFAULT_KNOBS, RateLimits, SandboxKnobs
 
 EKS_TARGET = "sandbox-eks"
 EKS_CONTEXT = "sandbox-eks"
@@ -119,17 +119,21 @@ def kube_pod_lookup(cluster: KubeStandIn) -> PodLookup:
 class SandboxStack:
     """Starts the stand-ins, wires the pod identity webhook and agent to the cluster, seeds the demo."""
 
-    def __init__(self, state_dir: Path, *, association_delay: float = 1.0, knobs: SandboxKnobs = DEFAULT_KNOBS) -> None:
+    def __init__(self, state_dir: Path, *, association_delay: float = 1.0, knobs: KnobSettings | None = None,
+                 time_scale: float = 1.0) -> None:
+        """``knobs`` shape every call of every front (none by default: the demo stays fast); ``time_scale`` divides
+        every delay of every stand-in (latency, bucket refill, propagation, pod start-up)."""
         self.state_dir = state_dir
-        self.knobs = knobs
+        self.time = TimeScale(time_scale)
+        self.initial_knobs = knobs or KnobSettings()
         # One CA signs every HTTPS stand-in, so that one REQUESTS_CA_BUNDLE trusts them all.
         ca = trustme.CA(organization_name="keyless sandbox")
-        delay = knobs.delay(association_delay)  # propagation, on the time scale
-        self.aws = AwsSandbox(association_delay=delay, knobs=knobs)
-        realistic = knobs.rate_limits is RateLimits.REALISTIC
-        self.azure = AzureSandbox(state_dir=state_dir / "azure", propagation_delay=delay, ca=ca,
-                                  write_limits=REAL_WRITE_LIMITS.scaled(knobs.time_scale) if realistic else None)
-        self.gcp = GcpSandbox(state_dir=state_dir / "gcp", propagation_delay=delay, ca=ca)
+        # The knobs are set once the demo is seeded (end of start()): seeding must neither wait nor fail at random.
+        self.aws = AwsSandbox(association_delay=association_delay, time_scale=self.time)
+        self.azure = AzureSandbox(state_dir=state_dir / "azure", propagation_delay=association_delay, ca=ca,
+                                  time_scale=self.time)
+        self.gcp = GcpSandbox(state_dir=state_dir / "gcp", propagation_delay=association_delay, ca=ca,
+                              time_scale=self.time)
         self.eks: KubeStandIn | None = None
         self.aks: KubeStandIn | None = None
         self.gke: KubeStandIn | None = None
@@ -146,6 +150,7 @@ class SandboxStack:
             seed.cluster,
             issuer_url=eks_issuer,
             state_dir=self.state_dir / "clusters" / seed.cluster,
+            time_scale=self.time,
             # The webhook adds the credentials path itself, as the real one does to its fixed agent address. That
             # address is link-local 169.254.170.23, which an unprivileged process cannot bind: the agent listens on
             # loopback instead (docs/SANDBOX.md).
@@ -166,6 +171,7 @@ class SandboxStack:
             DEMO_CLUSTER,
             issuer_url=f"{{url}}/{azure.tenant_id}/{DEMO_CLUSTER}/",
             state_dir=self.state_dir / "clusters" / DEMO_CLUSTER,
+            time_scale=self.time,
             mutators=[azure_workload_identity_mutator(azure.tenant_id, azure.authority_url)],
         )
         aks.start()
@@ -183,6 +189,7 @@ class SandboxStack:
             gcp_seed.cluster,
             issuer_url=gcp_seed.cluster_issuer,
             state_dir=self.state_dir / "clusters" / gcp_seed.cluster,
+            time_scale=self.time,
             mutators=[gke_metadata_mutator(gcp.metadata_host_for(gcp_seed.location, gcp_seed.cluster))],
         )
         gke.start()
@@ -206,6 +213,9 @@ class SandboxStack:
         pod_env.update(azure.ca_env())
         pod_env.update(gcp.pod_env())  # the metadata host is per pod: the GKE routing sets it at admission
         pod_env["KEYLESS_DOCTOR_AZURE_SCOPE"] = f"{azure.arm_url}/.default"
+        self.set_knobs(self.initial_knobs)
+        for knobs in self.fronts().values():
+            knobs.reset_calls()  # the counters count what the sandbox's users call, not its own seeding
         host, port = self._control.server_address[:2]
         state = SandboxState(pid=os.getpid(), control_url=f"http://{host!s}:{port}", env=env, pod_env=pod_env)
         (self.state_dir / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
@@ -230,6 +240,43 @@ class SandboxStack:
         if self.gcp.running:
             self.gcp.stop()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    # ---- knobs across every front ----------------------------------------------------------------------
+
+    def fronts(self) -> dict[str, Knobs]:
+        """Every front's knobs by name: aws (EKS, IAM, STS), arm, entra, gcp, and kube-<cluster> per cluster."""
+        found = {k.name: k for k in (self.aws.knobs, self.azure.arm_knobs, self.azure.entra_knobs, self.gcp.knobs)}
+        found.update({c.knobs.name: c.knobs for c in (self.eks, self.aks, self.gke) if c is not None})
+        return found
+
+    def knobs_json(self) -> dict[str, Any]:
+        return {"timeScale": self.time.factor, "fronts": {n: k.to_json() for n, k in self.fronts().items()}}
+
+    def configure(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Apply knob settings (the JSON the HTTP routes take) to every front at once; ValueError if bad."""
+        fronts = self.fronts()
+        settings = {name: parse_settings(body, knobs.settings) for name, knobs in fronts.items()}  # all or nothing
+        if "timeScale" in body:
+            scale = body["timeScale"]
+            if isinstance(scale, bool) or not isinstance(scale, int | float):
+                raise ValueError("timeScale must be a number")
+            self.time.factor = float(scale)
+        for name, knobs in fronts.items():
+            knobs.configure(settings[name])
+        return self.knobs_json()
+
+    def set_knobs(self, settings: KnobSettings) -> None:
+        """The same settings on every front (rate limits a front has no calls for are ignored by it)."""
+        for knobs in self.fronts().values():
+            knobs.configure(settings)
+
+    def calls(self) -> dict[str, Any]:
+        return {name: calls_json(knobs) for name, knobs in self.fronts().items()}
+
+    def reset_calls(self) -> dict[str, Any]:
+        for knobs in self.fronts().values():
+            knobs.reset_calls()
+        return self.calls()
 
     def _clusters(self, context: str | None = None) -> list[KubeStandIn]:
         by_context = {EKS_CONTEXT: self.eks, AKS_CONTEXT: self.aks, GKE_CONTEXT: self.gke}
@@ -260,7 +307,8 @@ class SandboxStack:
 
 def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        """Loopback-only control calls that have no cloud or Kubernetes API: exec and running a job now."""
+        """Loopback-only control calls that have no cloud or Kubernetes API: exec, running a job now, and the knobs
+        and call counters of every front at once."""
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: the CLI prints what matters
             return
@@ -273,9 +321,19 @@ def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _call(self, routes: dict[str, Callable[[dict[str, str]], Any]]) -> None:
+        def _call(self, routes: dict[str, Callable[[dict[str, Any]], Any]]) -> None:
             url = urlparse(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            query: dict[str, Any] = {k: v[0] for k, v in parse_qs(url.query).items()}
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                try:
+                    body = json.loads(self.rfile.read(length))
+                except ValueError:
+                    body = None
+                if not isinstance(body, dict):
+                    self._answer(400, {"message": "the body must be a JSON object"})
+                    return
+                query.update(body)
             route = routes.get(url.path)
             if route is None:
                 self._answer(404, {"message": f"no such control call {self.command} {url.path}"})
@@ -286,15 +344,21 @@ def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
                 self._answer(400, {"message": f"missing parameter {exc}"})
             except KubeStandInError as exc:
                 self._answer(404, {"message": str(exc)})
+            except ValueError as exc:
+                self._answer(400, {"message": str(exc)})
 
         def do_GET(self) -> None:
             self._call({
                 "/health": lambda q: {"ok": True},
+                "/knobs": lambda q: stack.knobs_json(),
+                "/calls": lambda q: stack.calls(),
                 "/exec-env": lambda q: stack.exec_env(q.get("namespace", DEMO_NAMESPACE), q["pod"], q.get("context")),
             })
 
         def do_POST(self) -> None:
             self._call({
+                "/knobs": stack.configure,
+                "/calls/reset": lambda q: stack.reset_calls(),
                 "/run-job": lambda q: {"job": stack.run_job(q.get("namespace", DEMO_NAMESPACE), q["cronjob"],
                                                             q.get("context"))},
             })
@@ -302,9 +366,12 @@ def _control_handler(stack: SandboxStack) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(state_dir: Path, knobs: SandboxKnobs = DEFAULT_KNOBS) -> None:
-    """Run the sandbox until SIGTERM or SIGINT (what `keyless sandbox up` starts in the background)."""
-    stack = SandboxStack(state_dir, knobs=knobs)
+def serve(state_dir: Path, knobs: dict[str, Any] | None = None) -> None:
+    """Run the sandbox until SIGTERM or SIGINT (what `keyless sandbox up` starts in the background), its fronts shaped
+    by `knobs` (the JSON POST /knobs takes: latency, rateLimits, timeScale, faultRate, ...)."""
+    body = dict(knobs or {})
+    scale = body.pop("timeScale", 1.0)
+    stack = SandboxStack(state_dir, knobs=parse_settings(body), time_scale=float(scale))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

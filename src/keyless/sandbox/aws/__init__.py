@@ -22,9 +22,9 @@ from keyless.sandbox.aws.agent import (
     StaticClusterKeys,
 )
 from keyless.sandbox.aws.eks import DEFAULT_ASSOCIATION_QUOTA, POD_IDENTITY_AGENT_ADDON, EksState
-from keyless.sandbox.aws.eks_api import IAM_PREFIX, EksFront, Faults, FaultState, LostResponseMode
+from keyless.sandbox.aws.eks_api import IAM_PREFIX, STS_PREFIX, EksFront, LostResponseMode, is_action
 from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoClients, MotoServer
-from keyless.sandbox.limits import DEFAULT_KNOBS, SandboxKnobs
+from keyless.sandbox.knobs import FaultState, Knobs, KnobSettings, TimeScale
 from keyless.sandbox.servers import BackgroundServers
 
 if TYPE_CHECKING:
@@ -134,11 +134,14 @@ class AwsSandbox:
         cluster_keys: ClusterKeyLookup | None = None,
         agent_cluster: str = DEMO_CLUSTER,
         require_agent_addon: bool = True,
-        knobs: SandboxKnobs = DEFAULT_KNOBS,
         clock: Callable[[], float] = time.monotonic,
+        knobs: KnobSettings | None = None,
+        time_scale: TimeScale | None = None,
     ) -> None:
-        self.clock = clock  # association and add-on delays are measured on it
-        self.knobs = knobs  # latency, EKS rate limits and the time scale of the EKS front
+        """``knobs`` shape every call of the EKS front (and IAM and STS behind it); ``time_scale`` (shared with the
+        other stand-ins by the stack) runs the sandbox's time faster than ``clock``."""
+        self.clock = clock  # association and add-on delays are measured on it (through the time scale)
+        self.time = time_scale or TimeScale(clock=clock)
         self.region = region
         self.host = host
         self.agent_cluster = agent_cluster
@@ -146,9 +149,10 @@ class AwsSandbox:
         self._moto = MotoServer(host, moto_port)
         self._state = EksState(
             association_quota=association_quota, association_delay=association_delay, addon_delay=addon_delay,
-            clock=clock,
+            clock=self.time.now,
         )
-        self._faults = Faults()
+        self.knobs = Knobs("aws", self.time, knobs, check_action=is_action,
+                           action_form="IAM actions (service:Operation)")
         self._role_propagation_delay = role_propagation_delay
         self._cluster_keys = cluster_keys
         self._require_agent_addon = require_agent_addon
@@ -167,8 +171,7 @@ class AwsSandbox:
             try:
                 clients = MotoClients(self._moto.url)
                 self._front = EksFront(
-                    self._state, clients, self._moto.url, self.region, self._faults, self._role_propagation_delay,
-                    knobs=self.knobs, clock=self.clock,
+                    self._state, clients, self._moto.url, self.region, self.knobs, self._role_propagation_delay
                 )
                 self._agent = PodIdentityAgent(
                     self._state,
@@ -235,7 +238,7 @@ class AwsSandbox:
             "AWS_ENDPOINT_URL": self.moto_url,
             # IAM goes through the front, which can refuse actions like a least-privileged caller (deny()).
             "AWS_ENDPOINT_URL_IAM": f"{self.eks_url}/{IAM_PREFIX}",
-            "AWS_ENDPOINT_URL_STS": self.moto_url,
+            "AWS_ENDPOINT_URL_STS": f"{self.eks_url}/{STS_PREFIX}",  # through the front too, for its knobs
             "AWS_ENDPOINT_URL_EKS": self.eks_url,
             "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
@@ -270,23 +273,23 @@ class AwsSandbox:
 
     def throttle_next(self, count: int) -> None:
         """The next `count` EKS requests answer ThrottlingException (HTTP 429)."""
-        self._faults.throttle_next(count)
+        self.knobs.throttle_next(count, match=("/clusters", "/tags"))
 
     def lose_next_create_response(self, mode: LostResponseMode = "error") -> None:
         """The next CreatePodIdentityAssociation succeeds, but the client gets a 500 ("error") or a dead socket."""
-        self._faults.lose_next_create(mode)
+        self.knobs.lose_next(1, mode=mode, match=("CreatePodIdentityAssociation",))
 
     def deny(self, *actions: str) -> None:
         """Refuse these IAM actions (`iam:ListRolePolicies`, `eks:DescribeCluster`, ...) with AccessDenied from now
         on, as AWS does for a caller whose policies lack them; `deny()` with none allows everything again."""
-        self._faults.deny(actions)
+        self.knobs.deny(actions)
 
     def reset_faults(self) -> None:
-        self._faults.reset()
+        self.knobs.reset_faults()
 
     @property
     def faults(self) -> FaultState:
-        return self._faults.snapshot()
+        return self.knobs.faults()
 
     @property
     def association_delay(self) -> float:
@@ -335,7 +338,7 @@ class AwsSandbox:
             return boto3.client("eks", endpoint_url=self.eks_url, **common)
         if service == "iam":
             return boto3.client("iam", endpoint_url=f"{self.eks_url}/{IAM_PREFIX}", **common)
-        return boto3.client("sts", endpoint_url=self.moto_url, **common)
+        return boto3.client("sts", endpoint_url=f"{self.eks_url}/{STS_PREFIX}", **common)
 
     def seed_demo(self) -> DemoSeed:
         """Create the demo account's cluster, agent add-on and roles through the public APIs (idempotent)."""

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import re
-import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import aiohttp
@@ -32,14 +29,10 @@ from keyless.sandbox.aws.eks_model import (
 )
 from keyless.sandbox.aws.moto_server import DEFAULT_ACCOUNT, MotoClients
 from keyless.sandbox.aws.policy import missing_service_actions
-from keyless.sandbox.limits import DEFAULT_KNOBS, Bucket, RateLimit, SandboxKnobs, knobs_from_json, knobs_json
+from keyless.sandbox.knobs import Call, Denied, Failed, Knobs, LostMode, Refusal, Throttled, Verdict
+from keyless.sandbox.knobs_http import knob_routes, serve_call
 
-LostResponseMode = Literal["error", "drop"]
-
-# AWS does not publish EKS's request limits (REFERENCE.md); these are the rates keyless paces itself to
-# (providers/aws_api.py), which the sandbox enforces when `--rate-limits realistic` asks it to.
-REAL_READ_LIMIT = RateLimit(per_second=20.0, burst=20)
-REAL_WRITE_LIMIT = RateLimit(per_second=10.0, burst=10)
+LostResponseMode = LostMode
 
 _REGION = re.compile(r"Credential=[^/,]+/\d{8}/([a-z0-9-]+)/")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
@@ -52,6 +45,8 @@ _POD_IDENTITY_PRINCIPAL = "pods.eks.amazonaws.com"
 _POD_IDENTITY_ACTIONS = ("sts:AssumeRole", "sts:TagSession")
 _ACTION = re.compile(r"[a-z0-9-]+:[A-Za-z0-9]+")
 IAM_PREFIX = "iam"  # AWS_ENDPOINT_URL_IAM points at /iam on this front, which checks denials and passes on to moto
+STS_PREFIX = "sts"  # and AWS_ENDPOINT_URL_STS at /sts, so STS has the same knobs
+_IAM_READS = ("Get", "List", "Simulate")
 _IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
 
 
@@ -71,73 +66,6 @@ class Upstream:
         return loaded if isinstance(loaded, dict) else {}
 
 
-@dataclass(frozen=True)
-class FaultState:
-    """A snapshot of the faults armed on the EKS front."""
-
-    throttle_remaining: int
-    lose_next_create: LostResponseMode | None
-    denied: tuple[str, ...] = ()
-
-
-class Faults:
-    """Faults armed from Python or over HTTP, consumed by the requests they hit (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._throttle = 0
-        self._lose: LostResponseMode | None = None
-        self._denied: frozenset[str] = frozenset()
-
-    def deny(self, actions: Iterable[str]) -> None:
-        """Refuse these IAM actions (`iam:ListRolePolicies`, `eks:DescribeCluster`) with AccessDenied, as AWS
-        does for a caller whose policies do not allow them; replaces the previous list."""
-        found = frozenset(actions)
-        bad = sorted(a for a in found if not _ACTION.fullmatch(a))
-        if bad:
-            raise ValueError(f"not IAM actions (service:Operation): {', '.join(bad)}")
-        with self._lock:
-            self._denied = frozenset(a.lower() for a in found)
-
-    def denies(self, action: str) -> bool:
-        with self._lock:
-            return action.lower() in self._denied
-
-    def throttle_next(self, count: int) -> None:
-        if count < 0:
-            raise ValueError("count must be >= 0")
-        with self._lock:
-            self._throttle = count
-
-    def lose_next_create(self, mode: LostResponseMode = "error") -> None:
-        if mode not in ("error", "drop"):
-            raise ValueError("mode must be 'error' or 'drop'")
-        with self._lock:
-            self._lose = mode
-
-    def reset(self) -> None:
-        with self._lock:
-            self._throttle = 0
-            self._lose = None
-            self._denied = frozenset()
-
-    def snapshot(self) -> FaultState:
-        with self._lock:
-            return FaultState(self._throttle, self._lose, tuple(sorted(self._denied)))
-
-    def take_throttle(self) -> bool:
-        with self._lock:
-            if self._throttle <= 0:
-                return False
-            self._throttle -= 1
-            return True
-
-    def take_lost_create(self) -> LostResponseMode | None:
-        with self._lock:
-            mode, self._lose = self._lose, None
-            return mode
-
-
 def _error(error: EksError) -> web.Response:
     body = {"message": error.message, **error.fields}
     return web.json_response(
@@ -145,6 +73,71 @@ def _error(error: EksError) -> web.Response:
         status=error.status,
         headers={"x-amzn-ErrorType": f"{error.code}:", "x-amzn-RequestId": str(uuid.uuid4())},
     )
+
+
+def is_action(action: str) -> bool:
+    """`service:Operation`, what deny() takes on the AWS front."""
+    return _ACTION.fullmatch(action) is not None
+
+
+_EKS_FAILURES = {403: "AccessDeniedException", 404: "ResourceNotFoundException", 409: "ResourceInUseException",
+                 429: "ThrottlingException", 503: "ServiceUnavailableException"}
+
+
+class EksDialect:
+    """EKS's restJson1 errors: x-amzn-ErrorType carries the code botocore raises (ThrottlingException is HTTP 429 in
+    botocore's EKS model, and botocore's retry handlers treat it as throttling)."""
+
+    def refuse(self, refusal: Refusal, call: Call) -> web.StreamResponse:
+        if isinstance(refusal, Throttled):
+            return _error(EksError("ThrottlingException", "Rate exceeded"))
+        if isinstance(refusal, Denied):
+            return _error(EksError("AccessDeniedException", _not_authorized(refusal.action)))
+        code = _EKS_FAILURES.get(refusal.status, "ServerException" if refusal.status >= 500 else "BadRequestException")
+        response = _error(EksError(code, f"Fault injected by the keyless sandbox (HTTP {refusal.status})"))
+        response.set_status(refusal.status)
+        return response
+
+    def lost(self, call: Call) -> web.StreamResponse:
+        return _error(EksError("ServerException", "An internal error occurred (injected: the response was lost)"))
+
+    def decorate(self, response: web.StreamResponse, verdict: Verdict) -> None:
+        return None
+
+
+def _query_error(status: int, code: str, message: str, kind: str = "Sender") -> web.Response:
+    xml = (f'<ErrorResponse xmlns="{_IAM_XMLNS}"><Error><Type>{kind}</Type><Code>{code}</Code>'
+           f"<Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")
+    return web.Response(status=status, text=xml, content_type="text/xml")
+
+
+class QueryDialect:
+    """IAM's and STS's query-protocol errors: throttling is HTTP 400 `Throttling` ("Rate exceeded"), the code
+    botocore's retry handlers know as throttling."""
+
+    def __init__(self, failure_code: str) -> None:
+        self.failure_code = failure_code
+
+    def refuse(self, refusal: Refusal, call: Call) -> web.StreamResponse:
+        if isinstance(refusal, Throttled):
+            return _query_error(400, "Throttling", "Rate exceeded")
+        if isinstance(refusal, Denied):
+            return _query_error(403, "AccessDenied", _not_authorized(refusal.action))
+        if isinstance(refusal, Failed) and refusal.status == 429:
+            return _query_error(400, "Throttling", "Rate exceeded")
+        if refusal.status < 500:
+            return _query_error(refusal.status, "InvalidInput", "Fault injected by the keyless sandbox")
+        return _query_error(refusal.status, self.failure_code, "Fault injected by the keyless sandbox", "Receiver")
+
+    def lost(self, call: Call) -> web.StreamResponse:
+        return _query_error(500, self.failure_code, "An internal error occurred (injected: the response was lost)",
+                            "Receiver")
+
+    def decorate(self, response: web.StreamResponse, verdict: Verdict) -> None:
+        return None
+
+
+_DIALECTS = {IAM_PREFIX: QueryDialect("ServiceFailure"), STS_PREFIX: QueryDialect("InternalFailure")}
 
 
 def _ok(payload: Mapping[str, Any]) -> web.Response:
@@ -173,26 +166,26 @@ class EksFront:
         clients: MotoClients,
         moto_url: str,
         default_region: str,
-        faults: Faults,
+        knobs: Knobs,
         role_propagation_delay: float = 0.0,
-        knobs: SandboxKnobs = DEFAULT_KNOBS,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.knobs = knobs
-        self._clock = clock
-        self._buckets: dict[bool, Bucket] = {}  # EKS reads (True) and writes (False), when limits are on
-        self._buckets_lock = threading.Lock()
-        # Requests by operation (ListPodIdentityAssociations, ...), readable at /_sandbox/operations.
-        self.operations: collections.Counter[str] = collections.Counter()
         self.state = state
         self.clients = clients
         self.moto_url = moto_url
         self.default_region = default_region
-        self.faults = faults
-        self.role_propagation_delay = role_propagation_delay
+        self.knobs = knobs
+        self.role_propagation_delay = role_propagation_delay  # sandbox seconds: the knobs' time scale divides it
         self._session: aiohttp.ClientSession | None = None
-        # Requests by HTTP method, so a user (or a test) can check that a run made no write call.
-        self.requests: collections.Counter[str] = collections.Counter()
+        self._dialect = EksDialect()
+
+    @property
+    def requests(self) -> dict[str, int]:
+        """EKS requests by HTTP method, so a user (or a test) can check that a run made no write call."""
+        counts: dict[str, int] = {}
+        for call in self.knobs.history():
+            if call.action.startswith("eks:"):
+                counts[call.method] = counts.get(call.method, 0) + 1
+        return counts
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
@@ -210,39 +203,27 @@ class EksFront:
         segments = [unquote(s) for s in request.rel_url.raw_path.split("/")[1:]]
         if segments and segments[0] == "_sandbox":
             return await self._sandbox_api(request, segments[1:])
-        if segments and segments[0] == IAM_PREFIX:
-            return await self._iam(request)
-        self.requests[request.method] += 1
-        if self.knobs.request_latency:
-            await asyncio.sleep(self.knobs.request_latency)
+        if segments and segments[0] in _DIALECTS:
+            return await self._query_service(request, segments[0])
+        operation = _eks_operation(request.method, segments) or f"{request.method} {request.path}"
+        write = request.method != "GET"
+        if "Authorization" not in request.headers:
+            return _error(EksError("MissingAuthenticationTokenException", "Missing Authentication Token"))
+        match = _REGION.search(request.headers["Authorization"])
+        region = match.group(1) if match else self.default_region
+        call = Call(request.method, request.path, operation, f"eks:{operation}", write,
+                    (("eks-write" if write else "eks-read", region),))
+        return await serve_call(self.knobs, request, call, self._dialect,
+                                lambda: self._serve(request, region, segments))
+
+    async def _serve(self, request: web.Request, region: str, segments: list[str]) -> web.StreamResponse:
         try:
-            if "Authorization" not in request.headers:
-                raise EksError("MissingAuthenticationTokenException", "Missing Authentication Token")
-            operation = _eks_operation(request.method, segments)
-            self.operations[operation or f"{request.method} {request.path}"] += 1
-            if self.faults.take_throttle() or not self._within_limits(request.method == "GET"):
-                raise EksError("ThrottlingException", "Rate exceeded")
-            match = _REGION.search(request.headers["Authorization"])
-            region = match.group(1) if match else self.default_region
-            if operation is not None and self.faults.denies(f"eks:{operation}"):
-                raise EksError("AccessDeniedException", _not_authorized(f"eks:{operation}"))
             return await self._route(request, region, segments)
         except EksError as error:
             return _error(error)
         except (aiohttp.ClientError, ClientError, OSError) as exc:
             # moto unreachable or failing: answer like EKS does when a dependency breaks, not with a traceback.
             return _error(EksError("ServerException", f"Internal failure: {exc}"))
-
-    def _within_limits(self, read: bool) -> bool:
-        """Take a token from the EKS read or write bucket; False past the limit (the request is throttled)."""
-        limit = self.knobs.limit(REAL_READ_LIMIT if read else REAL_WRITE_LIMIT)
-        if limit is None:
-            return True
-        with self._buckets_lock:
-            bucket = self._buckets.get(read)
-            if bucket is None or bucket.limit != limit:
-                bucket = self._buckets[read] = Bucket(limit, self._clock())
-            return bucket.take(self._clock()) == 0.0
 
     async def _route(self, request: web.Request, region: str, seg: list[str]) -> web.StreamResponse:
         method = request.method
@@ -276,24 +257,33 @@ class EksFront:
                            f"the keyless sandbox's EKS does not serve {method} {request.path}")
         return upstream.response()
 
-    # ---- IAM: a pass-through to moto that refuses denied actions the way IAM does ------------------
+    # ---- IAM and STS: pass-throughs to moto with the front's knobs (denials, throttling, faults) -----
 
-    async def _iam(self, request: web.Request) -> web.StreamResponse:
+    async def _query_service(self, request: web.Request, prefix: str) -> web.StreamResponse:
         body = await request.read()
         action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
-        if action and self.faults.denies(f"iam:{action}"):
-            xml = (f'<ErrorResponse xmlns="{_IAM_XMLNS}"><Error><Type>Sender</Type><Code>AccessDenied</Code>'
-                   f"<Message>{_not_authorized(f'iam:{action}')}</Message></Error>"
-                   f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")
-            return web.Response(status=403, text=xml, content_type="text/xml")
+        if prefix == IAM_PREFIX:
+            write = not action.startswith(_IAM_READS)
+            bucket = ("iam-write" if write else "iam-read", "account")
+        else:
+            write, bucket = False, ("sts", "account")
+        call = Call(request.method, request.path, action or "Unknown", f"{prefix}:{action}" if action else "",
+                    write, (bucket,))
+        return await serve_call(self.knobs, request, call, _DIALECTS[prefix],
+                                lambda: self._pass_to_moto(request, prefix, body))
+
+    async def _pass_to_moto(self, request: web.Request, prefix: str, body: bytes) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        path = request.raw_path[len(IAM_PREFIX) + 1:] or "/"
-        async with self._session.request(request.method, URL(self.moto_url + path, encoded=True), data=body,
-                                         headers=headers) as upstream:
-            payload = await upstream.read()
-            passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_BACK}
-            return Upstream(upstream.status, payload, passed).response()
+        path = request.raw_path[len(prefix) + 1:] or "/"
+        try:
+            async with self._session.request(request.method, URL(self.moto_url + path, encoded=True), data=body,
+                                             headers=headers) as upstream:
+                payload = await upstream.read()
+                passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_BACK}
+                return Upstream(upstream.status, payload, passed).response()
+        except (aiohttp.ClientError, OSError) as exc:
+            return _query_error(500, _DIALECTS[prefix].failure_code, f"Internal failure: {exc}", "Receiver")
 
     # ---- moto ------------------------------------------------------------------------------------
 
@@ -340,8 +330,9 @@ class EksFront:
                 raise
             if role["Arn"] != arn:
                 return None
-            age = (datetime.now(UTC) - role["CreateDate"]).total_seconds()
-            return role.get("AssumeRolePolicyDocument") or {} if age >= self.role_propagation_delay else None
+            age = (datetime.now(UTC) - role["CreateDate"]).total_seconds()  # wall time, as IAM stamps it
+            propagated = age >= self.knobs.time.wall(self.role_propagation_delay)
+            return role.get("AssumeRolePolicyDocument") or {} if propagated else None
 
         trust = await asyncio.to_thread(lookup)
         if trust is None:
@@ -438,13 +429,6 @@ class EksFront:
             return _ok({"association": replayed.to_api()})
         await self._require_role(create.binding.role_arn)
         association = self.state.create_association(cluster, create, token)
-        lost = self.faults.take_lost_create()
-        if lost == "drop" and request.transport is not None:
-            # The association exists; the client only sees its connection die.
-            request.transport.abort()
-            raise EksError("ServerException", "connection dropped by fault injection")
-        if lost == "error":
-            raise EksError("ServerException", "An internal error occurred (injected: the response was lost)")
         return _ok({"association": association.to_api()})
 
     async def _update_association(
@@ -537,63 +521,31 @@ class EksFront:
             return _ok({})
         raise EksError("BadRequestException", f"Unsupported tags request {request.method}")
 
-    # ---- /_sandbox: faults and settings, for the CLI and for tests -------------------------------
+    # ---- /_sandbox: knobs, faults, counters and settings, for the CLI and for tests ---------------
 
     async def _sandbox_api(self, request: web.Request, seg: list[str]) -> web.StreamResponse:
-        try:
-            body = await _json_body(request) if request.method == "POST" else {}
-        except EksError as error:
-            return web.json_response({"message": error.message}, status=400)
         if seg == ["health"]:
             return web.json_response({"ok": True})
         if seg == ["requests"] and request.method == "GET":
-            return web.json_response(dict(self.requests))
-        if seg == ["knobs"] and request.method in ("GET", "POST"):
-            if request.method == "POST":
-                try:
-                    self.knobs = knobs_from_json(dict(body), self.knobs)
-                except ValueError as exc:
-                    return web.json_response({"message": str(exc)}, status=400)
-            return web.json_response(knobs_json(self.knobs))
-        if seg == ["operations"] and request.method == "GET":
-            return web.json_response(dict(self.operations))
-        if seg == ["operations", "reset"] and request.method == "POST":
-            self.operations.clear()
-            return web.json_response({})
-        if seg == ["faults"] and request.method == "GET":
-            return web.json_response(self._faults_json())
-        if seg == ["faults", "throttle"] and request.method == "POST":
-            count = body.get("count", 1)
-            if not isinstance(count, int) or count < 0:
-                return web.json_response({"message": "count must be a non-negative integer"}, status=400)
-            self.faults.throttle_next(count)
-            return web.json_response(self._faults_json())
+            return web.json_response(self.requests)
         if seg == ["faults", "lose-next-create"] and request.method == "POST":
-            mode = body.get("mode", "error")
-            if mode not in ("error", "drop"):
-                return web.json_response({"message": "mode must be 'error' or 'drop'"}, status=400)
-            self.faults.lose_next_create(mode)
-            return web.json_response(self._faults_json())
-        if seg == ["faults", "deny"] and request.method == "POST":
-            actions = body.get("actions", [])
-            if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-                return web.json_response({"message": "actions must be a list of IAM actions"}, status=400)
+            # The route tests used before the shared knobs: lose_next on CreatePodIdentityAssociation.
             try:
-                self.faults.deny(actions)
-            except ValueError as exc:
+                body = await _json_body(request)
+                self.knobs.lose_next(1, mode=body.get("mode", "error"), match=("CreatePodIdentityAssociation",))
+            except (EksError, ValueError) as exc:
                 return web.json_response({"message": str(exc)}, status=400)
-            return web.json_response(self._faults_json())
-        if seg == ["faults", "reset"] and request.method == "POST":
-            self.faults.reset()
-            return web.json_response(self._faults_json())
+            return web.json_response(self.knobs.faults().to_json())
+        answer = await knob_routes(self.knobs, request, seg)
+        if answer is not None:
+            return answer
         if seg == ["settings"] and request.method in ("GET", "POST"):
+            try:
+                body = await _json_body(request) if request.method == "POST" else {}
+            except EksError as error:
+                return web.json_response({"message": error.message}, status=400)
             return self._settings(body)
         return web.json_response({"message": f"no sandbox endpoint {request.method} {request.path}"}, status=404)
-
-    def _faults_json(self) -> dict[str, Any]:
-        snapshot = self.faults.snapshot()
-        return {"throttleRemaining": snapshot.throttle_remaining, "loseNextCreate": snapshot.lose_next_create,
-                "denied": list(snapshot.denied)}
 
     def _settings(self, body: Mapping[str, Any]) -> web.Response:
         numbers = {
@@ -684,6 +636,8 @@ def _unsupported_operation(method: str, seg: Sequence[str]) -> str | None:
 
 # The EKS operations whose denial the sandbox can simulate, by method and path shape.
 def _eks_operation(method: str, seg: Sequence[str]) -> str | None:
+    if seg[:1] == ["tags"]:
+        return {"GET": "ListTagsForResource", "POST": "TagResource", "DELETE": "UntagResource"}.get(method)
     if seg[:1] != ["clusters"]:
         return None
     if len(seg) == 1:

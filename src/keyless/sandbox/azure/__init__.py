@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import certifi
 import trustme
 
-from keyless.sandbox.azure.arm import ArmStandIn
+from keyless.sandbox.azure.arm import MSI_WRITES, ArmStandIn, is_arm_action
 from keyless.sandbox.azure.demo import (
     DEMO_CLUSTER,
     DEMO_CLUSTER_OFF,
@@ -31,7 +32,7 @@ from keyless.sandbox.azure.demo import (
     seed_demo,
 )
 from keyless.sandbox.azure.entra import ARM_AUDIENCES, EntraStandIn, IssuerKeys
-from keyless.sandbox.azure.limits import REAL_WRITE_LIMITS, RateLimit, WriteLimits, WriteThrottle
+from keyless.sandbox.azure.limits import REAL_WRITE_LIMITS, RateLimit, WriteLimits
 from keyless.sandbox.azure.rbac import RoleAssignments
 from keyless.sandbox.azure.roles import MANAGED_IDENTITY_CONTRIBUTOR, READER
 from keyless.sandbox.azure.state import (
@@ -42,6 +43,7 @@ from keyless.sandbox.azure.state import (
     Identity,
     ManagedCluster,
 )
+from keyless.sandbox.knobs import Knobs, KnobSettings, TimeScale
 from keyless.sandbox.kube.tokens import ServiceAccountIssuer
 from keyless.sandbox.servers import BackgroundServers
 
@@ -116,18 +118,30 @@ class AzureSandbox:
         deployer_token_lifetime: int = 3600,
         clock: Callable[[], float] = time.monotonic,
         ca: trustme.CA | None = None,
+        knobs: KnobSettings | None = None,
+        time_scale: TimeScale | None = None,
     ) -> None:
-        """``ca`` signs the HTTPS certificate; give the one other stand-ins use so that one bundle trusts them all."""
-        self.clock = clock  # propagation delays, write holds and write limits are measured on it
+        """``ca`` signs the HTTPS certificate; give the one other stand-ins use so that one bundle trusts them all.
+
+        ``knobs`` shape every call of ARM and of the token endpoint; ``time_scale`` (shared with the other stand-ins
+        by the stack) runs the sandbox's time faster than ``clock``."""
+        self.clock = clock  # propagation delays, write holds and write limits are measured on it (scaled)
+        self.time = time_scale or TimeScale(clock=clock)
         self.host = host
         self._ports = (arm_port, authority_port)
         self._given_state_dir = Path(state_dir) if state_dir is not None else None
         self._state = AzureState(tenant_id, subscription_id, propagation_delay=propagation_delay,
-                                 write_hold=write_hold, clock=clock)
+                                 write_hold=write_hold, clock=self.time.now)
         self._rbac = RoleAssignments(self._state)
-        self._throttle = WriteThrottle(subscription_id, write_limits or WriteLimits(), clock=clock)
-        self._entra = EntraStandIn(self._state, issuer_keys=issuer_keys, token_lifetime=token_lifetime)
-        self._arm = ArmStandIn(self._state, self._entra, self._rbac, self._throttle)
+        settings = knobs or KnobSettings()
+        if write_limits is not None:
+            settings = replace(settings, rate_limits=write_limits.apply_to(settings.rate_limits))
+        self.arm_knobs = Knobs("arm", self.time, settings, check_action=is_arm_action,
+                               action_form="ARM actions (Namespace/type/.../read|write|delete)")
+        self.entra_knobs = Knobs("entra", self.time, knobs)
+        self._entra = EntraStandIn(self._state, issuer_keys=issuer_keys, token_lifetime=token_lifetime,
+                                   knobs=self.entra_knobs)
+        self._arm = ArmStandIn(self._state, self._entra, self._rbac, self.arm_knobs)
         self._registered_issuers: dict[str, Mapping[str, Any]] = {}
         self._external_issuer_keys = issuer_keys
         self._entra.issuer_keys = self._lookup_issuer
@@ -401,25 +415,27 @@ class AzureSandbox:
 
     def throttle_next(self, count: int, retry_after: float = 1.0) -> None:
         """The next `count` managed-identity writes answer 429 TooManyRequests with this Retry-After (seconds)."""
-        self._throttle.throttle_next(count, retry_after)
+        self.arm_knobs.throttle_next(count, retry_after=retry_after, match=MSI_WRITES)
 
     def deny(self, *actions: str) -> None:
         """Refuse these Azure RBAC actions (`Microsoft.Authorization/roleAssignments/read`, ...) with 403
         AuthorizationFailed, as ARM does for a caller without a role that grants them; none allows all again."""
-        self._arm.faults.deny(actions)
+        self.arm_knobs.deny(actions)
 
     def fail_next(self, action: str, count: int = 1, status: int = 500) -> None:
         """The next `count` requests needing `action` answer this 5xx status."""
-        self._arm.faults.fail_next(action, count, status)
+        if not is_arm_action(action) or not 500 <= status <= 599:
+            raise ValueError("fail_next takes an ARM action, a count >= 0 and a 5xx status")
+        self.arm_knobs.fail_next(count, status=status, match=(action,))
 
     @property
     def arm_requests(self) -> list[tuple[str, str, str]]:
         """(method, path, action) of every ARM request so far, in order: count the calls keyless makes."""
-        return list(self._arm.faults.requests)
+        return [(c.method, c.path, c.action) for c in self.arm_knobs.history()]
 
     def reset_faults(self) -> None:
-        self._throttle.reset()
-        self._arm.faults.reset()
+        self.arm_knobs.reset_faults()
+        self.entra_knobs.reset_faults()
 
     @property
     def propagation_delay(self) -> float:
@@ -442,11 +458,12 @@ class AzureSandbox:
     @property
     def write_limits(self) -> WriteLimits:
         """Token buckets on managed-identity writes (none by default; REAL_WRITE_LIMITS are Azure's)."""
-        return self._throttle.limits
+        return WriteLimits.of(self.arm_knobs.settings.rate_limits)
 
     @write_limits.setter
     def write_limits(self, limits: WriteLimits) -> None:
-        self._throttle.limits = limits
+        settings = self.arm_knobs.settings
+        self.arm_knobs.configure(replace(settings, rate_limits=limits.apply_to(settings.rate_limits)))
 
     # ---- the demo -----------------------------------------------------------------------------------------
 

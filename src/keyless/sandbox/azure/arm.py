@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from keyless.sandbox.azure.entra import EntraStandIn
-from keyless.sandbox.azure.limits import WriteThrottle
 from keyless.sandbox.azure.rbac import RoleAssignment, RoleAssignments
 from keyless.sandbox.azure.state import (
     AKS_TYPE,
@@ -27,6 +25,8 @@ from keyless.sandbox.azure.state import (
     ManagedCluster,
     ResourceGroup,
 )
+from keyless.sandbox.knobs import Call, Denied, Knobs, Refusal, Throttled, Verdict
+from keyless.sandbox.knobs_http import knob_routes, serve_call
 
 __all__ = ["ArmStandIn"]
 
@@ -110,50 +110,99 @@ _ACTION = re.compile(r"[A-Za-z]+\.[A-Za-z.]+(/[A-Za-z]+)+/(read|write|delete)")
 SANDBOX_CALLER = "00000000-0000-0000-0000-00000000cafe"
 
 
-class ArmFaults:
-    """Faults armed on ARM from Python (thread-safe): actions refused as for a caller without the role, and
-    server errors for the next requests of an action."""
+def is_arm_action(action: str) -> bool:
+    """`Namespace/type/.../read|write|delete`, what deny() takes on ARM."""
+    return _ACTION.fullmatch(action) is not None
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._denied: frozenset[str] = frozenset()
-        self._failing: dict[str, tuple[int, int]] = {}  # action -> (status, remaining)
-        self.requests: list[tuple[str, str, str]] = []  # (method, path, action) of every ARM request, in order
 
-    def deny(self, actions: Iterable[str]) -> None:
-        found = list(actions)
-        bad = sorted(a for a in found if not _ACTION.fullmatch(a))
-        if bad:
-            raise ValueError(f"not ARM actions (Namespace/type/.../read|write|delete): {', '.join(bad)}")
-        with self._lock:
-            self._denied = frozenset(a.lower() for a in found)
+# The managed-identity writes Microsoft.ManagedIdentity throttles on its own (what throttle_next() arms by default).
+MSI_WRITES = tuple(f"Microsoft.ManagedIdentity/userAssignedIdentities/{what}" for what in
+                   ("write", "delete", "federatedIdentityCredentials/write", "federatedIdentityCredentials/delete"))
 
-    def fail_next(self, action: str, count: int = 1, status: int = 500) -> None:
-        if not _ACTION.fullmatch(action) or count < 0 or not 500 <= status <= 599:
-            raise ValueError("fail_next takes an ARM action, a count >= 0 and a 5xx status")
-        with self._lock:
-            self._failing[action.lower()] = (status, count)
 
-    def reset(self) -> None:
-        with self._lock:
-            self._denied = frozenset()
-            self._failing.clear()
+class ArmDialect:
+    """ARM's answers to throttled, failed and denied calls: 429 with Retry-After and ARM's error body, and the
+    x-ms-ratelimit-remaining-subscription-* headers on calls that were served."""
 
-    def check(self, method: str, path: str, action: str) -> None:
-        """Record the request; raise the ArmError an armed fault calls for."""
-        key = action.lower()
-        with self._lock:
-            self.requests.append((method, path, action))
-            if key in self._denied:
-                raise ArmError(403, "AuthorizationFailed",
-                               f"The client '{SANDBOX_CALLER}' with object id '{SANDBOX_CALLER}' does not have "
-                               f"authorization to perform action '{action}' over scope '{path}' or the scope is "
-                               "invalid. If access was recently granted, please refresh your credentials.")
-            status, remaining = self._failing.get(key, (0, 0))
-            if remaining > 0:
-                self._failing[key] = (status, remaining - 1)
-                raise ArmError(status, "InternalServerError", "Encountered internal server error. Diagnostic "
-                               "information: fault injected by the keyless sandbox.")
+    def __init__(self, subscription_id: str) -> None:
+        self.subscription_id = subscription_id
+
+    def _json(self, error: ArmError) -> web.Response:
+        return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+    def refuse(self, refusal: Refusal, call: Call) -> web.StreamResponse:
+        if isinstance(refusal, Denied):
+            return self._json(ArmError(
+                403, "AuthorizationFailed",
+                f"The client '{SANDBOX_CALLER}' with object id '{SANDBOX_CALLER}' does not have authorization to "
+                f"perform action '{refusal.action}' over scope '{call.path}' or the scope is invalid. If access was "
+                "recently granted, please refresh your credentials."))
+        if isinstance(refusal, Throttled):
+            wait = {"Retry-After": refusal.retry_after}
+            kind = "write" if call.write else "read"
+            if refusal.limit in ("arm-read", "arm-write", "msi-write-subscription"):
+                return self._json(ArmError(
+                    429, "SubscriptionRequestsThrottled",
+                    f"Number of '{kind}' requests for subscription '{self.subscription_id}' exceeded the limit. Please "
+                    f"try again after '{refusal.retry_after}' seconds. Refer to https://aka.ms/arm-throttling", wait))
+            if refusal.limit == "msi-write-identity":
+                return self._json(ArmError(
+                    429, "TooManyRequests", f"Too many write requests for the managed identity "
+                    f"'{refusal.scope.rsplit('/', 1)[-1]}'. Please retry after {refusal.retry_after} seconds.", wait))
+            return self._json(ArmError(429, "TooManyRequests", "The request was throttled by "
+                                       f"Microsoft.ManagedIdentity. Please retry after {refusal.retry_after} seconds.",
+                                       wait))
+        headers = {"Retry-After": refusal.retry_after} if refusal.retry_after else {}
+        if refusal.status == 429:
+            return self._json(ArmError(429, "TooManyRequests", "The request was throttled. Please retry after "
+                                       f"{refusal.retry_after or '1'} seconds.", headers or {"Retry-After": "1"}))
+        code = {503: "ServiceUnavailable", 404: "NotFound", 409: "Conflict"}.get(
+            refusal.status, "InternalServerError" if refusal.status >= 500 else "BadRequest")
+        return self._json(ArmError(refusal.status, code, "Encountered internal server error. Diagnostic information: "
+                                   "fault injected by the keyless sandbox.", headers))
+
+    def lost(self, call: Call) -> web.StreamResponse:
+        return self._json(ArmError(500, "InternalServerError", "Encountered internal server error. Diagnostic "
+                                   "information: the response was lost (fault injected by the keyless sandbox)."))
+
+    def decorate(self, response: web.StreamResponse, verdict: Verdict) -> None:
+        left = verdict.remaining
+        if "arm-read" in left:
+            response.headers["x-ms-ratelimit-remaining-subscription-reads"] = str(left["arm-read"])
+        writes = [left[name] for name in ("arm-write", "msi-write-subscription") if name in left]
+        if writes:
+            response.headers["x-ms-ratelimit-remaining-subscription-writes"] = str(min(writes))
+
+
+def arm_operation(method: str, path: str) -> str:
+    """The operation as ARM's request log shows it: the method and the resource type it reaches
+    (`GET federatedIdentityCredentials`); reading a collection is `GET ... (list)`."""
+    segments = [s for s in path.split("/") if s]
+    lowered = [s.lower() for s in segments]
+    if "providers" in lowered:
+        at = len(lowered) - 1 - lowered[::-1].index("providers")
+        types, names = segments[at + 2::2], segments[at + 3::2]
+    else:
+        types, names = segments[0::2], segments[1::2]
+    if not types:
+        return f"{method} {path}"
+    listed = " (list)" if len(names) < len(types) and method == "GET" else ""
+    return f"{method} {types[-1]}{listed}"
+
+
+def arm_call(method: str, path: str) -> Call:
+    """The knobs' view of an ARM request: reads and writes counted per subscription, identity writes per identity."""
+    segments = [s for s in path.split("/") if s]
+    lowered = [s.lower() for s in segments]
+    subscription = segments[1].lower() if len(segments) > 1 and lowered[0] == "subscriptions" else "tenant"
+    write = method not in ("GET", "HEAD")
+    buckets = [("arm-write" if write else "arm-read", subscription)]
+    if write and "userassignedidentities" in lowered and "resourcegroups" in lowered:
+        at = lowered.index("userassignedidentities")
+        if at + 1 < len(lowered):
+            group = lowered[lowered.index("resourcegroups") + 1]
+            buckets += [("msi-write-subscription", subscription), ("msi-write-identity", f"{group}/{lowered[at + 1]}")]
+    return Call(method, path, arm_operation(method, path), arm_action(method, path), write, tuple(buckets))
 
 
 def arm_action(method: str, path: str) -> str:
@@ -172,14 +221,13 @@ def arm_action(method: str, path: str) -> str:
 class ArmStandIn:
     """Routes ARM requests to the state; every request needs a bearer token the Entra stand-in issued."""
 
-    def __init__(self, state: AzureState, entra: EntraStandIn, rbac: RoleAssignments, throttle: WriteThrottle,
-                 faults: ArmFaults | None = None) -> None:
-        self.faults = faults or ArmFaults()
+    def __init__(self, state: AzureState, entra: EntraStandIn, rbac: RoleAssignments, knobs: Knobs) -> None:
+        self.knobs = knobs
         self.state = state
         self.entra = entra
         self.rbac = rbac
-        self.throttle = throttle
         self.url = ""  # set once the server has its port
+        self._dialect = ArmDialect(state.subscription_id)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -189,6 +237,10 @@ class ArmStandIn:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
+        if request.path.startswith("/_sandbox/"):
+            answer = await knob_routes(self.knobs, request, request.path.split("/")[2:])
+            return answer or web.json_response({"message": f"no sandbox endpoint {request.method} {request.path}"},
+                                               status=404)
         request_id = str(uuid.uuid4())
         correlation = request.headers.get("x-ms-correlation-request-id") or request_id
         ids = {"x-ms-request-id": request_id, "x-ms-correlation-request-id": correlation,
@@ -203,12 +255,21 @@ class ArmStandIn:
                 raise ArmError(400, "InvalidApiVersionParameter",
                                f"The api-version '{api_version}' is invalid. The supported versions are dates such as "
                                "'2024-11-30'.")
-            self.faults.check(request.method, request.path, arm_action(request.method, request.path))
-            response = await handler(request)
         except ArmError as error:
-            response = web.json_response(error.body(), status=error.status, headers=error.headers)
+            response: web.StreamResponse = web.json_response(error.body(), status=error.status, headers=error.headers)
+        else:
+            response = await serve_call(self.knobs, request, arm_call(request.method, request.path), self._dialect,
+                                        lambda: self._handle(request, handler))
         response.headers.update(ids)
         return response
+
+    @staticmethod
+    async def _handle(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ArmError as error:
+            return web.json_response(error.body(), status=error.status, headers=error.headers)
 
     async def _body(self, request: web.Request) -> _JSON:
         raw = await request.read()
@@ -316,20 +377,19 @@ class ArmStandIn:
             if method not in ("PUT", "PATCH", "DELETE"):
                 raise self._method_not_allowed(request)
             self.state.resource_group(subscription, group)
-            headers = self.throttle.check((group.lower(), name.lower()))
             if method == "PUT":
                 body = await self._body(request)
                 identity, created = self.state.put_identity(subscription, group, name, body.get("location"),
                                                             body.get("tags"))
-                return web.json_response(_render_identity(identity), status=201 if created else 200, headers=headers)
+                return web.json_response(_render_identity(identity), status=201 if created else 200)
             if method == "PATCH":
                 body = await self._body(request)
                 current = self.state.identity(subscription, group, name)
                 identity, _ = self.state.put_identity(subscription, group, name, current.location,
                                                       body.get("tags", current.tags))
-                return web.json_response(_render_identity(identity), headers=headers)
+                return web.json_response(_render_identity(identity))
             existed = self.state.delete_identity(subscription, group, name)
-            return web.Response(status=200 if existed else 204, headers=headers)
+            return web.Response(status=200 if existed else 204)
         if rest[1].lower() != "federatedidentitycredentials" or len(rest) > 3:
             raise self._no_route(request)
         if len(rest) == 2:
@@ -345,7 +405,6 @@ class ArmStandIn:
             raise self._method_not_allowed(request)
         body = await self._body(request) if method == "PUT" else {}
         self.state.resource_group(subscription, group)
-        headers = self.throttle.check((group.lower(), name.lower()))
         with self.state.credential_write(subscription, group, name, "write" if method == "PUT" else "delete") as key:
             identity = self.state.identity(subscription, group, name)
             if method == "PUT":
@@ -353,11 +412,10 @@ class ArmStandIn:
             else:
                 existed = self.state.delete_credential(key, credential)
             # The write keeps the identity busy for as long as the real RP takes: a second write meanwhile is a 409.
-            await asyncio.sleep(self.state.write_hold)
+            await asyncio.sleep(self.knobs.time.wall(self.state.write_hold))
         if method == "PUT":
-            return web.json_response(_render_credential(identity, stored), status=201 if created else 200,
-                                     headers=headers)
-        return web.Response(status=200 if existed else 204, headers=headers)
+            return web.json_response(_render_credential(identity, stored), status=201 if created else 200)
+        return web.Response(status=200 if existed else 204)
 
     def _credential_page(self, request: web.Request, subscription: str, group: str, name: str) -> web.Response:
         identity = self.state.identity(subscription, group, name)

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyless.sandbox.azure.state import ArmError, AzureState, Identity
+from keyless.sandbox.knobs import Call, Denied, Knobs, Refusal, Throttled, Verdict
+from keyless.sandbox.knobs_http import knob_routes, serve_call
 from keyless.sandbox.kube.tokens import ServiceAccountIssuer
 
 __all__ = [
@@ -43,6 +45,32 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+class _EntraDialect:
+    """The token endpoint's answers to throttled and failed requests: OAuth errors with their AADSTS numbers."""
+
+    def __init__(self, entra: EntraStandIn, request: web.Request) -> None:
+        self.entra, self.request = entra, request
+
+    def refuse(self, refusal: Refusal, call: Call) -> web.StreamResponse:
+        if isinstance(refusal, Denied):  # not reached: token requests name no action
+            return self.entra._error_response(self.request, _AadError("unauthorized_client", 700016, "Denied."))
+        if isinstance(refusal, Throttled) or refusal.status == 429:
+            response = self.entra._error_response(self.request, _AadError(
+                "temporarily_unavailable", 90055, "TenantThrottlingError: There are too many incoming requests. "
+                "Please retry later.", 429))
+            response.headers["Retry-After"] = refusal.retry_after or "1"
+            return response
+        return self.entra._error_response(self.request, _AadError(
+            "temporarily_unavailable", 90033, "A transient error has occurred. Please try again.", refusal.status))
+
+    def lost(self, call: Call) -> web.StreamResponse:
+        return self.entra._error_response(self.request, _AadError(
+            "temporarily_unavailable", 90033, "A transient error has occurred. Please try again.", 500))
+
+    def decorate(self, response: web.StreamResponse, verdict: Verdict) -> None:
+        return None
+
+
 def _timestamp(now: datetime) -> str:
     return now.strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -64,7 +92,9 @@ class EntraStandIn:
         *,
         issuer_keys: IssuerKeys | None = None,
         token_lifetime: int = 3600,
+        knobs: Knobs | None = None,
     ) -> None:
+        self.knobs = knobs or Knobs("entra")
         self.state = state
         self.issuer_keys = issuer_keys
         self.token_lifetime = token_lifetime
@@ -306,7 +336,7 @@ class EntraStandIn:
     # ---- HTTP ----------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._middleware])
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._configuration)
         app.router.add_get("/{tenant}/.well-known/openid-configuration", self._configuration)
@@ -315,6 +345,20 @@ class EntraStandIn:
         app.router.add_get("/common/discovery/instance", self._instance_discovery)
         app.router.add_get("/{path:.*}", self._own_issuer_documents)
         return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+        parts = request.path.split("/")
+        if parts[1:2] == ["_sandbox"]:
+            answer = await knob_routes(self.knobs, request, parts[2:])
+            return answer or web.json_response({"message": f"no sandbox endpoint {request.method} {request.path}"},
+                                               status=404)
+        operation = {"token": "token", "keys": "keys", "openid-configuration": "openid-configuration",
+                     "instance": "instance-discovery"}.get(parts[-1], f"{request.method} {request.path}")
+        buckets = (("entra-token", parts[1].lower()),) if operation == "token" else ()
+        call = Call(request.method, request.path, operation, buckets=buckets)
+        return await serve_call(self.knobs, request, call, _EntraDialect(self, request), lambda: handler(request))
 
     async def _token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}

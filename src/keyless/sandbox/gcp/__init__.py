@@ -21,7 +21,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyless.sandbox.gcp.api import API_PREFIXES, ApiFaults, GcpApiStandIn
+from keyless.sandbox.gcp.api import API_PREFIXES, STATUS_NAMES, GcpApiStandIn
 from keyless.sandbox.gcp.demo import (
     DEMO_CLUSTER,
     DEMO_CLUSTER_OFF,
@@ -34,8 +34,9 @@ from keyless.sandbox.gcp.demo import (
 )
 from keyless.sandbox.gcp.metadata import GSA_ANNOTATION, MetadataServer, PodLookup
 from keyless.sandbox.gcp.oauth import AccessTokens
-from keyless.sandbox.gcp.state import Cluster, GcpState, ServiceAccountKey, workload_pool
+from keyless.sandbox.gcp.state import PERMISSIONS, Cluster, GcpState, ServiceAccountKey, workload_pool
 from keyless.sandbox.gcp.sts import IssuerKeys
+from keyless.sandbox.knobs import Knobs, KnobSettings, TimeScale
 from keyless.sandbox.servers import BackgroundServers
 
 __all__ = [
@@ -89,18 +90,24 @@ class GcpSandbox:
         propagation_delay: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         ca: trustme.CA | None = None,
+        knobs: KnobSettings | None = None,
+        time_scale: TimeScale | None = None,
     ) -> None:
+        """``knobs`` shape every call of the HTTPS port; ``time_scale`` (shared with the other stand-ins by the stack)
+        runs the sandbox's time faster than ``clock``."""
         self.host = host
         self.clock = clock
+        self.time = time_scale or TimeScale(clock=clock)
         self.project = project
         self.project_number = project_number
         self._given_state_dir = Path(state_dir) if state_dir is not None else None
-        self._state = GcpState(propagation_delay=propagation_delay, clock=clock)
+        self._state = GcpState(propagation_delay=propagation_delay, clock=self.time.now)
         self._state.add_project(project, project_number, "keyless sandbox")
         self.deployer_email = f"{DEPLOYER_ACCOUNT}@{project}.iam.gserviceaccount.com"
         self._tokens = AccessTokens()
-        self._faults = ApiFaults()
-        self._api = GcpApiStandIn(self._state, self._tokens, self._faults, project_id=project,
+        self.knobs = Knobs("gcp", self.time, knobs, check_action=PERMISSIONS.__contains__,
+                           action_form=f"permissions the sandbox checks ({', '.join(sorted(PERMISSIONS))})")
+        self._api = GcpApiStandIn(self._state, self._tokens, self.knobs, project_id=project,
                                   deployer_email=self.deployer_email)
         self._metadata = MetadataServer(self._state, self._tokens, project)
         self._ca = ca
@@ -369,24 +376,29 @@ class GcpSandbox:
                   retry_after: float | None = None) -> None:
         """The next `count` API requests whose path contains `path_contains` answer `status` with Google's body
         (429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, ...); a 429 may carry Retry-After (seconds)."""
-        self._faults.fail_next(status, count, path_contains, retry_after)
+        if status not in STATUS_NAMES or count < 0:
+            raise ValueError(f"fail_next takes a status among {sorted(STATUS_NAMES)} and a count >= 0")
+        self.knobs.fail_next(count, status=status, match=(path_contains,) if path_contains else (),
+                             retry_after=retry_after)
 
     def deny(self, *permissions: str) -> None:
-        """Refuse these permissions (`iam.serviceAccounts.setIamPolicy`, ...) with 403 PERMISSION_DENIED."""
-        self._faults.deny(permissions)
+        """Refuse these permissions (`iam.serviceAccounts.setIamPolicy`, ...) with 403 PERMISSION_DENIED; adds to
+        those denied already."""
+        denied = self.knobs.faults().denied
+        self.knobs.deny([*denied, *permissions])
 
     def allow(self, *permissions: str) -> None:
         """Give denied permissions back; with none, all of them."""
-        self._faults.allow(permissions)
+        self.knobs.allow(permissions)
 
     def interleave(self, email: str, writer: Callable[[], object]) -> None:
         """Run `writer` just before the next setIamPolicy on that account is processed (so that write is stale)."""
-        self._faults.interleave(email, writer)
+        self._api.interleaved.add(email, writer)
 
     @property
     def requests(self) -> list[tuple[str, str]]:
         """(method, path with its API prefix) of every request to the HTTPS port so far, in order."""
-        return list(self._faults.requests)
+        return [(c.method, c.path) for c in self.knobs.history()]
 
     @property
     def blind_writes(self) -> int:
@@ -394,7 +406,8 @@ class GcpSandbox:
         return self._state.blind_writes
 
     def reset_faults(self) -> None:
-        self._faults.reset()
+        self.knobs.reset_faults()
+        self._api.interleaved.clear()
 
     @property
     def propagation_delay(self) -> float:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +15,6 @@ from aiohttp import web
 from keyless.sandbox.gcp.oauth import AccessTokens, Caller, OAuthError, exchange_jwt_bearer
 from keyless.sandbox.gcp.state import (
     BASIC_ROLE_PERMISSIONS,
-    PERMISSIONS,
     Cluster,
     GcpError,
     GcpState,
@@ -34,18 +31,20 @@ from keyless.sandbox.gcp.sts import (
     mint_for_service_account,
     sts_parameters,
 )
+from keyless.sandbox.knobs import Call, Denied, Knobs, Refusal, Throttled, Verdict
+from keyless.sandbox.knobs_http import knob_routes, serve_call
 
-__all__ = ["API_PREFIXES", "ApiFaults", "GcpApiStandIn"]
+__all__ = ["API_PREFIXES", "GcpApiStandIn", "Interleaved", "gcp_call"]
 
 # The path prefix of each API on the one HTTPS port; env() turns them into gcloud's endpoint overrides.
 API_PREFIXES = {"IAM": "iam", "CONTAINER": "container", "CLOUDRESOURCEMANAGER": "crm", "STS": "sts",
                 "IAMCREDENTIALS": "iamcredentials"}
 _JSON = dict[str, Any]
-_STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                  409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
                  504: "DEADLINE_EXCEEDED"}
 _FAULT_MESSAGES = {
-    429: "Quota exceeded for quota metric 'Read requests' and limit 'Read requests per minute' of service "
+    429: "Quota exceeded for quota metric '{kind} requests' and limit '{kind} requests per minute' of service "
          "'{api}.googleapis.com' for consumer 'project_number:{number}'.",
     503: "The service is currently unavailable.",
     500: "Internal error encountered.",
@@ -60,67 +59,70 @@ _GENERATE_PATH = re.compile(r"^v1/projects/([^/]+)/serviceAccounts/([^/:]+):gene
 _KEY_TYPES = ("USER_MANAGED", "SYSTEM_MANAGED")
 
 
-@dataclass
-class _Failure:
-    status: int
-    remaining: int
-    path_contains: str
-    retry_after: float | None
-
-
-class ApiFaults:
-    """What the tests arm (thread-safe): failing requests, denied permissions, writers slipped in before a write."""
+class Interleaved:
+    """Writers a test slips in just before the next setIamPolicy on an account, so that write is stale (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._failures: list[_Failure] = []
-        self.denied: frozenset[str] = frozenset()
-        self._interleaved: dict[str, list[Callable[[], object]]] = {}
-        self.requests: list[tuple[str, str]] = []
+        self._writers: dict[str, list[Callable[[], object]]] = {}
 
-    def fail_next(self, status: int, count: int, path_contains: str, retry_after: float | None) -> None:
-        if status not in _STATUS_NAMES or count < 0:
-            raise ValueError(f"fail_next takes a status among {sorted(_STATUS_NAMES)} and a count >= 0")
+    def add(self, email: str, writer: Callable[[], object]) -> None:
         with self._lock:
-            self._failures.append(_Failure(status, count, path_contains, retry_after))
+            self._writers.setdefault(email.lower(), []).append(writer)
 
-    def deny(self, permissions: Iterable[str]) -> None:
-        found = set(permissions)
-        unknown = found - PERMISSIONS
-        if unknown:
-            raise ValueError(f"the sandbox checks only {', '.join(sorted(PERMISSIONS))}; not {sorted(unknown)}")
+    def take(self, email: str) -> Callable[[], object] | None:
         with self._lock:
-            self.denied = self.denied | found
-
-    def allow(self, permissions: Iterable[str]) -> None:
-        found = set(permissions)
-        with self._lock:
-            self.denied = self.denied - found if found else frozenset()
-
-    def interleave(self, email: str, writer: Callable[[], object]) -> None:
-        with self._lock:
-            self._interleaved.setdefault(email.lower(), []).append(writer)
-
-    def take_interleaved(self, email: str) -> Callable[[], object] | None:
-        with self._lock:
-            pending = self._interleaved.get(email.lower())
+            pending = self._writers.get(email.lower())
             return pending.pop(0) if pending else None
 
-    def reset(self) -> None:
+    def clear(self) -> None:
         with self._lock:
-            self._failures.clear()
-            self.denied = frozenset()
-            self._interleaved.clear()
+            self._writers.clear()
 
-    def record(self, method: str, path: str) -> _Failure | None:
-        """Count the request; the armed failure it meets, if any."""
-        with self._lock:
-            self.requests.append((method, path))
-            for failure in self._failures:
-                if failure.remaining > 0 and failure.path_contains in path:
-                    failure.remaining -= 1
-                    return failure
-            self._failures = [f for f in self._failures if f.remaining > 0]
+
+_IAM_METHODS = {"": "get", ":getIamPolicy": "getIamPolicy", ":setIamPolicy": "setIamPolicy", "/keys": "keys.list"}
+
+
+def gcp_call(method: str, path: str) -> Call:
+    """The knobs' view of a request: Google's method id (`iam.projects.serviceAccounts.getIamPolicy`) and the IAM
+    API's read and write quotas, per project."""
+    if path in ("/token", "/tokeninfo"):
+        return Call(method, path, f"oauth2{path.replace('/', '.')}")
+    prefix, _, rest = path.lstrip("/").partition("/")
+    if prefix == "sts":
+        return Call(method, path, "sts.token")
+    if prefix == "iam" and (match := _SA_PATH.match(rest)) is not None:
+        name = _IAM_METHODS[match[3] or ""]
+        write = name == "setIamPolicy"
+        return Call(method, path, f"iam.projects.serviceAccounts.{name}", write=write,
+                    buckets=(("gcp-iam-write" if write else "gcp-iam-read", match[1]),))
+    if prefix == "container" and _CLUSTER_PATH.match(rest):
+        return Call(method, path, "container.projects.locations.clusters.get")
+    if prefix == "crm" and (project := _PROJECT_PATH.match(rest)) is not None:
+        return Call(method, path, f"cloudresourcemanager.projects.{'getIamPolicy' if project[3] else 'get'}")
+    if prefix == "iamcredentials" and _GENERATE_PATH.match(rest):
+        return Call(method, path, "iamcredentials.projects.serviceAccounts.generateAccessToken")
+    return Call(method, path, f"{method} {path}", buckets=())
+
+
+class GcpDialect:
+    """Google's answers to throttled and failed calls: 429 RESOURCE_EXHAUSTED with the google.rpc error JSON and
+    Retry-After; the OAuth endpoints (token, STS) answer in OAuth's words."""
+
+    def __init__(self, api: GcpApiStandIn, oauth: bool) -> None:
+        self.api, self.oauth = api, oauth
+
+    def refuse(self, refusal: Refusal, call: Call) -> web.StreamResponse:
+        if isinstance(refusal, Denied):  # not reached: GCP checks its permissions where it knows the resource
+            return self.api.render(permission_denied(refusal.action, call.path), self.oauth)
+        status = 429 if isinstance(refusal, Throttled) else refusal.status
+        headers = {"Retry-After": refusal.retry_after} if refusal.retry_after else {}
+        return self.api.render(self.api.injected(status, call, headers), self.oauth)
+
+    def lost(self, call: Call) -> web.StreamResponse:
+        return self.api.render(GcpError(500, "INTERNAL", "Internal error encountered."), self.oauth)
+
+    def decorate(self, response: web.StreamResponse, verdict: Verdict) -> None:
         return None
 
 
@@ -131,12 +133,13 @@ def _project_of(resource: str) -> str:
 class GcpApiStandIn:
     """Routes the APIs by prefix; every API call needs a bearer token from the token endpoint or STS."""
 
-    def __init__(self, state: GcpState, tokens: AccessTokens, faults: ApiFaults, *, project_id: str,
+    def __init__(self, state: GcpState, tokens: AccessTokens, knobs: Knobs, *, project_id: str,
                  deployer_email: str) -> None:
         self.state = state
         self.project_id = project_id
         self.tokens = tokens
-        self.faults = faults
+        self.knobs = knobs
+        self.interleaved = Interleaved()
         self.deployer_email = deployer_email
         self.issuer_keys: IssuerKeys | None = None
         self.url = ""  # https://127.0.0.1:PORT/, set once the server has its port
@@ -155,31 +158,46 @@ class GcpApiStandIn:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
+        if request.path.startswith("/_sandbox/"):
+            answer = await knob_routes(self.knobs, request, request.path.split("/")[2:])
+            return answer or self.render(self._no_route(request), oauth=False)
         oauth = request.path in ("/token", "/tokeninfo") or request.path.startswith("/sts/")
-        failure = self.faults.record(request.method, request.path)
-        try:
-            if failure is not None:
-                raise self._injected(failure, request.path)
-            return await handler(request)
-        except OAuthError as error:
-            return web.json_response(error.body(), status=error.status, headers={"Cache-Control": "no-store"})
-        except GcpError as error:
-            if oauth:
-                name = _OAUTH_FAULTS.get(error.code, "server_error" if error.code >= 500 else "invalid_request")
-                return web.json_response({"error": name, "error_description": error.message}, status=error.code,
-                                         headers=error.headers)
-            return web.json_response(error.body(), status=error.code, headers=error.headers)
 
-    def _injected(self, failure: _Failure, path: str) -> GcpError:
-        api = path.strip("/").split("/", 1)[0] or "oauth2"
+        async def handle() -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except OAuthError as error:
+                return web.json_response(error.body(), status=error.status, headers={"Cache-Control": "no-store"})
+            except GcpError as error:
+                return self.render(error, oauth)
+
+        return await serve_call(self.knobs, request, gcp_call(request.method, request.path), GcpDialect(self, oauth),
+                                handle)
+
+    @staticmethod
+    def render(error: GcpError, oauth: bool) -> web.Response:
+        if oauth:
+            name = _OAUTH_FAULTS.get(error.code, "server_error" if error.code >= 500 else "invalid_request")
+            return web.json_response({"error": name, "error_description": error.message}, status=error.code,
+                                     headers=error.headers)
+        return web.json_response(error.body(), status=error.code, headers=error.headers)
+
+    def injected(self, status: int, call: Call, headers: Mapping[str, str]) -> GcpError:
+        """The error Google answers with this status; a 429 names the quota that ran out, as Google does."""
+        prefix = call.path.strip("/").split("/", 1)[0]
+        api = {"crm": "cloudresourcemanager", "token": "oauth2", "tokeninfo": "oauth2"}.get(prefix, prefix)
         project = self.state.find_project(self.project_id)
-        template = _FAULT_MESSAGES.get(failure.status, "Fault injected by the keyless sandbox.")
-        message = template.format(api={"crm": "cloudresourcemanager"}.get(api, api),
-                                  number=project.number if project else "0")
-        headers = {}
-        if failure.retry_after is not None:
-            headers["Retry-After"] = str(max(0, math.ceil(failure.retry_after)))
-        return GcpError(failure.status, _STATUS_NAMES[failure.status], message, headers=headers)
+        number = project.number if project else "0"
+        template = _FAULT_MESSAGES.get(status, "Fault injected by the keyless sandbox.")
+        message = template.format(api=api, number=number, kind="Write" if call.write else "Read")
+        details: list[dict[str, Any]] = []
+        if status == 429:
+            details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED",
+                            "domain": "googleapis.com",
+                            "metadata": {"service": f"{api}.googleapis.com", "consumer": f"projects/{number}",
+                                         "quota_metric": f"{api}.googleapis.com/default_requests",
+                                         "quota_limit": "DefaultRequestsPerMinutePerProject"}})
+        return GcpError(status, STATUS_NAMES.get(status, "UNKNOWN"), message, details=details, headers=headers)
 
     async def _dispatch(self, request: web.Request) -> web.Response:
         path = request.path
@@ -235,7 +253,7 @@ class GcpApiStandIn:
 
     def _holds(self, caller: Caller, permission: str, resource: str) -> bool:
         """The deployer holds every permission not denied; another account what its project's basic roles give."""
-        if permission in self.faults.denied or caller.federated:
+        if self.knobs.denies(permission) or caller.federated:
             return False
         if caller.email == self.deployer_email:
             return True
@@ -271,7 +289,7 @@ class GcpApiStandIn:
             policy = body.get("policy")
             if not isinstance(policy, dict):
                 raise invalid_argument("Invalid JSON payload received. 'policy' is required and must be an object.")
-            writer = self.faults.take_interleaved(account.email)
+            writer = self.interleaved.take(account.email)
             if writer is not None:
                 await asyncio.to_thread(writer)  # in a thread: the writer may call this very server
             mask = body.get("updateMask")
@@ -328,7 +346,7 @@ class GcpApiStandIn:
         if account is None:
             raise GcpError(404, "NOT_FOUND", f"Not found; Gaia id not found for email {match[2]}")
         permission = "iam.serviceAccounts.getAccessToken"
-        if permission in self.faults.denied:
+        if self.knobs.denies(permission):
             raise permission_denied(permission, account.resource)
         # A project-wide permission (the deployer, an owner) or a role on the account itself, once propagated.
         permitted = self._holds(caller, permission, account.resource)

@@ -26,6 +26,7 @@ import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 from ruamel.yaml import YAML
 
+from keyless.sandbox.knobs import Knobs, KnobSettings, TimeScale
 from keyless.sandbox.kube import rbac
 from keyless.sandbox.kube.admission import (
     AZURE_AUDIENCE,
@@ -41,7 +42,7 @@ from keyless.sandbox.kube.admission import (
     eks_pod_identity_mutator,
     gke_metadata_mutator,
 )
-from keyless.sandbox.kube.api import KubeApiServer, random_suffix
+from keyless.sandbox.kube.api import KubeApiServer, is_kube_action, random_suffix
 from keyless.sandbox.kube.controllers import Controllers
 from keyless.sandbox.kube.merge import JsonDict
 from keyless.sandbox.kube.schema import (
@@ -109,6 +110,8 @@ class KubeStandIn:
         host: str = "127.0.0.1",
         port: int = 0,
         pod_startup_seconds: float = 0.0,
+        knobs: KnobSettings | None = None,
+        time_scale: TimeScale | None = None,
     ) -> None:
         """``issuer_url`` is the service-account issuer, kept byte for byte (default: the API server URL).
 
@@ -117,7 +120,12 @@ class KubeStandIn:
 
         ``state_dir`` holds token files written for ``exec_env`` and the signing key, so that a
         restarted sandbox keeps its JWKS; without it a temporary directory is used and removed.
+
+        ``knobs`` shape every request (latency, the `kube` rate limit, faults); ``time_scale`` (shared by the stack)
+        divides the pods' start-up time and every other delay.
         """
+        self.knobs = Knobs(f"kube-{cluster_name}", time_scale, knobs, check_action=is_kube_action,
+                           action_form="Kubernetes verbs and resources (`patch deployments`)")
         self.cluster_name = cluster_name
         self._issuer_url = issuer_url
         self._given_state_dir = Path(state_dir) if state_dir is not None else None
@@ -208,7 +216,7 @@ class KubeStandIn:
         issuer_url = (self._issuer_url or url).replace("{url}", url)
         issuer = ServiceAccountIssuer.load_or_create(issuer_url, key_file)
         api = KubeApiServer(issuer=issuer, cluster_name=self.cluster_name, mutators=self._mutators,
-                            jwks_uri=f"{url}/openid/v1/jwks", admin_token=self.admin_token)
+                            jwks_uri=f"{url}/openid/v1/jwks", admin_token=self.admin_token, knobs=self.knobs)
         parts = urllib.parse.urlsplit(issuer_url)
         issuer_paths: list[str] = []
         if f"{parts.scheme}://{parts.netloc}" == url:

@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -27,6 +28,8 @@ import kmock
 from kmock._internal.rendering import Response as KmockResponse
 from ruamel.yaml import YAML
 
+from keyless.sandbox.knobs import Call, Denied, Knobs, Refusal, Throttled, Verdict
+from keyless.sandbox.knobs_http import knob_routes, serve_call
 from keyless.sandbox.kube import openapi, rbac, tables
 from keyless.sandbox.kube.admission import Mutator, WebhookDenied, mutator_name, service_account_admission
 from keyless.sandbox.kube.merge import (
@@ -203,6 +206,59 @@ def _guess_action(method: str, plural: str | None, name: str | None, query: Mapp
     return {"GET": kmock.action.FETCH, "PATCH": kmock.action.UPDATE, "DELETE": kmock.action.DELETE}.get(method)
 
 
+_VERBS: Final = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+_KUBE_ACTION: Final = re.compile(r"^[a-z]+ [a-z0-9.-]+(/[a-z0-9.-]+)?$")
+
+
+def is_kube_action(action: str) -> bool:
+    """`verb resource[/subresource]` (`patch deployments`, `create serviceaccounts/token`): what deny() takes."""
+    return _KUBE_ACTION.fullmatch(action) is not None
+
+
+def kube_call(cluster: str, method: str, path: str, query: Mapping[str, str]) -> Call:
+    """The knobs' view of a request: the RBAC verb and resource (`list pods`), one bucket for the whole cluster."""
+    _, _, plural, _, name, subresource = _parse_path(path)
+    if plural is None:
+        operation = f"{method.lower()} {path}"  # a non-resource URL (discovery, OpenAPI, version, health)
+        return Call(method, path, operation, "", False, (("kube", cluster),))
+    if method == "GET":
+        verb = "watch" if query.get("watch") in ("true", "1") else "get" if name else "list"
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = _VERBS.get(method, method.lower())
+    operation = f"{verb} {plural}" + (f"/{subresource}" if subresource else "")
+    return Call(method, path, operation, operation, verb not in ("get", "list", "watch"), (("kube", cluster),))
+
+
+class KubeDialect:
+    """The API server's answers: 429 TooManyRequests with Retry-After (as API Priority and Fairness sends it), 403
+    Forbidden in RBAC's words, 5xx InternalError or ServiceUnavailable, each a `Status`."""
+
+    def refuse(self, refusal: Refusal, call: Call) -> aiohttp.web.StreamResponse:
+        if isinstance(refusal, Denied):
+            verb, _, resource = refusal.action.partition(" ")
+            return status_response(StatusError(403, "Forbidden", f'{resource} is forbidden: User "keyless-sandbox" '
+                                               f'cannot {verb} resource "{resource}" (denied by the keyless sandbox)'))
+        if isinstance(refusal, Throttled) or refusal.status == 429:
+            wait = refusal.retry_after or "1"
+            response = status_response(StatusError(429, "TooManyRequests", "Too many requests, please try again "
+                                                   "later.", {"retryAfterSeconds": max(1, math.ceil(float(wait)))}))
+            response.headers["Retry-After"] = wait
+            return response
+        reason = {503: "ServiceUnavailable", 504: "Timeout", 404: "NotFound", 409: "Conflict"}.get(
+            refusal.status, "InternalError" if refusal.status >= 500 else "BadRequest")
+        return status_response(StatusError(refusal.status, reason, "Internal error occurred: fault injected by the "
+                                           "keyless sandbox"))
+
+    def lost(self, call: Call) -> aiohttp.web.StreamResponse:
+        return status_response(StatusError(500, "InternalError", "Internal error occurred: the response was lost "
+                                           "(fault injected by the keyless sandbox)"))
+
+    def decorate(self, response: aiohttp.web.StreamResponse, verdict: Verdict) -> None:
+        return None
+
+
 def _strip_for_list(obj: Mapping[str, Any]) -> JsonDict:
     # Items of a list carry no apiVersion/kind: the list's kind says it, as on a real server.
     return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
@@ -244,6 +300,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
     _tombstones: collections.deque[tuple[kmock.resource, str | None, str]] = attrs.field(
         factory=collections.deque, init=False)
     unexpected_errors: list[BaseException] = attrs.field(factory=list, init=False)
+    knobs: Knobs = attrs.field(factory=lambda: Knobs("kube", check_action=is_kube_action))
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -276,6 +333,13 @@ class KubeApiServer(kmock.KubernetesEmulator):
     # --- request plumbing -----------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.startswith("/_sandbox/"):
+            answer = await knob_routes(self.knobs, raw_request, raw_request.path.split("/")[2:])
+            return answer or status_response(StatusError(404, "NotFound", f"no sandbox endpoint {raw_request.path}"))
+        call = kube_call(self.cluster_name, raw_request.method, raw_request.path, raw_request.query)
+        return await serve_call(self.knobs, raw_request, call, KubeDialect(), lambda: self._serve(raw_request))
+
+    async def _serve(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         request_id = 0
         try:
             request = await self._parse_request(raw_request)

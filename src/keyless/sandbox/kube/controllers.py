@@ -165,7 +165,8 @@ class Controllers:
                 self.enqueue(key)
         elif change.kind is PODS and change.type == "ADDED" and change.obj.get("status", {}).get("phase") == "Pending":
             self._starting += 1
-            asyncio.get_running_loop().call_later(self.pod_startup_seconds, self._pod_started, namespace, name)
+            asyncio.get_running_loop().call_later(self.api.knobs.time.wall(self.pod_startup_seconds), self._pod_started,
+                                                  namespace, name)
 
     def _pod_started(self, namespace: str | None, name: str) -> None:
         self._starting -= 1
