@@ -26,7 +26,6 @@ import os
 import resource
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -254,8 +253,6 @@ def make_identities(target: AzureTarget, count: int) -> None:
 
     api = AzureApi(target)
     msi: ManagedServiceIdentityClient = api.msi
-    lock = threading.Lock()
-    made: list[str] = []
 
     def make(i: int) -> None:
         name = f"bench-id-{i:03d}"
@@ -268,8 +265,6 @@ def make_identities(target: AzureTarget, count: int) -> None:
                 if exc.status_code != 429:
                     raise
                 time.sleep(0.5)
-        with lock:
-            made.append(name)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(make, range(count)))

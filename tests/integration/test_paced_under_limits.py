@@ -3,11 +3,11 @@ exactly once (the sandbox's own knobs are tested in test_sandbox_aws.py and the 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from virtual_time import VirtualTime
 
 from keyless.bindings import Binding
 from keyless.clouds import AwsRole, Cloud
@@ -22,30 +22,15 @@ from keyless.targets import AwsTarget
 pytestmark = pytest.mark.integration
 
 
-class StillTime:
-    """A clock that moves only when someone sleeps on it (keyless's buckets) or a test advances it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self.lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self.lock:
-            self.now += seconds
+@pytest.fixture(scope="module")
+def time() -> VirtualTime:
+    """Time that moves only when someone sleeps on it: keyless's buckets, whose sleeps refill the sandbox's too."""
+    return VirtualTime()
 
 
 @pytest.fixture(scope="module")
-def time() -> StillTime:
-    return StillTime()
-
-
-@pytest.fixture(scope="module")
-def sandbox(time: StillTime) -> Iterator[AwsSandbox]:
-    with AwsSandbox(association_delay=0.0, time_scale=TimeScale(1.0, time)) as running:
+def sandbox(time: VirtualTime) -> Iterator[AwsSandbox]:
+    with AwsSandbox(association_delay=0.0, time_scale=TimeScale(1.0, time.clock)) as running:
         yield running
 
 
@@ -63,7 +48,7 @@ def test_keyless_paces_itself_below_what_the_sandbox_enforces() -> None:
         assert ours.burst <= theirs.burst
 
 
-def test_keyless_paced_at_eks_limits_is_never_throttled(sandbox: AwsSandbox, seed: DemoSeed, time: StillTime,
+def test_keyless_paced_at_eks_limits_is_never_throttled(sandbox: AwsSandbox, seed: DemoSeed, time: VirtualTime,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in sandbox.env().items():
         monkeypatch.setenv(key, value)
@@ -76,11 +61,11 @@ def test_keyless_paced_at_eks_limits_is_never_throttled(sandbox: AwsSandbox, see
     sandbox.knobs.configure(KnobSettings(rate_limits=dict(REALISTIC_LIMITS)))
     try:
         httpx.post(f"{sandbox.eks_url}/_sandbox/calls/reset", timeout=10).raise_for_status()
-        time.advance(60.0)  # full buckets on both sides
+        time.sleep(60.0)  # full buckets on both sides
         # keyless's buckets run on the same still clock: past their burst they sleep on it, which refills the
         # sandbox's too, as time passing would.
         provider = AwsProvider(AwsTarget(cloud="aws", region=sandbox.region, cluster=seed.cluster, namespace=app),
-                               sleep=time.advance, clock=time)
+                               sleep=time.sleep, clock=time.clock)
         role = seed.roles["keyless-demo-api"]
         binding = Binding(app=app, service="s0", kind=ServiceType.WEB, target="t", cloud=Cloud.AWS, namespace=app,
                           service_account=f"{app}-s0", identity=AwsRole(role, role))

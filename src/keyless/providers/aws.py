@@ -93,19 +93,10 @@ class _Summary:
     service_account: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Journaled:
-    """What keyless's journal on a service account vouches for: the association it last applied there."""
-
-    key: tuple[str, str]
-    role_arn: str
-    owner: Owner
-
-
-def _journal(accounts: Sequence[ObservedServiceAccount], app: str, target: str) -> dict[str, _Journaled]:
-    """The associations the app's own service accounts record (by id); an account whose labels could not hold the
-    names exactly (shortened) vouches for nothing, so its association is described instead."""
-    found: dict[str, _Journaled] = {}
+def _journaled(accounts: Sequence[ObservedServiceAccount], app: str, target: str) -> list[ObservedBinding]:
+    """The associations the app's own service accounts record, as observing them would find them; an account whose
+    labels could not hold the names exactly (shortened) vouches for nothing, so its association is described."""
+    found: list[ObservedBinding] = []
     for account in accounts:
         binding_id = account.annotations.get(BINDING_ANNOTATION)
         role_arn = account.annotations.get(IDENTITY_ANNOTATION, "")
@@ -113,7 +104,9 @@ def _journal(accounts: Sequence[ObservedServiceAccount], app: str, target: str) 
         if (not binding_id or not role_arn.startswith("arn:") or not labelled_for(account.labels, app, target)
                 or label_value(service) != service or label_value(app) != app or label_value(target) != target):
             continue
-        found[binding_id] = _Journaled((account.namespace, account.name), role_arn, Owner(app, service, target))
+        found.append(ObservedBinding(cloud=Cloud.AWS, id=binding_id, namespace=account.namespace,
+                                     service_account=account.name, identity=AwsRole(role=role_arn, arn=role_arn),
+                                     owner=Owner(app, service, target)))
     return found
 
 
@@ -483,15 +476,10 @@ class AwsProvider:
 
     def _observe_journaled(self, app: str, target: str, bindings: Sequence[Binding],
                            accounts: Sequence[ObservedServiceAccount]) -> list[ObservedBinding]:
-        journal = {entry.key: (binding_id, entry) for binding_id, entry in _journal(accounts, app, target).items()}
         wanted = {b.key: _role_arn(b) for b in bindings}
-        found: list[ObservedBinding] = []
-        for key, (binding_id, entry) in sorted(journal.items()):
-            if key in wanted and wanted[key] != entry.role_arn:
-                continue  # the role changes: read what is there now
-            found.append(ObservedBinding(
-                cloud=Cloud.AWS, id=binding_id, namespace=key[0], service_account=key[1],
-                identity=AwsRole(role=entry.role_arn, arn=entry.role_arn), owner=entry.owner))
+        # What the journal vouches for, but where the role changes: read what is there now.
+        found = [j for j in _journaled(accounts, app, target)
+                 if j.key not in wanted or wanted[j.key] == j.identity.describe()]
         vouched = {b.key for b in found}
         unvouched = [key for key in wanted if key not in vouched]
         ids = [s.id for namespace, account in unvouched for s in self._list(namespace, account)]
