@@ -36,7 +36,7 @@ ISSUER = "https://oidc.keyless.test/clusters/audit/"
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[AzureSandbox]:
     with AzureSandbox() as running:
-        running.seed_demo(ISSUER)
+        running.seed_demo()
         yield running
 
 

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jwt
 import pytest
 from azure.identity import WorkloadIdentityCredential
 from azure.mgmt.msi import ManagedServiceIdentityClient
@@ -16,7 +17,7 @@ from lightkube.resources.core_v1 import Pod
 
 from keyless.porter import load_app
 from keyless.sandbox import control
-from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_BROAD_IDENTITY, DEMO_RESOURCE_GROUP
+from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_BROAD_IDENTITY, DEMO_LOCATION, DEMO_RESOURCE_GROUP
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, keyless_context
 
@@ -243,3 +244,14 @@ def test_no_credential_survives_its_connection_after_an_apply_killed_at_any_step
     code, output = run("plan", "-f", str(unbound), "--target", AKS_TARGET)
     assert code == 0, output
     assert "No changes" in output, output
+
+
+def test_the_cluster_signs_as_the_issuer_aks_assigned(sandbox: Sandbox) -> None:
+    """`az aks show` names the issuer the API server signs as, on AKS's issuer host (Entra fetches it there)."""
+    stack, _ = sandbox
+    assert stack.aks is not None
+    shown = stack.azure.cluster(stack.aks.cluster_name)
+    assert shown.issuer_url == stack.aks.issuer_url
+    assert str(shown.issuer_url).startswith(f"https://{DEMO_LOCATION}.oic.prod-aks.azure.com/{stack.azure.tenant_id}/")
+    token = stack.aks.mint_token("default", "default", "api://AzureADTokenExchange")
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == shown.issuer_url

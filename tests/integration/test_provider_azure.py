@@ -64,13 +64,16 @@ def issuer() -> ServiceAccountIssuer:
 @pytest.fixture(scope="module")
 def sandbox(issuer: ServiceAccountIssuer) -> Iterator[AzureSandbox]:
     with AzureSandbox(propagation_delay=DELAY, write_hold=HOLD) as running:
-        running.register_issuer(ISSUER, issuer.jwks())
+        running.publish_issuer(ISSUER, issuer.jwks)
         yield running
 
 
 @pytest.fixture(scope="module")
 def seed(sandbox: AzureSandbox) -> AzureDemoSeed:
-    return sandbox.seed_demo(ISSUER)
+    seeded = sandbox.seed_demo()
+    # These tests sign as a fixed issuer; on Azure, AKS picks it (https://<region>.oic.prod-aks.azure.com/...).
+    sandbox.set_cluster(replace(sandbox.cluster(DEMO_CLUSTER), issuer_url=ISSUER))
+    return replace(seeded, cluster_issuer_url=ISSUER)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import re
 import ssl
 import threading
 import time
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from keyless.sandbox.azure import (
     DEMO_CLUSTER,
     DEMO_CLUSTER_OFF,
+    DEMO_LOCATION,
     DEMO_RESOURCE_GROUP,
     AzureDemoSeed,
     AzureSandbox,
@@ -67,13 +70,13 @@ def issuer_key() -> rsa.RSAPrivateKey:
 @pytest.fixture(scope="module")
 def sandbox(issuer_key: rsa.RSAPrivateKey) -> Iterator[AzureSandbox]:
     with AzureSandbox(propagation_delay=DELAY, write_hold=HOLD) as running:
-        running.register_issuer(TEST_ISSUER, _jwks(issuer_key, "test-key"))
+        running.publish_issuer(TEST_ISSUER, _jwks(issuer_key, "test-key"))
         yield running
 
 
 @pytest.fixture(scope="module")
 def seed(sandbox: AzureSandbox) -> AzureDemoSeed:
-    return sandbox.seed_demo(TEST_ISSUER)
+    return sandbox.seed_demo()
 
 
 @pytest.fixture(scope="module")
@@ -184,12 +187,14 @@ def _raw(sandbox: AzureSandbox, url: str, *, data: bytes | None = None, headers:
 
 def test_seed_demo_through_arm(sandbox: AzureSandbox, seed: AzureDemoSeed, aks: ContainerServiceClient,
                                msi: ManagedServiceIdentityClient) -> None:
-    assert seed.cluster_issuer_url == TEST_ISSUER
+    # AKS assigns the issuer: https://<region>.oic.prod-aks.azure.com/<tenant>/<id>/, trailing slash included.
+    assert re.fullmatch(rf"https://{DEMO_LOCATION}\.oic\.prod-aks\.azure\.com/{sandbox.tenant_id}/[0-9a-f-]{{36}}/",
+                        seed.cluster_issuer_url)
     cluster = aks.managed_clusters.get(RG, DEMO_CLUSTER)
     assert cluster.properties is not None
     assert cluster.properties.oidc_issuer_profile is not None
     assert cluster.properties.oidc_issuer_profile.enabled is True
-    assert cluster.properties.oidc_issuer_profile.issuer_url == TEST_ISSUER  # byte for byte
+    assert cluster.properties.oidc_issuer_profile.issuer_url == seed.cluster_issuer_url
     assert cluster.properties.security_profile is not None
     assert cluster.properties.security_profile.workload_identity is not None
     assert cluster.properties.security_profile.workload_identity.enabled is True
@@ -204,7 +209,50 @@ def test_seed_demo_through_arm(sandbox: AzureSandbox, seed: AzureDemoSeed, aks: 
     assert (api.client_id, api.principal_id, api.tenant_id) == (
         seed.identities["keyless-demo-api-identity"].client_id,
         seed.identities["keyless-demo-api-identity"].principal_id, sandbox.tenant_id)
-    assert sandbox.seed_demo(TEST_ISSUER) == seed  # idempotent
+    assert sandbox.seed_demo() == seed  # idempotent: the issuer stays the one AKS assigned first
+
+
+def test_aks_assigns_the_issuer_and_ignores_one_in_the_request(
+        sandbox: AzureSandbox, seed: AzureDemoSeed, aks: ContainerServiceClient) -> None:
+    """issuerURL is read-only (azure-rest-api-specs, ManagedClusterOIDCIssuerProfile): AKS ignores one sent."""
+    body = {"location": DEMO_LOCATION, "properties": {
+        "dnsPrefix": "picky", "oidcIssuerProfile": {"enabled": True, "issuerURL": "https://mine.example/"},
+        "securityProfile": {"workloadIdentity": {"enabled": True}}}}
+    created = aks.managed_clusters.begin_create_or_update(
+        RG, "aks-picky", io.BytesIO(json.dumps(body).encode())).result()
+    assert created.oidc_issuer_profile is not None
+    assigned = created.oidc_issuer_profile.issuer_url
+    assert assigned != "https://mine.example/"
+    assert str(assigned).startswith(f"https://{DEMO_LOCATION}.oic.prod-aks.azure.com/{sandbox.tenant_id}/")
+    assert str(assigned).endswith("/")
+    again = aks.managed_clusters.begin_create_or_update(
+        RG, "aks-picky", io.BytesIO(json.dumps(body).encode())).result()
+    assert again.oidc_issuer_profile is not None
+    assert again.oidc_issuer_profile.issuer_url == assigned  # kept across updates
+
+
+def test_arm_serves_federated_credentials_only_at_api_versions_that_have_them(
+        sandbox: AzureSandbox, seed: AzureDemoSeed, credential: WorkloadIdentityCredential) -> None:
+    identity = (f"/subscriptions/{sandbox.subscription_id}/resourceGroups/{RG}/providers/"
+                f"Microsoft.ManagedIdentity/userAssignedIdentities/keyless-deployer")
+    token = credential.get_token(ARM_SCOPE).token
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def get(path: str, version: str) -> tuple[int, dict[str, Any]]:
+        status, _, body = _raw(sandbox, f"{sandbox.arm_url}{path}?api-version={version}", headers=headers)
+        return status, body
+
+    assert get(identity, "2018-11-30")[0] == 200  # identities existed long before federated credentials
+    assert get(f"{identity}/federatedIdentityCredentials", "2022-01-31-PREVIEW")[0] == 200  # case-insensitive
+    status, body = get(f"{identity}/federatedIdentityCredentials", "2018-11-30")
+    assert (status, body["error"]["code"]) == (400, "NoRegisteredProviderFound")
+    assert "for type 'userAssignedIdentities/federatedIdentityCredentials'" in body["error"]["message"]
+    assert "2022-01-31-preview" in body["error"]["message"]
+    assert "2024-11-30" in body["error"]["message"]
+    status, body = get(identity, "2024-12-01")  # date-shaped, but never published
+    assert (status, body["error"]["code"]) == (400, "NoRegisteredProviderFound")
+    status, body = get(identity, "latest")
+    assert (status, body["error"]["code"]) == (400, "InvalidApiVersionParameter")
 
 
 def test_missing_cluster_is_resource_not_found(aks: ContainerServiceClient) -> None:
@@ -581,7 +629,7 @@ def test_an_issuer_whose_keys_cannot_be_fetched_is_aadsts90061(
         sandbox: AzureSandbox, seed: AzureDemoSeed, msi: ManagedServiceIdentityClient,
         issuer_key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
     identity = _identity(msi)
-    unreachable = "https://oidc.keyless.test/clusters/unreachable/"
+    unreachable = "https://oidc.keyless.test/clusters/unreachable/"  # published by nobody: no document to fetch
     subject = "system:serviceaccount:shop:api"
     msi.federated_identity_credentials.create_or_update(RG, str(identity.name), "far",
                                                         _fic(issuer=unreachable, subject=subject))
@@ -590,6 +638,42 @@ def test_an_issuer_whose_keys_cannot_be_fetched_is_aadsts90061(
     with pytest.raises(ClientAuthenticationError) as failed:
         _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE)
     assert "AADSTS90061: Request to External OIDC endpoint failed." in str(failed.value.message)
+def test_entra_fetches_the_issuers_discovery_document_and_keys_over_https(
+        sandbox: AzureSandbox, seed: AzureDemoSeed, msi: ManagedServiceIdentityClient,
+        issuer_key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
+    """Entra reads <issuer>/.well-known/openid-configuration, then its jwks_uri, from the issuer's own host."""
+    identity = _identity(msi)
+    issuer = "https://oidc.keyless.test/clusters/fetched/"
+    subject = "system:serviceaccount:shop:api"
+    msi.federated_identity_credentials.create_or_update(RG, str(identity.name), "fetched",
+                                                        _fic(issuer=issuer, subject=subject))
+    token = _assertion(issuer_key, subject, iss=issuer)
+    time.sleep(DELAY + 0.2)
+    with pytest.raises(ClientAuthenticationError) as unpublished:
+        _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE)
+    assert "AADSTS90061" in str(unpublished.value.message)
+    sandbox.publish_issuer(issuer, _jwks(issuer_key, "test-key"))
+    sandbox.entra_knobs.reset_calls()
+    _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE)
+    calls = sandbox.entra_knobs.calls()
+    # Two HTTPS requests reached the issuer host: the discovery document, then the keys it points to.
+    assert calls.get("openid-configuration") == 1
+    assert calls.get("GET /clusters/fetched/openid/v1/jwks") == 1
+    assert calls.get("token") == 1
+    sandbox.withdraw_issuer(issuer)  # the issuer goes offline: the next exchange cannot fetch its keys
+    with pytest.raises(ClientAuthenticationError) as gone:
+        _workload_credential(sandbox, tmp_path, str(identity.client_id), token).get_token(ARM_SCOPE)
+    assert "AADSTS90061" in str(gone.value.message)
+    plain = "http://oidc.keyless.test/clusters/plain/"  # Entra fetches issuers over https only
+    msi.federated_identity_credentials.create_or_update(RG, str(identity.name), "plain",
+                                                        _fic(issuer=plain, subject=subject))
+    time.sleep(DELAY + 0.2)
+    with pytest.raises(ClientAuthenticationError) as insecure:
+        _workload_credential(sandbox, tmp_path, str(identity.client_id),
+                             _assertion(issuer_key, subject, iss=plain)).get_token(ARM_SCOPE)
+    assert "AADSTS90061" in str(insecure.value.message)
+
+
 # ---- knobs: ARM and Entra rate limits, lost answers, counters ------------------------------------------------
 
 

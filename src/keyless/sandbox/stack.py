@@ -165,19 +165,20 @@ class SandboxStack:
         self._grant_keyless(eks, kubeconfig, EKS_CONTEXT)
 
         azure = self.azure.start()
-        # AKS issuers look like https://<region>.oic.prod-aks.azure.com/<tenant>/<id>/: the trailing slash is part of
-        # the URL, and federated credentials must repeat it byte for byte.
+        # AKS assigns the cluster's issuer (https://<region>.oic.prod-aks.azure.com/<tenant>/<id>/, trailing slash
+        # included) and hosts its discovery document and keys, which Entra fetches over HTTPS; the API server signs
+        # service-account tokens as that issuer.
+        azure_seed = azure.seed_demo()
         aks = KubeStandIn(
             DEMO_CLUSTER,
-            issuer_url=f"{{url}}/{azure.tenant_id}/{DEMO_CLUSTER}/",
+            issuer_url=azure_seed.cluster_issuer_url,
             state_dir=self.state_dir / "clusters" / DEMO_CLUSTER,
             time_scale=self.time,
             mutators=[azure_workload_identity_mutator(azure.tenant_id, azure.authority_url)],
         )
         aks.start()
         self.aks = aks
-        azure.set_issuer_keys(lambda issuer: aks.jwks() if issuer == aks.issuer_url else None)
-        azure_seed = azure.seed_demo(aks.issuer_url)
+        azure.publish_issuer(aks.issuer_url, aks.jwks)
         aks.write_kubeconfig(kubeconfig, AKS_CONTEXT, make_current=False)
         aks.ensure_namespace(DEMO_NAMESPACE)
         self._grant_keyless(aks, kubeconfig, AKS_CONTEXT)

@@ -31,8 +31,9 @@ from keyless.sandbox.azure.demo import (
     assignment_name,
     seed_demo,
 )
-from keyless.sandbox.azure.entra import ARM_AUDIENCES, EntraStandIn, IssuerKeys
+from keyless.sandbox.azure.entra import ARM_AUDIENCES, EntraStandIn
 from keyless.sandbox.azure.limits import REAL_WRITE_LIMITS, RateLimit, WriteLimits
+from keyless.sandbox.azure.oidc import AKS_ISSUER_HOST_SUFFIX, sni_server_context
 from keyless.sandbox.azure.rbac import RoleAssignments
 from keyless.sandbox.azure.roles import MANAGED_IDENTITY_CONTRIBUTOR, READER
 from keyless.sandbox.azure.state import (
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from azure.identity import WorkloadIdentityCredential
 
 __all__ = [
+    "AKS_ISSUER_HOST_SUFFIX",
     "DEMO_CLUSTER",
     "DEMO_CLUSTER_OFF",
     "DEMO_LOCATION",
@@ -64,7 +66,6 @@ __all__ = [
     "AzureDemoSeed",
     "AzureSandbox",
     "DemoIdentity",
-    "IssuerKeys",
     "ManagedCluster",
     "RateLimit",
     "WriteLimits",
@@ -113,7 +114,6 @@ class AzureSandbox:
         propagation_delay: float = 1.0,
         write_hold: float = 0.3,
         write_limits: WriteLimits | None = None,
-        issuer_keys: IssuerKeys | None = None,
         token_lifetime: int = 3600,
         deployer_token_lifetime: int = 3600,
         clock: Callable[[], float] = time.monotonic,
@@ -139,12 +139,8 @@ class AzureSandbox:
         self.arm_knobs = Knobs("arm", self.time, settings, check_action=is_arm_action,
                                action_form="ARM actions (Namespace/type/.../read|write|delete)")
         self.entra_knobs = Knobs("entra", self.time, knobs)
-        self._entra = EntraStandIn(self._state, issuer_keys=issuer_keys, token_lifetime=token_lifetime,
-                                   knobs=self.entra_knobs)
+        self._entra = EntraStandIn(self._state, token_lifetime=token_lifetime, knobs=self.entra_knobs)
         self._arm = ArmStandIn(self._state, self._entra, self._rbac, self.arm_knobs)
-        self._registered_issuers: dict[str, Mapping[str, Any]] = {}
-        self._external_issuer_keys = issuer_keys
-        self._entra.issuer_keys = self._lookup_issuer
         self._deployer_token_lifetime = deployer_token_lifetime
         self._deployer_issuer: ServiceAccountIssuer | None = None
         self._deployer_client_id = ""
@@ -189,16 +185,16 @@ class AzureSandbox:
 
     def _server_context(self) -> ssl.SSLContext:
         assert self._ca is not None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._ca.issue_cert("127.0.0.1", "localhost", "::1").configure_cert(context)
-        return context
+        # Entra fetches issuers over HTTPS; so that it trusts the ones this sandbox hosts, it trusts the sandbox CA.
+        self._entra.fetcher.trust(self._ca.cert_pem.bytes().decode())
+        return sni_server_context(self._ca, self._entra.issuers)
 
     def _bootstrap(self) -> None:
         """The deployer identity exists before anyone calls the sandbox, as a CI identity would in a real tenant."""
         issuer_url = f"{self.authority_url}{_DEPLOYER_ISSUER_PATH}"
         key_file = self.state_dir / "deployer-issuer-key.pem"
         self._deployer_issuer = ServiceAccountIssuer.load_or_create(issuer_url, key_file)
-        self._entra.own_issuers = {issuer_url: self._deployer_issuer}
+        self._entra.issuers.publish(issuer_url, self._deployer_issuer.jwks)
         state, sub = self._state, self._state.subscription_id
         state.put_resource_group(sub, DEMO_RESOURCE_GROUP, DEMO_LOCATION, {"keyless:sandbox": "demo"})
         deployer, _ = state.put_identity(sub, DEMO_RESOURCE_GROUP, DEPLOYER_IDENTITY, DEMO_LOCATION,
@@ -362,19 +358,23 @@ class AzureSandbox:
 
     # ---- hooks for the stack and tests ----------------------------------------------------------------
 
-    def _lookup_issuer(self, issuer_url: str) -> Mapping[str, Any] | None:
-        registered = self._registered_issuers.get(issuer_url)
-        if registered is not None:
-            return registered
-        return self._external_issuer_keys(issuer_url) if self._external_issuer_keys is not None else None
+    def publish_issuer(self, issuer_url: str, jwks: Mapping[str, Any] | Callable[[], Mapping[str, Any]]) -> None:
+        """Host an OIDC issuer's discovery document and keys at its own URL, as Azure hosts AKS clusters' issuers.
 
-    def set_issuer_keys(self, lookup: IssuerKeys | None) -> None:
-        """How the token endpoint finds an issuer's JWKS (the stack asks the Kubernetes stand-ins)."""
-        self._external_issuer_keys = lookup
+        Entra fetches them over HTTPS when a token of that issuer is exchanged. The issuer's host name (any name:
+        `eastus.oic.prod-aks.azure.com`, `oidc.example.test`) resolves to this sandbox for Entra, with a
+        certificate from the sandbox CA. `jwks` may be a function, read at each fetch (a cluster's keys)."""
+        keys = jwks
+        self._entra.issuers.publish(issuer_url, keys if callable(keys) else (lambda: keys))
 
-    def register_issuer(self, issuer_url: str, jwks: Mapping[str, Any]) -> None:
-        """Trust keys for one issuer URL, matched byte for byte (a trailing slash makes another issuer)."""
-        self._registered_issuers[issuer_url] = jwks
+    def withdraw_issuer(self, issuer_url: str) -> None:
+        """Stop serving an issuer: Entra's next fetch fails (AADSTS90061), as for an issuer gone offline."""
+        self._entra.issuers.withdraw(issuer_url)
+        self._entra.fetcher.forget()
+
+    def trust_issuer_ca(self, ca_pem: str) -> None:
+        """Let Entra fetch issuers served with this CA's certificates (e.g. a Kubernetes stand-in's own)."""
+        self._entra.fetcher.trust(ca_pem)
 
     def add_cluster(
         self,
@@ -467,13 +467,12 @@ class AzureSandbox:
 
     # ---- the demo -----------------------------------------------------------------------------------------
 
-    def seed_demo(self, cluster_issuer_url: str) -> AzureDemoSeed:
+    def seed_demo(self) -> AzureDemoSeed:
         """Create the demo's resource group, clusters, storage account, identities and roles through ARM (idempotent).
 
-        Runs the real mgmt clients as the deployer. The cluster's issuer URL is sent in the PUT body: AKS
-        would assign one itself, the sandbox keeps the one given (byte for byte) so that it is a Kubernetes
-        stand-in's issuer.
+        Runs the real mgmt clients as the deployer. AKS assigns the cluster's issuer URL (`cluster_issuer_url`
+        in the answer); whoever plays the cluster signs its tokens as that issuer and publishes its keys
+        (`publish_issuer`), as AKS does.
         """
         return seed_demo(self.deployer_credential(), arm_url=self.arm_url, ca_bundle=str(self.ca_bundle),
-                         tenant_id=self.tenant_id, subscription_id=self.subscription_id,
-                         cluster_issuer_url=cluster_issuer_url)
+                         tenant_id=self.tenant_id, subscription_id=self.subscription_id)

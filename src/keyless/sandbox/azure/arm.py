@@ -7,7 +7,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -30,7 +30,15 @@ from keyless.sandbox.knobs_http import knob_routes, serve_call
 
 __all__ = ["ArmStandIn"]
 
-_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview|-beta|-alpha)?$")
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview|-beta|-alpha)?$", re.IGNORECASE)
+# The api-versions Microsoft.ManagedIdentity publishes (azure-rest-api-specs, specification/msi/resource-manager):
+# ARM serves a type only at the versions its resource provider registered, and federated identity credentials
+# appeared with 2022-01-31-preview. Other providers' types are served at any date-shaped version here.
+_IDENTITY_API_VERSIONS: Final = (
+    "2015-08-31-preview", "2018-11-30", "2021-09-30-preview", "2022-01-31-preview", "2023-01-31",
+    "2023-07-31-preview", "2024-11-30", "2025-01-31-preview", "2025-05-31-preview", "2026-04-30", "2026-05-31",
+)
+_CREDENTIAL_API_VERSIONS: Final = _IDENTITY_API_VERSIONS[_IDENTITY_API_VERSIONS.index("2022-01-31-preview"):]
 _JSON = dict[str, Any]
 _Route = Callable[[web.Request, list[str]], Awaitable[web.Response]]
 
@@ -331,6 +339,22 @@ class ArmStandIn:
         return ArmError(405, "HttpMethodNotAllowed",
                         f"The requested resource does not support http method '{request.method}'.")
 
+    def _location_of(self, subscription: str, group: str) -> str:
+        try:
+            return self.state.resource_group(subscription, group).location
+        except ArmError:
+            return "global"  # the group's own 404 comes after the api-version check, as in ARM
+
+    def _check_api_version(self, request: web.Request, type_name: str, supported: tuple[str, ...],
+                           location: str) -> None:
+        """Refuse an api-version the type's resource provider never registered, as ARM does before the RP sees it."""
+        version = request.query.get("api-version", "")
+        if version.lower() not in supported:
+            raise ArmError(400, "NoRegisteredProviderFound",
+                           f"No registered resource provider found for location '{location}' and API version "
+                           f"'{version}' for type '{type_name}'. The supported api-versions are "
+                           f"'{', '.join(supported)}'. The supported locations are '{location}'.")
+
     # ---- resource groups -------------------------------------------------------------------------------
 
     async def _resource_group(self, request: web.Request, subscription: str, group: str) -> web.Response:
@@ -365,6 +389,12 @@ class ArmStandIn:
 
     async def _identities(self, request: web.Request, subscription: str, group: str, rest: list[str]) -> web.Response:
         method = request.method
+        location = self._location_of(subscription, group)
+        if len(rest) >= 2 and rest[1].lower() == "federatedidentitycredentials":
+            self._check_api_version(request, "userAssignedIdentities/federatedIdentityCredentials",
+                                    _CREDENTIAL_API_VERSIONS, location)
+        else:
+            self._check_api_version(request, "userAssignedIdentities", _IDENTITY_API_VERSIONS, location)
         if not rest:
             if method != "GET":
                 raise self._method_not_allowed(request)

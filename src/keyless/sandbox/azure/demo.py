@@ -87,7 +87,6 @@ def seed_demo(
     ca_bundle: str,
     tenant_id: str,
     subscription_id: str,
-    cluster_issuer_url: str,
 ) -> AzureDemoSeed:
     """Create (or find) the demo's resources through ARM as `credential`; see AzureSandbox.seed_demo."""
     common: dict[str, Any] = {"base_url": arm_url, "connection_verify": ca_bundle}
@@ -105,18 +104,16 @@ def seed_demo(
             "location": DEMO_LOCATION, "kind": "StorageV2", "sku": {"name": "Standard_LRS"},
             "properties": {"allowBlobPublicAccess": False, "minimumTlsVersion": "TLS1_2"},
         })).raise_for_status()
-        for name, issuer in ((DEMO_CLUSTER, cluster_issuer_url), (DEMO_CLUSTER_OFF, None)):
-            oidc: dict[str, Any] = {"enabled": issuer is not None}
-            if issuer is not None:
-                oidc["issuerURL"] = issuer
+        for name, enabled in ((DEMO_CLUSTER, True), (DEMO_CLUSTER_OFF, False)):
+            # AKS assigns the issuer URL (read back below); the request only enables it, as `az aks create
+            # --enable-oidc-issuer --enable-workload-identity` does. Raw JSON: the models differ across SDK versions.
             properties: dict[str, Any] = {
-                "kubernetesVersion": "1.31.2", "dnsPrefix": name, "oidcIssuerProfile": oidc,
+                "kubernetesVersion": "1.31.2", "dnsPrefix": name, "oidcIssuerProfile": {"enabled": enabled},
                 "agentPoolProfiles": [{"name": "system", "count": 1, "vmSize": "Standard_D2s_v5",
                                        "mode": "System", "osType": "Linux"}],
             }
-            if issuer is not None:
+            if enabled:
                 properties["securityProfile"] = {"workloadIdentity": {"enabled": True}}
-            # Raw JSON, because the SDK drops read-only fields such as issuerURL from its models.
             body = json.dumps({"location": DEMO_LOCATION, "properties": properties,
                                "identity": {"type": "SystemAssigned"}}).encode()
             aks.managed_clusters.begin_create_or_update(rg, name, io.BytesIO(body)).result()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -15,20 +16,16 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from keyless.sandbox.azure.oidc import IssuerDirectory, IssuerFetcher
 from keyless.sandbox.azure.state import ArmError, AzureState, Identity
 from keyless.sandbox.knobs import Call, Denied, Knobs, Refusal, Throttled, Verdict
 from keyless.sandbox.knobs_http import knob_routes, serve_call
-from keyless.sandbox.kube.tokens import ServiceAccountIssuer
 
 __all__ = [
     "ARM_AUDIENCES",
     "CLIENT_ASSERTION_TYPE",
     "EntraStandIn",
-    "IssuerKeys",
 ]
-
-# What the token endpoint asks the stack for: the JWKS of an issuer, given its URL byte for byte; None if unknown.
-IssuerKeys = Callable[[str], Mapping[str, Any] | None]
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # The audiences ARM accepts in a token, whichever of its identifier URIs the client asked for.
@@ -90,17 +87,17 @@ class EntraStandIn:
         self,
         state: AzureState,
         *,
-        issuer_keys: IssuerKeys | None = None,
         token_lifetime: int = 3600,
         knobs: Knobs | None = None,
     ) -> None:
         self.knobs = knobs or Knobs("entra")
         self.state = state
-        self.issuer_keys = issuer_keys
         self.token_lifetime = token_lifetime
         self.authority_url = ""  # set once the server has its port
         self.arm_url = ""
-        self.own_issuers: dict[str, ServiceAccountIssuer] = {}  # issuers the sandbox itself signs for
+        # The issuers this front hosts (AKS clusters', the sandbox's own), and how Entra fetches any issuer's keys.
+        self.issuers = IssuerDirectory()
+        self.fetcher = IssuerFetcher(self.issuers, self._address)
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         der = self._key.public_key().public_bytes(serialization.Encoding.DER,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -135,16 +132,10 @@ class EntraStandIn:
             "cloud_instance_name": "microsoftonline.com",
         }
 
-    def _keys_for(self, issuer: str) -> Mapping[str, Any] | None:
-        own = self.own_issuers.get(issuer)
-        if own is not None:
-            return own.jwks()
-        if self.issuer_keys is None:
-            return None
-        try:
-            return self.issuer_keys(issuer)
-        except Exception:  # a broken lookup is an unreachable issuer to Entra, not a crash of the token endpoint
-            return None
+    def _address(self) -> tuple[str, int]:
+        """Where this front listens: what the issuer hosts it serves resolve to."""
+        parts = urllib.parse.urlsplit(self.authority_url)
+        return parts.hostname or "127.0.0.1", parts.port or 443
 
     # ---- access tokens ------------------------------------------------------------------------------
 
@@ -209,7 +200,7 @@ class EntraStandIn:
 
     # ---- the token endpoint ---------------------------------------------------------------------------
 
-    def exchange(self, tenant: str, form: Mapping[str, str]) -> dict[str, Any]:
+    async def exchange(self, tenant: str, form: Mapping[str, str]) -> dict[str, Any]:
         """Answer a client-credentials request carrying a federated assertion, or raise _AadError like Entra."""
         if tenant.lower() != self.state.tenant_id.lower():
             raise _AadError("invalid_request", 90002,
@@ -234,7 +225,7 @@ class EntraStandIn:
             raise _AadError("invalid_client", 7000218, "The request body must contain the following parameter: "
                             "'client_assertion' or 'client_secret'.", status=401)
         resource = self._resource(form.get("scope", ""))
-        self._verified_assertion(identity, assertion)
+        await self._verified_assertion(identity, assertion)
         token, expires_in = self.mint_access_token(identity, resource)
         return {"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in,
                 "access_token": token}
@@ -251,7 +242,7 @@ class EntraStandIn:
                             "a scope value with /.default suffixed to the resource identifier (application ID URI).")
         return scopes[0][: -len("/.default")]
 
-    def _verified_assertion(self, identity: Identity, assertion: str) -> dict[str, Any]:
+    async def _verified_assertion(self, identity: Identity, assertion: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(assertion)
             claims: dict[str, Any] = jwt.decode(assertion, options={"verify_signature": False})
@@ -261,7 +252,8 @@ class EntraStandIn:
         raw_aud = claims.get("aud", [])
         audiences = [raw_aud] if isinstance(raw_aud, str) else [str(a) for a in raw_aud or []]
         self._match_record(identity, issuer, subject, audiences)
-        keys = self._keys_for(issuer)
+        kid = header.get("kid")
+        keys = await self.fetcher.keys(issuer, kid if isinstance(kid, str) else None)
         if not keys:
             # Entra could not fetch the issuer's discovery document or keys (AADSTS90061, invalid_request).
             raise _AadError("invalid_request", 90061, "Request to External OIDC endpoint failed.")
@@ -343,7 +335,7 @@ class EntraStandIn:
         app.router.add_get("/{tenant}/discovery/v2.0/keys", self._keys)
         app.router.add_get("/{tenant}/discovery/keys", self._keys)
         app.router.add_get("/common/discovery/instance", self._instance_discovery)
-        app.router.add_get("/{path:.*}", self._own_issuer_documents)
+        app.router.add_get("/{path:.*}", self._issuer_documents)
         return app
 
     @web.middleware
@@ -363,7 +355,7 @@ class EntraStandIn:
     async def _token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
         try:
-            return web.json_response(self.exchange(request.match_info["tenant"], form),
+            return web.json_response(await self.exchange(request.match_info["tenant"], form),
                                      headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"})
         except _AadError as failure:
             return self._error_response(request, failure)
@@ -409,14 +401,10 @@ class EntraStandIn:
             "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
         })
 
-    async def _own_issuer_documents(self, request: web.Request) -> web.Response:
-        # The sandbox's own service-account issuer publishes its discovery document and keys like a cluster does.
-        url = f"{self.authority_url.rstrip('/')}{request.path}"
-        for issuer_url, issuer in self.own_issuers.items():
-            base = issuer_url.rstrip("/")
-            if url == f"{base}/.well-known/openid-configuration":
-                return web.json_response(issuer.discovery(f"{base}/openid/v1/jwks"))
-            if url == f"{base}/openid/v1/jwks":
-                return web.json_response(issuer.jwks())
-        return web.json_response({"error": "not_found", "error_description": f"no such document {request.path}"},
-                                 status=404)
+    async def _issuer_documents(self, request: web.Request) -> web.Response:
+        # The issuer host: AKS clusters' issuers (by their own host name) and the sandbox's own, by URL.
+        document = self.issuers.document(f"https://{request.host}{request.path}")
+        if document is None:
+            return web.json_response({"error": "not_found", "error_description": f"no such document {request.path}"},
+                                     status=404)
+        return web.json_response(document)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from keyless.sandbox.azure.oidc import aks_issuer_url
+
 __all__ = [
     "MAX_FEDERATED_CREDENTIALS",
     "TOKEN_EXCHANGE_AUDIENCE",
@@ -453,11 +455,11 @@ class AzureState:
             wi = bool(workload.get("enabled", existing.workload_identity_enabled if existing else False))
             if wi and not enabled:
                 raise ArmError(400, "BadRequest", "Enabling workload identity requires enabling OIDC issuer feature.")
-            # AKS assigns the issuer URL itself (it is read-only in the API); the sandbox also honours one given in
-            # the body, so that a cluster can point at a Kubernetes stand-in's issuer.
-            issuer = oidc.get("issuerURL") or (existing.issuer_url if existing else None)
+            # AKS assigns the issuer URL itself when the issuer is first enabled and keeps it: `issuerURL` is
+            # read-only in the API (azure-rest-api-specs, ManagedClusterOIDCIssuerProfile), one in the body is ignored.
+            issuer = existing.issuer_url if existing else None
             if enabled and not issuer:
-                issuer = f"https://{location}.oic.prod-aks.azure.com/{self.tenant_id}/{uuid.uuid4()}/"
+                issuer = aks_issuer_url(str(location), self.tenant_id, str(uuid.uuid4()))
             for computed in ("provisioningState", "powerState", "fqdn", "currentKubernetesVersion", "maxAgentPools"):
                 props.pop(computed, None)
             version = str(props.pop("kubernetesVersion", None) or (existing.kubernetes_version if existing
