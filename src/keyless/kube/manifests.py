@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from keyless import clouds, names
 from keyless.bindings import Binding
@@ -27,6 +27,22 @@ IDENTITY_RECORD = IDENTITY_ANNOTATION
 
 
 # --- service accounts --------------------------------------------------------------------------------
+
+
+# What keyless needs on a target namespace: exactly the calls kube/cluster.py makes (README "Kubernetes
+# permissions" shows them; the sandbox's keyless contexts get the same, and tests check that they agree).
+KEYLESS_ROLE_RULES: Final[tuple[dict[str, Any], ...]] = (
+    # observe (list), apply_service_account and record_intent (get, then server-side apply: patch, and create
+    # when the account is new), remove_annotations (JSON patch), delete_service_account (delete).
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "create", "patch", "delete"]},
+    # request_token: the TokenRequest the proof of a token exchange presents.
+    {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+    # observe (list), update_workload (merge patch), wait_rollout (get).
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "patch"]},
+    # observe (list) and update_workload (merge patch); Jobs are only listed.
+    {"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": ["list", "patch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
+)
 
 
 def identity_annotations(binding: Binding) -> dict[str, str]:

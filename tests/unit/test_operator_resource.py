@@ -1,0 +1,115 @@
+"""The KeylessApp resource as values: spec parsing, conditions by the Kubernetes conventions, status rows, manifests."""
+
+from __future__ import annotations
+
+import pytest
+
+from keyless.errors import InvalidInput
+from keyless.kube.manifests import KEYLESS_ROLE_RULES
+from keyless.operator.manifests import OPERATOR_RULES, crd_manifest, operator_manifests
+from keyless.operator.resource import (
+    Condition,
+    ConditionType,
+    ConfigMapKeyRef,
+    parse_duration,
+    parse_spec,
+    porter_yaml_source,
+)
+from keyless.operator.resource import merge_conditions as merge
+
+WHERE = "keylessapp/shop/web"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("10m", 600.0), ("1h30m", 5400.0), ("45s", 45.0),
+                                                ("500ms", 0.5), ("1.5h", 5400.0), (" 2m ", 120.0)])
+def test_durations_read_like_kubernetes_ones(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "ten minutes", "10x", "m10", "-5m", "10m junk"])
+def test_what_is_not_a_duration_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
+
+
+def test_a_spec_with_defaults() -> None:
+    spec = parse_spec({"target": "prod-eks", "porterYaml": "services: []\n"}, WHERE)
+    assert (spec.target, spec.porter_yaml, spec.porter_yaml_from, spec.app) == (
+        "prod-eks", "services: []\n", None, None)
+    assert spec.refresh_interval == 600.0
+    assert spec.suspend is False
+
+
+def test_a_spec_from_a_config_map() -> None:
+    spec = parse_spec({"target": "t", "porterYamlFrom": {"configMapKeyRef": {"name": "shop", "key": "porter.yaml"}},
+                       "app": "shop", "refreshInterval": "1m", "suspend": True}, WHERE)
+    assert spec.porter_yaml_from == ConfigMapKeyRef("shop", "porter.yaml")
+    assert (spec.app, spec.refresh_interval, spec.suspend) == ("shop", 60.0, True)
+    assert porter_yaml_source("shop", "web", spec) == "configmap/shop/shop[porter.yaml]"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"porterYaml": "x"}, "spec.target: required"),
+    ({"target": "t"}, "give exactly one of porterYaml"),
+    ({"target": "t", "porterYaml": "x", "porterYamlFrom": {"configMapKeyRef": {"name": "a", "key": "b"}}},
+     "give exactly one of porterYaml"),
+    ({"target": "t", "porterYaml": 3}, "spec.porterYaml: must be the porter.yaml text"),
+    ({"target": "t", "porterYamlFrom": {"configMapKeyRef": {"name": "a"}}}, "needs configMapKeyRef with a name"),
+    ({"target": "t", "porterYaml": "x", "refreshInterval": "soon"}, "spec.refreshInterval: 'soon' is not a"),
+    ({"target": "t", "porterYaml": "x", "refreshInterval": "1s"}, "too short"),
+    ({"target": "t", "porterYaml": "x", "suspend": "yes"}, "spec.suspend: must be true or false"),
+])
+def test_a_bad_spec_is_invalid_input_naming_the_object_and_field(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput) as bad:
+        parse_spec(spec, WHERE)
+    assert message in str(bad.value)
+    assert str(bad.value).startswith(f"{WHERE}:1:1: ")
+    assert bad.value.exit_code == 2
+
+
+def test_conditions_keep_their_transition_time_until_the_status_flips() -> None:
+    first = merge([], [Condition(ConditionType.READY, True, "Applied", "all bound")], "T1", 1)
+    assert first == [{"type": "Ready", "status": "True", "reason": "Applied", "message": "all bound",
+                      "lastTransitionTime": "T1", "observedGeneration": 1}]
+    same = merge(first, [Condition(ConditionType.READY, True, "UpToDate", "no changes")], "T2", 2)
+    assert same[0]["lastTransitionTime"] == "T1"
+    assert (same[0]["reason"], same[0]["observedGeneration"]) == ("UpToDate", 2)
+    flipped = merge(same, [Condition(ConditionType.READY, False, "Drifted", "repairing")], "T3", 2)
+    assert (flipped[0]["status"], flipped[0]["lastTransitionTime"]) == ("False", "T3")
+
+
+def test_conditions_of_other_types_are_kept_and_ordered() -> None:
+    conditions = merge([{"type": "Example", "status": "True"}],
+                       [Condition(ConditionType.BLOCKED, False, "NotBlocked"),
+                        Condition(ConditionType.READY, True, "Applied")], "T", 1)
+    assert [c["type"] for c in conditions] == ["Ready", "Blocked", "Example"]
+
+
+def test_the_crd_is_keylessapps_v1alpha1_with_status_and_columns() -> None:
+    crd = crd_manifest()
+    assert crd["metadata"]["name"] == "keylessapps.keyless.dev"
+    version = crd["spec"]["versions"][0]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["kind"] == "KeylessApp"
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["required"] == ["target"]
+    assert spec["properties"]["refreshInterval"]["default"] == "10m"
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Target", "Ready", "Drifted", "Blocked",
+                                                                        "Age"]
+
+
+def test_the_operator_runs_two_replicas_with_exactly_its_rules() -> None:
+    manifests = operator_manifests("keyless-system", "keyless:1.0")
+    kinds = [m["kind"] for m in manifests]
+    assert kinds == ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+    deployment = manifests[-1]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["metadata"]["namespace"] == "keyless-system"
+    role = manifests[2]
+    assert role["rules"] == [dict(r) for r in OPERATOR_RULES]
+    for rule in KEYLESS_ROLE_RULES:  # what keyless itself needs in a target namespace, nothing wider
+        assert rule in role["rules"]
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
+    assert not any("secrets" in r["resources"] for r in role["rules"])
