@@ -171,10 +171,11 @@ PROPAGATION_NAMES: Mapping[str, str] = MappingProxyType({
 
 # The `realistic` preset (sandbox seconds). Entra: "seconds to minutes" for a new credential to work (REFERENCE.md),
 # and exchanges that failed can fail again for a while after a first success while Entra's replicas converge. EKS:
-# "associations take several seconds to take effect" (REFERENCE.md); AWS publishes no figure, so assumed 2-15 s.
+# "associations take several seconds to take effect" (REFERENCE.md); AWS publishes no figure, so assumed 2-10 s (the
+# settle keyless waits, providers/aws.py PROPAGATION_SETTLE, covers it).
 REALISTIC_PROPAGATION: Mapping[str, Propagation] = MappingProxyType({
     "entra-credential": Propagation(5.0, 90.0, flap_window=40.0, flap_rate=0.3),
-    "eks-association": Propagation(2.0, 15.0),
+    "eks-association": Propagation(2.0, 10.0),
 })
 # The Pod Identity agent keeps a pod's credentials up to --max-credential-retention-before-renewal, 3 h by default
 # (aws/eks-pod-identity-agent cmd/server.go), refreshing them only then (internal/credsretriever/refreshing_cache.go).
