@@ -638,30 +638,41 @@ TimeScaleOpt = Annotated[float | None, typer.Option(
     "--time-scale", help="Divide every sandbox delay (latency, bucket refill, propagation) by this factor.")]
 FaultRateOpt = Annotated[float | None, typer.Option(
     "--fault-rate", help="Share of calls (0-1) that fail at random: throttled, 5xx, or a write's answer lost.")]
-FaultSeedOpt = Annotated[int | None, typer.Option("--fault-seed", help="Seed of the random faults and jitter.")]
+FaultSeedOpt = Annotated[int | None, typer.Option(
+    "--fault-seed", help="Seed of the random faults, jitter, propagation delays and flaps.")]
+PropagationOpt = Annotated[str | None, typer.Option(
+    "--propagation", help="realistic (what `sandbox up` starts with): writes reach Entra and the Pod Identity agent "
+    "after seconds to minutes, and Entra flaps; off: after a fixed 1 s.")]
+AgentCacheOpt = Annotated[str | None, typer.Option(
+    "--agent-cache", help="How long the Pod Identity agent keeps a pod's credentials (sandbox starts with 3h; 0: "
+    "none): running pods keep their old role that long after a role change.")]
 
 
 def _knob_flags(latency: str | None, jitter: str | None, rate_limits: str | None, time_scale: float | None,
-                fault_rate: float | None, fault_seed: int | None) -> dict[str, Any]:
+                fault_rate: float | None, fault_seed: int | None, propagation: str | None = None,
+                agent_cache: str | None = None) -> dict[str, Any]:
     """The knob settings the flags given ask for, as the sandbox's POST /knobs takes them."""
     if rate_limits is not None and rate_limits not in ("off", "realistic"):
         raise UsageError(f"--rate-limits must be off or realistic, not {rate_limits!r}")
+    if propagation is not None and propagation not in ("off", "realistic"):
+        raise UsageError(f"--propagation must be off or realistic, not {propagation!r}")
     given = {"latency": latency, "jitter": jitter, "rateLimits": rate_limits, "timeScale": time_scale,
-             "faultRate": fault_rate, "faultSeed": fault_seed}
+             "faultRate": fault_rate, "faultSeed": fault_seed, "propagation": propagation, "agentCache": agent_cache}
     return {key: value for key, value in given.items() if value is not None}
 
 
 @sandbox_app.command("up", cls=_Command)
 def sandbox_up(latency: LatencyOpt = None, jitter: JitterOpt = None, rate_limits: RateLimitsOpt = None,
-               time_scale: TimeScaleOpt = None, fault_rate: FaultRateOpt = None, fault_seed: FaultSeedOpt = None
-               ) -> None:
+               time_scale: TimeScaleOpt = None, fault_rate: FaultRateOpt = None, fault_seed: FaultSeedOpt = None,
+               propagation: PropagationOpt = None, agent_cache: AgentCacheOpt = None) -> None:
     """Start the sandbox in the background (or find the running one) and print how to use it.
 
     The knob flags shape every front (EKS, IAM, STS, ARM, Entra, GCP, Kubernetes); given to a running sandbox, they
     are applied to it. `keyless sandbox knobs` shows and changes them later."""
     from keyless.sandbox import control
 
-    knobs = _knob_flags(latency, jitter, rate_limits, time_scale, fault_rate, fault_seed)
+    knobs = _knob_flags(latency, jitter, rate_limits, time_scale, fault_rate, fault_seed, propagation,
+                        agent_cache)
     directory = control.state_dir(os.environ)
     state, started = control.up(directory, knobs)
     out.print(("Started" if started else "Already running:") + f" the keyless sandbox (pid {state.pid}).",
@@ -674,13 +685,14 @@ def sandbox_up(latency: LatencyOpt = None, jitter: JitterOpt = None, rate_limits
 
 @sandbox_app.command("knobs", cls=_Command)
 def sandbox_knobs(latency: LatencyOpt = None, jitter: JitterOpt = None, rate_limits: RateLimitsOpt = None,
-                  time_scale: TimeScaleOpt = None, fault_rate: FaultRateOpt = None, fault_seed: FaultSeedOpt = None
-                  ) -> None:
-    """Show every front's knobs (latency, rate limits, time scale, random and armed faults) as JSON; with flags,
-    change them on every front first."""
+                  time_scale: TimeScaleOpt = None, fault_rate: FaultRateOpt = None, fault_seed: FaultSeedOpt = None,
+                  propagation: PropagationOpt = None, agent_cache: AgentCacheOpt = None) -> None:
+    """Show every front's knobs (latency, rate limits, time scale, propagation, agent cache, faults) as JSON; with
+    flags, change them on every front first."""
     from keyless.sandbox import control
 
-    knobs = _knob_flags(latency, jitter, rate_limits, time_scale, fault_rate, fault_seed)
+    knobs = _knob_flags(latency, jitter, rate_limits, time_scale, fault_rate, fault_seed, propagation,
+                        agent_cache)
     state = control.require(control.state_dir(os.environ))
     print(json.dumps(control.set_knobs(state, knobs) if knobs else control.get_knobs(state), indent=2))
 

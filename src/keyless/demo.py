@@ -95,7 +95,8 @@ def run_demo(file: Path | None, out: Console, err: Console) -> int:
     loaded = load_app_file(file or EXAMPLE, os.environ)
     app = resolve_app_name(loaded, None, os.environ)
     directory = control.state_dir(os.environ)
-    state, started = control.up(directory)
+    # A sandbox started for the demo applies writes after the short fixed delays, not the realistic minutes.
+    state, started = control.up(directory, defaults={**control.STARTUP_KNOBS, "propagation": "off"})
     out.print(("Started" if started else "Using") + f" the sandbox (pid {state.pid}, state in {directory}).",
               markup=False)
     try:

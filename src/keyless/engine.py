@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from keyless import clouds
@@ -135,8 +135,16 @@ class _Done:
     binding_id: str | None = None  # the binding a cloud write left in place (not a delete's)
 
 
+@dataclass(frozen=True, slots=True)
+class _Time:
+    """The clock apply reads and the sleep it waits with (tests pass virtual ones)."""
+
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
 def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: ActionOutcome | None = None,
-               journal: str | None = None) -> _Done:
+               journal: str | None = None, timing: _Time = _Time()) -> _Done:
     """Carry out one action exactly as the plan's typed fields say (`written`: its cloud write, done already;
     `journal`: the binding id the service's cloud write answered with, recorded on its account)."""
     ref = action.ref
@@ -171,7 +179,7 @@ def _apply_one(action: Action, provider: Provider, kube: KubeSide, written: Acti
     if action.pod_template is None:
         raise ApplyFailed(f"{action.address}: a workload update without its pod template; the plan is damaged",
                           "plan again")
-    propagation = _wait_propagation(action.desired, provider, kube) if action.desired is not None else ""
+    propagation = _wait_propagation(action.desired, provider, kube, timing) if action.desired is not None else ""
     kube.update_workload(ref, action.service, action.pod_template)
     if ref.kind == "Deployment" and not kube.wait_rollout(ref.namespace, ref.name, ROLLOUT_TIMEOUT):
         return _Done(f"restarted {action.address}; rollout not finished after {ROLLOUT_TIMEOUT:.0f}s{propagation}")
@@ -188,32 +196,63 @@ def _clear_intents(actions: Sequence[Action], kube: KubeSide) -> None:
                         exc.message)
 
 
-def _wait_propagation(binding: Binding, provider: Provider, kube: KubeSide) -> str:
-    """Where the cloud can say so (Azure), wait until the new federation accepts the account's token.
+class _RefusedAgain(Exception):
+    """An exchange refused after earlier ones were accepted: the credential is still converging."""
 
-    Pods restarted before that fail their first token exchanges (AADSTS70021); waiting here, bounded,
-    makes the rollout land on a working identity, and the message says which of the two happened.
+
+def _wait_propagation(binding: Binding, provider: Provider, kube: KubeSide, timing: _Time = _Time()) -> str:
+    """Where the cloud can say so (Azure), wait until the new federation accepts the account's token, and keeps
+    accepting it for the provider's `exchange_steady_for` seconds.
+
+    Pods restarted before that fail their first token exchanges (AADSTS70021); and one accepted exchange is not
+    proof, because Entra ID can refuse again while its replicas converge. Waiting here, bounded by
+    PROPAGATION_POLICY's deadline, makes the rollout land on a working identity; the message says which happened.
+    A refusal other than "not propagated yet" ends the wait at once (the provider raises it).
     """
     if not isinstance(provider, TokenExchanger):
         return ""
-    start = time.monotonic()
+    token = kube.request_token(binding.namespace, binding.service_account, provider.token_audience)
+    if token is None:
+        return "; propagation not checked (render mode)"
+    start = timing.clock()
     last = ""
+    refusals_after_success = 0
 
     def accepted() -> bool:
         nonlocal last
-        token = kube.request_token(binding.namespace, binding.service_account, provider.token_audience)
-        if token is None:
-            last = "render mode"
-            return True
         ok, last = provider.try_token_exchange(binding, token)
         return ok
 
-    if poll(accepted, policy=PROPAGATION_POLICY, what=f"token exchange for {binding.service_account}"):
-        if last == "render mode":
-            return "; propagation not checked (render mode)"
-        return f"; token exchange works ({time.monotonic() - start:.0f}s after the credential)"
-    return (f"; token exchange still refused after {PROPAGATION_POLICY.deadline:.0f}s ({last}): pods restart "
-            "anyway and the SDK retries until the credential propagates")
+    def steady(since: float) -> Callable[[], bool]:
+        def check() -> bool:
+            if not accepted():
+                raise _RefusedAgain(last)
+            return timing.clock() - since >= provider.exchange_steady_for
+        return check
+
+    what = f"token exchange for {binding.service_account}"
+    while True:
+        left = PROPAGATION_POLICY.deadline - (timing.clock() - start)
+        if left <= 0 or not poll(accepted, policy=replace(PROPAGATION_POLICY, deadline=left), what=what,
+                                 sleep=timing.sleep, clock=timing.clock):
+            return (f"; token exchange still refused after {PROPAGATION_POLICY.deadline:.0f}s ({last}): pods restart "
+                    "anyway and the SDK retries until the credential propagates")
+        first = timing.clock()
+        left = PROPAGATION_POLICY.deadline - (first - start)
+        # Look again every second or so (the one poll helper, on a flat schedule) until it has held long enough.
+        every = RetryPolicy(max_attempts=1_000_000, base_delay=1.0, max_delay=1.0, deadline=max(0.0, left))
+        try:
+            if provider.exchange_steady_for <= 0 or poll(steady(first), policy=every, what=what, sleep=timing.sleep,
+                                                         clock=timing.clock):
+                flapped = f", after {refusals_after_success} refusal(s) past a first success" \
+                    if refusals_after_success else ""
+                return (f"; token exchange works ({first - start:.0f}s after the credential, steady for "
+                        f"{timing.clock() - first:.0f}s{flapped})")
+        except _RefusedAgain:
+            refusals_after_success += 1
+            continue
+        return (f"; token exchange still flapping after {PROPAGATION_POLICY.deadline:.0f}s: pods restart anyway and "
+                "the SDK retries while the credential converges")
 
 
 def _write_together(actions: Sequence[Action], provider: BatchWriter, kube: KubeSide) -> dict[int, ActionOutcome]:
@@ -240,6 +279,7 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
     workloads restart once its own binding has settled (the write's answer says when), so the settle waits of all
     services overlap instead of holding a worker each, and nothing polls the cloud to find out.
     """
+    timing = _Time(clock, sleep)
     by_service: dict[str, list[Action]] = {}
     for action in plan.changes:
         by_service.setdefault(action.service, []).append(action)
@@ -259,7 +299,7 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
                 return None  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
             start = time.monotonic()
             try:
-                done = _apply_one(action, provider, kube, written.get(id(action)), journal)
+                done = _apply_one(action, provider, kube, written.get(id(action)), journal, timing)
                 result = ActionResult(action, True, done.message, time.monotonic() - start)
                 settled_at = max(settled_at, clock() + done.settles_in)
                 journal = done.binding_id or journal

@@ -56,6 +56,10 @@ class _Target(_Model):
     cluster: str
     namespace: str
     kubernetes: KubernetesSide = Field(default_factory=KubernetesSide)
+    # How long a new binding takes to work on this cluster, when it is known better than the cloud's documented
+    # worst case (a sandbox, a measured cluster): EKS, the association reaching the agent; Azure, token exchanges
+    # that must keep working before pods restart. Unset: the provider's default.
+    settle_seconds: float | None = Field(default=None, ge=0, le=3600)
 
     @field_validator("namespace")
     @classmethod

@@ -13,7 +13,7 @@ from keyless.sandbox.stack import SandboxStack
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """AWS, Azure and both clusters, in this process, with short propagation delays."""
-    stack = SandboxStack(tmp_path_factory.mktemp("sandbox"), association_delay=0.2)
+    stack = SandboxStack(tmp_path_factory.mktemp("sandbox"), association_delay=0.2, settle_seconds=1.0)
     state = stack.start()
     try:
         yield stack, state

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
-    stack = SandboxStack(tmp_path_factory.mktemp("sandbox"), association_delay=0.2)
+    stack = SandboxStack(tmp_path_factory.mktemp("sandbox"), association_delay=0.2, settle_seconds=1.0)
     state = stack.start()
     try:
         yield state

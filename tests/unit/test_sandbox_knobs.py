@@ -6,12 +6,15 @@ import pytest
 
 from keyless.sandbox.knobs import (
     REALISTIC_LIMITS,
+    REALISTIC_PROPAGATION,
     Call,
     Denied,
     Failed,
     Knobs,
     KnobSettings,
+    Propagation,
     RateLimit,
+    Settling,
     Throttled,
     TimeScale,
     parse_duration,
@@ -193,4 +196,42 @@ def test_settings_parse_from_the_json_the_routes_and_flags_send() -> None:
                          ({"rateLimits": {"kube": {"perSecond": 0}}}, "perSecond > 0"),
                          ({"speed": 1}, "unknown knobs speed"), ({"faultSeed": "x"}, "faultSeed")):
         with pytest.raises(ValueError, match=message):
+            parse_settings(bad)
+
+
+def test_a_propagation_schedule_is_drawn_from_its_seed_and_the_write_alone() -> None:
+    flapping = Propagation(10.0, 20.0, flap_window=40.0, flap_rate=0.5)
+    first = flapping.settling(7, "identity/credential#1")
+    assert first == flapping.settling(7, "identity/credential#1")  # the same seed and write: the same schedule
+    assert first != flapping.settling(8, "identity/credential#1")
+    assert first != flapping.settling(7, "identity/credential#2")  # each write draws its own
+    assert 10.0 <= first.delay <= 20.0
+    for start, end in first.outages:  # outages fall in the window after the credential first took effect
+        assert first.delay + 5.0 <= start < end <= first.delay + 40.0
+    assert not first.in_effect(first.delay - 0.01)
+    assert first.in_effect(first.delay)
+    assert first.in_effect(first.settled)
+    assert first.settled <= first.delay + 40.0
+    steady = Propagation(3.0, 3.0).settling(7, "x")
+    assert steady == Settling(3.0)
+    assert steady.settled == 3.0
+
+
+def test_propagation_knobs_parse_from_json_and_presets() -> None:
+    parsed = parse_settings({"propagation": {"entra-credential": {"minDelay": "5s", "maxDelay": "2m",
+                                                                  "flapWindow": 30, "flapRate": 0.25}},
+                             "agentCache": "3h"})
+    assert parsed.propagation["entra-credential"] == Propagation(5.0, 120.0, 30.0, 0.25)
+    assert parsed.agent_cache == 10800.0
+    assert parsed.settling("eks-association", "k") is None  # no knob: the stand-in's fixed delay
+    assert parse_settings({"propagation": "realistic"}).propagation == REALISTIC_PROPAGATION
+    assert parse_settings({"propagation": "off"}, parsed).propagation == {}
+    assert parse_settings({"propagation": {"entra-credential": None}}, parsed).propagation == {}
+    assert parse_settings({"latency": 1}, parsed).propagation == parsed.propagation  # kept when not given
+    assert parsed.to_json()["propagation"]["entra-credential"]["maxDelay"] == 120.0
+    for bad, why in (({"propagation": {"gcp-binding": {"minDelay": 1}}}, "unknown propagation"),
+                     ({"propagation": {"entra-credential": {"minDelay": 5, "maxDelay": 1}}}, "minDelay <= maxDelay"),
+                     ({"propagation": {"entra-credential": {"flapRate": 2, "minDelay": 1}}}, "flapRate"),
+                     ({"propagation": "fast"}, "'off', 'realistic'"), ({"agentCache": -1}, "agentCache")):
+        with pytest.raises(ValueError, match=why):
             parse_settings(bad)

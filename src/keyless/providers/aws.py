@@ -53,9 +53,11 @@ AGENT_ADDON = "eks-pod-identity-agent"
 # IAM propagation of a new role is usually seconds, occasionally a minute or two.
 ROLE_PROPAGATION_RETRY = RetryPolicy(max_attempts=12, base_delay=1.0, max_delay=10.0, deadline=120.0)
 # A new or changed association is visible to Describe at once but reaches the Pod Identity webhook and
-# agent seconds later; pods created in between get no credentials. A write's outcome says it settles this
-# long after the association's modifiedAt, and the engine restarts the service's pods then.
-PROPAGATION_SETTLE = 5.0
+# agent seconds later ("several seconds"; AWS publishes no bound); pods created in between get no credentials, or
+# the old role. A write's outcome says it settles this long after the association's modifiedAt, and the engine
+# restarts the service's pods then. Pods keyless does not restart keep the role the agent cached for them (up to
+# its 3 h renewal) after a role change.
+PROPAGATION_SETTLE = 10.0
 # Describes in flight at once while observing; the token bucket (AwsLimits), not this, sets the pace.
 DESCRIBE_CONCURRENCY = 16
 
@@ -176,7 +178,7 @@ class AwsProvider:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         role_propagation: RetryPolicy = ROLE_PROPAGATION_RETRY,
-        settle: float = PROPAGATION_SETTLE,
+        settle: float | None = None,
         limits: AwsLimits = DEFAULT_LIMITS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -186,7 +188,8 @@ class AwsProvider:
         self._api = AwsApi(target.region, session, retry=retry, limits=limits, sleep=sleep, clock=clock)
         self._eks = self._api.eks
         self._role_propagation = role_propagation
-        self._settle = settle
+        self._settle = settle if settle is not None else (
+            target.settle_seconds if target.settle_seconds is not None else PROPAGATION_SETTLE)
         self._sleep = sleep
         self._clock = clock
         self._now = now  # wall time, compared with the server's modifiedAt
@@ -572,8 +575,11 @@ class AwsProvider:
                                      retryable=lambda e: is_transient(e) or is_role_not_propagated(e))
             # The answer is the association as updated; its tags stay as they were.
             current = self._keep(replace(_Association.from_api(updated["association"]), tags=current.tags))
-        return ActionOutcome(True, f"updated association {current.id}: {current.address} -> {role_arn}", current.id,
-                             self._settles_in(current))
+        # The Pod Identity agent keeps serving running pods the credentials it cached for them (up to 3 h): only the
+        # pods apply restarts get the new role; say so, for any other pod on the same service account.
+        return ActionOutcome(True, f"updated association {current.id}: {current.address} -> {role_arn} (pods not "
+                             "restarted keep the old role until the agent renews their credentials, up to 3 h)",
+                             current.id, self._settles_in(current))
 
     def _delete(self, observed: ObservedBinding) -> ActionOutcome:
         # Read in this command (observe, or here): the plan may be old, and keyless deletes only what it can see

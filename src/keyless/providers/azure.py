@@ -75,6 +75,10 @@ RESOURCE_GROUP_NOT_FOUND = "ResourceGroupNotFound"
 # endpoint; exchanges fail with AADSTS70021 meanwhile. The engine proves propagation with a real token exchange
 # (try_token_exchange) before it restarts pods, so wait_visible itself only waits for ARM to show the write.
 PROPAGATION_SETTLE = 0.0
+# After Entra ID first accepts a new credential, exchanges can fail again with AADSTS70021 for a while (its replicas
+# converge one by one): the engine restarts pods only once exchanges have kept working this long. A heuristic (the
+# flapping is not documented in figures): long enough to outlast most flaps, short enough to cost little per apply.
+EXCHANGE_STEADY_FOR = 10.0
 
 _ARM_SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)/", re.IGNORECASE)
 
@@ -144,6 +148,7 @@ class AzureProvider:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         settle: float = PROPAGATION_SETTLE,
+        steady_for: float | None = None,
         limits: AzureLimits = DEFAULT_LIMITS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -161,6 +166,8 @@ class AzureProvider:
         self.msi = self._api.msi
         self.clusters = self._api.clusters
         self._settle = settle
+        self.exchange_steady_for = steady_for if steady_for is not None else (
+            target.settle_seconds if target.settle_seconds is not None else EXCHANGE_STEADY_FOR)
         self._sleep = sleep
         self._clock = clock
         self._now = now

@@ -115,6 +115,9 @@ class TokenExchanger(Protocol):
     """A provider that can prove a federation works by exchanging a service-account token (Azure)."""
 
     token_audience: str
+    # Seconds exchanges must keep being accepted, without a refusal between, before the engine restarts pods: a cloud
+    # that converges replica by replica (Entra ID) can refuse again for a while after a first success.
+    exchange_steady_for: float
 
     def try_token_exchange(self, binding: Binding, assertion: str) -> tuple[bool, str]:
         """(True, "") when the cloud accepts the token for the binding's identity; else (False, why)."""

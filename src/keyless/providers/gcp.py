@@ -170,6 +170,8 @@ class GcpProvider:
         self.api = GcpApi(credentials, retry=retry, sleep=sleep, clock=clock, now=now,
                           **({"env": env} if env is not None else {}))
         self.token_audience = workload_pool(target.project)  # the KSA token GKE's metadata server exchanges
+        # One accepted exchange is proof enough: no flapping after a first success is modelled for Google STS.
+        self.exchange_steady_for = 0.0
         self._conflict_retry = conflict_retry
         self._sleep = sleep
         self._clock = clock

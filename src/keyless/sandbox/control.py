@@ -21,7 +21,7 @@ from lightkube.resources.core_v1 import Pod
 
 from keyless.errors import KeylessError, UsageError
 from keyless.porter.model import App
-from keyless.sandbox.knobs import parse_settings
+from keyless.sandbox.knobs import REALISTIC_AGENT_CACHE, parse_settings
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import STATE_FILE, SandboxState, admin_contexts
 
@@ -82,10 +82,18 @@ def check_knobs(knobs: Mapping[str, Any]) -> None:
         raise UsageError(f"bad sandbox knobs: {exc}") from None
 
 
-def up(directory: Path, knobs: Mapping[str, Any] | None = None) -> tuple[SandboxState, bool]:
+# What a sandbox starts with unless told otherwise: writes reach the data planes as late as on the real clouds
+# (credentials flap while Entra converges) and the Pod Identity agent keeps each pod's credentials for its default
+# 3 hours. `keyless demo` starts its own with propagation off, so that it takes seconds.
+STARTUP_KNOBS: Mapping[str, Any] = {"propagation": "realistic", "agentCache": REALISTIC_AGENT_CACHE}
+
+
+def up(directory: Path, knobs: Mapping[str, Any] | None = None, *,
+       defaults: Mapping[str, Any] = STARTUP_KNOBS) -> tuple[SandboxState, bool]:
     """Start the sandbox in the background unless it runs already; answers (state, started_now).
 
-    `knobs` (the JSON POST /knobs takes) shape every front; given to a running sandbox, they are applied to it."""
+    `knobs` (the JSON POST /knobs takes) shape every front; given to a running sandbox, they are applied to it.
+    `defaults` are the knobs a sandbox started now has where `knobs` says nothing (a running one keeps its own)."""
     knobs = dict(knobs or {})
     check_knobs(knobs)
     current = running(directory)
@@ -93,6 +101,8 @@ def up(directory: Path, knobs: Mapping[str, Any] | None = None) -> tuple[Sandbox
         if knobs:
             set_knobs(current, knobs)
         return current, False
+    knobs = {**defaults, **knobs}
+    check_knobs(knobs)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).unlink(missing_ok=True)
     log = (directory / "sandbox.log").open("ab")

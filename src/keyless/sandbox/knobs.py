@@ -1,4 +1,5 @@
-"""The knobs every sandbox front shares: per-call latency, token-bucket rate limits, one time scale, faults, counters.
+"""The knobs every sandbox front shares: per-call latency, token-bucket rate limits, one time scale, faults, counters,
+and how long a control-plane write takes to reach its data plane (propagation, flapping, the agent's credential cache).
 
 Each front (the EKS front with IAM and STS behind it, ARM, the Entra token endpoint, the GCP APIs, each Kubernetes
 API) describes every request as a `Call` and asks its `Knobs` for a `Verdict`; the front then answers a refusal in
@@ -21,7 +22,10 @@ from typing import Any, Literal
 
 __all__ = [
     "LIMIT_NAMES",
+    "PROPAGATION_NAMES",
+    "REALISTIC_AGENT_CACHE",
     "REALISTIC_LIMITS",
+    "REALISTIC_PROPAGATION",
     "Call",
     "Denied",
     "Failed",
@@ -29,7 +33,9 @@ __all__ = [
     "KnobSettings",
     "Knobs",
     "LostMode",
+    "Propagation",
     "RateLimit",
+    "Settling",
     "Throttled",
     "TimeScale",
     "Verdict",
@@ -96,6 +102,87 @@ REALISTIC_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
 
 
 @dataclass(frozen=True)
+class Settling:
+    """How one write reaches a data plane, in sandbox seconds after the write: it takes effect after `delay`, then is
+    missing again during each of `outages` (replicas that have not caught up answer as if it were not there)."""
+
+    delay: float
+    outages: tuple[tuple[float, float], ...] = ()
+
+    def in_effect(self, elapsed: float) -> bool:
+        return elapsed >= self.delay and not any(start <= elapsed < end for start, end in self.outages)
+
+    @property
+    def settled(self) -> float:
+        """Seconds after the write from which it is in effect for good."""
+        return max([self.delay, *(end for _, end in self.outages)])
+
+
+FLAP_SLOTS = 8  # a flap window is cut into this many slots, each served by replicas that have the write or not
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """How long writes of one kind take to reach their data plane: a delay drawn per write, uniformly between
+    `min_delay` and `max_delay` (sandbox seconds); then, for `flap_window` seconds after it first takes effect, each
+    of the window's slots (an eighth of it) is missing again with probability `flap_rate` (the first never is)."""
+
+    min_delay: float
+    max_delay: float
+    flap_window: float = 0.0
+    flap_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_delay <= self.max_delay or self.flap_window < 0:
+            raise ValueError("propagation needs 0 <= minDelay <= maxDelay and flapWindow >= 0")
+        if not 0.0 <= self.flap_rate <= 1.0:
+            raise ValueError("propagation flapRate must be between 0 and 1")
+
+    def settling(self, seed: int, key: str) -> Settling:
+        """The schedule of the write `key` (what was written, and how many times before): the same for the same seed
+        and key, whatever else the sandbox was asked in between or in which order writes arrived."""
+        draw = random.Random(f"{seed}/{key}")
+        delay = self.min_delay + (self.max_delay - self.min_delay) * draw.random()
+        if not self.flap_window or not self.flap_rate:
+            return Settling(delay)
+        slot = self.flap_window / FLAP_SLOTS
+        outages: list[tuple[float, float]] = []
+        for index in range(1, FLAP_SLOTS):
+            if draw.random() < self.flap_rate:
+                start = delay + index * slot
+                if outages and outages[-1][1] == start:
+                    outages[-1] = (outages[-1][0], start + slot)  # adjacent slots make one outage
+                else:
+                    outages.append((start, start + slot))
+        return Settling(delay, tuple(outages))
+
+    def to_json(self) -> dict[str, float]:
+        return {"minDelay": self.min_delay, "maxDelay": self.max_delay, "flapWindow": self.flap_window,
+                "flapRate": self.flap_rate}
+
+
+# What a propagation knob can name: one kind of write and the data plane it has to reach.
+PROPAGATION_NAMES: Mapping[str, str] = MappingProxyType({
+    "entra-credential": "a federated identity credential written, changed or deleted, until Entra ID's token endpoint "
+                        "uses it (AADSTS70021 meanwhile, and again while it flaps)",
+    "eks-association": "a pod identity association created or changed, until the Pod Identity agent hands out its "
+                       "role (new pods get no credentials or the old role meanwhile)",
+})
+
+# The `realistic` preset (sandbox seconds). Entra: "seconds to minutes" for a new credential to work (REFERENCE.md),
+# and exchanges that failed can fail again for a while after a first success while Entra's replicas converge. EKS:
+# "associations take several seconds to take effect" (REFERENCE.md); AWS publishes no figure, so assumed 2-10 s (the
+# settle keyless waits, providers/aws.py PROPAGATION_SETTLE, covers it).
+REALISTIC_PROPAGATION: Mapping[str, Propagation] = MappingProxyType({
+    "entra-credential": Propagation(5.0, 90.0, flap_window=40.0, flap_rate=0.3),
+    "eks-association": Propagation(2.0, 10.0),
+})
+# The Pod Identity agent keeps a pod's credentials up to --max-credential-retention-before-renewal, 3 h by default
+# (aws/eks-pod-identity-agent cmd/server.go), refreshing them only then (internal/credsretriever/refreshing_cache.go).
+REALISTIC_AGENT_CACHE = 3 * 3600.0
+
+
+@dataclass(frozen=True)
 class KnobSettings:
     """What shapes every call of a front: latency and jitter (sandbox seconds), rate limits, random faults."""
 
@@ -103,7 +190,10 @@ class KnobSettings:
     jitter: float = 0.0  # up to this much more per call, drawn from an RNG seeded with fault_seed
     rate_limits: Mapping[str, RateLimit] = field(default_factory=lambda: MappingProxyType({}))
     fault_rate: float = 0.0  # the share of calls that fail at random: throttled, 5xx, or (writes) a lost response
-    fault_seed: int = 0
+    fault_seed: int = 0  # also seeds every propagation delay and flap
+    # Writes with no propagation knob take the fixed delay their stand-in was built with, and never flap.
+    propagation: Mapping[str, Propagation] = field(default_factory=lambda: MappingProxyType({}))
+    agent_cache: float = 0.0  # sandbox seconds the Pod Identity agent keeps a pod's credentials (0: none)
 
     def __post_init__(self) -> None:
         if self.latency < 0 or self.jitter < 0:
@@ -113,23 +203,36 @@ class KnobSettings:
         unknown = sorted(set(self.rate_limits) - set(LIMIT_NAMES))
         if unknown:
             raise ValueError(f"unknown rate limits {', '.join(unknown)}; known: {', '.join(LIMIT_NAMES)}")
+        unknown = sorted(set(self.propagation) - set(PROPAGATION_NAMES))
+        if unknown:
+            raise ValueError(f"unknown propagation {', '.join(unknown)}; known: {', '.join(PROPAGATION_NAMES)}")
+        if self.agent_cache < 0:
+            raise ValueError("agentCache must be >= 0")
         object.__setattr__(self, "rate_limits", MappingProxyType(dict(self.rate_limits)))
+        object.__setattr__(self, "propagation", MappingProxyType(dict(self.propagation)))
+
+    def settling(self, name: str, key: str) -> Settling | None:
+        """The seeded schedule of one write of kind `name` (PROPAGATION_NAMES); None when no knob sets that kind."""
+        found = self.propagation.get(name)
+        return None if found is None else found.settling(self.fault_seed, f"{name}/{key}")
 
     def to_json(self) -> dict[str, Any]:
         return {"latency": self.latency, "jitter": self.jitter, "faultRate": self.fault_rate,
                 "faultSeed": self.fault_seed,
-                "rateLimits": {name: limit.to_json() for name, limit in sorted(self.rate_limits.items())}}
+                "rateLimits": {name: limit.to_json() for name, limit in sorted(self.rate_limits.items())},
+                "propagation": {name: found.to_json() for name, found in sorted(self.propagation.items())},
+                "agentCache": self.agent_cache}
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `50ms`, `0.2s`, `2m` or a bare number of seconds."""
+    """Seconds from `50ms`, `0.2s`, `2m`, `3h` or a bare number of seconds."""
     match = _DURATION.match(text)
     if match is None:
         raise ValueError(f"not a duration: {text!r} (write e.g. 50ms, 0.2s, 1)")
-    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match[2]]
+    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match[2]]
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | None:
@@ -161,13 +264,38 @@ def _limits(value: Any, current: Mapping[str, RateLimit]) -> dict[str, RateLimit
     return limits
 
 
+def _propagation(value: Any, current: Mapping[str, Propagation]) -> dict[str, Propagation]:
+    if value in ("off", None):
+        return {}
+    if value == "realistic":
+        return dict(REALISTIC_PROPAGATION)
+    if not isinstance(value, Mapping):
+        raise ValueError("propagation must be 'off', 'realistic' or {name: {minDelay, maxDelay, flapWindow, flapRate} "
+                         "or null}")
+    found = dict(current)
+    for name, given in value.items():
+        if given is None:
+            found.pop(str(name), None)
+            continue
+        if not isinstance(given, Mapping) or set(given) - {"minDelay", "maxDelay", "flapWindow", "flapRate"}:
+            raise ValueError(f"propagation.{name} must be {{minDelay, maxDelay, flapWindow, flapRate}} or null")
+        low, high = _number(given, "minDelay"), _number(given, "maxDelay")
+        if low is None and high is None:
+            raise ValueError(f"propagation.{name} needs minDelay or maxDelay")
+        found[str(name)] = Propagation(
+            low if low is not None else high or 0.0, high if high is not None else low or 0.0,
+            _number(given, "flapWindow") or 0.0, _number(given, "flapRate") or 0.0)
+    return found
+
+
 def parse_settings(body: Mapping[str, Any], current: KnobSettings = KnobSettings()) -> KnobSettings:
     """The settings `body` (JSON, as the HTTP routes and the CLI send it) makes of `current`; ValueError if bad."""
-    known = {"latency", "jitter", "rateLimits", "faultRate", "faultSeed", "timeScale"}
+    known = {"latency", "jitter", "rateLimits", "faultRate", "faultSeed", "timeScale", "propagation", "agentCache"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValueError(f"unknown knobs {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     latency, jitter, rate = _number(body, "latency"), _number(body, "jitter"), _number(body, "faultRate")
+    cache = _number(body, "agentCache")
     seed = body.get("faultSeed", current.fault_seed)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError("faultSeed must be an integer")
@@ -178,6 +306,9 @@ def parse_settings(body: Mapping[str, Any], current: KnobSettings = KnobSettings
         else current.rate_limits,
         fault_rate=current.fault_rate if rate is None else rate,
         fault_seed=seed,
+        propagation=_propagation(body["propagation"], current.propagation) if "propagation" in body
+        else current.propagation,
+        agent_cache=current.agent_cache if cache is None else cache,
     )
 
 

@@ -72,7 +72,10 @@ def admin_contexts(contexts: Iterable[str]) -> list[str]:
 
 
 def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: str, ca_bundle: Path,
-                     gcp: GcpDemoSeed) -> str:
+                     gcp: GcpDemoSeed, settle_seconds: float | None = None) -> str:
+    # A sandbox whose propagation is short and fixed says so, and keyless waits that long rather than the clouds'
+    # worst case; with realistic (drawn) delays, keyless keeps its defaults, as on a real cloud.
+    settle = f"    settleSeconds: {settle_seconds:g}\n" if settle_seconds is not None else ""
     return (
         "# Written by `keyless sandbox up`: the sandbox's own targets.\n"
         "targets:\n"
@@ -82,6 +85,7 @@ def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: s
         f"    cluster: {cluster}\n"
         f"    namespace: {DEMO_NAMESPACE}\n"
         f"    kubernetes: {{context: {keyless_context(EKS_CONTEXT)}, mode: apply}}\n"
+        f"{settle}"
         f"  {AKS_TARGET}:\n"
         "    cloud: azure\n"
         f"    subscription: {azure.subscription_id}\n"
@@ -91,6 +95,7 @@ def targets_document(region: str, cluster: str, azure: AzureDemoSeed, arm_url: s
         f"    armEndpoint: {arm_url}\n"
         f"    caBundle: {ca_bundle}\n"
         f"    kubernetes: {{context: {keyless_context(AKS_CONTEXT)}, mode: apply}}\n"
+        f"{settle}"
         f"  {GKE_TARGET}:\n"
         "    cloud: gcp\n"
         f"    project: {gcp.project}\n"
@@ -120,10 +125,12 @@ class SandboxStack:
     """Starts the stand-ins, wires the pod identity webhook and agent to the cluster, seeds the demo."""
 
     def __init__(self, state_dir: Path, *, association_delay: float = 1.0, knobs: KnobSettings | None = None,
-                 time_scale: float = 1.0) -> None:
+                 time_scale: float = 1.0, settle_seconds: float | None = None) -> None:
         """``knobs`` shape every call of every front (none by default: the demo stays fast); ``time_scale`` divides
-        every delay of every stand-in (latency, bucket refill, propagation, pod start-up)."""
+        every delay of every stand-in (latency, bucket refill, propagation, pod start-up); ``settle_seconds`` goes
+        into the targets file for the EKS and AKS targets (unset: keyless's defaults, for realistic propagation)."""
         self.state_dir = state_dir
+        self.settle_seconds = settle_seconds
         self.time = TimeScale(time_scale)
         self.initial_knobs = knobs or KnobSettings()
         # One CA signs every HTTPS stand-in, so that one REQUESTS_CA_BUNDLE trusts them all.
@@ -203,7 +210,7 @@ class SandboxStack:
 
         targets = self.state_dir / "keyless.targets.yaml"
         targets.write_text(targets_document(seed.region, seed.cluster, azure_seed, azure.arm_url, azure.ca_bundle,
-                                            gcp_seed))
+                                            gcp_seed, self.settle_seconds))
         self._control = ThreadingHTTPServer(("127.0.0.1", 0), _control_handler(self))
         threading.Thread(target=self._control.serve_forever, daemon=True, name="keyless-sandbox-control").start()
         env = {**self.aws.env(), **azure.env(), **gcp.env(), "KUBECONFIG": str(kubeconfig),
@@ -372,7 +379,10 @@ def serve(state_dir: Path, knobs: dict[str, Any] | None = None) -> None:
     by `knobs` (the JSON POST /knobs takes: latency, rateLimits, timeScale, faultRate, ...)."""
     body = dict(knobs or {})
     scale = body.pop("timeScale", 1.0)
-    stack = SandboxStack(state_dir, knobs=parse_settings(body), time_scale=float(scale))
+    # Without drawn propagation delays, a binding takes the stack's fixed association delay (1 s) to work.
+    fixed = body.get("propagation", "off") == "off"
+    stack = SandboxStack(state_dir, knobs=parse_settings(body), time_scale=float(scale),
+                         settle_seconds=2.0 if fixed else None)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

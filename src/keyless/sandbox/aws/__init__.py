@@ -153,6 +153,8 @@ class AwsSandbox:
         )
         self.knobs = Knobs("aws", self.time, knobs, check_action=is_action,
                            action_form="IAM actions (service:Operation)")
+        # Association writes reach the agent as the `eks-association` propagation knob says.
+        self._state.settling = lambda key: self.knobs.settings.settling("eks-association", key)
         self._role_propagation_delay = role_propagation_delay
         self._cluster_keys = cluster_keys
         self._require_agent_addon = require_agent_addon
@@ -180,6 +182,8 @@ class AwsSandbox:
                     default_cluster=self.agent_cluster,
                     key_lookup=self._cluster_keys,
                     require_addon=self._require_agent_addon,
+                    cache_for=lambda: self.knobs.settings.agent_cache,
+                    clock=self.time.now,
                 )
                 self._servers.start([(self._front.app(), self._ports[0]), (self._agent.app(), self._ports[1])])
             except BaseException:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -31,6 +32,9 @@ KeyMaterial = RSAPublicKey | RSAPrivateKey | str | bytes | Mapping[str, Any]
 ClusterKeyLookup = Callable[[str], KeyMaterial | None]
 
 _SUBJECT = re.compile(r"system:serviceaccount:([^:]+):([^:]+)")
+# The real agent serves cached credentials only while they have more than this left (defaultMinCredentialTtl in
+# internal/credsretriever/refreshing_cache.go).
+MIN_CREDENTIAL_TTL = timedelta(seconds=15)
 _SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")
 
 
@@ -140,13 +144,21 @@ class PodIdentityAgent:
         default_cluster: str,
         key_lookup: ClusterKeyLookup | None = None,
         require_addon: bool = True,
+        cache_for: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``cache_for`` says how long (seconds on ``clock``) credentials are kept per pod, 0 for not at all."""
         self.state = state
         self.clients = clients
         self.region = region
         self.default_cluster = default_cluster
         self.key_lookup = key_lookup
         self.require_addon = require_addon
+        self.cache_for = cache_for
+        self.clock = clock
+        # Per pod (its uid, else its token): the credentials handed out and until when (on `clock`) they are kept.
+        self._cache: dict[tuple[str, str], tuple[IssuedCredentials, float]] = {}
+        self._cache_lock = threading.Lock()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -179,8 +191,39 @@ class PodIdentityAgent:
         )
 
     async def credentials(self, cluster: str, token: str) -> IssuedCredentials:
-        """Everything the agent and eks-auth do for one request; AgentError says why it was refused."""
+        """Everything the agent and eks-auth do for one request; AgentError says why it was refused.
+
+        Like the real agent, credentials are cached per pod for up to `cache_for` (its
+        --max-credential-retention-before-renewal, 3 h by default) and served again to that pod, a rotated token
+        included, as long as they have more than MIN_CREDENTIAL_TTL left: a running pod keeps the role it first got
+        after its association changes; a new pod asks eks-auth and gets what is in effect then."""
         subject = self.verify(cluster, token)
+        key = (cluster, subject.pod_uid or token.strip())
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        issued = await self._fetch(cluster, subject)
+        keep = self.cache_for()
+        if keep > 0:
+            with self._cache_lock:
+                self._cache[key] = (issued, self.clock() + keep)
+        return issued
+
+    def _cached(self, key: tuple[str, str]) -> IssuedCredentials | None:
+        now = self.clock()
+        with self._cache_lock:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            found = self._cache.get(key)
+        if found is None or found[0].expiration.astimezone(UTC) - datetime.now(UTC) <= MIN_CREDENTIAL_TTL:
+            return None
+        return found[0]
+
+    def forget_cached(self) -> None:
+        """Empty the credential cache (as restarting every agent would)."""
+        with self._cache_lock:
+            self._cache.clear()
+
+    async def _fetch(self, cluster: str, subject: PodSubject) -> IssuedCredentials:
         found = self.state.effective_binding(self.region, cluster, subject.namespace, subject.service_account)
         if found is None:
             raise AgentError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -30,6 +31,7 @@ from keyless.sandbox.aws.eks_model import (
     validate_names,
     validate_tags,
 )
+from keyless.sandbox.knobs import Settling
 
 __all__ = ["DEFAULT_ASSOCIATION_QUOTA", "POD_IDENTITY_AGENT_ADDON", "EksState"]
 
@@ -45,9 +47,14 @@ class EksState:
         addon_delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        settling: Callable[[str], Settling | None] = lambda _: None,
     ) -> None:
+        """``settling`` draws how one association write (named by a key) reaches the Pod Identity agent; where it
+        answers None, writes take ``association_delay`` and never flap."""
         self.association_quota = association_quota
         self.association_delay = association_delay
+        self.settling = settling
+        self._write_counts: collections.Counter[str] = collections.Counter()
         self.addon_delay = addon_delay
         self._clock = clock
         self._wall = wall
@@ -153,6 +160,8 @@ class EksState:
             self._seq += 1
             association_id = new_association_id()
             now = self._wall()
+            settling = self._settling(cluster.region, cluster.name, request.namespace, request.service_account)
+            start = self._clock()
             association = Association(
                 cluster=cluster,
                 namespace=request.namespace,
@@ -168,13 +177,22 @@ class EksState:
                 modified_at=now,
                 owner_arn=owner_arn,
                 seq=self._seq,
-                effective_from=self._clock() + self.association_delay,
+                effective_from=start + settling.delay,
                 previous=None,
+                outages=_shifted(settling, start),
             )
             table[association_id] = association
             if token is not None:
                 self._tokens[(cluster.region, cluster.name, token)] = (request, association_id)
             return association
+
+    def _settling(self, region: str, cluster: str, namespace: str, service_account: str) -> Settling:
+        """How this write of the service account's association reaches the agent (drawn from the knobs' seed, else
+        the fixed association delay); the caller holds the lock."""
+        key = f"{region}/{cluster}/{namespace}/{service_account}"
+        self._write_counts[key] += 1
+        drawn = self.settling(f"{key}#{self._write_counts[key]}")
+        return drawn if drawn is not None else Settling(self.association_delay)
 
     def describe_association(self, region: str, cluster: str, association_id: str) -> Association:
         with self._lock:
@@ -220,13 +238,15 @@ class EksState:
                 ),
             )
             now = self._clock()
+            settling = self._settling(region, cluster, current.namespace, current.service_account)
             updated = replace(
                 current,
                 binding=binding,
                 modified_at=self._wall(),
                 # Until the change propagates, pods keep getting what they got before it.
                 previous=current.effective(now),
-                effective_from=now + self.association_delay,
+                effective_from=now + settling.delay,
+                outages=_shifted(settling, now),
             )
             table[association_id] = updated
             return updated
@@ -433,3 +453,7 @@ class EksState:
             self._auto_mode.pop((region, cluster), None)
             for key in [k for k in self._tokens if k[:2] == (region, cluster)]:
                 del self._tokens[key]
+
+
+def _shifted(settling: Settling, start: float) -> tuple[tuple[float, float], ...]:
+    return tuple((start + begin, start + end) for begin, end in settling.outages)

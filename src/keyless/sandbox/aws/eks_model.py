@@ -103,9 +103,13 @@ class Association:
     # Monotonic instant from which `binding` is what credential fetches see; before, `previous` is.
     effective_from: float
     previous: RoleBinding | None
+    # Monotonic intervals after effective_from in which the agent's side still answers with `previous` (flapping).
+    outages: tuple[tuple[float, float], ...] = ()
 
     def effective(self, now: float) -> RoleBinding | None:
-        return self.binding if now >= self.effective_from else self.previous
+        if now < self.effective_from or any(start <= now < end for start, end in self.outages):
+            return self.previous
+        return self.binding
 
     def to_api(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -139,6 +139,8 @@ class AzureSandbox:
         self.arm_knobs = Knobs("arm", self.time, settings, check_action=is_arm_action,
                                action_form="ARM actions (Namespace/type/.../read|write|delete)")
         self.entra_knobs = Knobs("entra", self.time, knobs)
+        # Credential writes reach the token plane as the token endpoint's `entra-credential` propagation knob says.
+        self._state.settling = lambda key: self.entra_knobs.settings.settling("entra-credential", key)
         self._entra = EntraStandIn(self._state, token_lifetime=token_lifetime, knobs=self.entra_knobs)
         self._arm = ArmStandIn(self._state, self._entra, self._rbac, self.arm_knobs)
         self._deployer_token_lifetime = deployer_token_lifetime

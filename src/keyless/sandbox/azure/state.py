@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 import threading
@@ -15,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from keyless.sandbox.azure.oidc import aks_issuer_url
+from keyless.sandbox.knobs import Settling
 
 __all__ = [
     "MAX_FEDERATED_CREDENTIALS",
@@ -108,7 +110,9 @@ class Trust:
     """What Entra's token plane believes about one credential, from `effective_from` until `effective_until`.
 
     Control-plane writes reach the token plane only after the propagation delay, so a new credential is
-    not usable at first, and a changed or deleted one keeps working (with its old values) for a while.
+    not usable at first, and a changed or deleted one keeps working (with its old values) for a while. After it
+    first takes effect a credential can be missing again during `outages` (absolute times): Entra's replicas
+    converge one by one, so exchanges that worked fail again for a while.
     """
 
     client_id: str
@@ -118,9 +122,11 @@ class Trust:
     audiences: tuple[str, ...]
     effective_from: float
     effective_until: float = math.inf
+    outages: tuple[tuple[float, float], ...] = ()
 
     def active(self, now: float) -> bool:
-        return self.effective_from <= now < self.effective_until
+        return (self.effective_from <= now < self.effective_until
+                and not any(start <= now < end for start, end in self.outages))
 
 
 @dataclass(frozen=True)
@@ -161,10 +167,15 @@ class AzureState:
         propagation_delay: float = 1.0,
         write_hold: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
+        settling: Callable[[str], Settling | None] = lambda _: None,
     ) -> None:
+        """``settling`` draws how one credential write (named by a key) reaches the token plane; where it answers
+        None, writes take ``propagation_delay`` and never flap."""
         self.tenant_id = tenant_id
         self.subscription_id = subscription_id
         self.propagation_delay = propagation_delay
+        self.settling = settling
+        self._write_counts: collections.Counter[str] = collections.Counter()
         self.write_hold = write_hold
         self.clock = clock
         self.lock = threading.RLock()
@@ -374,9 +385,12 @@ class AzureState:
             existing[credential.lower()] = created
             if current is None or (current.issuer, current.subject, current.audiences) != \
                     (created.issuer, created.subject, created.audiences):
-                self._retire_trust(identity.client_id, created.name)
-                at = self.clock() + self.propagation_delay
-                self._trusts.append(Trust(identity.client_id, created.name, issuer, subject, created.audiences, at))
+                now = self.clock()
+                settling = self._settling(identity, created.name)
+                self._retire_trust(identity.client_id, created.name, now + settling.delay)
+                self._trusts.append(Trust(
+                    identity.client_id, created.name, issuer, subject, created.audiences, now + settling.delay,
+                    outages=tuple((now + start, now + end) for start, end in settling.outages)))
         return created, current is None
 
     def delete_credential(self, key: tuple[str, str], credential: str) -> bool:
@@ -384,11 +398,18 @@ class AzureState:
             identity = self._identities[key]
             removed = self._credentials[key].pop(credential.lower(), None)
             if removed is not None:
-                self._retire_trust(identity.client_id, removed.name)
+                self._retire_trust(identity.client_id, removed.name,
+                                   self.clock() + self._settling(identity, removed.name).delay)
         return removed is not None
 
-    def _retire_trust(self, client_id: str, credential: str) -> None:
-        until = self.clock() + self.propagation_delay
+    def _settling(self, identity: Identity, credential: str) -> Settling:
+        """How this write of the credential reaches the token plane (drawn from the knobs' seed, else fixed)."""
+        key = f"{identity.id.lower()}/federatedIdentityCredentials/{credential.lower()}"
+        self._write_counts[key] += 1
+        drawn = self.settling(f"{key}#{self._write_counts[key]}")
+        return drawn if drawn is not None else Settling(self.propagation_delay)
+
+    def _retire_trust(self, client_id: str, credential: str, until: float) -> None:
         self._trusts = [
             replace(t, effective_until=min(t.effective_until, until))
             if t.client_id == client_id and t.credential.lower() == credential.lower() else t
@@ -413,7 +434,7 @@ class AzureState:
         """Let every pending credential of `client_id` take effect now (the sandbox's own bootstrap only)."""
         now = self.clock()
         with self.lock:
-            self._trusts = [replace(t, effective_from=min(t.effective_from, now))
+            self._trusts = [replace(t, effective_from=min(t.effective_from, now), outages=())
                             if t.client_id == client_id else t for t in self._trusts]
 
     # ---- managed clusters -------------------------------------------------------------------------------
