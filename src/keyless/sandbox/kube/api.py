@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -30,7 +31,7 @@ from ruamel.yaml import YAML
 
 from keyless.sandbox.knobs import Call, Denied, Knobs, Refusal, Throttled, Verdict
 from keyless.sandbox.knobs_http import knob_routes, serve_call
-from keyless.sandbox.kube import openapi, rbac, tables
+from keyless.sandbox.kube import crds, openapi, rbac, tables
 from keyless.sandbox.kube.admission import Mutator, WebhookDenied, mutator_name, service_account_admission
 from keyless.sandbox.kube.merge import (
     ApplyConflictError,
@@ -52,6 +53,7 @@ from keyless.sandbox.kube.merge import (
 from keyless.sandbox.kube.schema import (
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
+    CUSTOM_RESOURCE_DEFINITIONS,
     JOBS,
     KINDS,
     NAMESPACES,
@@ -76,12 +78,15 @@ from keyless.sandbox.kube.schema import (
     kind_for,
     not_found,
     validate,
+    validate_metadata,
 )
 from keyless.sandbox.kube.tokens import DEFAULT_EXPIRATION_SECONDS, BoundObject, ServiceAccountIssuer
 
 logger = logging.getLogger("keyless.sandbox.kube")
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+ResourceKey = tuple[str, str]  # (group, plural): what a watch follows, whatever version it was asked through
+CRDS: Final = CUSTOM_RESOURCE_DEFINITIONS
 
 APPLY_PATCH: Final = "application/apply-patch+yaml"
 MERGE_PATCH: Final = "application/merge-patch+json"
@@ -92,7 +97,9 @@ _HISTORY_KEPT: Final = 16  # object versions kmock keeps per object (for asserti
 _TOMBSTONES_KEPT: Final = 500  # deleted objects whose history kmock keeps
 _REQUESTS_KEPT: Final = 16  # kmock matches every request against the history it keeps (a linear scan per
 # reaction), so a long history makes each request slower: keep only the last few for kmock's own assertions
-_EVENT_LOG: Final = 2000  # watch events kept to resume watches from a resourceVersion
+_WATCH_WINDOW: Final = 1000  # events kept per resource to resume watches from (the watch cache's history)
+_BOOKMARK_SECONDS: Final = 60.0  # the watch cache sends each watcher a bookmark about once a minute
+_INITIAL_EVENTS_END: Final = "k8s.io/initial-events-end"
 _GENERATED_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"  # the API server's alphabet for generated names
 
 
@@ -122,6 +129,7 @@ class _Watcher:
     labels: tuple[Requirement, ...]
     fields: tuple[FieldRequirement, ...]
     queue: asyncio.Queue[JsonDict | None] = field(default_factory=asyncio.Queue)
+    bookmarks: bool = False
 
     def selects(self, obj: Mapping[str, Any] | None) -> bool:
         if obj is None:
@@ -145,7 +153,23 @@ class _Watcher:
             kind = "DELETED"
         else:
             return None
-        return {"type": kind, "object": change.obj}
+        return {"type": kind, "object": _in_version(self.kind, change.obj)}
+
+    def bookmark(self, resource_version: int, *, initial_events_end: bool = False) -> JsonDict:
+        """A BOOKMARK: only apiVersion, kind and metadata.resourceVersion (and the end-of-initial-events mark)."""
+        meta: JsonDict = {"resourceVersion": str(resource_version)}
+        if initial_events_end:
+            meta["annotations"] = {_INITIAL_EVENTS_END: "true"}
+        return {"type": "BOOKMARK", "object": {"kind": self.kind.kind, "apiVersion": self.kind.api_version,
+                                               "metadata": meta}}
+
+
+def _in_version(kind: Kind, obj: JsonDict) -> JsonDict:
+    """A custom object as served through ``kind``'s version (a CRD's versions share storage; conversion None only
+    changes apiVersion)."""
+    if kind.custom and obj.get("apiVersion") != kind.api_version:
+        return {**obj, "apiVersion": kind.api_version}
+    return obj
 
 
 def _header(request: kmock.Request, name: str) -> str:
@@ -292,9 +316,16 @@ class KubeApiServer(kmock.KubernetesEmulator):
     authorizer: rbac.Authorizer = attrs.field(init=False)
     _rv: int = attrs.field(default=0, init=False)
     _request_count: int = attrs.field(default=0, init=False)
-    _watchers: list[_Watcher] = attrs.field(factory=list, init=False)
-    _log: collections.deque[ChangeEvent] = attrs.field(factory=lambda: collections.deque(maxlen=_EVENT_LOG),
-                                                       init=False)
+    # Watchers and the recent changes by resource, so that a change costs only what its own resource's watchers
+    # cost, and resuming a watch reads only its resource's history (the API server keeps a watch cache per resource).
+    _watchers: dict[ResourceKey, list[_Watcher]] = attrs.field(factory=dict, init=False)
+    _logs: dict[ResourceKey, collections.deque[ChangeEvent]] = attrs.field(factory=dict, init=False)
+    _evicted: dict[ResourceKey, int] = attrs.field(factory=dict, init=False)  # newest change no longer kept
+    _live: dict[kmock.resource, dict[tuple[str | None, str], None]] = attrs.field(factory=dict, init=False)
+    # The served versions of the CRDs: (group, version, plural) -> its schema and columns.
+    _custom: dict[tuple[str, str, str], crds.CustomVersion] = attrs.field(factory=dict, init=False)
+    watch_window: int = _WATCH_WINDOW
+    bookmark_seconds: float = _BOOKMARK_SECONDS
     _listeners: list[Callable[[ChangeEvent], None]] = attrs.field(factory=list, init=False)
     _extra_headers: dict[int, list[tuple[str, str]]] = attrs.field(factory=dict, init=False)
     _tombstones: collections.deque[tuple[kmock.resource, str | None, str]] = attrs.field(
@@ -464,7 +495,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
 
     def _target(self, request: kmock.Request) -> tuple[Kind, str | None]:
         ref = request.resource
-        kind = kind_for(ref.group, ref.version, ref.plural) if ref is not None else None
+        kind = self.kind_of(ref.group, ref.version, ref.plural) if ref is not None else None
         if kind is None:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
         if not kind.namespaced and request.namespace:
@@ -476,7 +507,43 @@ class KubeApiServer(kmock.KubernetesEmulator):
 
     @staticmethod
     def ref(kind: Kind) -> kmock.resource:
-        return kmock.resource(kind.group, kind.version, kind.plural)
+        """Where a kind's objects are kept: a CRD's versions share one store, so its key names no version."""
+        return kmock.resource(kind.group, "" if kind.custom else kind.version, kind.plural)
+
+    # --- the served kinds: the built-in ones and what the CRDs add --------------------------------
+
+    def kind_of(self, group: str | None, version: str | None, plural: str | None) -> Kind | None:
+        found = kind_for(group, version, plural)
+        if found is None and group and version and plural:
+            custom = self._custom.get((group, version, plural))
+            return custom.kind if custom is not None else None
+        return found
+
+    def custom_version(self, kind: Kind) -> crds.CustomVersion | None:
+        return self._custom.get((kind.group, kind.version, kind.plural)) if kind.custom else None
+
+    def served_kinds(self) -> list[Kind]:
+        """Every kind served, each version of a CRD on its own (what discovery lists)."""
+        return [*KINDS, *(v.kind for _, v in sorted(self._custom.items()))]
+
+    def kinds(self) -> list[Kind]:
+        """One kind per stored resource (a CRD's versions share their objects): what walks over all objects use."""
+        found: dict[ResourceKey, Kind] = {}
+        for version in self._custom.values():
+            if version.storage or version.kind.resource_key not in found:
+                found[version.kind.resource_key] = version.kind
+        return [*KINDS, *found.values()]
+
+    def _definition_of(self, kind: Kind) -> JsonDict | None:
+        return self.get_object(CRDS, None, f"{kind.plural}.{kind.group}") if kind.custom else None
+
+    def _serve_definition(self, definition: JsonDict | None, name: str) -> None:
+        """(Re)register what a CRD serves; None: it is gone, and so are its kinds."""
+        for key in [k for k, v in self._custom.items() if v.definition == name]:
+            del self._custom[key]
+        if definition is not None:
+            for version in crds.served_versions(definition):
+                self._custom[(version.kind.group, version.kind.version, version.kind.plural)] = version
 
     # --- storage --------------------------------------------------------------------------------
 
@@ -493,24 +560,26 @@ class KubeApiServer(kmock.KubernetesEmulator):
         if key not in self.objects:
             return None
         stored = self.objects[key]
-        return None if stored.deleted else copy.deepcopy(stored.raw)
+        return None if stored.deleted else _in_version(kind, copy.deepcopy(stored.raw))
 
     def list_objects(self, kind: Kind, namespace: str | None = None,
                      where: Callable[[JsonDict], bool] | None = None) -> list[JsonDict]:
-        """Copies of the live objects of a kind, by namespace and name; ``where`` filters before copying."""
+        """Copies of the live objects of a kind, by namespace and name; ``where`` filters before copying.
+
+        Reads only that kind's objects (an index kept by ``_commit``), so a list costs what the kind holds.
+        """
         ref = self.ref(kind)
         found = []
-        for (res, ns, name), stored in self.objects.items():
-            if res != ref or stored.deleted or (namespace is not None and ns != namespace):
+        for ns, name in self._live.get(ref, {}):
+            if namespace is not None and ns != namespace:
                 continue
-            raw = stored.raw  # a shallow view: read it, never change it
+            raw = self.objects[ref, ns, name].raw  # a shallow view: read it, never change it
             if where is None or where(raw):
                 found.append((ns or "", name, raw))
-        return [copy.deepcopy(raw) for _, _, raw in sorted(found, key=lambda t: (t[0], t[1]))]
+        return [_in_version(kind, copy.deepcopy(raw)) for _, _, raw in sorted(found, key=lambda t: (t[0], t[1]))]
 
     def count_objects(self, kind: Kind) -> int:
-        ref = self.ref(kind)
-        return sum(1 for (res, _, _), stored in self.objects.items() if res == ref and not stored.deleted)
+        return len(self._live.get(self.ref(kind), {}))
 
     def _commit(self, kind: Kind, event_type: EventType, old: JsonDict | None, new: JsonDict) -> JsonDict:
         self._rv += 1
@@ -523,13 +592,17 @@ class KubeApiServer(kmock.KubernetesEmulator):
         else:
             self.objects[key] = copy.deepcopy(new)
         stored = self.objects[key]
+        live = self._live.setdefault(key[0], {})
         if event_type == "DELETED":
+            live.pop((key[1], key[2]), None)
             stored.delete()
             self._tombstones.append(key)
             while len(self._tombstones) > _TOMBSTONES_KEPT:
                 gone = self._tombstones.popleft()
                 if gone in self.objects and self.objects[gone].deleted:
                     del self.objects[gone]
+        else:
+            live[key[1], key[2]] = None
         if len(stored.history) > _HISTORY_KEPT:
             del stored.history[:-_HISTORY_KEPT]
         if kind in self._rbac_objects:  # the authorizer reads these on every request: keep them at hand
@@ -538,18 +611,30 @@ class KubeApiServer(kmock.KubernetesEmulator):
                 self._rbac_objects[kind].pop(policy_key, None)
             else:
                 self._rbac_objects[kind][policy_key] = copy.deepcopy(new)
+        if kind is CRDS:  # what the CRD serves changes with it, before anyone hears of the change
+            self._serve_definition(None if event_type == "DELETED" else new, key[2])
         change = ChangeEvent(event_type, kind, new, old, self._rv)
-        self._log.append(change)
-        for watcher in list(self._watchers):
-            if watcher.kind is kind:
-                event = watcher.event_for(change)
-                if event is not None:
-                    watcher.queue.put_nowait(event)
+        resource = kind.resource_key
+        log = self._logs.get(resource)
+        if log is None or log.maxlen != self.watch_window:  # first change of the resource, or a new window
+            kept = list(log or ())
+            if len(kept) > self.watch_window:
+                self._evicted[resource] = kept[-self.watch_window - 1].rv
+            log = self._logs[resource] = collections.deque(kept, maxlen=self.watch_window)
+        if len(log) == log.maxlen:
+            self._evicted[resource] = log[0].rv  # watches from before this one must list again (410 Gone)
+        log.append(change)
+        for watcher in list(self._watchers.get(resource, ())):
+            event = watcher.event_for(change)
+            if event is not None:
+                watcher.queue.put_nowait(event)
         for listener in list(self._listeners):
             try:
                 listener(change)
             except Exception:  # a broken controller must not fail the client's write
                 logger.exception("a change listener failed")
+        if kind.custom and event_type == "DELETED":
+            self._finish_definition_cleanup(kind)
         return copy.deepcopy(new)
 
     def _generate_name(self, kind: Kind, namespace: str | None, prefix: str) -> str:
@@ -600,14 +685,20 @@ class KubeApiServer(kmock.KubernetesEmulator):
             obj.pop("status", None)
         shown_name = str(meta.get("name") or meta.get("generateName") or "")
         self._check_namespace(kind, namespace, shown_name)
+        if kind.custom:
+            self._check_definition_accepts_writes(kind)
         apply_defaults(kind, obj)
+        if kind is CRDS:
+            crds.default_definition(obj)
+            obj.pop("status", None)
+        self._shape_custom(kind, obj)
         if kind is PODS:
             obj = await self._admit_pod(obj, str(namespace), shown_name)
             meta = obj.setdefault("metadata", {})
             self._check_namespace(kind, namespace, shown_name)  # the webhooks took time; it may be gone
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = self._generate_name(kind, namespace, str(meta["generateName"]))
-        validate(kind, obj, None)
+        self._validate(kind, obj, None)
         name = str(meta["name"])
         if self.get_object(kind, namespace, name) is not None:
             raise already_exists(kind, name)
@@ -625,7 +716,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         if dry_run:
             return obj
-        return self._commit(kind, "ADDED", None, obj)
+        created = self._commit(kind, "ADDED", None, obj)
+        if kind is CRDS:
+            self._establish(created)
+        return created
 
     def _check_type(self, kind: Kind, obj: Mapping[str, Any]) -> None:
         api_version, type_name = obj.get("apiVersion"), obj.get("kind")
@@ -702,9 +796,14 @@ class KubeApiServer(kmock.KubernetesEmulator):
             else:
                 meta.pop(key, None)
         new["apiVersion"], new["kind"] = kind.api_version, kind.kind
-        if subresource != "status":
-            validate(kind, new, None if trusted else live)
-        if kind.has_generation and new.get("spec") != live.get("spec"):
+        self._shape_custom(kind, new)
+        if subresource != "status" or kind.custom:  # a custom object's status is checked against its schema too
+            self._validate(kind, new, None if trusted else live)
+        if kind.custom:
+            counted = crds.generation_view(kind, new) != crds.generation_view(kind, live)
+        else:
+            counted = new.get("spec") != live.get("spec")
+        if kind.has_generation and counted:
             meta["generation"] = int(live_meta.get("generation") or 1) + 1
         if not managed_done:
             record_update(live, new, manager=manager, api_version=kind.api_version, now=now_rfc3339(),
@@ -716,7 +815,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
         pending = meta.get("finalizers") or (kind is NAMESPACES and (new.get("spec") or {}).get("finalizers"))
         if meta.get("deletionTimestamp") and not pending:
             return self._commit(kind, "DELETED", live, new)  # the last finalizer is gone
-        return self._commit(kind, "MODIFIED", live, new)
+        written = self._commit(kind, "MODIFIED", live, new)
+        if kind is CRDS and subresource != "status" and not meta.get("deletionTimestamp"):
+            self._establish(written)
+        return written
 
     async def patch_object(self, kind: Kind, namespace: str | None, name: str, content_type: str, body: Any, *,
                            manager: str | None, force: bool = False, subresource: str = "",
@@ -761,6 +863,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
                 if not isinstance(body, dict):
                     raise bad_request("a merge patch must be a JSON object")
                 candidate = merge_patch(live, body)
+            elif content_type == STRATEGIC_PATCH and kind.custom:
+                raise StatusError(415, "UnsupportedMediaType",
+                                  f"the body of the request was in an unknown format - accepted media types "
+                                  f"include: {JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH}")
             elif content_type == STRATEGIC_PATCH:
                 if not isinstance(body, dict):
                     raise bad_request("a strategic merge patch must be a JSON object")
@@ -820,14 +926,87 @@ class KubeApiServer(kmock.KubernetesEmulator):
             terminating["metadata"]["deletionTimestamp"] = now_rfc3339()
             terminating.setdefault("status", {})["phase"] = "Terminating"
             return self._commit(kind, "MODIFIED", live, terminating)
+        if kind is CRDS:
+            return await self._delete_definition(live)
         if meta.get("finalizers"):
             marked = copy.deepcopy(live)
             marked["metadata"]["deletionTimestamp"] = now_rfc3339()
             marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            if kind.has_generation:  # the first graceful deletion bumps the generation (rest.BeforeDelete)
+                marked["metadata"]["generation"] = int(meta.get("generation") or 1) + 1
             return self._commit(kind, "MODIFIED", live, marked)
         if propagation == "Orphan":
             self._orphan_dependents(kind, live)
         return self._commit(kind, "DELETED", live, live)
+
+    # --- custom resources ------------------------------------------------------------------------
+
+    def _shape_custom(self, kind: Kind, obj: JsonDict) -> None:
+        """Default, then prune, a custom object by its version's schema (what the API server stores)."""
+        version = self.custom_version(kind)
+        if version is not None:
+            crds.apply_defaults(version.schema, obj)
+            crds.prune(version.schema, obj)
+
+    def _validate(self, kind: Kind, obj: JsonDict, old: JsonDict | None) -> None:
+        version = self.custom_version(kind)
+        if version is not None:
+            causes = validate_metadata(kind, obj) + crds.validate_object(version.schema, obj)
+        elif kind is CRDS:
+            causes = validate_metadata(kind, obj) + crds.validate_definition(obj, old)
+        else:
+            validate(kind, obj, old)
+            return
+        if causes:
+            raise invalid(kind, str((obj.get("metadata") or {}).get("name") or ""), causes)
+
+    def _check_definition_accepts_writes(self, kind: Kind) -> None:
+        definition = self._definition_of(kind)
+        if definition is not None and definition["metadata"].get("deletionTimestamp"):
+            raise StatusError(405, "MethodNotAllowed", "create not allowed while custom resource definition is "
+                                                       "terminating")
+
+    def _establish(self, definition: JsonDict) -> None:
+        """The naming and establishing controllers: accept the names, mark the CRD Established, record storage."""
+        wanted = copy.deepcopy(definition)
+        wanted["status"] = crds.established_status(definition)
+        if wanted["status"] != definition.get("status"):
+            wanted["metadata"].pop("resourceVersion", None)
+            self.write_object(CRDS, definition, wanted, manager="kube-apiserver", subresource="status", trusted=True)
+
+    async def _delete_definition(self, live: JsonDict) -> JsonDict:
+        """Deleting a CRD: it turns Terminating, its objects are deleted (waiting on their own finalizers),
+        then the cleanup finalizer goes and the CRD with it (the apiextensions finalizer controller)."""
+        marked = copy.deepcopy(live)
+        meta = marked["metadata"]
+        meta["deletionTimestamp"] = now_rfc3339()
+        meta["deletionGracePeriodSeconds"] = 0
+        meta["finalizers"] = [*(meta.get("finalizers") or []), crds.CLEANUP_FINALIZER]
+        status = marked.setdefault("status", {})
+        status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != "Terminating"] + [
+            {"type": "Terminating", "status": "True", "reason": "InstanceDeletionInProgress",
+             "message": "CustomResource deletion is in progress", "lastTransitionTime": meta["deletionTimestamp"]}]
+        terminating = self._commit(CRDS, "MODIFIED", live, marked)
+        served = [v.kind for v in self._custom.values() if v.definition == meta["name"]]
+        if served:
+            kind = served[0]
+            for obj in self.list_objects(kind):
+                with contextlib.suppress(StatusError):
+                    await self.delete_object(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+            self._finish_definition_cleanup(kind)
+        return self.get_object(CRDS, None, meta["name"]) or terminating
+
+    def _finish_definition_cleanup(self, kind: Kind) -> None:
+        """Once a terminating CRD's last object is gone, drop its cleanup finalizer (and so the CRD)."""
+        definition = self._definition_of(kind)
+        if definition is None or not definition["metadata"].get("deletionTimestamp") or self.count_objects(kind):
+            return
+        finalizers = definition["metadata"].get("finalizers") or []
+        if crds.CLEANUP_FINALIZER in finalizers:
+            done = copy.deepcopy(definition)
+            done["metadata"]["finalizers"] = [f for f in finalizers if f != crds.CLEANUP_FINALIZER]
+            done["metadata"].pop("resourceVersion", None)
+            self.write_object(CRDS, definition, done, manager="kube-apiserver", trusted=True)
 
     def _orphan_dependents(self, kind: Kind, owner: Mapping[str, Any]) -> None:
         uid = str((owner.get("metadata") or {}).get("uid"))
@@ -843,20 +1022,24 @@ class KubeApiServer(kmock.KubernetesEmulator):
 
     def dependents(self, owner_uid: str, namespace: str | None) -> list[tuple[Kind, JsonDict]]:
         return [
-            (kind, obj) for kind in KINDS
+            (kind, obj) for kind in self.kinds()
             for obj in self.list_objects(kind, namespace if kind.namespaced else None,
                                          lambda o: owner_uid in _owner_uids(o))
         ]
 
-    def select(self, kind: Kind, namespace: str | None, label_selector: str | None = None,
-               field_selector: str | None = None) -> list[JsonDict]:
+    @staticmethod
+    def _matcher(kind: Kind, label_selector: str | None, field_selector: str | None) -> Callable[[JsonDict], bool]:
         try:
             labels = parse_label_selector(label_selector)
             fields = parse_field_selector(field_selector, kind.field_selectors)
         except SelectorError as error:
             raise bad_request(str(error)) from error
-        return self.list_objects(kind, namespace, lambda obj: labels_match(
-            labels, (obj.get("metadata") or {}).get("labels")) and all(f.matches(obj) for f in fields))
+        return lambda obj: labels_match(labels, (obj.get("metadata") or {}).get("labels")) and all(
+            f.matches(obj) for f in fields)
+
+    def select(self, kind: Kind, namespace: str | None, label_selector: str | None = None,
+               field_selector: str | None = None) -> list[JsonDict]:
+        return self.list_objects(kind, namespace, self._matcher(kind, label_selector, field_selector))
 
     def mint_token(self, namespace: str, service_account: str, audiences: Iterable[str] | None = None, *,
                    expiration_seconds: int = DEFAULT_EXPIRATION_SECONDS, pod: Mapping[str, Any] | None = None,
@@ -902,7 +1085,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
                               '"Ignore", "Strict", "Warn"')
         if directive == "Ignore" or not isinstance(body, dict):
             return
-        problems = [f'unknown field "{path}"' for path in openapi.schemas().unknown_fields(kind, body, patch=patch)]
+        version = self.custom_version(kind)
+        unknown = (crds.unknown_fields(version.schema, body) if version is not None
+                   else openapi.schemas().unknown_fields(kind, body, patch=patch))
+        problems = [f'unknown field "{path}"' for path in unknown]
         if problems and directive == "Strict":
             raise bad_request(f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
                               f"strict decoding error: {', '.join(problems)}")
@@ -931,9 +1117,22 @@ class KubeApiServer(kmock.KubernetesEmulator):
         return _api_response(obj)
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        """A list at the newest version, or (resourceVersionMatch=Exact) as it was at the version asked for."""
         kind, namespace = self._target(request)
-        found = self.select(kind, namespace, request.params.get("labelSelector"), request.params.get("fieldSelector"))
+        self._check_list_options(request, watch=False)
+        since = self._resource_version(request.params.get("resourceVersion"))
         listed_rv = self._rv
+        if request.params.get("resourceVersionMatch") == "Exact" and since is not None and since != self._rv:
+            gone = self._expired(kind, since)
+            if gone is not None:
+                raise gone
+            matches = self._matcher(kind, request.params.get("labelSelector"), request.params.get("fieldSelector"))
+            found = [o for o in self._objects_at(kind, since)
+                     if (namespace is None or o["metadata"].get("namespace") == namespace) and matches(o)]
+            listed_rv = since
+        else:
+            found = self.select(kind, namespace, request.params.get("labelSelector"),
+                                request.params.get("fieldSelector"))
         token = request.params.get("continue")
         if token:
             try:
@@ -965,7 +1164,9 @@ class KubeApiServer(kmock.KubernetesEmulator):
         if include not in ("None", "Metadata", "Object"):
             raise bad_request(f'includeObject: Unsupported value: "{include}": supported values: "Metadata", '
                               '"None", "Object"')
-        return tables.table(kind, objects, meta, include_object=include)
+        version = self.custom_version(kind)
+        return tables.table(kind, objects, meta, include_object=include,
+                            custom=version.columns if version is not None else None)
 
     # --- the scale subresource (autoscaling/v1 Scale), what `kubectl scale` reads and writes ---------
 
@@ -1211,12 +1412,45 @@ class KubeApiServer(kmock.KubernetesEmulator):
         # (kubectl then warns "sa could also match serviceaccounts/token") and spells the core group "/v1".
         ref = request.resource
         group, version = (ref.group, ref.version) if ref is not None else (None, None)
-        resources = api_resources(str(group), str(version))
+        resources = api_resources(str(group), str(version), self.served_kinds())
         if not resources:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
         return _api_response({"kind": "APIResourceList", "apiVersion": "v1",
                               "groupVersion": f"{group}/{version}" if group else str(version),
                               "resources": resources})
+
+    def _group_versions(self) -> dict[str, list[str]]:
+        """Each served group (not the core one) and its versions, the preferred one first."""
+        groups: dict[str, set[str]] = {}
+        for kind in self.served_kinds():
+            if kind.group:
+                groups.setdefault(kind.group, set()).add(kind.version)
+        return {group: sorted(versions, key=crds.version_priority) for group, versions in groups.items()}
+
+    @staticmethod
+    def _api_group(group: str, versions: list[str]) -> JsonDict:
+        listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": listed, "preferredVersion": listed[0]}
+
+    # Written here rather than taken from kmock, which derives groups from every object it ever stored (a deleted
+    # CRD's group would stay) and picks a preferred version at random.
+    async def _serve_apis(self, request: kmock.Request) -> kmock.Payload:
+        return _api_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            self._api_group(group, versions) for group, versions in self._group_versions().items()]})
+
+    async def _serve_group(self, request: kmock.Request) -> kmock.Payload:
+        group = request.resource.group if request.resource is not None else None
+        versions = self._group_versions().get(str(group))
+        if not versions:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        return _api_response({"kind": "APIGroup", "apiVersion": "v1", **self._api_group(str(group), versions)})
+
+    async def _serve_root(self, request: kmock.Request) -> kmock.Payload:
+        paths = {"/api", "/api/v1", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi/v2",
+                 "/openapi/v3", "/.well-known/openid-configuration", "/openid/v1/jwks"}
+        for group, versions in self._group_versions().items():
+            paths |= {f"/apis/{group}", *(f"/apis/{group}/{v}" for v in versions)}
+        return _api_response({"paths": sorted(paths)})
 
     # --- OpenAPI: what kubectl reads before it validates or patches -----------------------------
 
@@ -1227,16 +1461,30 @@ class KubeApiServer(kmock.KubernetesEmulator):
             raise StatusError(406, "NotAcceptable", "only the following media types are accepted: application/json")
         return KmockResponse(status=200, headers={"Content-Type": "application/json"}, payload=openapi.v2_document())
 
+    def _custom_documents(self) -> dict[str, str]:
+        """The OpenAPI v3 text of each group-version the CRDs serve (``apis/keyless.dev/v1alpha1``)."""
+        by_group_version: dict[str, list[crds.CustomVersion]] = {}
+        for (group, version, _), served in sorted(self._custom.items()):
+            by_group_version.setdefault(f"apis/{group}/{version}", []).append(served)
+        return {gv: openapi.custom_v3_document(versions) for gv, versions in by_group_version.items()}
+
     async def _serve_openapi_v3_index(self, request: kmock.Request) -> kmock.Payload:
-        return _api_response(openapi.v3_index())
+        custom = {gv: openapi.text_hash(text) for gv, text in self._custom_documents().items()}
+        return _api_response(openapi.v3_index(custom))
 
     async def _serve_openapi_v3(self, request: kmock.Request) -> kmock.Payload:
         group_version = request.url.path.removeprefix("/openapi/v3/").strip("/")
-        document = openapi.v3_document(group_version)
+        custom = self._custom_documents().get(group_version)
+        if custom is not None:
+            document: bytes | None = custom.encode()
+            digest = openapi.text_hash(custom)
+        else:
+            document = openapi.v3_document(group_version)
+            digest = openapi.v3_hash(group_version)
         if document is None:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
-        self._add_header(request, "Etag", f'"{openapi.v3_hash(group_version)}"')
-        if request.params.get("hash") == openapi.v3_hash(group_version):
+        self._add_header(request, "Etag", f'"{digest}"')
+        if request.params.get("hash") == digest:
             self._add_header(request, "Cache-Control", "public, immutable")  # the URL names the content
         return KmockResponse(status=200, headers={"Content-Type": "application/json"}, payload=document)
 
@@ -1248,10 +1496,99 @@ class KubeApiServer(kmock.KubernetesEmulator):
             "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64",
         })
 
+    # --- list and watch options ----------------------------------------------------------------
+
+    def _check_list_options(self, request: kmock.Request, *, watch: bool) -> None:
+        """``ValidateListOptions``: how resourceVersionMatch, sendInitialEvents and bookmarks may be combined."""
+        params = request.params
+        match = params.get("resourceVersionMatch") or ""
+        send_initial = params.get("sendInitialEvents")
+        causes: list[Cause] = []
+        if watch:
+            if send_initial is not None and match != "NotOlderThan":
+                causes.append(Cause("resourceVersionMatch", "Forbidden: sendInitialEvents requires setting "
+                                                            "resourceVersionMatch to NotOlderThan",
+                                    "FieldValueForbidden"))
+            if match:
+                if send_initial is None:
+                    causes.append(Cause("resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden for "
+                                                                "watch unless sendInitialEvents is provided",
+                                        "FieldValueForbidden"))
+                if match != "NotOlderThan":
+                    causes.append(Cause("resourceVersionMatch", f"Unsupported value: {json.dumps(match)}: supported "
+                                                                'values: "NotOlderThan"', "FieldValueNotSupported"))
+                if params.get("allowWatchBookmarks") not in ("true", "1"):
+                    causes.append(Cause("allowWatchBookmarks", "Forbidden: allowWatchBookmarks must be set to true "
+                                                               "when sendInitialEvents is provided",
+                                        "FieldValueForbidden"))
+        else:
+            if match:
+                if not params.get("resourceVersion"):
+                    causes.append(Cause("resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden unless "
+                                                                "resourceVersion is provided", "FieldValueForbidden"))
+                if params.get("continue"):
+                    causes.append(Cause("resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden when "
+                                                                "continue is provided", "FieldValueForbidden"))
+                if match not in ("Exact", "NotOlderThan"):
+                    causes.append(Cause("resourceVersionMatch", f"Unsupported value: {json.dumps(match)}: supported "
+                                                                'values: "Exact", "NotOlderThan", ""',
+                                        "FieldValueNotSupported"))
+                if match == "Exact" and params.get("resourceVersion") == "0":
+                    causes.append(Cause("resourceVersionMatch", 'Forbidden: resourceVersionMatch "exact" is '
+                                                                'forbidden for resourceVersion "0"',
+                                        "FieldValueForbidden"))
+            if send_initial is not None:
+                causes.append(Cause("sendInitialEvents", "Forbidden: sendInitialEvents is forbidden for list",
+                                    "FieldValueForbidden"))
+        if causes:
+            parts = [f"{c.field}: {c.message}" for c in causes]
+            summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+            raise StatusError(422, "Invalid", f'ListOptions.meta.k8s.io "" is invalid: {summary}', {
+                "group": "meta.k8s.io", "kind": "ListOptions",
+                "causes": [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]})
+
+    def _resource_version(self, text: str | None) -> int | None:
+        """A requested resourceVersion: None for "" and "0" (any), else a number no newer than the newest."""
+        if not text or text == "0":
+            return None
+        try:
+            wanted = int(text)
+        except ValueError as error:
+            raise bad_request(f"invalid resource version: {text!r}") from error
+        if wanted > self._rv:
+            # The API server waits a few seconds for its cache to catch up, then gives up with this.
+            raise StatusError(504, "Timeout", f"Timeout: Too large resource version: {wanted}, current: {self._rv}",
+                              {"causes": [{"reason": "ResourceVersionTooLarge",
+                                           "message": "Too large resource version"}], "retryAfterSeconds": 1})
+        return wanted
+
+    def _expired(self, kind: Kind, since: int) -> StatusError | None:
+        """410 Gone when changes of this resource after ``since`` are no longer kept."""
+        evicted = self._evicted.get(kind.resource_key)
+        if evicted is None or since >= evicted:
+            return None
+        log = self._logs[kind.resource_key]
+        return StatusError(410, "Expired", f"too old resource version: {since} ({log[0].rv - 1})")
+
+    def _objects_at(self, kind: Kind, since: int) -> list[JsonDict]:
+        """The kind's objects as they were at ``since``: today's, with the kept changes after it undone."""
+        state = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in self.list_objects(kind)}
+        for change in reversed(self._logs.get(kind.resource_key, ())):
+            if change.rv <= since:
+                break
+            meta = change.obj.get("metadata") or {}
+            key = (meta.get("namespace"), str(meta.get("name")))
+            if change.type == "ADDED":
+                state.pop(key, None)
+            elif change.old is not None:
+                state[key] = _in_version(kind, copy.deepcopy(change.old))
+        return [state[k] for k in sorted(state, key=lambda k: (k[0] or "", k[1]))]
+
     # --- watches --------------------------------------------------------------------------------
 
     async def _watch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         kind, namespace = self._target(request)
+        self._check_list_options(request, watch=True)
         try:
             labels = parse_label_selector(request.params.get("labelSelector"))
             fields = parse_field_selector(request.params.get("fieldSelector"), kind.field_selectors)
@@ -1259,10 +1596,12 @@ class KubeApiServer(kmock.KubernetesEmulator):
             raise bad_request(str(error)) from error
         if request.name is not None:
             fields = (*fields, FieldRequirement("metadata.name", request.name, True))
-        watcher = _Watcher(kind, namespace, labels, fields)
+        watcher = _Watcher(kind, namespace, labels, fields,
+                           bookmarks=request.params.get("allowWatchBookmarks") in ("true", "1"))
         # Registration and the initial events happen without an await in between, so nothing is missed.
-        initial = self._initial_events(watcher, request.params.get("resourceVersion"))
-        self._watchers.append(watcher)
+        initial = self._initial_events(watcher, request.params.get("resourceVersion"),
+                                       request.params.get("sendInitialEvents"))
+        self._watchers.setdefault(kind.resource_key, []).append(watcher)
         timeout = request.params.get("timeoutSeconds")
         deadline = time.monotonic() + (float(timeout) if timeout and timeout.isdigit() else 1800.0)
         raw = request._raw_request
@@ -1272,45 +1611,66 @@ class KubeApiServer(kmock.KubernetesEmulator):
             await response.prepare(raw)
             for event in initial:
                 await response.write(json.dumps(event).encode() + b"\n")
-            async for event in self._events(watcher, deadline):
-                await response.write(json.dumps(event).encode() + b"\n")
+            if not initial or initial[-1].get("type") != "ERROR":
+                async for event in self._events(watcher, deadline):
+                    await response.write(json.dumps(event).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             pass  # the client went away; real watches end the same way
         finally:
-            if watcher in self._watchers:
-                self._watchers.remove(watcher)
+            watchers = self._watchers.get(kind.resource_key, [])
+            if watcher in watchers:
+                watchers.remove(watcher)
         return response
 
-    def _initial_events(self, watcher: _Watcher, resource_version: str | None) -> list[JsonDict]:
-        if not resource_version or resource_version == "0":
+    def _initial_events(self, watcher: _Watcher, resource_version: str | None,
+                        send_initial: str | None) -> list[JsonDict]:
+        """What a watch sends before live changes, by its resourceVersion and sendInitialEvents.
+
+        Unset or "0": every selected object as ADDED. A version: the kept changes after it, or an ERROR 410 when
+        they are no longer kept. sendInitialEvents=true: the objects, then a BOOKMARK marking their end.
+        """
+        def current() -> list[JsonDict]:
             return [{"type": "ADDED", "object": obj} for obj in self.list_objects(watcher.kind, watcher.namespace)
                     if watcher.selects(obj)]
-        try:
-            since = int(resource_version)
-        except ValueError as error:
-            raise bad_request(f"invalid resource version: {resource_version!r}") from error
-        oldest = self._log[0].rv if self._log else self._rv + 1
-        if since < oldest - 1 and len(self._log) == self._log.maxlen:
-            gone = StatusError(410, "Expired", f"too old resource version: {since} ({oldest - 1})")
+
+        since = self._resource_version(resource_version)
+        if send_initial in ("true", "1"):
+            return [*current(), watcher.bookmark(self._rv, initial_events_end=True)]
+        if since is None:
+            return [] if send_initial is not None else current()
+        gone = self._expired(watcher.kind, since)
+        if gone is not None:
             return [{"type": "ERROR", "object": gone.body()}]
         events = []
-        for change in self._log:
-            if change.rv > since and change.kind is watcher.kind:
+        for change in self._logs.get(watcher.kind.resource_key, ()):
+            if change.rv > since:
                 event = watcher.event_for(change)
                 if event is not None:
                     events.append(event)
         return events
 
     async def _events(self, watcher: _Watcher, deadline: float) -> AsyncIterator[JsonDict]:
+        next_bookmark = time.monotonic() + self.bookmark_seconds
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 return
-            try:
-                event = await asyncio.wait_for(watcher.queue.get(), timeout=min(remaining, 5.0))
-            except TimeoutError:
-                continue
+            if watcher.queue.empty():
+                wait = min(deadline - now, 5.0)
+                if watcher.bookmarks:
+                    wait = max(0.0, min(wait, next_bookmark - now))
+                try:
+                    event = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
+                except TimeoutError:
+                    if watcher.bookmarks and time.monotonic() >= next_bookmark and watcher.queue.empty():
+                        # Every change up to the newest was queued when committed, and the queue is empty: the
+                        # watcher has seen everything up to here, which is what a bookmark tells it.
+                        next_bookmark = time.monotonic() + self.bookmark_seconds
+                        yield watcher.bookmark(self._rv)
+                    continue
+            else:
+                event = watcher.queue.get_nowait()
             if event is None:
                 return
             yield event
@@ -1319,6 +1679,6 @@ class KubeApiServer(kmock.KubernetesEmulator):
 
     def close_watches(self) -> None:
         """End every open watch (on shutdown), so the HTTP server can stop without waiting."""
-        for watcher in list(self._watchers):
-            watcher.queue.put_nowait(None)
-
+        for watchers in self._watchers.values():
+            for watcher in list(watchers):
+                watcher.queue.put_nowait(None)

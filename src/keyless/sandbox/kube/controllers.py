@@ -19,7 +19,6 @@ from keyless.sandbox.kube.schema import (
     DEPLOYMENTS,
     EVENTS,
     JOBS,
-    KINDS,
     NAMESPACES,
     PODS,
     REPLICA_SETS,
@@ -263,14 +262,14 @@ class Controllers:
                     await self.api.create_object(SERVICE_ACCOUNTS, name, {"metadata": {"name": "default"}},
                                                  manager=MANAGER)
             return
-        for kind in KINDS:
+        for kind in self.api.kinds():
             if not kind.namespaced:
                 continue
             for obj in self.api.list_objects(kind, name):
                 with contextlib.suppress(StatusError):
                     await self.api.delete_object(kind, name, obj["metadata"]["name"])
         # Objects with finalizers linger; the namespace goes once they are gone (their deletion requeues it).
-        if not any(self.api.list_objects(k, name) for k in KINDS if k.namespaced):
+        if not any(self.api.list_objects(k, name) for k in self.api.kinds() if k.namespaced):
             finalized = copy.deepcopy(namespace)
             finalized.setdefault("spec", {})["finalizers"] = []
             self.api.write_object(NAMESPACES, namespace, finalized, manager=MANAGER, trusted=True)

@@ -19,12 +19,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from keyless.sandbox.kube.crds import CustomVersion
 from keyless.sandbox.kube.merge import JsonDict
 from keyless.sandbox.kube.schema import KINDS, Kind
 
 _MODELS: Final = "lightkube.models"
 # The Kubernetes definition name of each lightkube model module.
-_PREFIXES: Final = {"meta_v1": "io.k8s.apimachinery.pkg.apis.meta.v1", "runtime": "io.k8s.apimachinery.pkg.runtime"}
+_PREFIXES: Final = {"meta_v1": "io.k8s.apimachinery.pkg.apis.meta.v1", "runtime": "io.k8s.apimachinery.pkg.runtime",
+                    "apiextensions_v1": "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1"}
 # Names the models declare as plain aliases (``Time = datetime``): their Kubernetes schemas.
 _SCALARS: Final[Mapping[str, JsonDict]] = {
     "io.k8s.apimachinery.pkg.apis.meta.v1.Time": {"type": "string", "format": "date-time"},
@@ -77,6 +79,8 @@ _QUANTITY_MAPS: Final = frozenset({
 })
 _PATCH_TYPES: Final = ("application/apply-patch+yaml", "application/json-patch+json",
                        "application/merge-patch+json", "application/strategic-merge-patch+json")
+# Custom resources take no strategic merge patch: kubectl reads this to send them a JSON merge patch instead.
+_CUSTOM_PATCH_TYPES: Final = _PATCH_TYPES[:3]
 _TOKEN_REQUEST: Final = "io.k8s.api.authentication.v1.TokenRequest"
 _SCALE: Final = "io.k8s.api.autoscaling.v1.Scale"
 
@@ -299,7 +303,8 @@ def _content(name: str) -> JsonDict:
 
 
 def _operation(action: str, verb: str, kind: Kind, gvk: JsonDict, *, body: str | None, answer: str,
-               parameters: tuple[JsonDict, ...] = (), scope: str = "", patch: bool = False) -> JsonDict:
+               parameters: tuple[JsonDict, ...] = (), scope: str = "", patch: bool = False,
+               patch_types: tuple[str, ...] = _PATCH_TYPES) -> JsonDict:
     op_kind = str(gvk["kind"])
     operation_id = f"{verb}{kind.group.split('.')[0].capitalize() or 'Core'}{kind.version.capitalize()}{scope}{op_kind}"
     operation: JsonDict = {
@@ -312,14 +317,15 @@ def _operation(action: str, verb: str, kind: Kind, gvk: JsonDict, *, body: str |
     if body is not None:
         if patch:
             operation["requestBody"] = {"required": True, "content": {
-                media: {"schema": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch")} for media in _PATCH_TYPES}}
+                media: {"schema": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch")} for media in patch_types}}
         else:
             operation["requestBody"] = {"required": True, "content": _content(body)}
     return operation
 
 
-def _paths(kind: Kind) -> dict[str, JsonDict]:
-    name = definition_name(_kind_model(kind))
+def _paths(kind: Kind, name: str | None = None) -> dict[str, JsonDict]:
+    name = name or definition_name(_kind_model(kind))
+    patch_types = _CUSTOM_PATCH_TYPES if kind.custom else _PATCH_TYPES
     list_name = f"{name}List"
     gvk: JsonDict = {"group": kind.group, "kind": kind.kind, "version": kind.version}
     root = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
@@ -350,7 +356,8 @@ def _paths(kind: Kind) -> dict[str, JsonDict]:
             "put": _operation("put", "replace", kind, gvk, body=name, answer=name, parameters=_WRITE_PARAMETERS,
                               scope=scope),
             "patch": _operation("patch", "patch", kind, gvk, body=name, answer=name,
-                                parameters=(*_WRITE_PARAMETERS, force), scope=scope, patch=True),
+                                parameters=(*_WRITE_PARAMETERS, force), scope=scope, patch=True,
+                                patch_types=patch_types),
             "delete": _operation("delete", "delete", kind, gvk, body=None, answer=name, scope=scope),
         },
     }
@@ -367,7 +374,8 @@ def _paths(kind: Kind) -> dict[str, JsonDict]:
                 "put": _operation("put", "replace", kind, gvk, body=name, answer=name, parameters=_WRITE_PARAMETERS,
                                   scope=f"{scope}Status"),
                 "patch": _operation("patch", "patch", kind, gvk, body=name, answer=name,
-                                    parameters=(*_WRITE_PARAMETERS, force), scope=f"{scope}Status", patch=True),
+                                    parameters=(*_WRITE_PARAMETERS, force), scope=f"{scope}Status", patch=True,
+                                    patch_types=patch_types),
             }
         elif sub == "scale":
             scale_gvk: JsonDict = {"group": "autoscaling", "kind": "Scale", "version": "v1"}
@@ -390,12 +398,12 @@ def _paths(kind: Kind) -> dict[str, JsonDict]:
     return paths
 
 
-def _list_schema(kind: Kind) -> JsonDict:
+def _list_schema(kind: Kind, name: str | None = None) -> JsonDict:
     return {
         "description": f"A list of {kind.kind} objects.", "type": "object", "required": ["items"],
         "properties": {
             "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-            "items": {"type": "array", "items": _ref(definition_name(_kind_model(kind)))},
+            "items": {"type": "array", "items": _ref(name or definition_name(_kind_model(kind)))},
             "metadata": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"),
         },
         "x-kubernetes-group-version-kind": [{"group": kind.group, "kind": f"{kind.kind}List",
@@ -467,9 +475,59 @@ def v3_hash(group_version: str) -> str:
     return hashlib.sha512(_v3_document_text(group_version).encode()).hexdigest()[:128].upper()
 
 
-def v3_index() -> JsonDict:
-    """``/openapi/v3``: where each group-version's document is (its URL carries the content hash)."""
-    return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash={v3_hash(gv)}"} for gv in group_versions()}}
+def v3_index(custom: Mapping[str, str] | None = None) -> JsonDict:
+    """``/openapi/v3``: where each group-version's document is (its URL carries the content hash).
+
+    ``custom``: the hash of each group-version the CRDs serve.
+    """
+    hashes = {gv: v3_hash(gv) for gv in group_versions()} | dict(custom or {})
+    return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash={digest}"}
+                      for gv, digest in sorted(hashes.items())}}
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha512(text.encode()).hexdigest()[:128].upper()
+
+
+def custom_definition_name(kind: Kind) -> str:
+    """How the API server names a CRD's schema: the group reversed, the version, the kind (``dev.keyless.v1.App``)."""
+    return ".".join([*reversed(kind.group.split(".")), kind.version, kind.kind])
+
+
+def _custom_schema(version: CustomVersion) -> JsonDict:
+    schema = json.loads(json.dumps(version.schema))  # a copy, JSON values only
+    properties = schema.setdefault("properties", {})
+    properties["apiVersion"] = {"type": "string", "description": "APIVersion defines the versioned schema of this "
+                                                                 "representation of an object."}
+    properties["kind"] = {"type": "string", "description": "Kind is a string value representing the REST resource "
+                                                           "this object represents."}
+    properties["metadata"] = _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+    schema["x-kubernetes-group-version-kind"] = [{"group": version.kind.group, "kind": version.kind.kind,
+                                                  "version": version.kind.version}]
+    return dict(schema)
+
+
+def custom_v3_document(versions: list[CustomVersion]) -> str:
+    """The OpenAPI v3 document of a group-version served by CRDs: their schemas, as kubectl validates against."""
+    every = dict(schemas().components)
+    every["io.k8s.apimachinery.pkg.apis.meta.v1.Patch"] = {
+        "description": "Patch is the body of a PATCH request.", "type": "object"}
+    every["io.k8s.apimachinery.pkg.apis.meta.v1.Status"] = _STATUS
+    paths: dict[str, JsonDict] = {}
+    roots = list(_META_SCHEMAS)
+    for version in versions:
+        name = custom_definition_name(version.kind)
+        every[name] = _custom_schema(version)
+        every[f"{name}List"] = _list_schema(version.kind, name)
+        paths.update(_paths(version.kind, name))
+        roots += [name, f"{name}List"]
+    document = {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes CRD Swagger (keyless sandbox)", "version": "v0.1.0"},
+        "paths": paths,
+        "components": {"schemas": _reachable(roots, every)},
+    }
+    return json.dumps(document, sort_keys=True)
 
 
 @functools.cache

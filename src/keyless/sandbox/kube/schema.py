@@ -31,6 +31,12 @@ class Kind:
     subresources: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()  # what `kubectl get all` lists
     verbs: tuple[str, ...] = _VERBS  # a review is only created, never stored: ("create",)
+    custom: bool = False  # served because a CustomResourceDefinition says so (crds.py holds its schema)
+
+    @property
+    def resource_key(self) -> tuple[str, str]:
+        """What stays the same across versions of one resource (a CRD's versions share their objects)."""
+        return self.group, self.plural
 
     @property
     def api_version(self) -> str:
@@ -86,10 +92,14 @@ SELF_SUBJECT_RULES_REVIEWS = Kind("authorization.k8s.io", "v1", "selfsubjectrule
 SELF_SUBJECT_REVIEWS = Kind("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False,
                             "selfsubjectreview", verbs=("create",))
 REVIEWS: Final = (SELF_SUBJECT_ACCESS_REVIEWS, SELF_SUBJECT_RULES_REVIEWS, SELF_SUBJECT_REVIEWS)
+CUSTOM_RESOURCE_DEFINITIONS = Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+                                   "CustomResourceDefinition", False, "customresourcedefinition", ("crd", "crds"),
+                                   status_subresource=True, has_generation=True, subresources=("status",),
+                                   categories=("api-extensions",))
 
 KINDS: Final = (NAMESPACES, SERVICE_ACCOUNTS, PODS, CONFIG_MAPS, SECRETS, SERVICES, EVENTS,
                 DEPLOYMENTS, REPLICA_SETS, JOBS, CRON_JOBS,
-                ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, *REVIEWS)
+                ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, *REVIEWS, CUSTOM_RESOURCE_DEFINITIONS)
 
 
 def kind_for(group: str | None, version: str | None, plural: str | None) -> Kind | None:
@@ -111,14 +121,14 @@ _SUBRESOURCES: Final[dict[str, tuple[str, str, str | None, tuple[str, ...]]]] = 
 }
 
 
-def api_resources(group: str, version: str) -> list[JsonDict]:
+def api_resources(group: str, version: str, kinds: Iterable[Kind] = KINDS) -> list[JsonDict]:
     """The ``resources`` of a group-version's discovery document (``/api/v1``, ``/apis/apps/v1``).
 
     Short names and categories belong to a resource only, never to its subresources: kubectl
     resolves ``sa`` against every entry and warns when a subresource could match too.
     """
     found: list[JsonDict] = []
-    for kind in KINDS:
+    for kind in kinds:
         if (kind.group, kind.version) != (group, version):
             continue
         entry: JsonDict = {"name": kind.plural, "singularName": kind.singular, "namespaced": kind.namespaced,
@@ -398,6 +408,8 @@ def validate(kind: Kind, obj: Mapping[str, Any], old: Mapping[str, Any] | None) 
                                      namespaced=kind is ROLES)
     elif kind in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
         causes += _validate_binding(kind, obj, old)
+    elif kind is EVENTS:
+        causes += _validate_event(obj)
     if causes:
         raise invalid(kind, str((obj.get("metadata") or {}).get("name") or ""), causes)
 
@@ -455,6 +467,19 @@ def _validate_binding(kind: Kind, obj: Mapping[str, Any], old: Mapping[str, Any]
     if old is not None and old.get("roleRef") != obj.get("roleRef"):
         causes.append(Cause("roleRef", f"Invalid value: {json.dumps(ref, sort_keys=True)}: cannot change roleRef"))
     return causes
+
+
+def _validate_event(event: Mapping[str, Any]) -> list[Cause]:
+    """Kubernetes' legacy core/v1 Event rule: the event lives in its object's namespace (or, for a cluster-scoped
+    object, in none or ``default``); the newer events.k8s.io fields are not required of core/v1 writers."""
+    namespace = (event.get("metadata") or {}).get("namespace") or ""
+    involved = event.get("involvedObject")
+    involved_namespace = (involved if isinstance(involved, dict) else {}).get("namespace") or ""
+    if (involved_namespace and involved_namespace != namespace) or (
+            not involved_namespace and namespace not in ("", "default")):
+        return [Cause("involvedObject.namespace", f"Invalid value: {json.dumps(involved_namespace)}: does not match "
+                                                  "event.namespace")]
+    return []
 
 
 def _pod_spec_mutable_view(spec: Mapping[str, Any]) -> JsonDict:

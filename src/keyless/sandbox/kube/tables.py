@@ -7,12 +7,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from keyless.sandbox.kube import crds
 from keyless.sandbox.kube.merge import JsonDict
 from keyless.sandbox.kube.schema import (
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     CONFIG_MAPS,
     CRON_JOBS,
+    CUSTOM_RESOURCE_DEFINITIONS,
     DEPLOYMENTS,
     JOBS,
     NAMESPACES,
@@ -285,6 +287,7 @@ PRINTERS: Final[Mapping[Kind, tuple[Sequence[Column], Printer]]] = {
     CLUSTER_ROLE_BINDINGS: (_BINDING_COLUMNS, _binding_row),
     ROLES: (_CREATED_AT, _created_at),
     CLUSTER_ROLES: (_CREATED_AT, _created_at),
+    CUSTOM_RESOURCE_DEFINITIONS: (_CREATED_AT, _created_at),
 }
 _DEFAULT: Final = ((_NAME, _AGE), lambda o, now: [_name(o), _age(o, now)])
 
@@ -297,10 +300,51 @@ def _row_object(obj: JsonDict, include: str) -> JsonDict | None:
     return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata") or {}}
 
 
+def _custom_cell(column: crds.PrinterColumn, obj: JsonDict, now: datetime.datetime) -> Any:
+    """One cell as the apiextensions table convertor makes it: the first value the path finds, typed by the
+    column (dates as ages); None (kubectl prints ``<none>``) when nothing is found or the type does not fit."""
+    try:
+        found = crds.find(column.json_path, obj)
+    except ValueError:
+        return None
+    if not found or found[0] is None:
+        return None
+    value = found[0]
+    if column.type == "string":
+        return crds.cell_text(value)
+    if column.type == "integer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    if column.type == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if column.type == "boolean" and isinstance(value, bool):
+        return value
+    if column.type == "date" and isinstance(value, str):
+        try:
+            then = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return "<invalid>"
+        return human_duration((now - then).total_seconds())
+    return None
+
+
+def custom_printer(columns: Sequence[crds.PrinterColumn]) -> tuple[Sequence[Column], Printer]:
+    """A CRD version's columns: Name, then its ``additionalPrinterColumns`` (only Age when it declares none)."""
+    if not columns:
+        return _DEFAULT
+    shown = (_NAME, *(Column(c.name, c.type, c.format, c.description, c.priority) for c in columns))
+
+    def printer(obj: JsonDict, now: datetime.datetime) -> list[Any]:
+        return [_name(obj), *(_custom_cell(c, obj, now) for c in columns)]
+    return shown, printer
+
+
 def table(kind: Kind, objects: Sequence[JsonDict], list_metadata: JsonDict, *, include_object: str = "Metadata",
-          now: datetime.datetime | None = None) -> JsonDict:
-    """The Table of ``objects`` (full objects, apiVersion and kind included) with the kind's columns."""
-    columns, printer = PRINTERS.get(kind, _DEFAULT)
+          now: datetime.datetime | None = None, custom: Sequence[crds.PrinterColumn] | None = None) -> JsonDict:
+    """The Table of ``objects`` (full objects, apiVersion and kind included) with the kind's columns.
+
+    ``custom``: the kind is a CRD's version and these are its printer columns.
+    """
+    columns, printer = custom_printer(custom) if custom is not None else PRINTERS.get(kind, _DEFAULT)
     moment = now or datetime.datetime.now(tz=datetime.UTC)
     rows = []
     for obj in objects:
