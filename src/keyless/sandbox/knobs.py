@@ -11,13 +11,14 @@ from __future__ import annotations
 import collections
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+
+from keyless.durations import parse_duration
 
 __all__ = [
     "LIMIT_NAMES",
@@ -119,17 +120,6 @@ class KnobSettings:
         return {"latency": self.latency, "jitter": self.jitter, "faultRate": self.fault_rate,
                 "faultSeed": self.fault_seed,
                 "rateLimits": {name: limit.to_json() for name, limit in sorted(self.rate_limits.items())}}
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from `50ms`, `0.2s`, `2m` or a bare number of seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (write e.g. 50ms, 0.2s, 1)")
-    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match[2]]
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | None:
