@@ -121,4 +121,5 @@ def test_the_lease_name_is_readable_and_tells_apps_and_targets_apart() -> None:
     assert lock_lease_name("shop", "prod-eks").startswith("keyless-shop-prod-eks-")
     assert lock_lease_name("a-b", "c") != lock_lease_name("a", "b-c")
     assert lock_lease_name("shop", "Prod_EKS") != lock_lease_name("shop", "prod-eks")
-    assert LOCK.name == lock_lease_name("shop", "prod-eks") and LOCK.namespace == "shop"
+    assert LOCK.name == lock_lease_name("shop", "prod-eks")
+    assert LOCK.namespace == "shop"
