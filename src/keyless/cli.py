@@ -234,8 +234,8 @@ def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
     return name, targets.get(name)
 
 
-def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None,
-              refresh: bool = True) -> Any:
+def _prepared(file: Path, target_name: str, app_name: str | None, targets_file: Path | None) -> Any:
+    """The app and target read and checked, and the clients of the target (nothing observed yet)."""
     from keyless import engine
     from keyless.porter import resolve_app_name
 
@@ -244,9 +244,21 @@ def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: 
     name, target = _target(target_name, targets_file)
     resolved_app = resolve_app_name(loaded, app_name, os.environ)
     provider, kube = engine.connect(name, target)
-    planned = engine.plan_app(engine.PlanInput(loaded, resolved_app, name, target), provider, kube, refresh=refresh)
+    return engine.PlanInput(loaded, resolved_app, name, target), provider, kube
+
+
+def _planned(spec: Any, provider: Any, kube: Any, refresh: bool) -> Any:
+    from keyless import engine
+
+    planned = engine.plan_app(spec, provider, kube, refresh=refresh)
     _print_diagnostics(planned.notes)
-    return planned, provider, kube, target
+    return planned
+
+
+def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None,
+              refresh: bool = True) -> Any:
+    spec, provider, kube = _prepared(file, target_name, app_name, targets_file)
+    return _planned(spec, provider, kube, refresh), provider, kube, spec.target
 
 
 def _show_plan(plan: Any, output: OutputFormat) -> None:
@@ -302,6 +314,21 @@ def _confirm(auto_approve: bool) -> None:
         raise typer.Exit(0)
 
 
+LockTimeoutOpt = Annotated[str, typer.Option(
+    "--lock-timeout", metavar="DURATION",
+    help="How long to wait while another apply of the same app and target holds its lock (e.g. 30s, 5m; 0: fail at "
+         "once). Exit 4 when it is still held.")]
+
+
+def _lock_timeout(value: str) -> float:
+    from keyless.durations import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"--lock-timeout {value}: {exc}", "e.g. --lock-timeout 5m, or 0 to fail at once") from None
+
+
 @app.command(name="apply", cls=_Command)
 def apply_command(
     plan_file: Annotated[Path | None, typer.Argument(help="A plan saved with `keyless plan --out`.")] = None,
@@ -314,14 +341,18 @@ def apply_command(
     fail_on: FailOnOpt = None,
     refresh: RefreshOpt = "true",
     no_refresh: NoRefreshOpt = False,
+    lock_timeout: LockTimeoutOpt = "5m",
 ) -> None:
     """Bind each service's identity: cloud binding, then service account, then a rollout of its pods.
     A saved plan (PLAN.json) is applied without asking, as Terraform does: it was reviewed when it was saved.
-    With --fail-on, nothing is applied (exit 1) when the least-privilege audit finds something that severe."""
+    With --fail-on, nothing is applied (exit 1) when the least-privilege audit finds something that severe.
+    One apply of an app on a target runs at a time (a Lease in its namespace); another waits --lock-timeout."""
     from keyless import engine
     from keyless.plan import planfile
 
     fresh = _refresh(refresh, no_refresh)
+    timeout = _lock_timeout(lock_timeout)
+    saved = None
     if plan_file is not None:
         try:
             saved = planfile.load(json.loads(plan_file.read_text()))
@@ -333,18 +364,36 @@ def apply_command(
             raise typer.Exit(3)
         name, tgt = _target(saved.target, targets)
         provider, kube = engine.connect(name, tgt)
-        fresh_observed = engine.observe_saved(saved, provider, kube, tgt.namespace, refresh=fresh)
-        if fresh_observed.digest() != saved.observed_digest:
-            raise engine.StalePlan()
-        the_plan = saved
+        app_of = saved.app
     else:
         if target is None:
             raise UsageError("apply needs --target NAME (or a saved plan file)",
                              "e.g. keyless apply -f porter.yaml --target prod-eks")
-        planned, provider, kube, tgt = _plan_for(file, target, app_name, targets, fresh)
-        the_plan = planned.plan  # observed once, just now: apply carries out exactly this plan
+        spec, provider, kube = _prepared(file, target, app_name, targets)
+        name, tgt, app_of = spec.target_name, spec.target, spec.app
+
+    def waiting(status: Any) -> None:
+        err.print(f"Waiting up to {lock_timeout} for the apply lock of app {app_of!r} on {name!r}, held by "
+                  f"{status.holder or 'another apply'}...", markup=False)
+
+    # Observed under the lock: an apply that waited for another plans from what that one left.
+    with engine.app_lock(kube, app_of, name, tgt.namespace, timeout=timeout, waiting=waiting) as held:
+        if saved is not None:
+            fresh_observed = engine.observe_saved(saved, provider, kube, tgt.namespace, refresh=fresh)
+            if fresh_observed.digest() != saved.observed_digest:
+                raise engine.StalePlan()
+            the_plan = saved
+        else:
+            the_plan = _planned(spec, provider, kube, fresh).plan  # apply carries out exactly this plan
+        _apply_locked(the_plan, provider, kube, tgt, held, output=output, fail_on=fail_on,
+                      file=file if plan_file is None else None, ask=plan_file is None and not auto_approve)
+
+
+def _apply_locked(the_plan: Any, provider: Any, kube: Any, tgt: Any, held: Any, *, output: OutputFormat,
+                  fail_on: Any, file: Path | None, ask: bool) -> None:
+    """The rest of apply, under the app's lock: show the plan, audit, confirm, apply, report."""
     _show_plan(the_plan, output)
-    failing = _audit_summary(the_plan, tgt, fail_on, file if plan_file is None else None)
+    failing = _audit_summary(the_plan, tgt, fail_on, file)
     if the_plan.blockers:
         raise typer.Exit(3)
     if failing:
@@ -352,9 +401,8 @@ def apply_command(
         raise typer.Exit(1)
     if not the_plan.changes:
         return
-    if plan_file is None:
-        _confirm(auto_approve)  # a saved plan was reviewed when it was made: applying it is the approval
-    report = apply_with_progress(the_plan, provider, kube, err)
+    _confirm(not ask)  # a saved plan was reviewed when it was made: applying it is the approval
+    report = apply_with_progress(the_plan, provider, kube, err, lock=held)
     if report.failures:
         err.print(f"\n{len(report.failures)} action(s) failed:", markup=False)
         for failure in report.failures:

@@ -11,8 +11,8 @@ from keyless.plan import Plan
 from keyless.providers.base import Provider
 
 
-def apply_with_progress(plan: Plan, provider: Provider, kube: KubeSide,
-                        console: Console) -> engine.ApplyReport:
+def apply_with_progress(plan: Plan, provider: Provider, kube: KubeSide, console: Console,
+                        lock: engine.HeldLock | None = None) -> engine.ApplyReport:
     """Apply the plan with a progress bar and one line per finished action."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
@@ -25,4 +25,4 @@ def apply_with_progress(plan: Plan, provider: Provider, kube: KubeSide,
                               markup=False)
             bar.advance(task)
 
-        return engine.apply_plan(plan, provider, kube, progress=tick)
+        return engine.apply_plan(plan, provider, kube, progress=tick, lock=lock)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import getpass
 import heapq
 import importlib
 import logging
+import os
+import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from keyless import clouds
@@ -17,8 +22,10 @@ from keyless.audit import AuditReport
 from keyless.bindings import Binding, desired_bindings, workloads
 from keyless.clouds import BINDING_ANNOTATION, PENDING_ANNOTATION
 from keyless.diagnostics import Diagnostic
-from keyless.errors import ApplyFailed, KeylessError, PreflightFailed
+from keyless.errors import ApplyFailed, KeylessError, LockHeld, LockLost, PreflightFailed
+from keyless.kube import lock as applock
 from keyless.kube.base import KubeSide
+from keyless.kube.lock import DEFAULT_LOCK_TIMEOUT, LOCK_DURATION, AppLock, LockState, LockStatus
 from keyless.kube.manifests import IDENTITY_RECORD
 from keyless.ownership import SERVICE_LABEL
 from keyless.plan.model import AccountSpec, Action, ActionKind, Observed, Plan, Resource
@@ -101,6 +108,98 @@ def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide, *, refresh: bo
         notes=tuple(f"{i.service + ': ' if i.service else ''}{i.message}" for i in issues),
     )
     return PlannedApp(plan=make_plan(request, observed), warnings=tuple(issues), notes=tuple(notes))
+
+
+# --- the apply lock ----------------------------------------------------------------------------
+
+# How often a waiting apply asks again: soon at first (a short apply ends soon), then every few seconds.
+LOCK_POLL = RetryPolicy(max_attempts=1_000_000, base_delay=1.0, max_delay=5.0, deadline=DEFAULT_LOCK_TIMEOUT)
+
+
+@dataclass
+class HeldLock:
+    """The app's apply lock while this process holds it; `lost` is set when a renewal found someone else holding it."""
+
+    lock: AppLock
+    lost: threading.Event = field(default_factory=threading.Event)
+    error: LockLost | None = None
+
+
+def default_holder(who: str | None = None) -> str:
+    """This process as a lock holder: `who` (else the CI job, else the user) at this host and pid."""
+    try:
+        user = who or getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        user = ""
+    return applock.holder_identity({} if who else os.environ, user, socket.gethostname(), os.getpid())
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "an unknown time"
+
+
+def _held_error(lock: AppLock, status: LockStatus, timeout: float) -> LockHeld:
+    holder = status.holder or "another apply"
+    waited = "did not wait (--lock-timeout 0)" if timeout <= 0 else f"waited {timeout:g}s (--lock-timeout)"
+    return LockHeld(
+        f"{lock.describe()} is locked by {holder} since {_when(status.since)}; {waited}",
+        f"let that apply finish, then run apply again, or wait longer with --lock-timeout (e.g. 10m); a holder that "
+        f"died frees the lock {lock.duration}s after its last renewal (now: until {_when(status.until)})")
+
+
+def _keep(kube: KubeSide, held: HeldLock, stop: threading.Event) -> None:
+    """Renew the lock every third of its lease until `stop`; a lock someone else took stops the apply."""
+    while not stop.wait(held.lock.renew_every):
+        try:
+            kube.renew_lock(held.lock)
+        except LockLost as exc:
+            held.error = exc
+            held.lost.set()
+            return
+        except KeylessError as exc:  # retried already; the lease outlasts two more failed renewals
+            log.warning("could not renew the apply lock of %s: %s", held.lock.describe(), exc.message)
+
+
+@contextmanager
+def app_lock(kube: KubeSide, app: str, target_name: str, namespace: str, *,
+             timeout: float = DEFAULT_LOCK_TIMEOUT, holder: str | None = None, duration: int = LOCK_DURATION,
+             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+             waiting: Callable[[LockStatus], None] | None = None) -> Iterator[HeldLock]:
+    """Hold the apply lock of `app` on `target_name` (a Lease in `namespace`) for the block: wait for it up to
+    `timeout` seconds (0: not at all) or raise LockHeld naming its holder; renew it meanwhile; release it at the end,
+    whatever ends the block (an error, Ctrl-C). `waiting` hears who holds it when this has to wait.
+
+    A face takes it before it observes, so that what it applies was observed under the lock: a second apply waits
+    for the first and then plans from what the first left, instead of applying a plan the first made stale."""
+    lock = applock.app_lock(namespace, app, target_name, holder or default_holder(), duration)
+    last = LockStatus(LockState.HELD)
+    told = waiting is None or timeout <= 0
+
+    def mine() -> bool:
+        nonlocal last, told
+        last = kube.try_lock(lock)
+        if last.state is LockState.HELD and not told and waiting is not None:
+            told = True
+            waiting(last)
+        return last.state is LockState.MINE
+
+    if not poll(mine, policy=replace(LOCK_POLL, deadline=max(0.0, timeout)), what=f"the lock of {lock.describe()}",
+                sleep=sleep, clock=clock):
+        raise _held_error(lock, last, timeout)
+    held = HeldLock(lock)
+    stop = threading.Event()
+    renewer = threading.Thread(target=_keep, args=(kube, held, stop), name="keyless-lock", daemon=True)
+    renewer.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        renewer.join()
+        try:
+            kube.release_lock(lock)
+        except KeylessError as exc:  # harmless: the lease runs out by itself
+            log.warning("could not release the apply lock of %s (it frees itself in %ss): %s", lock.describe(),
+                        lock.duration, exc.message)
 
 
 # --- applying ----------------------------------------------------------------------------------
@@ -272,13 +371,22 @@ def _write_together(actions: Sequence[Action], provider: BatchWriter, kube: Kube
 
 
 def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progress | None = None, *,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> ApplyReport:
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+               lock: HeldLock | None = None) -> ApplyReport:
     """Apply each service's actions in order; services run concurrently; one failure stops only its service.
 
     A service's cloud binding and service account go first, as fast as the provider's rate limits allow; its
     workloads restart once its own binding has settled (the write's answer says when), so the settle waits of all
     services overlap instead of holding a worker each, and nothing polls the cloud to find out.
+
+    The app's apply lock is held throughout: `lock`, taken by the caller before it observed (`app_lock`), or else
+    one taken here that does not wait (a plan observed before another apply's changes must not follow them).
     """
+    if lock is None and plan.changes:
+        with app_lock(kube, plan.app, plan.target, plan.changes[0].ref.namespace, timeout=0.0, clock=clock,
+                      sleep=sleep) as held:
+            return apply_plan(plan, provider, kube, progress, clock=clock, sleep=sleep, lock=held)
+    lost = lock.lost if lock is not None else threading.Event()
     timing = _Time(clock, sleep)
     by_service: dict[str, list[Action]] = {}
     for action in plan.changes:
@@ -295,8 +403,8 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
         settled_at = clock()
         journal: str | None = None
         for action in actions:
-            if stopping.is_set():
-                return None  # Ctrl-C: finish the call in flight, start nothing new; the next run converges
+            if stopping.is_set() or lost.is_set():
+                return None  # Ctrl-C or a lost lock: finish the call in flight, start nothing new
             start = time.monotonic()
             try:
                 done = _apply_one(action, provider, kube, written.get(id(action)), journal, timing)
@@ -354,6 +462,8 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
         raise
     writers.shutdown()
     restarters.shutdown()
+    if lost.is_set() and lock is not None and lock.error is not None:
+        raise lock.error
     ordered = [r for service in by_service for r in results[service]]
     if not any(not r.ok for r in ordered) and not stopping.is_set():
         kube.complete(plan)  # render mode writes the whole app's files once the cloud side is done

@@ -67,6 +67,18 @@ class ApplyFailed(KeylessError):
     exit_code = 1
 
 
+class LockHeld(KeylessError):
+    """Another apply of the same app on the same target held its lock past --lock-timeout: nothing was changed
+    (exit 4)."""
+
+    exit_code = 4
+
+
+class LockLost(CloudError):
+    """The apply lock was taken by someone else while this apply held it (renewals failed for a whole lease):
+    no new step starts (exit 1)."""
+
+
 class NotFound(KeylessError):
     """A named thing (app, service, target, deploy, token) does not exist (exit 2; HTTP 404)."""
 

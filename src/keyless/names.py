@@ -64,6 +64,17 @@ def service_account_name(app: str, service: str) -> str:
     return f"{head}-{suffix}"
 
 
+def lock_lease_name(app: str, target: str) -> str:
+    """The Lease holding the apply lock of one app on one target: `keyless-<app>-<target>-<hash>`.
+
+    The hash of both names keeps the name unique when '-' inside them would make two pairs read alike (`a-b` on `c`,
+    `a` on `b-c`) and when a target name is no DNS label (`Prod_EKS`); the rest is cut to stay within 63 characters."""
+    suffix = short_hash(app, target)
+    readable = re.sub(r"[^a-z0-9-]+", "-", f"keyless-{app}-{target}".lower())
+    head = readable[: DNS_LABEL_MAX - len(suffix) - 1].strip("-")
+    return f"{head}-{suffix}"
+
+
 # --- AWS IAM roles -----------------------------------------------------------------------------
 
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")

@@ -95,6 +95,11 @@ def ownership_labels(app: str, service: str, target: str) -> dict[str, str]:
     }
 
 
+def lock_labels(app: str, target: str) -> dict[str, str]:
+    """Labels that mark a Lease as keyless's apply lock for one app on one target."""
+    return {MANAGED_BY_LABEL: MANAGER, APP_LABEL: label_value(app), TARGET_LABEL: label_value(target)}
+
+
 def labelled_for(labels: Mapping[str, str], app: str, target: str) -> bool:
     """Whether the labels mark an object as keyless's for this app on this target."""
     return labels.get(APP_LABEL) == label_value(app) and labels.get(TARGET_LABEL) == label_value(target)

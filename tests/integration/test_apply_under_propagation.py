@@ -16,6 +16,7 @@ from azure.mgmt.msi.models import Identity
 from virtual_time import VirtualTime
 
 from keyless import engine
+from keyless.kube.lock import AppLock, LockState, LockStatus
 from keyless.plan import Plan, Resource
 from keyless.plan.model import (
     AccountSpec,
@@ -78,6 +79,16 @@ class Cluster:
         assert self.issuer is not None
         return self.issuer.mint(namespace=namespace, service_account=name, service_account_uid=str(uuid.uuid4()),
                                 audiences=[audience])
+
+    # Nobody else applies this app here: the apply lock is always this apply's.
+    def try_lock(self, lock: AppLock) -> LockStatus:
+        return LockStatus(LockState.MINE)
+
+    def renew_lock(self, lock: AppLock) -> None:
+        return None
+
+    def release_lock(self, lock: AppLock) -> None:
+        return None
 
     def complete(self, plan: Plan) -> None:
         return None

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -16,8 +18,16 @@ import httpx
 import pytest
 from e2e_support import Sandbox, run_cli
 from lightkube import Client, KubeConfig
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Pod, ServiceAccount
+from virtual_time import VirtualTime
 
+from keyless import engine
+from keyless.inputs import load_targets_file
+from keyless.names import lock_lease_name
+from keyless.ownership import lock_labels
 from keyless.porter import load_app
 from keyless.sandbox import control
 from keyless.sandbox.porter import deploy_workloads
@@ -88,13 +98,17 @@ def test_apply_binds_then_second_run_makes_no_changes(
     assert stack.eks is not None
     stack.eks.wait_idle()
     kube_version = stack.eks.api.resource_version
+    kube_calls = len(stack.eks.api.knobs.history())
     eks_writes = _eks_writes(env)
     code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve")
     assert code == 0, output
     assert "No changes" in output
     assert _eks_writes(env) == eks_writes  # the second run made no write call to EKS...
     stack.eks.wait_idle()
-    assert stack.eks.api.resource_version == kube_version  # ...nor to Kubernetes
+    # ...and to Kubernetes only the two of its apply lock: taken (the Lease stays after the first run), released.
+    writes = [c.operation for c in stack.eks.api.knobs.history()[kube_calls:] if c.write]
+    assert writes == ["update leases", "update leases"]
+    assert stack.eks.api.resource_version == kube_version + 2
 
     code, output = run("status", "--target", EKS_TARGET, "--app", "e2e-one", "--format", "json")
     assert code == 0, output
@@ -323,3 +337,93 @@ def test_status_shows_whole_identifiers_however_narrow_the_terminal(env: dict[st
     assert "…" not in output  # folded onto more lines, never cut
     cells = "".join(line.split("│")[3].strip() for line in output.splitlines() if line.count("│") >= 6)
     assert "arn:aws:iam::123456789012:role/keyless-demo-api" in cells
+
+
+# --- the per-app apply lock -------------------------------------------------------------------------
+
+
+def _lease(env: dict[str, str], app: str) -> Lease:
+    with Client(KubeConfig.from_file(env["KUBECONFIG"]), namespace="shop") as client:
+        return client.get(Lease, lock_lease_name(app, EKS_TARGET), namespace="shop")
+
+
+def test_apply_with_lock_timeout_0_fails_at_once_naming_the_holder_then_goes_ahead_once_released(
+        env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-locked", {"api": "keyless-demo-api"})
+    client = deploy(env, path)
+    holder = "https://ci.example/shop/jobs/7@runner-3/4242"
+    now = datetime.now(UTC)
+    client.create(Lease(metadata=ObjectMeta(name=lock_lease_name("e2e-locked", EKS_TARGET), namespace="shop",
+                                            labels=lock_labels("e2e-locked", EKS_TARGET)),
+                        spec=LeaseSpec(holderIdentity=holder, leaseDurationSeconds=300, acquireTime=now,
+                                       renewTime=now)))
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve", "--lock-timeout", "0")
+    assert code == 4, output
+    assert f"is locked by {holder} since" in output
+    assert "--lock-timeout" in output
+    assert "e2e-locked-api" not in associations("keyless-sandbox")  # nothing observed, nothing applied
+
+    held = _lease(env, "e2e-locked")
+    assert held.spec is not None
+    held.spec.holderIdentity = None  # the other apply finished
+    client.replace(held)
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve", "--lock-timeout", "0")
+    assert code == 0, output
+    assert "e2e-locked-api" in associations("keyless-sandbox")
+    after = _lease(env, "e2e-locked").spec
+    assert after is not None
+    assert after.holderIdentity is None  # released at the end
+    assert after.leaseTransitions == 1
+
+
+def test_a_blocked_or_failed_apply_releases_the_lock(env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-unlock", {"api": "no-such-role"})
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--auto-approve", "--lock-timeout", "0")
+    assert code == 3, output
+    spec = _lease(env, "e2e-unlock").spec
+    assert spec is not None
+    assert spec.holderIdentity is None
+    code, output = run("apply", "-f", str(path), "--target", EKS_TARGET, "--lock-timeout", "soon")
+    assert code == 2, output
+    assert "--lock-timeout soon: not a duration" in output
+
+
+def test_two_applies_at_once_the_second_waits_and_plans_from_what_the_first_left(
+        env: dict[str, str], tmp_path: Path) -> None:
+    path = porter_yaml(tmp_path, "e2e-twice", {"api": "keyless-demo-api", "worker": "keyless-demo-worker"})
+    deploy(env, path)
+    loaded = load_app(path.read_bytes(), str(path), {})
+    target = load_targets_file(Path(env["KEYLESS_TARGETS"]), env).get(EKS_TARGET)
+    spec = engine.PlanInput(loaded, "e2e-twice", EKS_TARGET, target)
+    holding, finish = threading.Event(), threading.Event()
+    first_report: list[engine.ApplyReport] = []
+
+    def first_apply() -> None:
+        provider, kube = engine.connect(EKS_TARGET, target)
+        with engine.app_lock(kube, "e2e-twice", EKS_TARGET, "shop", holder="first@ci/1") as held:
+            plan = engine.plan_app(spec, provider, kube).plan
+            holding.set()
+            finish.wait(60)
+            first_report.append(engine.apply_plan(plan, provider, kube, lock=held))
+
+    first = threading.Thread(target=first_apply)
+    first.start()
+    assert holding.wait(60)
+    waited = VirtualTime()
+
+    def sleep(seconds: float) -> None:  # while the second waits, the first applies and releases
+        waited.sleep(seconds)
+        finish.set()
+        first.join(120)
+
+    provider, kube = engine.connect(EKS_TARGET, target)
+    with engine.app_lock(kube, "e2e-twice", EKS_TARGET, "shop", holder="second@ci/2", clock=waited.clock,
+                         sleep=sleep) as held:
+        second = engine.plan_app(spec, provider, kube).plan  # observed under the lock, after the first's changes
+        report = engine.apply_plan(second, provider, kube, lock=held)
+    assert len(waited.sleeps) == 1
+    assert not first_report[0].failures
+    assert len(first_report[0].results) > 0
+    assert second.changes == []  # not a stale copy of the first's plan applied again
+    assert not report.failures
+    assert {"e2e-twice-api", "e2e-twice-worker"} <= associations("keyless-sandbox").keys()

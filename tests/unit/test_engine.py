@@ -6,8 +6,9 @@ import itertools
 import json
 import textwrap
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from keyless import engine
 from keyless.bindings import Binding
 from keyless.clouds import BINDING_ANNOTATION, IDENTITY_ANNOTATION, AwsRole, Cloud
-from keyless.errors import PreflightFailed
+from keyless.errors import ApplyFailed, LockHeld, LockLost, PreflightFailed
+from keyless.kube.lock import AppLock, LeaseRecord, LockState, LockStatus, lock_status, released, renewed, taken
 from keyless.kube.manifests import IDENTITY_RECORD
 from keyless.ownership import APP_LABEL, SERVICE_LABEL, Owner
 from keyless.plan import (
@@ -160,6 +162,7 @@ class FakeKube:
         self.workloads = {(w.namespace, w.kind, w.name): w for w in workloads}
         self.applied: list[tuple[ObjectRef, AccountSpec, tuple[str, ...]]] = []
         self.completed: list[Plan] = []
+        self.leases: dict[str, LeaseRecord] = {}
 
     def observe(self, namespace: str, app: str, service_accounts: Collection[str] = ()
                 ) -> tuple[list[ObservedServiceAccount], list[ObservedWorkload]]:
@@ -200,6 +203,34 @@ class FakeKube:
 
     def wait_rollout(self, namespace: str, name: str, timeout: float) -> bool:
         return True
+
+    # The apply lock: one Lease per name, in memory, at a fixed time (the pure decisions are test_lock.py's).
+    now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+    def try_lock(self, lock: AppLock) -> LockStatus:
+        self.log.add("lock", "try")
+        leases = self.leases
+        status = lock_status(leases.get(lock.name), lock.holder, self.now)
+        if status.state is LockState.HELD:
+            return status
+        leases[lock.name] = taken(leases.get(lock.name), lock, self.now)
+        return LockStatus(LockState.MINE, lock.holder)
+
+    def renew_lock(self, lock: AppLock) -> None:
+        record = self.leases.get(lock.name)
+        if record is None or record.holder != lock.holder:
+            raise LockLost("lost the apply lock")
+        self.leases[lock.name] = renewed(record, self.now)
+
+    def release_lock(self, lock: AppLock) -> None:
+        self.log.add("lock", "release")
+        record = self.leases.get(lock.name)
+        if record is not None and record.holder == lock.holder:
+            self.leases[lock.name] = released(record)
+
+    def holder(self, name: str) -> str | None:
+        record = self.leases.get(name)
+        return record.holder if record is not None else None
 
 
 def workload(service: str) -> ObservedWorkload:
@@ -595,3 +626,145 @@ def test_removing_a_whole_service_is_no_warning() -> None:
     plan = w.plan(without_api)
     assert any(a.kind is ActionKind.DELETE and a.service == "api" for a in plan.changes)
     assert plan.warnings == ()
+
+
+# --- the apply lock -----------------------------------------------------------------------------------
+
+OTHER = "https://ci.example/jobs/7@runner/42"
+LEASE = engine.applock.app_lock(NS, APP, TARGET, OTHER).name
+
+
+def hold(w: World, holder: str = OTHER) -> None:
+    """Someone else (another apply, the operator) holds the app's lock, renewed just now."""
+    w.kube.leases[LEASE] = LeaseRecord(holder=holder, duration=30, acquired=FakeKube.now, renewed=FakeKube.now)
+
+
+def test_apply_holds_the_apps_lock_from_before_the_first_change_to_after_the_last() -> None:
+    w = world()
+    plan = w.plan()
+    planned = len(w.log.calls)
+    w.apply(plan)
+    applying = w.log.calls[planned:]
+    assert [what for service, what in applying if service == "lock"] == ["try", "release"]
+    assert applying[0] == ("lock", "try")
+    assert applying[-1] == ("lock", "release")
+    assert w.kube.holder(LEASE) is None  # released: the next apply need not wait
+    assert w.kube.leases[LEASE].transitions == 0
+
+
+def test_apply_without_a_lock_of_its_own_never_waits_for_another_holder() -> None:
+    # A plan observed before another apply's changes must not be applied after them: it fails at once.
+    w = world()
+    plan = w.plan()
+    planned = len(w.log.calls)
+    hold(w)
+    time = StillClock()
+    with pytest.raises(LockHeld) as raised:
+        engine.apply_plan(plan, w.provider, w.kube, clock=time.clock, sleep=time.sleep)
+    assert raised.value.exit_code == 4
+    assert OTHER in raised.value.message
+    assert "since 2025-03-01 12:00:00 UTC" in raised.value.message
+    assert "--lock-timeout 0" in raised.value.message
+    assert "--lock-timeout" in raised.value.hint
+    assert time.now == 0.0
+    assert [s for s, _ in w.log.calls[planned:]] == ["lock"]  # nothing applied, nothing released that was not ours
+    assert w.kube.holder(LEASE) == OTHER
+
+
+def test_a_waiting_apply_goes_ahead_once_the_holder_releases() -> None:
+    w = world()
+    hold(w)
+    time = StillClock()
+    told: list[LockStatus] = []
+    polls = 0
+    real_try = w.kube.try_lock
+
+    def try_lock(lock: AppLock) -> LockStatus:
+        nonlocal polls
+        polls += 1
+        if polls == 3:  # the other apply finished meanwhile
+            w.kube.leases[LEASE] = released(w.kube.leases[LEASE])
+        return real_try(lock)
+
+    w.kube.try_lock = try_lock  # type: ignore[method-assign]
+    with engine.app_lock(w.kube, APP, TARGET, NS, timeout=300, holder="me@here/1", clock=time.clock,
+                         sleep=time.sleep, waiting=told.append) as held:
+        assert w.kube.holder(LEASE) == "me@here/1"
+        report = engine.apply_plan(w.plan(), w.provider, w.kube, lock=held)  # planned under the lock
+    assert not report.failures
+    assert polls == 3
+    assert [t.holder for t in told] == [OTHER]  # said once whom it waits for
+    assert 0 < time.now < 300
+    assert w.kube.holder(LEASE) is None
+    assert w.kube.leases[LEASE].transitions == 1  # passed from the other holder to this one
+
+
+def test_a_lock_still_held_after_the_timeout_fails_naming_the_holder() -> None:
+    w = world()
+    hold(w)
+    time = StillClock()
+    with pytest.raises(LockHeld) as raised, engine.app_lock(w.kube, APP, TARGET, NS, timeout=120,
+                                                            clock=time.clock, sleep=time.sleep):
+        pytest.fail("the block must not run without the lock")
+    assert time.now == pytest.approx(120.0)  # waited exactly the timeout, on the injected clock
+    assert f"locked by {OTHER}" in raised.value.message
+    assert "waited 120s" in raised.value.message
+    assert w.kube.holder(LEASE) == OTHER
+
+
+def test_the_lock_is_released_after_a_failed_apply_and_after_ctrl_c() -> None:
+    w = world(fail={"api"})
+    report = w.apply(w.plan())
+    assert report.failures
+    assert w.kube.holder(LEASE) is None
+    w = world()
+    plan = w.plan()
+
+    def interrupted(ref: ObjectRef, service: str, settings: PodTemplateSettings) -> None:
+        raise KeyboardInterrupt
+
+    w.kube.update_workload = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        w.apply(plan)
+    assert w.kube.holder(LEASE) is None
+    with pytest.raises(ApplyFailed), engine.app_lock(w.kube, APP, TARGET, NS, holder="me@here/1"):
+        raise ApplyFailed("a face's own failure under the lock")
+    assert w.kube.holder(LEASE) is None
+
+
+def test_different_apps_and_targets_have_different_locks() -> None:
+    w = world()
+    hold(w)
+    for app, target in (("other", TARGET), (APP, "staging")):
+        with engine.app_lock(w.kube, app, target, NS, timeout=0, holder="me@here/1"):
+            pass
+    assert w.kube.holder(LEASE) == OTHER
+
+
+def test_a_lock_lost_while_applying_starts_nothing_new_and_fails() -> None:
+    w = world()
+    plan = w.plan()
+    planned = len(w.log.calls)
+    with engine.app_lock(w.kube, APP, TARGET, NS, holder="me@here/1", duration=1) as held:
+        hold(w)  # the lease ran out unrenewed (a stalled process) and another apply took it over
+        assert held.lost.wait(30), "the renewal in the background saw the lock taken"
+        with pytest.raises(LockLost):
+            engine.apply_plan(plan, w.provider, w.kube, lock=held)
+    assert [s for s, what in w.log.calls[planned:] if s != "lock"] == []  # no change made
+    assert w.kube.holder(LEASE) == OTHER  # and the other holder's lock is left alone
+
+
+def test_the_lock_is_renewed_in_the_background_while_held() -> None:
+    w = world()
+    renewals = threading.Semaphore(0)
+    real_renew: Callable[[AppLock], None] = w.kube.renew_lock
+
+    def counted(lock: AppLock) -> None:
+        real_renew(lock)
+        renewals.release()
+
+    w.kube.renew_lock = counted  # type: ignore[method-assign]
+    with engine.app_lock(w.kube, APP, TARGET, NS, holder="me@here/1", duration=1):
+        assert renewals.acquire(timeout=30)
+        assert renewals.acquire(timeout=30)
+    assert w.kube.holder(LEASE) is None

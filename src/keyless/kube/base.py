@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
+from keyless.kube.lock import AppLock, LockStatus
 from keyless.plan.model import (
     AccountSpec,
     Intent,
@@ -56,4 +57,17 @@ class KubeSide(Protocol):
 
     def complete(self, plan: Plan) -> None:
         """Once every action of the plan succeeded: render mode writes the app's files; a cluster does nothing."""
+        ...
+
+    def try_lock(self, lock: AppLock) -> LockStatus:
+        """One attempt at the app's apply lock: MINE once taken (created, taken over from a holder whose lease ran
+        out, or already ours), else who holds it and until when. Render mode has no cluster and no lock: MINE."""
+        ...
+
+    def renew_lock(self, lock: AppLock) -> None:
+        """Keep the lock: its renewTime becomes now. Raises LockLost when someone else holds it."""
+        ...
+
+    def release_lock(self, lock: AppLock) -> None:
+        """Give the lock up if it is still ours (the Lease stays, with no holder)."""
         ...

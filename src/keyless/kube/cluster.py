@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
@@ -10,19 +11,30 @@ from typing import Any, TypeVar, cast
 import httpx2
 from lightkube import ApiError, Client
 from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.core_v1 import PodTemplateSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.operators import Operator
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob, Job
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import ServiceAccount
 from lightkube.types import PatchType
 
 from keyless.clouds import IDENTITY_ANNOTATION, PENDING_ANNOTATION
-from keyless.errors import CloudError
+from keyless.errors import CloudError, LockLost
 from keyless.kube.config import load_config
+from keyless.kube.lock import AppLock, LeaseRecord, LockState, LockStatus, lock_status, released, renewed, taken
 from keyless.kube.manifests import defer_to_other_manager, service_account_manifest, workload_patch
-from keyless.ownership import APP_LABEL, MANAGED_BY_LABEL, MANAGER, PORTER_APP_LABEL, PORTER_SERVICE_LABEL, label_value
+from keyless.ownership import (
+    APP_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGER,
+    PORTER_APP_LABEL,
+    PORTER_SERVICE_LABEL,
+    label_value,
+    lock_labels,
+)
 from keyless.plan.model import (
     AccountSpec,
     Intent,
@@ -48,7 +60,8 @@ _HINTS = {
          "`az aks get-credentials`, `gcloud container clusters get-credentials`)",
     403: "the kubeconfig's user lacks RBAC permission: in the target namespace keyless needs get, list, create, patch "
          "and delete on serviceaccounts, create on serviceaccounts/token, get, list and patch on deployments, list "
-         "and patch on cronjobs, list on jobs (README: Kubernetes permissions)",
+         "and patch on cronjobs, list on jobs, get, create and update on leases (coordination.k8s.io) "
+         "(README: Kubernetes permissions)",
     404: "check the namespace in the targets file and that the object still exists",
     409: "someone else changed the object at the same time: run keyless again",
     422: "the API server rejected the change as invalid",
@@ -172,6 +185,31 @@ def _restart_stamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # RFC 3339, as `kubectl rollout restart` writes
 
 
+# A lock write that meets another writer (409) reads the Lease again and decides again, this many times at most.
+LOCK_WRITE_ATTEMPTS = 3
+
+
+def _lease_record(lease: Lease) -> LeaseRecord:
+    spec = lease.spec or LeaseSpec()
+    return LeaseRecord(holder=spec.holderIdentity or None, duration=spec.leaseDurationSeconds,
+                       acquired=spec.acquireTime, renewed=spec.renewTime, transitions=spec.leaseTransitions or 0)
+
+
+def _lease_spec(record: LeaseRecord) -> LeaseSpec:
+    return LeaseSpec(holderIdentity=record.holder, leaseDurationSeconds=record.duration,
+                     acquireTime=record.acquired, renewTime=record.renewed, leaseTransitions=record.transitions)
+
+
+def _micro_time(now: datetime) -> datetime:
+    """`now` as a Lease's MicroTime: lightkube writes a whole second without its fraction, which an API server's
+    MicroTime parser refuses, so a whole second moves on by one microsecond."""
+    return now if now.microsecond else now.replace(microsecond=1)
+
+
+def _mine(record: LeaseRecord) -> LockStatus:
+    return LockStatus(LockState.MINE, record.holder, record.acquired, record.expires())
+
+
 # Lists are read in pages of this many objects (limit/continue), as kubectl does: the API server answers a page
 # at a time instead of building one response of every object in the namespace.
 LIST_PAGE = 500
@@ -205,6 +243,9 @@ class ClusterKube:
         self._sleep = sleep
         self._clock = clock
         self._now = now
+        # Each lock this instance holds, as it last wrote it: a renewal is one write on that resourceVersion.
+        self._held: dict[tuple[str, str], Lease] = {}
+        self._held_guard = threading.Lock()
 
     def close(self) -> None:
         self._client.close()
@@ -436,3 +477,90 @@ class ClusterKube:
                              lambda: self._client.create(request, name, namespace=namespace))
         status = getattr(created, "status", None)
         return str(status.token) if status is not None and status.token else None
+
+    # --- the apply lock ---
+
+    def _read_lease(self, lock: AppLock) -> Lease | None:
+        live = self._get_or_none(f"read Lease {lock.namespace}/{lock.name}",
+                                 lambda: self._client.get(Lease, lock.name, namespace=lock.namespace))
+        labels = (live.metadata.labels if live is not None and live.metadata is not None else None) or {}
+        if live is not None and labels.get(MANAGED_BY_LABEL) != MANAGER:
+            raise CloudError(f"Lease {lock.namespace}/{lock.name} exists and is not keyless's (no label "
+                             f"{MANAGED_BY_LABEL}={MANAGER}): keyless will not use it as the lock of {lock.app!r}",
+                             "delete or rename that Lease if nothing uses it")
+        return live
+
+    def _write_lease(self, lock: AppLock, live: Lease | None, record: LeaseRecord) -> bool:
+        """Create the Lease (`live` None) or replace it on the resourceVersion read; False when another writer came
+        first (409), so the caller reads again."""
+        key = (lock.namespace, lock.name)
+        what = f"{'create' if live is None else 'update'} Lease {lock.namespace}/{lock.name}"
+        metadata = live.metadata if live is not None else ObjectMeta(  # the one read carries its resourceVersion
+            name=lock.name, namespace=lock.namespace, labels=lock_labels(lock.app, lock.target))
+        lease = Lease(metadata=metadata, spec=_lease_spec(record))
+
+        def write() -> Lease:
+            return self._client.create(lease) if live is None else self._client.replace(lease)
+
+        try:
+            written = self._retrying(what, write)
+        except httpx2.HTTPStatusError as exc:
+            if _status_code(exc) == 409:  # AlreadyExists or Conflict; also a retry of a write that had succeeded
+                with self._held_guard:
+                    self._held.pop(key, None)
+                return False
+            raise self._error(what, exc) from exc
+        except httpx2.HTTPError as exc:
+            raise self._error(what, exc) from exc
+        with self._held_guard:
+            if record.holder == lock.holder:
+                self._held[key] = written
+            else:
+                self._held.pop(key, None)
+        return True
+
+    def try_lock(self, lock: AppLock) -> LockStatus:
+        """Create the Lease, or take it over on the resourceVersion read when it is free (released, or its holder
+        stopped renewing a whole lease ago); otherwise say who holds it and until when."""
+        status = LockStatus(LockState.HELD)
+        for _ in range(LOCK_WRITE_ATTEMPTS):
+            live = self._read_lease(lock)
+            record = _lease_record(live) if live is not None else None
+            status = lock_status(record, lock.holder, self._now())
+            if status.state is LockState.HELD:
+                return status
+            mine = taken(record, lock, _micro_time(self._now()))
+            if self._write_lease(lock, live, mine):
+                return _mine(mine)
+        return status if status.state is not LockState.MINE else LockStatus(LockState.HELD)
+
+    def _held_lease(self, lock: AppLock) -> Lease | None:
+        with self._held_guard:
+            kept = self._held.get((lock.namespace, lock.name))
+        return kept if kept is not None else self._read_lease(lock)
+
+    def renew_lock(self, lock: AppLock) -> None:
+        """One write of renewTime on the Lease as this instance last wrote it; read again only after a conflict."""
+        for _ in range(LOCK_WRITE_ATTEMPTS):
+            live = self._held_lease(lock)
+            record = _lease_record(live) if live is not None else None
+            if live is None or record is None or record.holder != lock.holder:
+                who = f"{record.holder} holds it now" if record is not None and record.holder else "its Lease is gone"
+                raise LockLost(f"lost the apply lock of {lock.describe()}: {who}",
+                               "another apply may be changing the app: let it finish, then run apply again")
+            if self._write_lease(lock, live, renewed(record, _micro_time(self._now()))):
+                return
+        raise LockLost(f"could not renew the apply lock of {lock.describe()}: its Lease keeps changing",
+                       "another apply may be changing the app: let it finish, then run apply again")
+
+    def release_lock(self, lock: AppLock) -> None:
+        """Clear the holder if it is still this one, so the next apply need not wait for the lease to run out."""
+        for _ in range(LOCK_WRITE_ATTEMPTS):
+            live = self._held_lease(lock)
+            record = _lease_record(live) if live is not None else None
+            if live is None or record is None or record.holder != lock.holder:
+                break
+            if self._write_lease(lock, live, released(record)):
+                return
+        with self._held_guard:
+            self._held.pop((lock.namespace, lock.name), None)

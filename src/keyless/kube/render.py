@@ -11,6 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from keyless.errors import CloudError
+from keyless.kube.lock import AppLock, LockState, LockStatus
 from keyless.kube.manifests import (
     RenderedService,
     render_manifests,
@@ -142,6 +143,17 @@ class RenderedKube:
 
     def request_token(self, namespace: str, name: str, audience: str) -> str | None:
         return None  # no cluster to ask: the propagation check is skipped in render mode
+
+    # Render mode has no cluster to hold a Lease in, and writes each file whole: two renders at once each write a
+    # complete, consistent set, and the GitOps repository (its branches, reviews and merges) serializes what lands.
+    def try_lock(self, lock: AppLock) -> LockStatus:
+        return LockStatus(LockState.MINE, lock.holder)
+
+    def renew_lock(self, lock: AppLock) -> None:
+        return None
+
+    def release_lock(self, lock: AppLock) -> None:
+        return None
 
 
 def _written_by_keyless(path: Path, app: str, target: str) -> bool:

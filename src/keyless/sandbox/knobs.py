@@ -12,13 +12,14 @@ from __future__ import annotations
 import collections
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+
+from keyless.durations import parse_duration
 
 __all__ = [
     "LIMIT_NAMES",
@@ -222,17 +223,6 @@ class KnobSettings:
                 "rateLimits": {name: limit.to_json() for name, limit in sorted(self.rate_limits.items())},
                 "propagation": {name: found.to_json() for name, found in sorted(self.propagation.items())},
                 "agentCache": self.agent_cache}
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from `50ms`, `0.2s`, `2m`, `3h` or a bare number of seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (write e.g. 50ms, 0.2s, 1)")
-    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match[2]]
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | None:

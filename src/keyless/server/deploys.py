@@ -126,13 +126,24 @@ class DeployRunner:
         self.store.set_deploy_plan(record.id, planfile.dump(plan), render_text(plan), len(plan.changes),
                                    DeployStatus.PLANNED)
 
+    def _holder(self, record: DeployRecord) -> str:
+        """This deploy as the holder of the app's apply lock, in words a person can trace back to it."""
+        server = f" {self.server}" if self.server else ""
+        return engine.default_holder(f"keyless serve{server} deploy {record.id} for {record.requested_by}")
+
     def _plan_and_apply(self, record: DeployRecord) -> None:
-        _, provider, kube, plan = self._plan(record.app, record.target_name)
-        if plan.blockers:
-            self.store.set_deploy_plan(record.id, planfile.dump(plan), render_text(plan), 0, DeployStatus.PLANNING)
-            self.store.finish_deploy(record.id, DeployStatus.BLOCKED, _blockers_text(plan))
-            return
-        self._apply(record.id, plan, provider, kube)
+        spec = self.plane.plan_input(self.store.get_app(record.app), record.target_name)
+        provider, kube = self.plane.connector(spec.target_name, spec.target)
+        # Planned under the app's lock, like the CLI's apply: a CLI or operator apply running now is waited for.
+        with engine.app_lock(kube, spec.app, spec.target_name, spec.target.namespace,
+                             holder=self._holder(record)) as held:
+            plan = engine.plan_app(spec, provider, kube).plan
+            if plan.blockers:
+                self.store.set_deploy_plan(record.id, planfile.dump(plan), render_text(plan), 0,
+                                           DeployStatus.PLANNING)
+                self.store.finish_deploy(record.id, DeployStatus.BLOCKED, _blockers_text(plan))
+                return
+            self._apply(record.id, plan, provider, kube, held)
 
     def _apply_saved(self, record: DeployRecord) -> None:
         assert record.plan is not None
@@ -142,12 +153,14 @@ class DeployRunner:
             return
         target = self.plane.target(plan.target)
         provider, kube = self.plane.connector(plan.target, target)
-        observed = engine.observe_saved(plan, provider, kube, target.namespace)
-        if observed.digest() != plan.observed_digest:
-            raise engine.StalePlan()
-        self._apply(record.id, plan, provider, kube)
+        with engine.app_lock(kube, plan.app, plan.target, target.namespace, holder=self._holder(record)) as held:
+            observed = engine.observe_saved(plan, provider, kube, target.namespace)
+            if observed.digest() != plan.observed_digest:
+                raise engine.StalePlan()
+            self._apply(record.id, plan, provider, kube, held)
 
-    def _apply(self, deploy_id: int, plan: Plan, provider: Provider, kube: KubeSide) -> None:
+    def _apply(self, deploy_id: int, plan: Plan, provider: Provider, kube: KubeSide,
+               lock: engine.HeldLock) -> None:
         changes = plan.changes
         self.store.set_deploy_plan(deploy_id, planfile.dump(plan), render_text(plan), len(changes),
                                    DeployStatus.APPLYING)
@@ -166,7 +179,7 @@ class DeployRunner:
                 address=action.address, ok=result.ok, message=result.message, seconds=result.seconds,
                 finished_at=dt.datetime.now(dt.UTC)))
 
-        report = engine.apply_plan(plan, provider, kube, progress=progress)
+        report = engine.apply_plan(plan, provider, kube, progress=progress, lock=lock)
         failures = report.failures
         if failures:
             lines = [f"{f.action.service}: {f.action.resource.value} {f.action.address}: {f.message}"

@@ -32,6 +32,9 @@ KEYLESS_RULES: Final[tuple[JsonDict, ...]] = (
     # observe (list) and update_workload (merge patch); Jobs are only listed.
     {"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": ["list", "patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
+    # The per-app apply lock: try_lock (get, then create, or update to take over an expired Lease), renew_lock and
+    # release_lock (update: a released Lease stays, its holder cleared).
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
 )
 
 

@@ -78,6 +78,9 @@ JOBS = Kind("batch", "v1", "jobs", "Job", True, "job", (), status_subresource=Tr
             field_selectors=frozenset({"status.successful"}), subresources=("status",), categories=("all",))
 CRON_JOBS = Kind("batch", "v1", "cronjobs", "CronJob", True, "cronjob", ("cj",), status_subresource=True,
                  has_generation=True, subresources=("status",), categories=("all",))
+# What leader election and keyless's per-app apply lock hold: no status, no generation, writes checked on
+# resourceVersion like every update.
+LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease", True, "lease")
 
 _RBAC: Final = "rbac.authorization.k8s.io"
 ROLES = Kind(_RBAC, "v1", "roles", "Role", True, "role")
@@ -98,7 +101,7 @@ CUSTOM_RESOURCE_DEFINITIONS = Kind("apiextensions.k8s.io", "v1", "customresource
                                    categories=("api-extensions",))
 
 KINDS: Final = (NAMESPACES, SERVICE_ACCOUNTS, PODS, CONFIG_MAPS, SECRETS, SERVICES, EVENTS,
-                DEPLOYMENTS, REPLICA_SETS, JOBS, CRON_JOBS,
+                DEPLOYMENTS, REPLICA_SETS, JOBS, CRON_JOBS, LEASES,
                 ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, *REVIEWS, CUSTOM_RESOURCE_DEFINITIONS)
 
 
@@ -410,6 +413,12 @@ def validate(kind: Kind, obj: Mapping[str, Any], old: Mapping[str, Any] | None) 
         causes += _validate_binding(kind, obj, old)
     elif kind is EVENTS:
         causes += _validate_event(obj)
+    elif kind is LEASES:
+        # Kubernetes' ValidateLeaseSpec, with its wording.
+        if spec.get("leaseDurationSeconds") is not None and int(spec["leaseDurationSeconds"]) <= 0:
+            causes.append(Cause("spec.leaseDurationSeconds", "Invalid value: must be greater than 0"))
+        if spec.get("leaseTransitions") is not None and int(spec["leaseTransitions"]) < 0:
+            causes.append(Cause("spec.leaseTransitions", "Invalid value: must be greater than or equal to 0"))
     if causes:
         raise invalid(kind, str((obj.get("metadata") or {}).get("name") or ""), causes)
 
