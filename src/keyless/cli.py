@@ -669,6 +669,77 @@ def serve(
                 host=host, port=port, log_level="warning")
 
 
+# --- the operator ------------------------------------------------------------------------------
+
+operator_app = typer.Typer(cls=_Group, help="The fleet operator: a Kubernetes controller that keeps every "
+                           "KeylessApp's identities bound and repairs drift.", invoke_without_command=True)
+app.add_typer(operator_app, name="operator")
+
+
+@operator_app.callback()
+def operator(
+    ctx: typer.Context,
+    targets: TargetsOpt = None,
+    namespace: Annotated[list[str] | None, typer.Option(
+        "--namespace", "-n", help="Watch KeylessApps in this namespace (repeatable).")] = None,
+    all_namespaces: Annotated[bool, typer.Option(
+        "--all-namespaces", "-A", help="Watch KeylessApps in every namespace (the default without --namespace).")
+    ] = False,
+    refresh_interval: Annotated[str, typer.Option(
+        "--refresh-interval", help="How often an app that sets no spec.refreshInterval is read back: 10m, 1h.")
+    ] = "10m",
+    context: Annotated[str | None, typer.Option(
+        "--context", help="The kubeconfig context of the cluster holding the KeylessApps (default: the current "
+                          "one, or the pod's own account).")] = None,
+    liveness: Annotated[str | None, typer.Option(
+        "--liveness", help="Serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+) -> None:
+    """Run the controller: plan and apply each KeylessApp through the engine, refresh it every interval and
+    repair drift, remove what keyless bound when it is deleted. `keyless operator manifests` installs it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import asyncio
+
+    from keyless import engine
+    from keyless.durations import parse_duration
+    from keyless.kube.home import HomeCluster
+    from keyless.operator.controller import OperatorOptions, run_operator
+    from keyless.operator.reconcile import Reconciler
+    from keyless.targets import targets_path
+
+    if namespace and all_namespaces:
+        raise UsageError("give --namespace or --all-namespaces, not both")
+    try:
+        interval = parse_duration(refresh_interval)
+    except ValueError as exc:
+        raise UsageError(f"--refresh-interval: {exc}") from None
+    path = targets_path(str(targets) if targets else None, os.environ)
+    if not path.exists():
+        raise UsageError(f"{path}: targets file not found",
+                         "pass --targets FILE (in a cluster: the keyless-targets ConfigMap, mounted)")
+    load_targets_file(path, os.environ)  # bad targets stop the operator here, with FILE:LINE:COL
+    home = HomeCluster(context)
+    holder = engine.default_holder("keyless-operator")
+    reconciler = Reconciler(path, holder, home.config_map_value)
+    options = OperatorOptions(namespaces=tuple(namespace or ()), refresh_interval=interval, liveness=liveness)
+    where = ", ".join(options.namespaces) if options.namespaces else "all namespaces"
+    err.print(f"keyless operator ({holder}) watching KeylessApps in {where}, targets from {path}", markup=False)
+    asyncio.run(run_operator(reconciler, home, options))
+
+
+@operator_app.command("manifests", cls=_Command)
+def operator_manifests_command(
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Where the operator runs.")] = "keyless-system",
+    image: Annotated[str | None, typer.Option("--image", help="The operator's container image.")] = None,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Operator replicas.")] = 2,
+) -> None:
+    """Print the KeylessApp CRD, the operator's least-privilege RBAC and its Deployment, for `kubectl apply -f -`."""
+    from keyless.kube.yamltext import to_yaml
+    from keyless.operator.manifests import operator_manifests
+
+    print(to_yaml(*operator_manifests(namespace, image or f"keyless:{__version__}", replicas)), end="")
+
+
 # --- sandbox and demo ---------------------------------------------------------------------------
 
 sandbox_app = typer.Typer(cls=_Group, help="The local sandbox: AWS, Azure, GCP and Kubernetes stand-ins on loopback.",

@@ -211,6 +211,7 @@ class ActionResult:
     ok: bool
     message: str
     seconds: float
+    binding_id: str | None = None  # the binding a cloud write left in place (status pages show it)
 
 
 @dataclass(frozen=True)
@@ -408,7 +409,7 @@ def apply_plan(plan: Plan, provider: Provider, kube: KubeSide, progress: Progres
             start = time.monotonic()
             try:
                 done = _apply_one(action, provider, kube, written.get(id(action)), journal, timing)
-                result = ActionResult(action, True, done.message, time.monotonic() - start)
+                result = ActionResult(action, True, done.message, time.monotonic() - start, done.binding_id)
                 settled_at = max(settled_at, clock() + done.settles_in)
                 journal = done.binding_id or journal
             except KeylessError as exc:

@@ -68,7 +68,7 @@ _HINTS = {
 }
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """Throttling, server errors and lost connections are worth another try; everything else is an answer."""
     if isinstance(exc, httpx2.HTTPStatusError):  # ApiError, or an error body that is not a Status
         code = exc.response.status_code
@@ -271,7 +271,7 @@ class ClusterKube:
                           "check the kubeconfig context and that the cluster is reachable")
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        return call_with_retry(_unmasked(fn), policy=self._policy, retryable=_transient, what=what, sleep=self._sleep,
+        return call_with_retry(_unmasked(fn), policy=self._policy, retryable=is_transient, what=what, sleep=self._sleep,
                                clock=self._clock)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -458,7 +458,7 @@ class ClusterKube:
                              max_delay=self._poll_seconds * 4, deadline=timeout)
         try:
             # poll() already retries throttled or failed reads until the timeout: no second retry layer here.
-            return poll(_unmasked(check), policy=policy, retryable=_transient, what=f"rollout of {namespace}/{name}",
+            return poll(_unmasked(check), policy=policy, retryable=is_transient, what=f"rollout of {namespace}/{name}",
                         sleep=self._sleep, clock=self._clock)
         except _RolloutStuck:
             return False

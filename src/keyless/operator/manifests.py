@@ -48,8 +48,9 @@ def _spec_schema() -> dict[str, Any]:
                 "description": "Where porter.yaml is instead: a key of a ConfigMap in this namespace.",
             },
             "app": {"type": "string", "description": "The app in porter.yaml (default: its name)."},
-            "refreshInterval": {"type": "string", "default": "10m", "pattern": r"^([0-9]+(\.[0-9]+)?(ms|h|m|s))+$",
-                                "description": "How often the operator reads every binding back and repairs drift."},
+            "refreshInterval": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ms|h|m|s))+$",
+                                "description": "How often the operator reads every binding back and repairs drift "
+                                               "(default: the operator's --refresh-interval, 10m)."},
             "suspend": {"type": "boolean", "default": False,
                         "description": "Stop writing (plans and status go on)."},
         },
@@ -82,6 +83,9 @@ def _status_schema() -> dict[str, Any]:
                            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
             "bindings": {"type": "array", "items": binding},
             "lastAppliedPlan": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "appliedTo": {"type": "object", "properties": {"target": {"type": "string"}, "app": {"type": "string"}},
+                          "description": "Where keyless holds bindings for this object: what deleting it removes."},
+            "lastRefreshTime": {"type": "string", "format": "date-time"},
         },
     }
 

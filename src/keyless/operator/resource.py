@@ -9,12 +9,12 @@ and writes back what these functions return. Conditions follow the Kubernetes AP
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from keyless.diagnostics import Diagnostic, Position, Severity
+from keyless.durations import parse_duration
 from keyless.errors import InvalidInput
 from keyless.plan import ActionKind, Plan, Resource
 
@@ -32,7 +32,6 @@ __all__ = [
     "KeylessAppSpec",
     "binding_states",
     "merge_conditions",
-    "parse_duration",
     "parse_spec",
     "plan_summary",
     "porter_yaml_source",
@@ -48,18 +47,6 @@ SHORT_NAMES: Final = ("kapp",)
 FINALIZER: Final = "keyless.dev/cleanup"
 DEFAULT_REFRESH_INTERVAL: Final = 600.0  # spec.refreshInterval's default, "10m"
 MIN_REFRESH_INTERVAL: Final = 10.0  # below this, a fleet's refreshes would be the clouds' whole rate limit
-
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT_SECONDS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Kubernetes/Go duration (`10m`, `1h30m`, `45s`, `500ms`); ValueError if it is not one."""
-    value = text.strip()
-    if not value or _DURATION.sub("", value):
-        raise ValueError(f"{text!r} is not a duration: write it like 10m, 1h30m or 45s")
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION.findall(value))
-
 
 @dataclass(frozen=True, slots=True)
 class ConfigMapKeyRef:

@@ -1,6 +1,6 @@
 """porter.yaml: reading, validating and modelling an app and its services' connections."""
 
-from keyless.porter.loader import LoadedApp, load_app, load_apps, resolve_app_name
+from keyless.porter.loader import LoadedApp, app_without_services, load_app, load_apps, resolve_app_name
 from keyless.porter.model import (
     App,
     AwsRoleConnection,
@@ -24,6 +24,7 @@ __all__ = [
     "LoadedApp",
     "Service",
     "ServiceType",
+    "app_without_services",
     "load_app",
     "load_apps",
     "resolve_app_name",

@@ -664,6 +664,13 @@ def load_app(data: bytes, file: str, env: Mapping[str, str], app_name: str | Non
                                    f"pass --app NAME, one of: {listing}")])
 
 
+def app_without_services(name: str, file: str) -> LoadedApp:
+    """An app that keeps its name and has no services left: what a plan removes everything keyless bound for
+    the app against (the operator, when a KeylessApp is deleted, whatever its porter.yaml says by then)."""
+    names.check_app_name(name)
+    return LoadedApp(app=App.model_construct(name=name, services=[]), document=Located(file, {"name": name}))
+
+
 def resolve_app_name(loaded: LoadedApp, override: str | None, env: Mapping[str, str]) -> str:
     """The app name: `--app`, else `name:` in the file, else $PORTER_APP_NAME (as Porter's CLI does)."""
     candidates = [
