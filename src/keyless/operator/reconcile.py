@@ -185,7 +185,7 @@ class Reconciler:
                         trigger: Trigger, failures: int, publish: Callable[[Outcome], None] | None) -> Outcome:
         provider, kube = self.connect(spec.target, target)
         with engine.app_lock(kube, app, spec.target, target.namespace, timeout=0, holder=self.holder,
-                             clock=self.clock, sleep=self.sleep):
+                             clock=self.clock, sleep=self.sleep) as held:
             planned = engine.plan_app(engine.PlanInput(loaded, app, spec.target, target), provider, kube)
             plan = planned.plan
             stamp = self.now().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -220,7 +220,7 @@ class Reconciler:
                 return Outcome(tuple(conditions), (*events, Event(False, reason, message)),
                                tuple(binding_states(plan, applied=False)), plan_summary(plan, stamp, False),
                                applied_to=applied_to)
-            report = engine.apply_plan(plan, provider, kube, clock=self.clock, sleep=self.sleep)
+            report = engine.apply_plan(plan, provider, kube, clock=self.clock, sleep=self.sleep, lock=held)
             failed = frozenset(r.action.service for r in report.failures)
             ids = {r.action.service: r.binding_id for r in report.results if r.binding_id}
             bindings = tuple(binding_states(plan, failed, binding_ids=ids))
@@ -256,9 +256,9 @@ class Reconciler:
         try:
             provider, kube = self.connect(target_name, target)
             with engine.app_lock(kube, app, target_name, target.namespace, timeout=0, holder=self.holder,
-                                 clock=self.clock, sleep=self.sleep):
+                                 clock=self.clock, sleep=self.sleep) as held:
                 plan = engine.plan_app(engine.PlanInput(empty, app, target_name, target), provider, kube).plan
-                report = engine.apply_plan(plan, provider, kube, clock=self.clock, sleep=self.sleep)
+                report = engine.apply_plan(plan, provider, kube, clock=self.clock, sleep=self.sleep, lock=held)
         except LockHeld as exc:
             return Outcome(conditions=(), events=(Event(False, "Waiting", exc.message),), retry_in=LOCK_RETRY)
         except (CloudError, KeylessError) as exc:
