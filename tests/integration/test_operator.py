@@ -202,7 +202,7 @@ def _eks_calls(env: dict[str, str]) -> dict[str, int]:
 
 def test_a_keylessapp_binds_repairs_a_deleted_association_and_is_cleaned_up(
         sandbox: Sandbox, operator_env: dict[str, str], replicas: list[str]) -> None:
-    stack, state = sandbox
+    _, state = sandbox
     env = operator_env
     cluster = _eks_cluster()
     porter = "name: op-shop\nservices:\n  - name: api\n    type: web\n    port: 8080\n    connections:\n" \
