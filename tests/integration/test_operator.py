@@ -28,8 +28,13 @@ from e2e_support import Sandbox, run_cli
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.codecs import load_all_yaml
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.core_v1 import Event, Pod
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod
+from lightkube.types import PatchType
 
+from keyless import engine
+from keyless.inputs import load_targets_file
+from keyless.kube.cluster import ClusterKube
 from keyless.kube.home import HomeCluster
 from keyless.operator.controller import OperatorOptions, run_operator
 from keyless.operator.reconcile import Reconciler
@@ -305,3 +310,98 @@ def test_a_keylessapp_with_bad_porter_yaml_is_blocked_at_its_line_without_a_clou
 def _eks_cluster() -> str:
     return str(boto3.client("eks").list_clusters()["clusters"][0])
 
+
+
+def _patch_spec(env: dict[str, str], name: str, spec: dict[str, Any]) -> None:
+    _admin(env).patch(KeylessApp, name, {"spec": spec}, namespace="shop", patch_type=PatchType.MERGE)
+
+
+def _role_of(cluster: str, service_account: str) -> str | None:
+    found = _associations(cluster, service_account)
+    if not found:
+        return None
+    described = boto3.client("eks").describe_pod_identity_association(
+        clusterName=cluster, associationId=found[0]["associationId"])["association"]
+    return str(described["roleArn"]).rsplit("/", 1)[-1]
+
+
+def _refreshed_after(env: dict[str, str], name: str, stamp: str | None) -> Any:
+    found = _get(env, name)
+    last = (found.get("status") or {}).get("lastRefreshTime") if found is not None else None
+    return found if last is not None and last != stamp else None
+
+
+def test_a_role_changed_by_hand_is_restored_unless_suspended(
+        operator_env: dict[str, str], replicas: list[str]) -> None:
+    env, cluster = operator_env, _eks_cluster()
+    porter = "name: op-role\nservices:\n  - name: api\n    type: web\n    connections:\n" \
+             "      - type: awsRole\n        role: keyless-demo-api\n"
+    _apply_yaml(env, _keylessapp("op-role", EKS_TARGET, porter))
+    _ready(env, "op-role")
+    assert _role_of(cluster, "op-role-api") == "keyless-demo-api"
+    [association] = _associations(cluster, "op-role-api")
+    worker = boto3.client("iam").get_role(RoleName="keyless-demo-worker")["Role"]["Arn"]
+    boto3.client("eks").update_pod_identity_association(
+        clusterName=cluster, associationId=association["associationId"], roleArn=worker)
+    _wait("the role to be restored", lambda: _role_of(cluster, "op-role-api") == "keyless-demo-api")
+    _wait("Drifted cleared", lambda: (_condition(_get(env, "op-role"), "Drifted") or {}).get("status") == "False")
+
+    # Suspended: the operator reads and reports, and writes nothing.
+    _patch_spec(env, "op-role", {"suspend": True})
+    _wait("the suspend to be seen", lambda: (_condition(_get(env, "op-role"), "Ready") or {}).get("reason")
+          in ("UpToDate", "Suspended"))
+    boto3.client("eks").update_pod_identity_association(
+        clusterName=cluster, associationId=association["associationId"], roleArn=worker)
+    stamp = (_get(env, "op-role") or {}).get("status", {}).get("lastRefreshTime")
+
+    def suspended_drift() -> Any:
+        found = _refreshed_after(env, "op-role", stamp)
+        ready = _condition(found, "Ready") if found is not None else None
+        return found if ready is not None and ready["reason"] == "Suspended" else None
+
+    found = _wait("a refresh that finds the drift and leaves it", suspended_drift)
+    assert (_condition(found, "Drifted") or {}).get("status") == "True"
+    assert _role_of(cluster, "op-role-api") == "keyless-demo-worker"  # not written while suspended
+    assert [r["state"] for r in found["status"]["bindings"]] == ["Pending"]
+
+    _patch_spec(env, "op-role", {"suspend": False})
+    _wait("the role restored once resumed", lambda: _role_of(cluster, "op-role-api") == "keyless-demo-api")
+    _admin(env).delete(KeylessApp, "op-role", namespace="shop")
+    _wait("op-role to go", lambda: _get(env, "op-role") is None)
+    assert _associations(cluster, "op-role-api") == []
+
+
+def test_porter_yaml_from_a_config_map_and_a_ci_apply_holding_the_app(
+        sandbox: Sandbox, operator_env: dict[str, str], replicas: list[str]) -> None:
+    """The operator and a CI job never write one app at once: while the CI job holds the app's lock, the
+    operator waits (an Event names the holder) and applies once it is released."""
+    env, cluster = operator_env, _eks_cluster()
+    porter = "name: op-cm\nservices:\n  - name: api\n    type: web\n    connections:\n" \
+             "      - type: awsRole\n        role: keyless-demo-api\n"
+    _admin(env).apply(ConfigMap(metadata=ObjectMeta(name="op-cm-porter", namespace="shop"),
+                                data={"porter.yaml": porter}))
+    target = load_targets_file(Path(env["KEYLESS_TARGETS"]), {}).get(EKS_TARGET)
+    ci_side = ClusterKube(target.kubernetes)
+    with engine.app_lock(ci_side, "op-cm", EKS_TARGET, "shop", timeout=0, holder="ci-job@runner/42"):
+        _apply_yaml(env, textwrap.dedent("""\
+            apiVersion: keyless.dev/v1alpha1
+            kind: KeylessApp
+            metadata: {name: op-cm, namespace: shop}
+            spec:
+              target: sandbox-eks
+              porterYamlFrom: {configMapKeyRef: {name: op-cm-porter, key: porter.yaml}}
+            """))
+
+        def waiting() -> Any:
+            return [e for e in _admin(env).list(Event, namespace="shop")
+                    if e.involvedObject is not None and e.involvedObject.name == "op-cm" and e.reason == "Waiting"
+                    and "ci-job@runner/42" in (e.message or "")]
+
+        _wait("the operator to wait for the CI job", waiting)
+        assert _associations(cluster, "op-cm-api") == []  # nothing written while the CI job holds the app
+    obj = _ready(env, "op-cm")
+    assert [r["state"] for r in obj["status"]["bindings"]] == ["Bound"]
+    assert _role_of(cluster, "op-cm-api") == "keyless-demo-api"
+    _admin(env).delete(KeylessApp, "op-cm", namespace="shop")
+    _wait("op-cm to go", lambda: _get(env, "op-cm") is None)
+    assert _associations(cluster, "op-cm-api") == []

@@ -20,6 +20,7 @@ from typing import Any, Final
 from keyless import engine
 from keyless.errors import CloudError, InvalidInput, KeylessError, LockHeld, PreflightFailed
 from keyless.inputs import load_targets_file
+from keyless.kube.lock import LOCK_DURATION
 from keyless.kube.base import KubeSide
 from keyless.operator.resource import (
     BindingState,
@@ -107,6 +108,7 @@ class Reconciler:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
+    lock_duration: int = LOCK_DURATION  # seconds a dead replica's locks outlive it
     _targets: tuple[float, Targets] | None = field(default=None, init=False)
 
     # ---- inputs ----------------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ class Reconciler:
                         trigger: Trigger, failures: int, publish: Callable[[Outcome], None] | None) -> Outcome:
         provider, kube = self.connect(spec.target, target)
         with engine.app_lock(kube, app, spec.target, target.namespace, timeout=0, holder=self.holder,
-                             clock=self.clock, sleep=self.sleep) as held:
+                             duration=self.lock_duration, clock=self.clock, sleep=self.sleep) as held:
             planned = engine.plan_app(engine.PlanInput(loaded, app, spec.target, target), provider, kube)
             plan = planned.plan
             stamp = self.now().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -256,7 +258,7 @@ class Reconciler:
         try:
             provider, kube = self.connect(target_name, target)
             with engine.app_lock(kube, app, target_name, target.namespace, timeout=0, holder=self.holder,
-                                 clock=self.clock, sleep=self.sleep) as held:
+                                 duration=self.lock_duration, clock=self.clock, sleep=self.sleep) as held:
                 plan = engine.plan_app(engine.PlanInput(empty, app, target_name, target), provider, kube).plan
                 report = engine.apply_plan(plan, provider, kube, clock=self.clock, sleep=self.sleep, lock=held)
         except LockHeld as exc:
