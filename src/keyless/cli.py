@@ -693,6 +693,8 @@ def operator(
                           "one, or the pod's own account).")] = None,
     liveness: Annotated[str | None, typer.Option(
         "--liveness", help="Serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+    lease_duration: Annotated[str, typer.Option(
+        "--lease-duration", help="How long an app's lock outlives a replica that died holding it: 30s.")] = "30s",
 ) -> None:
     """Run the controller: plan and apply each KeylessApp through the engine, refresh it every interval and
     repair drift, remove what keyless bound when it is deleted. `keyless operator manifests` installs it."""
@@ -711,8 +713,11 @@ def operator(
         raise UsageError("give --namespace or --all-namespaces, not both")
     try:
         interval = parse_duration(refresh_interval)
+        lease = parse_duration(lease_duration)
     except ValueError as exc:
-        raise UsageError(f"--refresh-interval: {exc}") from None
+        raise UsageError(f"--refresh-interval, --lease-duration: {exc}") from None
+    if lease < 1:
+        raise UsageError("--lease-duration must be at least 1s", "e.g. --lease-duration 30s")
     path = targets_path(str(targets) if targets else None, os.environ)
     if not path.exists():
         raise UsageError(f"{path}: targets file not found",
@@ -720,7 +725,7 @@ def operator(
     load_targets_file(path, os.environ)  # bad targets stop the operator here, with FILE:LINE:COL
     home = HomeCluster(context)
     holder = engine.default_holder("keyless-operator")
-    reconciler = Reconciler(path, holder, home.config_map_value)
+    reconciler = Reconciler(path, holder, home.config_map_value, lock_duration=round(lease))
     options = OperatorOptions(namespaces=tuple(namespace or ()), refresh_interval=interval, liveness=liveness)
     where = ", ".join(options.namespaces) if options.namespaces else "all namespaces"
     err.print(f"keyless operator ({holder}) watching KeylessApps in {where}, targets from {path}", markup=False)

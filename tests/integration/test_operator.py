@@ -24,6 +24,8 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from azure.identity import WorkloadIdentityCredential
+from azure.mgmt.msi import ManagedServiceIdentityClient
 from e2e_support import Sandbox, run_cli
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.codecs import load_all_yaml
@@ -40,8 +42,10 @@ from keyless.operator.controller import OperatorOptions, run_operator
 from keyless.operator.reconcile import Reconciler
 from keyless.porter import load_app
 from keyless.sandbox import control
+from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_RESOURCE_GROUP
+from keyless.sandbox.knobs import KnobSettings
 from keyless.sandbox.porter import deploy_workloads
-from keyless.sandbox.stack import EKS_CONTEXT, EKS_TARGET
+from keyless.sandbox.stack import AKS_TARGET, EKS_CONTEXT, EKS_TARGET
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +114,7 @@ def replicas(sandbox: Sandbox, operator_env: dict[str, str]) -> Iterator[list[st
         home = HomeCluster(OPERATOR_CONTEXT)
         holder = f"keyless-operator-test/{index}"
         reconciler = Reconciler(Path(operator_env["KEYLESS_TARGETS"]), holder, home.config_map_value)
-        options = OperatorOptions(refresh_interval=600.0, tick=1.0)
+        options = OperatorOptions(namespaces=("shop",), refresh_interval=600.0, tick=1.0)
         ready = threading.Event()
         thread = threading.Thread(target=asyncio.run, args=(run_operator(reconciler, home, options, stop_flag=stop,
                                                                          ready_flag=ready),),
@@ -158,7 +162,7 @@ def _condition(obj: Any, kind: str) -> dict[str, Any] | None:
     return None
 
 
-def _wait(what: str, check: Callable[[], Any], seen: Callable[[], None] | None = None) -> Any:
+def _wait(what: str, check: Callable[[], Any], seen: Callable[[], None] | None = None, pause: float = 0.2) -> Any:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         if seen is not None:
@@ -166,7 +170,7 @@ def _wait(what: str, check: Callable[[], Any], seen: Callable[[], None] | None =
         found = check()
         if found:
             return found
-        time.sleep(0.2)
+        time.sleep(pause)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -405,3 +409,114 @@ def test_porter_yaml_from_a_config_map_and_a_ci_apply_holding_the_app(
     _admin(env).delete(KeylessApp, "op-cm", namespace="shop")
     _wait("op-cm to go", lambda: _get(env, "op-cm") is None)
     assert _associations(cluster, "op-cm-api") == []
+
+
+def _credentials(sandbox: Sandbox, identity: str) -> dict[str, str]:
+    stack, _ = sandbox
+    azure = stack.azure
+    credential = WorkloadIdentityCredential(
+        tenant_id=azure.tenant_id, client_id=azure.deployer_client_id, token_file_path=str(azure.deployer_token_file),
+        authority=azure.authority_url, connection_verify=str(azure.ca_bundle))
+    with ManagedServiceIdentityClient(credential, azure.subscription_id, base_url=azure.arm_url,
+                                      credential_scopes=[f"{azure.arm_url}/.default"],
+                                      connection_verify=str(azure.ca_bundle)) as msi:
+        return {str(c.name): str(c.subject) for c in
+                msi.federated_identity_credentials.list(DEMO_RESOURCE_GROUP, identity)}
+
+
+def test_an_azure_keylessapp_federates_and_its_credential_goes_with_it(
+        sandbox: Sandbox, operator_env: dict[str, str], replicas: list[str]) -> None:
+    env = operator_env
+    porter = textwrap.dedent(f"""\
+        name: op-az
+        services:
+          - name: api
+            type: web
+            connections:
+              - type: azureManagedIdentity
+                identityName: {DEMO_API_IDENTITY}
+                resourceGroup: {DEMO_RESOURCE_GROUP}
+        """)
+    _apply_yaml(env, _keylessapp("op-az", AKS_TARGET, porter))
+    obj = _ready(env, "op-az")
+    [row] = obj["status"]["bindings"]
+    assert (row["service"], row["cloud"], row["state"]) == ("api", "azure", "Bound")
+    name = row["bindingId"].rsplit("/federatedIdentityCredentials/", 1)[-1]  # the credential's ARM id
+    assert _credentials(sandbox, DEMO_API_IDENTITY)[name] == "system:serviceaccount:shop:op-az-api"
+    _admin(env).delete(KeylessApp, "op-az", namespace="shop")
+    _wait("op-az to go", lambda: _get(env, "op-az") is None)
+    assert name not in _credentials(sandbox, DEMO_API_IDENTITY)
+
+
+def _replica(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`keyless operator` as its own process (a pod of the Deployment), watching namespace `ops`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "keyless", "operator", "--context", OPERATOR_CONTEXT, "--targets",
+             env["KEYLESS_TARGETS"], "--namespace", "ops", "--lease-duration", "3s"],
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_a_replica_killed_mid_apply_is_taken_over_without_a_duplicate(
+        sandbox: Sandbox, operator_env: dict[str, str], replicas: list[str], tmp_path: Path) -> None:
+    stack, _ = sandbox
+    env, cluster = operator_env, _eks_cluster()
+    assert stack.eks is not None
+    stack.eks.ensure_namespace("ops")
+    services = [f"s{i}" for i in range(5)]
+    porter = "name: op-kill\nservices:\n" + "".join(
+        f"  - name: {s}\n    type: web\n    connections:\n      - type: awsRole\n        role: keyless-demo-api\n"
+        for s in services)
+    first, second = _replica(env, tmp_path / "a.log"), _replica(env, tmp_path / "b.log")
+    lease = create_namespaced_resource("coordination.k8s.io", "v1", "Lease", "leases")
+    stack.aws.knobs.configure(KnobSettings(latency=0.4))  # slow EKS: the apply takes seconds, long enough to die in
+    try:
+        _apply_yaml(env, _keylessapp("op-kill", EKS_TARGET, porter).replace("namespace: shop", "namespace: ops"))
+
+        before = _eks_calls(env).get("CreatePodIdentityAssociation", 0)
+
+        def holder_mid_apply() -> str | None:
+            # The counters answer at once (the latency shapes EKS's operations only).
+            if _eks_calls(env).get("CreatePodIdentityAssociation", 0) == before:
+                return None
+            for found in _admin(env).list(lease, namespace="shop"):
+                spec = found.get("spec") or {}
+                if str(found["metadata"]["name"]).startswith("keyless-op-kill-") and spec.get("holderIdentity"):
+                    return str(spec["holderIdentity"])
+            return None
+
+        holder = _wait("a replica in the middle of the apply", holder_mid_apply, pause=0.02)
+        dying = first if holder.endswith(f"/{first.pid}") else second
+        survivor = second if dying is first else first
+        assert holder.endswith(f"/{dying.pid}")
+        dying.kill()  # kill -9: no handler runs, the Lease stays held until it expires
+        dying.wait(10)
+        stack.aws.knobs.configure(KnobSettings())
+
+        def converged() -> Any:
+            found = _admin(env).get(KeylessApp, "op-kill", namespace="ops")
+            ready = _condition(found, "Ready")
+            return found if ready is not None and ready["status"] == "True" else None
+
+        obj = _wait("the surviving replica to converge", converged)
+        assert [r["state"] for r in obj["status"]["bindings"]] == ["Bound"] * len(services)
+        for s in services:  # one association per service account: nothing written twice
+            assert len(_associations(cluster, f"op-kill-{s}")) == 1
+        _admin(env).delete(KeylessApp, "op-kill", namespace="ops")
+
+        def gone() -> bool:
+            try:
+                _admin(env).get(KeylessApp, "op-kill", namespace="ops")
+            except ApiError as exc:
+                return exc.status.code == 404
+            return False
+
+        _wait("op-kill to go", gone)
+        assert all(not _associations(cluster, f"op-kill-{s}") for s in services)
+        assert survivor.poll() is None  # the survivor kept running throughout
+    finally:
+        stack.aws.knobs.configure(KnobSettings())
+        for process in (first, second):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(20)
