@@ -20,8 +20,8 @@ from typing import Any, Final
 from keyless import engine
 from keyless.errors import CloudError, InvalidInput, KeylessError, LockHeld, PreflightFailed
 from keyless.inputs import load_targets_file
-from keyless.kube.lock import LOCK_DURATION
 from keyless.kube.base import KubeSide
+from keyless.kube.lock import LOCK_DURATION
 from keyless.operator.resource import (
     BindingState,
     Condition,
