@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -727,6 +727,12 @@ def operator(
     holder = engine.default_holder("keyless-operator")
     reconciler = Reconciler(path, holder, home.config_map_value, lock_duration=round(lease))
     options = OperatorOptions(namespaces=tuple(namespace or ()), refresh_interval=interval, liveness=liveness)
+    import logging
+
+    # kopf's and keyless's own lines (handlers run, retries, refreshes) on stderr, as a pod's log.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx2", "httpx", "botocore", "urllib3", "azure", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     where = ", ".join(options.namespaces) if options.namespaces else "all namespaces"
     err.print(f"keyless operator ({holder}) watching KeylessApps in {where}, targets from {path}", markup=False)
     asyncio.run(run_operator(reconciler, home, options))
@@ -785,14 +791,91 @@ def _knob_flags(latency: str | None, jitter: str | None, rate_limits: str | None
     return {key: value for key, value in given.items() if value is not None}
 
 
+OPERATOR_PID_FILE = "operator.pid"
+SANDBOX_OPERATOR_CONTEXT = "keyless-operator@sandbox-eks"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sandbox_operator_pid(directory: Path) -> int | None:
+    try:
+        pid = int((directory / OPERATOR_PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def _start_sandbox_operator(directory: Path, env: Mapping[str, str]) -> tuple[int, bool]:
+    """Install the operator in the sandbox's EKS cluster as `keyless operator manifests` says (its Deployment aside:
+    the replica runs here, as a background process) and start it as its own service account; (pid, started now)."""
+    import subprocess
+
+    from keyless.kube.home import HomeCluster
+    from keyless.kube.yamltext import to_yaml
+    from keyless.operator.manifests import OPERATOR_NAME, operator_manifests
+    from keyless.sandbox.stack import EKS_CONTEXT
+
+    running_pid = _sandbox_operator_pid(directory)
+    if running_pid is not None:
+        return running_pid, False
+    namespace = "keyless-system"
+    admin = HomeCluster(EKS_CONTEXT, env=env)
+    try:
+        admin.apply_manifests([m for m in operator_manifests(namespace, f"keyless:{__version__}")
+                               if m["kind"] != "Deployment"], field_manager="kubectl")
+        token = admin.service_account_token(namespace, OPERATOR_NAME, 7 * 24 * 3600)
+        kubeconfig = directory / "operator.kubeconfig"
+        kubeconfig.write_text(to_yaml(admin.kubeconfig_for(SANDBOX_OPERATOR_CONTEXT, token)), encoding="utf-8")
+        kubeconfig.chmod(0o600)
+    finally:
+        admin.close()
+    # Its own context first; the targets' contexts (keyless@sandbox-*) from the sandbox's kubeconfig.
+    process_env = {**os.environ, **env, "KUBECONFIG": os.pathsep.join([str(kubeconfig), env["KUBECONFIG"]])}
+    with (directory / "operator.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "keyless", "operator", "--context", SANDBOX_OPERATOR_CONTEXT,
+             "--targets", env["KEYLESS_TARGETS"], "--all-namespaces"],
+            env=process_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=directory)
+    (directory / OPERATOR_PID_FILE).write_text(f"{process.pid}\n")
+    return process.pid, True
+
+
+def _stop_sandbox_operator(directory: Path) -> int | None:
+    import signal
+    import time as clock
+
+    pid = _sandbox_operator_pid(directory)
+    (directory / OPERATOR_PID_FILE).unlink(missing_ok=True)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = clock.monotonic() + 20
+    while clock.monotonic() < deadline and _pid_alive(pid):
+        clock.sleep(0.1)
+    return pid
+
+
 @sandbox_app.command("up", cls=_Command)
 def sandbox_up(latency: LatencyOpt = None, jitter: JitterOpt = None, rate_limits: RateLimitsOpt = None,
                time_scale: TimeScaleOpt = None, fault_rate: FaultRateOpt = None, fault_seed: FaultSeedOpt = None,
-               propagation: PropagationOpt = None, agent_cache: AgentCacheOpt = None) -> None:
+               propagation: PropagationOpt = None, agent_cache: AgentCacheOpt = None,
+               operator: Annotated[bool, typer.Option(
+                   "--operator", help="Also install `keyless operator` in sandbox-eks and run one replica.")] = False,
+               ) -> None:
     """Start the sandbox in the background (or find the running one) and print how to use it.
 
     The knob flags shape every front (EKS, IAM, STS, ARM, Entra, GCP, Kubernetes); given to a running sandbox, they
-    are applied to it. `keyless sandbox knobs` shows and changes them later."""
+    are applied to it. `keyless sandbox knobs` shows and changes them later. With --operator, the KeylessApp CRD and
+    the operator's RBAC are installed in sandbox-eks and one replica runs in the background, as its own service
+    account (log: operator.log in the state directory); `keyless sandbox down` stops it too."""
     from keyless.sandbox import control
 
     knobs = _knob_flags(latency, jitter, rate_limits, time_scale, fault_rate, fault_seed, propagation,
@@ -803,6 +886,10 @@ def sandbox_up(latency: LatencyOpt = None, jitter: JitterOpt = None, rate_limits
               markup=False)
     if knobs and not started:
         out.print("Applied the knobs given to it: " + json.dumps(knobs), markup=False)
+    if operator:
+        pid, started_operator = _start_sandbox_operator(directory, state.env)
+        out.print(("Started" if started_operator else "Already running:") + f" keyless operator (pid {pid}), "
+                  f"watching KeylessApps in sandbox-eks; log: {directory / 'operator.log'}", markup=False)
     out.print(f"Point your shell at it with:  eval \"$(keyless sandbox env)\"   (state in {directory})",
               markup=False)
 
@@ -858,7 +945,11 @@ def sandbox_down() -> None:
     """Stop the sandbox, and print the `unset` line that undoes `eval "$(keyless sandbox env)"`."""
     from keyless.sandbox import control
 
-    stopped = control.down(control.state_dir(os.environ))
+    directory = control.state_dir(os.environ)
+    operator_pid = _stop_sandbox_operator(directory)
+    if operator_pid is not None:
+        out.print(f"Stopped keyless operator (pid {operator_pid}).", markup=False)
+    stopped = control.down(directory)
     if stopped is None:
         out.print("The sandbox was not running.", markup=False)
         return

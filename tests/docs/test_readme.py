@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -194,6 +195,8 @@ def test_the_readme_runs_as_written(session: Session) -> None:
         command = line.text
         if rule is not None and rule.action == "skip":
             continue
+        if command.startswith("kubectl ") and shutil.which("kubectl") is None:
+            continue  # kubectl is not part of keyless's install; machines without it cannot run these lines
         if rule is not None and rule.action == "replace":
             command = rule.replacement
         for pattern, replacement in SUBSTITUTIONS:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import httpx2
-from lightkube import ApiError, Client, SingleConfig
+from lightkube import ApiError, Client, SingleConfig, codecs
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.core_v1 import ConfigMap
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ConfigMap, ServiceAccount
 from lightkube.types import PatchType
 
 from keyless.errors import CloudError
@@ -85,3 +87,41 @@ class HomeCluster:
         self._call(f"write the status of {kind} {namespace}/{name}",
                    lambda: self._client.patch(resource.Status, name, {"status": status}, namespace=namespace,
                                               patch_type=PatchType.MERGE))
+
+    def apply_manifests(self, documents: Iterable[Mapping[str, Any]], field_manager: str = "keyless") -> list[str]:
+        """Server-side apply each document, as `kubectl apply --server-side` would; answers `kind/name` of each."""
+        applied = []
+        for document in documents:
+            obj: Any = codecs.from_dict(dict(document))
+            kind, name = document.get("kind", ""), (document.get("metadata") or {}).get("name", "")
+
+            def apply(obj: Any = obj) -> Any:
+                return self._client.apply(obj, field_manager=field_manager, force=True)
+
+            self._call(f"apply {kind} {name}", apply)
+            applied.append(f"{str(kind).lower()}/{name}")
+        return applied
+
+    def service_account_token(self, namespace: str, name: str, seconds: int) -> str:
+        """A token of the service account for the API server (`kubectl create token NAME --duration`)."""
+        request = ServiceAccount.Token(metadata=ObjectMeta(name=name, namespace=namespace),
+                                       spec=TokenRequestSpec(audiences=[], expirationSeconds=seconds))
+        created = self._call(f"request a token for ServiceAccount {namespace}/{name}",
+                             lambda: self._client.create(request, name, namespace=namespace))
+        status = getattr(created, "status", None)
+        if status is None or not status.token:
+            raise CloudError(f"the API server gave no token for ServiceAccount {namespace}/{name}", "")
+        return str(status.token)
+
+    def kubeconfig_for(self, context: str, token: str) -> dict[str, Any]:
+        """A kubeconfig with one context: this cluster, as the identity `token` is a token of."""
+        cluster = self.config.cluster
+        entry: dict[str, Any] = {"server": cluster.server}
+        if cluster.certificate_auth_data:
+            entry["certificate-authority-data"] = cluster.certificate_auth_data
+        elif cluster.certificate_auth:
+            entry["certificate-authority"] = cluster.certificate_auth
+        return {"apiVersion": "v1", "kind": "Config", "current-context": context,
+                "clusters": [{"name": context, "cluster": entry}],
+                "users": [{"name": context, "user": {"token": token}}],
+                "contexts": [{"name": context, "context": {"cluster": context, "user": context}}]}

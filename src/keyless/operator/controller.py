@@ -258,10 +258,20 @@ def operator_settings(holder: str) -> kopf.OperatorSettings:
     return settings
 
 
+class _QuietRefreshTicks(logging.Filter):
+    """kopf logs every timer run; a tick that finds nothing due is most of them (500 apps: 50 lines a second)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timer 'refresh' succeeded")
+
+
 async def run_operator(reconciler: Reconciler, home: HomeCluster, options: OperatorOptions, *,
                        stop_flag: asyncio.Event | threading.Event | None = None,
                        ready_flag: asyncio.Event | threading.Event | None = None) -> None:
     """Run the controller until `stop_flag` (or a signal, when run from the command line)."""
+    quiet = _QuietRefreshTicks()
+    if not any(isinstance(f, _QuietRefreshTicks) for f in logging.getLogger("kopf.objects").filters):
+        logging.getLogger("kopf.objects").addFilter(quiet)
     await kopf.operator(
         registry=build_registry(reconciler, home, options),
         settings=operator_settings(reconciler.holder),
