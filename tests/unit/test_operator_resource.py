@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from keyless.errors import InvalidInput
 from keyless.kube.manifests import KEYLESS_ROLE_RULES
 from keyless.operator.manifests import OPERATOR_RULES, crd_manifest, operator_manifests
+from keyless.operator.reconcile import backoff
 from keyless.operator.resource import (
     Condition,
     ConditionType,
@@ -100,3 +103,11 @@ def test_the_operator_runs_two_replicas_with_exactly_its_rules() -> None:
         assert rule in role["rules"]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     assert not any("secrets" in r["resources"] for r in role["rules"])
+
+
+def test_backoff_doubles_to_a_cap_with_jitter_on_its_upper_half() -> None:
+    rng = random.Random(7)
+    for failures, ceiling in [(1, 15.0), (2, 30.0), (3, 60.0), (6, 480.0), (7, 600.0), (30, 600.0)]:
+        delays = [backoff(failures, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert max(delays) - min(delays) > ceiling / 4  # spread: a fleet does not retry in step
