@@ -111,3 +111,10 @@ def test_backoff_doubles_to_a_cap_with_jitter_on_its_upper_half() -> None:
         delays = [backoff(failures, rng) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert max(delays) - min(delays) > ceiling / 4  # spread: a fleet does not retry in step
+
+
+def test_keyless_role_rules_are_the_ones_the_sandbox_and_readme_give_keyless() -> None:
+    """One list of keyless's Kubernetes rights: the product's (for `operator manifests`) is the sandbox's."""
+    from keyless.sandbox.kube.rbac import KEYLESS_RULES
+
+    assert [dict(r) for r in KEYLESS_ROLE_RULES] == [dict(r) for r in KEYLESS_RULES]

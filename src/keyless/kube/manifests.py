@@ -42,6 +42,8 @@ KEYLESS_ROLE_RULES: Final[tuple[dict[str, Any], ...]] = (
     # observe (list) and update_workload (merge patch); Jobs are only listed.
     {"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": ["list", "patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
+    # try_lock, renew_lock, release_lock: the app's apply lock (a Lease per app and target; released, not deleted).
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
 )
 
 
