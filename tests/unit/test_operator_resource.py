@@ -161,3 +161,17 @@ def test_a_keylessapp_read_back_says_whether_the_operator_caught_up_and_how_it_w
     assert keylessapp_state({"metadata": {"deletionTimestamp": "now"}}).summary == "Removing"
     empty = keylessapp_state({})
     assert (empty.name, empty.generation, empty.conditions, empty.bindings, empty.caught_up) == ("", 0, (), (), False)
+
+
+def test_the_readme_grants_the_control_plane_exactly_its_rules() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from keyless.operator.manifests import CONTROL_PLANE_RULES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "keyless-control-plane" in b]
+    roles = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "ClusterRole"]
+    assert [r["rules"] for r in roles] == [[dict(rule) for rule in CONTROL_PLANE_RULES]]
