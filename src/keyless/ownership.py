@@ -108,3 +108,20 @@ def labelled_for(labels: Mapping[str, str], app: str, target: str) -> bool:
 def labelled_elsewhere(labels: Mapping[str, str], app: str, target: str) -> bool:
     """Whether keyless labelled the object for another app or target (two names can collide)."""
     return (APP_LABEL in labels or TARGET_LABEL in labels) and not labelled_for(labels, app, target)
+
+
+# --- Kubernetes: KeylessApps the control plane hands to the operator -----------------------------------------
+
+CONTROL_PLANE_MANAGER = "keyless-control-plane"  # the label value and the server-side apply field manager
+HANDED_OVER_BY_ANNOTATION = "keyless.dev/handed-over-by"  # who handed it over, as the control plane's audit log says
+HANDED_OVER_REVISION_ANNOTATION = "keyless.dev/porter-yaml-revision"  # the control plane's revision of porter.yaml
+
+
+def handover_labels(app: str) -> dict[str, str]:
+    """Labels that mark a KeylessApp as written by the control plane for one of its apps."""
+    return {MANAGED_BY_LABEL: CONTROL_PLANE_MANAGER, APP_LABEL: label_value(app)}
+
+
+def handed_over_by_control_plane(labels: Mapping[str, str], app: str) -> bool:
+    """Whether the labels mark a KeylessApp as the control plane's for this app (else a person or GitOps made it)."""
+    return labels.get(MANAGED_BY_LABEL) == CONTROL_PLANE_MANAGER and labels.get(APP_LABEL) == label_value(app)

@@ -98,6 +98,9 @@ class Route:
     allowed_status: int
     json: Any = None
     content: str | None = None
+    # What a refusal of the allowed role says: most are the cloud call without credentials.
+    error: str = "no Google credentials found"
+    hint: str = "gcloud auth application-default login"
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -133,6 +136,12 @@ ROUTES = [
     Route("GET", "/api/v1/deploys/{planned}", Role.VIEWER, 200),
     Route("GET", "/api/v1/apps/shop/status", Role.VIEWER, 502),
     Route("GET", "/api/v1/apps/shop/audit", Role.VIEWER, 502),
+    Route("GET", "/api/v1/apps/shop/operator", Role.VIEWER, 200),  # not handed over: said without a cluster read
+    # The operator's own check of the spec refuses it before any cluster is reached.
+    Route("PUT", "/api/v1/apps/shop/operator", Role.DEPLOYER, 422, json={"refreshInterval": "1s"},
+          error="the input is not valid", hint=""),
+    Route("DELETE", "/api/v1/apps/shop/operator", Role.DEPLOYER, 404, error="is not handed to the operator",
+          hint="PUT /api/v1/apps/APP/operator"),
     Route("GET", "/api/v1/audit-log", Role.VIEWER, 200),
     Route("GET", "/api/v1/tokens", Role.ADMIN, 200),
     Route("POST", "/api/v1/tokens", Role.ADMIN, 201, json={"name": "ci", "role": "deployer"}),
@@ -177,8 +186,8 @@ def test_each_route_for_each_role(world: World, route: Route, who: str | None) -
         assert response.status_code == route.allowed_status, response.text
         if response.status_code >= 400:
             body = response.json()
-            assert "no Google credentials found" in body["error"]
-            assert "gcloud auth application-default login" in body["hint"]
+            assert route.error in body["error"]
+            assert route.hint in body.get("hint", "")
 
 
 def test_healthz_needs_no_token(world: World) -> None:

@@ -346,3 +346,37 @@ def test_a_restarted_server_frees_its_own_locks_at_once_and_no_one_elses(store: 
     assert store.get_deploy(theirs.id).status is DeployStatus.APPLYING  # another live server's deploy
     again = store.create_deploy("shop", "prod", "alice", DeployStatus.APPLYING, server="host-a:8400")
     assert again.status is DeployStatus.APPLYING  # the app is free for the restarted server at once
+
+
+# --- apps handed to the operator -----------------------------------------------------------------------------
+
+
+def test_a_handover_is_kept_replaced_and_forgotten_each_in_the_audit_log(store: Store) -> None:
+    store.create_app("shop", "services: []\n", [], None, "alice")
+    store.create_app("other", "services: []\n", [], None, "alice")
+    assert store.get_handover("shop") is None
+    first = store.record_handover("shop", target_name="prod", namespace="web", revision=1, refresh_interval=None,
+                                  suspend=False, actor="bob")
+    assert (first.target_name, first.namespace, first.revision, first.handed_by) == ("prod", "web", 1, "bob")
+    again = store.record_handover("shop", target_name="prod", namespace="web", revision=2, refresh_interval="1m",
+                                  suspend=True, actor="carol")
+    assert store.get_handover("shop") == again
+    assert (again.revision, again.refresh_interval, again.suspend) == (2, "1m", True)
+    assert set(store.handovers()) == {"shop"}
+    assert store.forget_handover("shop", "dave") == again
+    assert store.forget_handover("shop", "dave") is None
+    assert store.get_handover("shop") is None
+    events = [(e.action, e.actor, (e.before or {}).get("revision"), (e.after or {}).get("revision"))
+              for e in store.audit_events("app/shop") if e.action.startswith("operator.")]
+    assert events == [("operator.takeback", "dave", 2, None), ("operator.handover", "carol", 1, 2),
+                      ("operator.handover", "bob", None, 1)]
+    with pytest.raises(NotFound):
+        store.get_handover("missing")
+
+
+def test_a_handover_goes_with_its_app(store: Store) -> None:
+    store.create_app("shop", "services: []\n", [], None, "alice")
+    store.record_handover("shop", target_name="prod", namespace="web", revision=1, refresh_interval=None,
+                          suspend=False, actor="bob")
+    store.delete_app("shop", "alice")
+    assert store.handovers() == {}

@@ -118,3 +118,77 @@ def test_keyless_role_rules_are_the_ones_the_sandbox_and_readme_give_keyless() -
     from keyless.sandbox.kube.rbac import KEYLESS_RULES
 
     assert [dict(r) for r in KEYLESS_ROLE_RULES] == [dict(r) for r in KEYLESS_RULES]
+
+def test_the_control_planes_keylessapp_holds_only_what_it_owns() -> None:
+    from keyless.operator.resource import keylessapp_manifest
+
+    manifest = keylessapp_manifest("shop", "prod", target="prod-eks", porter_yaml="services: []\n", app="shop",
+                                   labels={"app.kubernetes.io/managed-by": "keyless-control-plane"},
+                                   annotations={"keyless.dev/porter-yaml-revision": "3"})
+    assert manifest == {
+        "apiVersion": "keyless.dev/v1alpha1", "kind": "KeylessApp",
+        "metadata": {"name": "shop", "namespace": "prod",
+                     "labels": {"app.kubernetes.io/managed-by": "keyless-control-plane"},
+                     "annotations": {"keyless.dev/porter-yaml-revision": "3"}},
+        "spec": {"target": "prod-eks", "app": "shop", "porterYaml": "services: []\n", "suspend": False},
+    }
+    assert parse_spec(manifest["spec"], WHERE).porter_yaml == "services: []\n"  # what the operator accepts
+    timed = keylessapp_manifest("shop", "prod", target="t", porter_yaml="x", app="shop", refresh_interval="1m",
+                                suspend=True)
+    assert (timed["spec"]["refreshInterval"], timed["spec"]["suspend"]) == ("1m", True)
+    assert "labels" not in timed["metadata"]
+
+
+def test_a_keylessapp_read_back_says_whether_the_operator_caught_up_and_how_it_went() -> None:
+    from keyless.operator.resource import keylessapp_state
+
+    obj = {
+        "metadata": {"name": "shop", "namespace": "prod", "generation": 3, "labels": {"a": "b"}},
+        "spec": {"target": "prod-eks", "porterYaml": "services: []\n"},
+        "status": {
+            "observedGeneration": 2,
+            "conditions": [
+                {"type": "Blocked", "status": "False", "reason": "NotBlocked", "lastTransitionTime": "T1"},
+                {"type": "Ready", "status": "True", "reason": "Applied", "message": "1 bound",
+                 "lastTransitionTime": "T0", "observedGeneration": 2},
+                "not a condition",
+            ],
+            "bindings": [{"service": "api", "cloud": "aws", "identity": "arn:x", "bindingId": "a-1",
+                          "state": "Bound"}],
+            "lastAppliedPlan": {"summary": "1 to create", "applied": True},
+        },
+    }
+    state = keylessapp_state(obj)
+    assert (state.generation, state.observed_generation, state.caught_up) == (3, 2, False)
+    assert state.summary == "Pending"
+    assert [c.type for c in state.conditions] == ["Ready", "Blocked"]
+    ready = state.condition(ConditionType.READY)
+    assert ready is not None
+    assert (ready.status, ready.reason, ready.message, ready.last_transition_time) == ("True", "Applied", "1 bound",
+                                                                                     "T0")
+    assert state.bindings[0]["bindingId"] == "a-1"
+    caught_up = keylessapp_state({**obj, "status": {**obj["status"], "observedGeneration": 3}})
+    assert (caught_up.caught_up, caught_up.summary) == (True, "Ready")
+    as_json = caught_up.as_json()
+    assert as_json["conditions"][0]["lastTransitionTime"] == "T0"
+    assert as_json["lastAppliedPlan"] == {"summary": "1 to create", "applied": True}
+    blocked = keylessapp_state({**obj, "status": {"observedGeneration": 3, "conditions": [
+        {"type": "Blocked", "status": "True", "reason": "InvalidInput"}]}})
+    assert blocked.summary == "Blocked"
+    assert keylessapp_state({"metadata": {"deletionTimestamp": "now"}}).summary == "Removing"
+    empty = keylessapp_state({})
+    assert (empty.name, empty.generation, empty.conditions, empty.bindings, empty.caught_up) == ("", 0, (), (), False)
+
+
+def test_the_readme_grants_the_control_plane_exactly_its_rules() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from keyless.operator.manifests import CONTROL_PLANE_RULES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "keyless-control-plane" in b]
+    roles = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "ClusterRole"]
+    assert [r["rules"] for r in roles] == [[dict(rule) for rule in CONTROL_PLANE_RULES]]

@@ -10,7 +10,7 @@ from typing import Any, Final
 from keyless.kube.manifests import KEYLESS_ROLE_RULES
 from keyless.operator.resource import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
-__all__ = ["OPERATOR_NAME", "OPERATOR_RULES", "crd_manifest", "operator_manifests"]
+__all__ = ["CONTROL_PLANE_RULES", "OPERATOR_NAME", "OPERATOR_RULES", "crd_manifest", "operator_manifests"]
 
 OPERATOR_NAME: Final = "keyless-operator"
 TARGETS_CONFIG_MAP: Final = "keyless-targets"
@@ -26,6 +26,12 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
     *KEYLESS_ROLE_RULES,
+)
+
+# What the control plane needs, on top of keyless's own rules, in a target namespace where it hands apps to the
+# operator: read the app's KeylessApp, server-side apply it (create when new, patch), delete it (take back).
+CONTROL_PLANE_RULES: Final[tuple[dict[str, Any], ...]] = (
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "create", "patch", "delete"]},
 )
 
 _CONDITION_COLUMN = '.status.conditions[?(@.type=="{}")].status'

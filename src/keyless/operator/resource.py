@@ -30,7 +30,11 @@ __all__ = [
     "ConditionType",
     "ConfigMapKeyRef",
     "KeylessAppSpec",
+    "KeylessAppState",
+    "ObservedCondition",
     "binding_states",
+    "keylessapp_manifest",
+    "keylessapp_state",
     "merge_conditions",
     "parse_spec",
     "plan_summary",
@@ -195,3 +199,135 @@ def plan_summary(plan: Plan, applied_at: str, applied: bool) -> dict[str, Any]:
         "create": counts[ActionKind.CREATE], "update": counts[ActionKind.UPDATE] + counts[ActionKind.REPLACE],
         "delete": counts[ActionKind.DELETE], "applied": applied, "time": applied_at,
     }
+
+
+# ---- written and read by the control plane --------------------------------------------------------------------
+
+
+def keylessapp_manifest(name: str, namespace: str, *, target: str, porter_yaml: str, app: str,
+                        refresh_interval: str | None = None, suspend: bool = False,
+                        labels: Mapping[str, str] | None = None,
+                        annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A KeylessApp with porter.yaml inline, as the control plane applies it: only the fields it means to own (a
+    server-side apply owns exactly what it sends, so the operator's status and finalizer are left alone)."""
+    spec: dict[str, Any] = {"target": target, "app": app, "porterYaml": porter_yaml, "suspend": suspend}
+    if refresh_interval is not None:
+        spec["refreshInterval"] = refresh_interval
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata, "spec": spec}
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedCondition:
+    """A condition as the operator wrote it (a person or another tool may have written anything: strings kept)."""
+
+    type: str
+    status: str  # "True", "False", "Unknown"
+    reason: str
+    message: str
+    last_transition_time: str
+    observed_generation: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"type": self.type, "status": self.status, "reason": self.reason, "message": self.message,
+                "lastTransitionTime": self.last_transition_time, "observedGeneration": self.observed_generation}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeylessAppState:
+    """What a KeylessApp read from the cluster says: its spec's essentials, and the operator's status of it."""
+
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    generation: int
+    deleting: bool  # deletionTimestamp set: the operator is removing its bindings (the finalizer holds it)
+    target: str
+    porter_yaml: str | None
+    suspend: bool
+    observed_generation: int | None
+    conditions: tuple[ObservedCondition, ...]
+    bindings: tuple[Mapping[str, str], ...]
+    last_applied_plan: Mapping[str, Any] | None
+    last_refresh_time: str
+
+    @property
+    def caught_up(self) -> bool:
+        """The operator has reconciled the current spec (its status speaks of this generation)."""
+        return self.observed_generation is not None and self.observed_generation >= self.generation
+
+    def condition(self, type_: ConditionType) -> ObservedCondition | None:
+        return next((c for c in self.conditions if c.type == type_.value), None)
+
+    @property
+    def summary(self) -> str:
+        """One word for a list of apps: Removing, Pending (not reconciled yet), Blocked, Drifted, Ready, NotReady."""
+        if self.deleting:
+            return "Removing"
+        if not self.caught_up:
+            return "Pending"
+        for type_, word in ((ConditionType.BLOCKED, "Blocked"), (ConditionType.DRIFTED, "Drifted")):
+            found = self.condition(type_)
+            if found is not None and found.status == "True":
+                return word
+        ready = self.condition(ConditionType.READY)
+        if ready is not None and ready.status == "True":
+            return "Ready"
+        return "Suspended" if self.suspend else "NotReady"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "namespace": self.namespace, "target": self.target, "suspend": self.suspend,
+            "generation": self.generation, "observedGeneration": self.observed_generation,
+            "caughtUp": self.caught_up, "deleting": self.deleting, "summary": self.summary,
+            "conditions": [c.as_json() for c in self.conditions], "bindings": [dict(b) for b in self.bindings],
+            "lastAppliedPlan": dict(self.last_applied_plan) if self.last_applied_plan is not None else None,
+            "lastRefreshTime": self.last_refresh_time or None,
+        }
+
+
+def keylessapp_state(obj: Mapping[str, Any]) -> KeylessAppState:
+    """A KeylessApp object (as the API server returns it) read as values; missing or odd fields become empty."""
+    metadata, spec, status = (_mapping(obj.get(key)) for key in ("metadata", "spec", "status"))
+    conditions = tuple(
+        ObservedCondition(_text(c.get("type")), _text(c.get("status")) or "Unknown", _text(c.get("reason")),
+                          _text(c.get("message")), _text(c.get("lastTransitionTime")),
+                          _int_or_none(c.get("observedGeneration")))
+        for c in status.get("conditions") or [] if isinstance(c, Mapping))
+    order = [t.value for t in ConditionType]
+    conditions = tuple(sorted(conditions, key=lambda c: (order.index(c.type) if c.type in order else len(order),
+                                                          c.type)))
+    bindings = tuple({str(k): _text(v) for k, v in row.items()}
+                     for row in status.get("bindings") or [] if isinstance(row, Mapping))
+    plan = status.get("lastAppliedPlan")
+    porter_yaml = spec.get("porterYaml")
+    return KeylessAppState(
+        name=_text(metadata.get("name")), namespace=_text(metadata.get("namespace")),
+        labels={str(k): _text(v) for k, v in (metadata.get("labels") or {}).items()},
+        annotations={str(k): _text(v) for k, v in (metadata.get("annotations") or {}).items()},
+        generation=_int_or_none(metadata.get("generation")) or 0,
+        deleting=bool(metadata.get("deletionTimestamp")),
+        target=_text(spec.get("target")), porter_yaml=porter_yaml if isinstance(porter_yaml, str) else None,
+        suspend=spec.get("suspend") is True,
+        observed_generation=_int_or_none(status.get("observedGeneration")),
+        conditions=conditions, bindings=bindings,
+        last_applied_plan=plan if isinstance(plan, Mapping) else None,
+        last_refresh_time=_text(status.get("lastRefreshTime")),
+    )

@@ -1,4 +1,5 @@
-"""The REST API under /api/v1: targets, apps, services, connections, plans, deploys, status, audit, tokens."""
+"""The REST API under /api/v1: targets, apps, services, connections, plans, deploys, status, the operator, audit,
+tokens."""
 
 from __future__ import annotations
 
@@ -12,10 +13,20 @@ from pydantic.alias_generators import to_camel
 
 from keyless.audit.render import to_json as audit_json
 from keyless.errors import UsageError
+from keyless.operator.resource import KeylessAppState
 from keyless.providers.base import PreflightSeverity
 from keyless.server.auth import Admin, Deployer, Viewer, state
 from keyless.server.operations import ConnectionChange, identity_connection_type, issues_json, require_service
-from keyless.store import AppRecord, AuditEvent, DeployRecord, Role, ServiceRecord, TargetRecord, TokenRecord
+from keyless.store import (
+    AppRecord,
+    AuditEvent,
+    DeployRecord,
+    HandoverRecord,
+    Role,
+    ServiceRecord,
+    TargetRecord,
+    TokenRecord,
+)
 from keyless.store.models import MAX_ID
 
 router = APIRouter(prefix="/api/v1")
@@ -40,6 +51,12 @@ class ImportApp(_Body):
 
 class SetTarget(_Body):
     target: str | None
+
+
+class HandOver(_Body):
+    refresh_interval: str | None = Field(None, max_length=32, examples=["10m"], description=(
+        "How often the operator reads every binding back and repairs drift (default: the operator's own, 10m)."))
+    suspend: bool = Field(False, description="The operator plans and reports, and writes nothing.")
 
 
 class NewToken(_Body):
@@ -96,6 +113,25 @@ def token_json(token: TokenRecord) -> dict[str, Any]:
             "createdAt": token.created_at.isoformat(), "createdBy": token.created_by,
             "lastUsedAt": token.last_used_at.isoformat() if token.last_used_at else None,
             "revoked": token.revoked_at is not None}
+
+
+def operator_json(app: AppRecord, handover: HandoverRecord | None, found: KeylessAppState | None,
+                  read: bool = True) -> dict[str, Any]:
+    """An app's handover to the operator and its KeylessApp as read (null when there is none or it was not read)."""
+    body: dict[str, Any] = {"app": app.name, "handedOver": handover is not None, "handover": None,
+                            "keylessApp": found.as_json() if found is not None else None,
+                            "links": {"self": f"/api/v1/apps/{app.name}/operator", "app": f"/api/v1/apps/{app.name}"}}
+    if handover is not None:
+        body["handover"] = {
+            "target": handover.target_name, "namespace": handover.namespace, "name": app.name,
+            "revision": handover.revision, "appRevision": app.revision, "upToDate": handover.revision == app.revision,
+            "refreshInterval": handover.refresh_interval, "suspend": handover.suspend,
+            "handedBy": handover.handed_by, "handedAt": handover.handed_at.isoformat()}
+        if read and found is None:
+            body["missing"] = (f"KeylessApp {handover.namespace}/{app.name} is not in the cluster of target "
+                               f"{handover.target_name!r}: someone deleted it there; hand the app over again, or take "
+                               "it back")
+    return body
 
 
 def event_json(event: AuditEvent) -> dict[str, Any]:
@@ -336,6 +372,53 @@ def app_status(app: str, request: Request, _: TokenRecord = Viewer, target: Targ
     """Per service: the cloud binding keyless owns, the identity, the service account, and drift."""
     rows = state(request).plane.status(app, target)
     return {"app": app, "services": [r.as_json() for r in rows]}
+
+
+# --- the keyless operator ------------------------------------------------------------------------
+
+
+@router.get("/apps/{app}/operator", tags=["operator"])
+def operator_status(app: str, request: Request, _: TokenRecord = Viewer) -> dict[str, Any]:
+    """The app's handover to the keyless operator, and its KeylessApp as the operator reports it, read now from the
+    target's cluster: conditions (Ready, Drifted, Blocked), bindings, whether the operator has caught up with the
+    spec (observedGeneration), the last plan. 502 when the cluster cannot be reached, 409 when it has no operator."""
+    plane = state(request).plane
+    handover, found = plane.operator_status(app)
+    return operator_json(plane.store.get_app(app), handover, found)
+
+
+@router.put("/apps/{app}/operator", tags=["operator"])
+def hand_over(app: str, request: Request, caller: TokenRecord = Deployer,
+              body: Annotated[HandOver | None, Body()] = None) -> dict[str, Any]:
+    """Hand the app to the keyless operator: write (server-side apply, field manager `keyless-control-plane`) the
+    KeylessApp named after the app in its target's namespace, with the app's current porter.yaml. An operator must
+    run in that cluster with a targets file that has a target of the same name. Again after porter.yaml changed:
+    the spec is updated. While handed over, deploys of the app to that target from here are refused (409)."""
+    wanted = body or HandOver()
+    plane = state(request).plane
+    handover, written = plane.hand_over(app, caller.actor, wanted.refresh_interval, wanted.suspend)
+    return operator_json(plane.store.get_app(app), handover, written)
+
+
+@router.delete("/apps/{app}/operator", tags=["operator"])
+def take_back(app: str, request: Request, caller: TokenRecord = Deployer,
+              remove_bindings: Annotated[bool, Query(alias="removeBindings", description=(
+                  "required: deleting the KeylessApp makes the operator remove every binding keyless made for the "
+                  "app on that target"))] = False) -> dict[str, Any]:
+    """Take the app back from the operator: delete its KeylessApp, and the operator REMOVES every cloud binding and
+    service-account mark keyless made for the app on that target (its finalizer holds the object until it has).
+    Refused (409) without `?removeBindings=true`. To stop the operator writing and keep the bindings, hand it over
+    again with `{"suspend": true}` instead."""
+    plane = state(request).plane
+    record = plane.store.get_app(app)
+    handover, deleted = plane.take_back(app, caller.actor, confirmed=remove_bindings,
+                                        confirm_hint="add ?removeBindings=true to go ahead")
+    body = operator_json(record, None, None, read=False)
+    body["takenBack"] = {"target": handover.target_name, "namespace": handover.namespace, "deleted": deleted,
+                         "message": (f"KeylessApp {handover.namespace}/{app} deleted: the operator is removing the "
+                                     "app's bindings" if deleted else
+                                     f"KeylessApp {handover.namespace}/{app} was already gone or being deleted")}
+    return body
 
 
 @router.get("/apps/{app}/audit", tags=["audit"])

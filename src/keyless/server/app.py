@@ -22,7 +22,7 @@ from keyless.server.deploys import DeployRunner
 from keyless.server.errors import error_body, http_status
 from keyless.server.eventlog import EventLog, RequestLog
 from keyless.server.limits import BoundedRequests
-from keyless.server.operations import Connector, ControlPlane, problems
+from keyless.server.operations import Connector, ControlPlane, OperatorConnector, connect_operator_cluster, problems
 from keyless.store import Store, TokenRecord, default_files_dir
 from keyless.store.models import utcnow
 
@@ -39,12 +39,14 @@ def _is_api(request: Request) -> bool:
 def create_app(store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
                secure_cookies: bool = False, server: str = "", files_dir: Path | None = None,
                events: EventLog | None = None, sessions: SessionLimits | None = None,
-               clock: Callable[[], dt.datetime] = utcnow) -> FastAPI:
+               clock: Callable[[], dt.datetime] = utcnow,
+               operator_connector: OperatorConnector = connect_operator_cluster) -> FastAPI:
     """The application; `server` names this server among those sharing the database (`keyless serve`: host:port);
     targets given through the API may name files under `files_dir` only; requests and deploys are logged to
-    `events` (default: JSON lines on stderr); dashboard logins last as `sessions` says, on `clock`."""
+    `events` (default: JSON lines on stderr); dashboard logins last as `sessions` says, on `clock`; KeylessApps are
+    written in targets' clusters through `operator_connector`."""
     events = events or EventLog()
-    plane = ControlPlane(store, env, connector, files_dir or default_files_dir())
+    plane = ControlPlane(store, env, connector, files_dir or default_files_dir(), operator_connector)
     runner = DeployRunner(plane, server=server, events=events)
     server_state = ServerState(store=store, plane=plane, runner=runner,
                                csrf_key=store.secret(CSRF_SETTING).encode(), secure_cookies=secure_cookies,

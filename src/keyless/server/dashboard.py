@@ -22,6 +22,7 @@ from keyless import preview as preview_module
 from keyless.audit.model import Finding, sorted_findings
 from keyless.audit.render import connection_label
 from keyless.errors import Conflict, KeylessError, NotFound
+from keyless.operator.resource import ConditionType
 from keyless.plan import planfile
 from keyless.providers.base import PreflightSeverity
 from keyless.server.auth import (
@@ -35,7 +36,16 @@ from keyless.server.auth import (
 )
 from keyless.server.errors import http_status
 from keyless.server.operations import ConnectionChange, connection_fields, identity_connection_type, require_service
-from keyless.store import AppRecord, DeployRecord, DeployStatus, Role, ServiceRecord, TargetRecord, TokenRecord
+from keyless.store import (
+    AppRecord,
+    DeployRecord,
+    DeployStatus,
+    HandoverRecord,
+    Role,
+    ServiceRecord,
+    TargetRecord,
+    TokenRecord,
+)
 from keyless.store.models import MAX_ID
 from keyless.targets import AnyTarget
 
@@ -180,15 +190,18 @@ class _AppRow:
     app: AppRecord
     connections: int
     last: DeployRecord | None
+    handover: HandoverRecord | None
 
 
 def _apps_page(request: Request, user: TokenRecord, import_form: Mapping[str, str] | None = None,
                import_error: str | None = None, status_code: int = 200) -> Response:
     store = state(request).store
+    handovers = store.handovers()
     rows = []
     for app in store.list_apps():
         last = store.list_deploys(app.name, limit=1)
-        rows.append(_AppRow(app, sum(len(s.connections) for s in app.services), last[0] if last else None))
+        rows.append(_AppRow(app, sum(len(s.connections) for s in app.services), last[0] if last else None,
+                            handovers.get(app.name)))
     return _render(request, "apps.html", {
         "rows": rows, "targets": store.list_targets() if user.role.allows(Role.ADMIN) else [],
         "import_form": import_form or {"porter_yaml": "", "name": "", "target": ""}, "import_error": import_error,
@@ -215,8 +228,8 @@ def import_app(request: Request, user: Admin, _: CsrfChecked,
     return _see_other(f"/apps/{app.name}")
 
 
-@router.get("/apps/{app}")
-def app_page(request: Request, app: str, user: Viewer) -> Response:
+def _app_page(request: Request, app: str, user: TokenRecord, operator_error: str | None = None,
+              taken_back: bool = False, status_code: int = 200) -> Response:
     store = state(request).store
     record = store.get_app(app)
     deploys = store.list_deploys(app, limit=HISTORY_LENGTH)
@@ -225,7 +238,14 @@ def app_page(request: Request, app: str, user: Viewer) -> Response:
         "undeployed": _undeployed(request, record),
         "targets": store.list_targets() if user.role.allows(Role.ADMIN) else [],
         "titles": {e.connection_type: e.connection_title for e in clouds.REGISTRY},
-    }, user)
+        "handover": store.get_handover(app), "operator_error": operator_error, "taken_back": taken_back,
+    }, user, status_code=status_code)
+
+
+@router.get("/apps/{app}")
+def app_page(request: Request, app: str, user: Viewer,
+             taken_back: Annotated[bool, Query(alias="taken-back")] = False) -> Response:
+    return _app_page(request, app, user, taken_back=taken_back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +299,67 @@ def status_bindings(request: Request, app: str, user: Viewer) -> Response:
         error = exc.render()
     context = {"app": record, "rows": rows, "error": error}
     return _render(request, "_status.html" if _is_htmx(request) else "status_bindings.html", context, user)
+
+
+# --- the keyless operator --------------------------------------------------------------------------
+
+
+@router.get("/apps/{app}/operator")
+def operator_status(request: Request, app: str, user: Viewer) -> Response:
+    """The app's KeylessApp as the operator reports it, read now from the target's cluster: a fragment for htmx (the
+    app page's Operator panel), else a page; an unreachable cluster or one without the operator shows in place."""
+    plane = state(request).plane
+    record = plane.store.get_app(app)
+    context: dict[str, Any] = {"app": record, "handover": None, "found": None, "error": None,
+                               "condition_types": [t.value for t in ConditionType]}
+    try:
+        context["handover"], context["found"] = plane.operator_status(app)
+    except KeylessError as exc:
+        context["handover"] = plane.store.get_handover(app)
+        context["error"] = exc.render()
+    return _render(request, "_operator.html" if _is_htmx(request) else "operator.html", context, user)
+
+
+@router.get("/apps/{app}/operator/summary")
+def operator_summary(request: Request, app: str, user: Viewer) -> Response:
+    """One word for the apps list (Ready, Drifted, Blocked, Pending, ...), read now: htmx loads it per app."""
+    plane = state(request).plane
+    summary, error = None, None
+    try:
+        _, found = plane.operator_status(app)
+        summary = found.summary if found is not None else "Missing"
+    except KeylessError as exc:
+        error = exc.message
+    return _render(request, "_operator_summary.html", {"summary": summary, "error": error}, user)
+
+
+@router.post("/apps/{app}/operator")
+def hand_over(request: Request, app: str, user: Deployer, _: CsrfChecked,
+              refresh_interval: Annotated[str, Form(max_length=32)] = "",
+              suspend: Annotated[str, Form(max_length=10)] = "") -> Response:
+    """Write the app's KeylessApp (again: its spec follows porter.yaml's current text); a refusal shows on the page."""
+    try:
+        state(request).plane.hand_over(app, user.actor, refresh_interval.strip() or None, bool(suspend))
+    except NotFound:
+        raise
+    except KeylessError as exc:
+        return _app_page(request, app, user, operator_error=exc.render(), status_code=http_status(exc))
+    return _see_other(f"/apps/{app}#operator")
+
+
+@router.post("/apps/{app}/operator/take-back")
+def take_back(request: Request, app: str, user: Deployer, _: CsrfChecked,
+              confirm: Annotated[str, Form(max_length=10)] = "") -> Response:
+    """Delete the app's KeylessApp, once the person has ticked that the operator then removes the bindings."""
+    try:
+        state(request).plane.take_back(
+            app, user.actor, confirmed=confirm == "yes",
+            confirm_hint="tick the box saying you know the bindings are removed, then Take back")
+    except NotFound:
+        raise
+    except KeylessError as exc:
+        return _app_page(request, app, user, operator_error=exc.render(), status_code=http_status(exc))
+    return _see_other(f"/apps/{app}?taken-back=true#operator")
 
 
 # --- a service and its connections -----------------------------------------------------------------

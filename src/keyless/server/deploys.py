@@ -58,12 +58,15 @@ class DeployRunner:
         """Plan and apply in the background (like `keyless apply --auto-approve`)."""
         app = self.store.get_app(app_name)
         name, _ = self.plane.target_of(app, target_name)  # a missing target is refused before anything starts
+        self.plane.check_not_handed_over(app_name, name)
         record = self.store.create_deploy(app_name, name, actor, DeployStatus.PLANNING, server=self.server)
         self._submit(record, "deploy", lambda: self._plan_and_apply(record))
         return record
 
     def apply(self, deploy_id: int, actor: str) -> DeployRecord:
         """Apply a reviewed plan in the background; refused when the app changed since (make a new plan)."""
+        planned = self.store.get_deploy(deploy_id)
+        self.plane.check_not_handed_over(planned.app, planned.target_name)
         record = self.store.start_planned(deploy_id, actor, self.server)
         self._submit(record, "apply", lambda: self._apply_saved(record))
         return record

@@ -6,14 +6,15 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from keyless import clouds, engine
+from keyless import clouds, engine, ownership
 from keyless.audit import AuditReport
 from keyless.bindings import desired_bindings, workloads
 from keyless.diagnostics import START, Diagnostic, Severity
 from keyless.errors import Conflict, InvalidInput, KeylessError, NotFound, UsageError
 from keyless.kube.base import KubeSide
+from keyless.operator.resource import KeylessAppState, keylessapp_manifest, keylessapp_state, parse_spec
 from keyless.plan import Plan
 from keyless.porter import edit
 from keyless.porter.loader import LoadedApp, identity_types, load_app, resolve_app_name
@@ -24,13 +25,41 @@ from keyless.store import (
     ConnectionRecord,
     DeployRecord,
     DeployStatus,
+    HandoverRecord,
     ServiceRecord,
     Store,
     TargetRecord,
 )
-from keyless.targets import AnyTarget, load_targets
+from keyless.targets import AnyTarget, KubernetesMode, load_targets
 
 Connector = Callable[[str, AnyTarget], tuple[Provider, KubeSide]]
+
+
+class OperatorCluster(Protocol):
+    """The calls the control plane makes in a target's cluster to hand an app to the operator (`kube.home`)."""
+
+    def read_keylessapp(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def apply_keylessapp(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
+    def delete_keylessapp(self, namespace: str, name: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+OperatorConnector = Callable[[AnyTarget, Mapping[str, str]], OperatorCluster]
+
+# The RBAC the control plane needs for handing apps over (README: Kubernetes permissions).
+_HANDOVER_RBAC_HINT = ("the control plane's kubeconfig user needs get, create, patch and delete on keylessapps "
+                       "(keyless.dev) in the target namespace (README: Kubernetes permissions)")
+
+
+def connect_operator_cluster(target: AnyTarget, env: Mapping[str, str]) -> OperatorCluster:
+    """The target's cluster (its kubeconfig and context, as every other keyless call there), as the control plane:
+    its own field manager, and few retries, since a person waits on the answer."""
+    from keyless.kube.home import HomeCluster
+    from keyless.providers.retry import RetryPolicy
+
+    return HomeCluster(side=target.kubernetes, env=env, field_manager=ownership.CONTROL_PLANE_MANAGER,
+                       rbac_hint=_HANDOVER_RBAC_HINT,
+                       policy=RetryPolicy(max_attempts=2, base_delay=0.25, max_delay=1.0, deadline=10.0))
 
 def connection_fields(type_: str) -> tuple[str, ...]:
     """The fields a person fills in for a connection type (porter.yaml spelling), in the order the dashboard shows."""
@@ -94,10 +123,12 @@ class ControlPlane:
     """The operations behind every API route and dashboard page."""
 
     def __init__(self, store: Store, env: Mapping[str, str], connector: Connector = engine.connect,
-                 files_dir: Path | None = None) -> None:
+                 files_dir: Path | None = None, operator_connector: OperatorConnector = connect_operator_cluster,
+                 ) -> None:
         self.store = store
         self.env = env
         self.connector = connector
+        self.operator_connector = operator_connector
         # Where targets given through the API may point (kubeconfig, outDir, caBundle): an admin's request must
         # not make the server read or write any file of its machine. None: the operator's own input (the targets
         # file `keyless serve` imports at start), taken as it is.
@@ -277,6 +308,114 @@ class ControlPlane:
 
     def deploys(self, app_name: str) -> list[DeployRecord]:
         return self.store.list_deploys(app_name)
+
+    # --- handing apps to the keyless operator --------------------------------------------------------
+
+    def _operator_cluster(self, target_name: str, target: AnyTarget) -> OperatorCluster:
+        if target.kubernetes.mode is KubernetesMode.RENDER:
+            raise UsageError(f"target {target_name!r} writes manifests to files (kubernetes.mode: render): keyless "
+                             "reaches no cluster there, so no operator can be handed the app",
+                             "hand it over on a target with kubernetes.mode: apply")
+        return self.operator_connector(target, self.env)
+
+    @staticmethod
+    def _check_ours(app: str, found: KeylessAppState) -> None:
+        where = f"KeylessApp {found.namespace}/{found.name}"
+        if not ownership.handed_over_by_control_plane(found.labels, app):
+            raise Conflict(f"{where} exists and was not written by the control plane (it has no label "
+                           f"{ownership.MANAGED_BY_LABEL}={ownership.CONTROL_PLANE_MANAGER} for app {app!r})",
+                           "it belongs to whoever made it (kubectl, GitOps): change or delete it there, or rename "
+                           "the app here")
+        if found.deleting:
+            raise Conflict(f"{where} is being deleted: the operator is removing the app's bindings",
+                           "wait until it is gone (GET .../operator), then hand the app over again")
+
+    def hand_over(self, app_name: str, actor: str, refresh_interval: str | None = None,
+                  suspend: bool = False) -> tuple[HandoverRecord, KeylessAppState]:
+        """Write (server-side apply) the app's KeylessApp in its target's cluster: porter.yaml as stored now, for an
+        operator running there whose targets file has a target of the same name. Again: the spec is updated."""
+        app = self.store.get_app(app_name)
+        target_name, target = self.target_of(app, None)
+        previous = self.store.get_handover(app_name)
+        if previous is not None and previous.target_name != target_name:
+            raise Conflict(f"app {app_name!r} is handed to the operator on target {previous.target_name!r}, and its "
+                           f"target is now {target_name!r}",
+                           "take it back from the operator first (its bindings there are removed), then hand it "
+                           "over again")
+        namespace = target.namespace
+        manifest = keylessapp_manifest(
+            app.name, namespace, target=target_name, porter_yaml=app.porter_yaml, app=app.name,
+            refresh_interval=refresh_interval, suspend=suspend, labels=ownership.handover_labels(app.name),
+            annotations={ownership.HANDED_OVER_BY_ANNOTATION: actor,
+                         ownership.HANDED_OVER_REVISION_ANNOTATION: str(app.revision)})
+        # The operator's own checks of a spec, before anything reaches the cluster (422 with the field).
+        parse_spec(manifest["spec"], f"keylessapp/{namespace}/{app.name}")
+        cluster = self._operator_cluster(target_name, target)
+        try:
+            existing = cluster.read_keylessapp(namespace, app.name)
+            if existing is not None:
+                self._check_ours(app.name, keylessapp_state(existing))
+            written = keylessapp_state(cluster.apply_keylessapp(manifest))
+        finally:
+            cluster.close()
+        record = self.store.record_handover(app.name, target_name=target_name, namespace=namespace,
+                                            revision=app.revision, refresh_interval=refresh_interval,
+                                            suspend=suspend, actor=actor)
+        return record, written
+
+    def operator_status(self, app_name: str) -> tuple[HandoverRecord | None, KeylessAppState | None]:
+        """The app's handover and its KeylessApp as read now (one read; none when it is not handed over)."""
+        self.store.get_app(app_name)  # 404 for an unknown app
+        handover = self.store.get_handover(app_name)
+        if handover is None:
+            return None, None
+        cluster = self._operator_cluster(handover.target_name, self.target(handover.target_name))
+        try:
+            found = cluster.read_keylessapp(handover.namespace, app_name)
+        finally:
+            cluster.close()
+        return handover, None if found is None else keylessapp_state(found)
+
+    def take_back(self, app_name: str, actor: str, *, confirmed: bool,
+                  confirm_hint: str) -> tuple[HandoverRecord, bool]:
+        """Delete the app's KeylessApp: the operator then removes every binding keyless made for the app on that
+        target (its finalizer holds the object until it has). True when there was one to delete. Refused unless
+        `confirmed`: a person says they know the app's services lose their cloud identities."""
+        self.store.get_app(app_name)
+        handover = self.store.get_handover(app_name)
+        if handover is None:
+            raise NotFound(f"app {app_name!r} is not handed to the operator",
+                           "hand it over with PUT /api/v1/apps/APP/operator")
+        if not confirmed:
+            raise Conflict(f"taking app {app_name!r} back deletes its KeylessApp, and the operator then removes every "
+                           f"binding keyless made for it on target {handover.target_name!r}: its services lose their "
+                           "cloud identities",
+                           f"{confirm_hint}; or, to stop the operator writing and keep the bindings, hand it over "
+                           "again suspended")
+        cluster = self._operator_cluster(handover.target_name, self.target(handover.target_name))
+        try:
+            existing = cluster.read_keylessapp(handover.namespace, app_name)
+            deleted = False
+            if existing is not None:
+                found = keylessapp_state(existing)
+                if not found.deleting:
+                    self._check_ours(app_name, found)
+                    deleted = cluster.delete_keylessapp(handover.namespace, app_name)
+        finally:
+            cluster.close()
+        self.store.forget_handover(app_name, actor)
+        return handover, deleted
+
+    def check_not_handed_over(self, app_name: str, target_name: str) -> None:
+        """A deploy from here is refused while the operator keeps the app on that target: two writers of one app
+        would undo each other (the operator re-applies its spec at every refresh)."""
+        handover = self.store.get_handover(app_name)
+        if handover is not None and handover.target_name == target_name:
+            raise Conflict(f"app {app_name!r} is handed to the keyless operator on target {target_name!r}: the "
+                           "operator applies it there, from the porter.yaml it was handed (revision "
+                           f"{handover.revision})",
+                           "hand it over again to send the operator this revision (PUT /api/v1/apps/APP/operator), "
+                           "or take it back first")
 
 
 def problems(error: KeylessError) -> list[dict[str, Any]]:

@@ -153,6 +153,21 @@ class AppLockRow(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class HandoverRow(Base):
+    """An app handed to the keyless operator: the KeylessApp the control plane wrote for it, and from what."""
+
+    __tablename__ = "operator_handovers"
+
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    target_name: Mapped[str] = mapped_column(String(63))
+    namespace: Mapped[str] = mapped_column(String(63))
+    revision: Mapped[int] = mapped_column(Integer)
+    refresh_interval: Mapped[str | None] = mapped_column(String(32))
+    suspend: Mapped[bool] = mapped_column(Boolean, default=False)
+    handed_by: Mapped[str] = mapped_column(String(200))
+    handed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class AuditEventRow(Base):
     """Every change made through the control plane: who, what, and the state before and after."""
 

@@ -168,3 +168,22 @@ class AppChange:
     services: Sequence[ServiceRecord] | None = None
     target_name: str | None = None
     set_target: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverRecord:
+    """An app the control plane handed to the keyless operator: where its KeylessApp is, and what it said."""
+
+    app: str
+    target_name: str
+    namespace: str
+    revision: int  # the app's porter.yaml revision the KeylessApp's spec holds
+    refresh_interval: str | None
+    suspend: bool
+    handed_by: str
+    handed_at: dt.datetime
+
+    def summary(self) -> dict[str, Any]:
+        """What the audit log keeps of a handover."""
+        return {"target": self.target_name, "namespace": self.namespace, "revision": self.revision,
+                "refreshInterval": self.refresh_interval, "suspend": self.suspend}

@@ -31,6 +31,7 @@ from keyless.store.models import (
     DashboardSessionRow,
     DeployActionRow,
     DeployRow,
+    HandoverRow,
     ServiceRow,
     SettingRow,
     TargetRow,
@@ -44,6 +45,7 @@ from keyless.store.records import (
     DeployActionRecord,
     DeployRecord,
     DeployStatus,
+    HandoverRecord,
     Role,
     ServiceRecord,
     TargetRecord,
@@ -483,6 +485,56 @@ class Store:
                 raise Conflict(f"app {name!r} is being deployed", "wait for the deploy to finish")
             self._record(s, actor, "app.delete", f"app/{name}", _app_summary(_app(row)), None)
             s.delete(row)
+
+    # --- apps handed to the operator ------------------------------------------------------------------
+
+    @staticmethod
+    def _handover(row: HandoverRow, app: str) -> HandoverRecord:
+        return HandoverRecord(app=app, target_name=row.target_name, namespace=row.namespace, revision=row.revision,
+                              refresh_interval=row.refresh_interval, suspend=row.suspend, handed_by=row.handed_by,
+                              handed_at=row.handed_at)
+
+    def handovers(self) -> dict[str, HandoverRecord]:
+        """Every app handed to the operator, by app name."""
+        with self._tx() as s:
+            rows = s.execute(select(HandoverRow, AppRow.name).join(AppRow, AppRow.id == HandoverRow.app_id))
+            return {name: self._handover(row, name) for row, name in rows}
+
+    def get_handover(self, app_name: str) -> HandoverRecord | None:
+        """The app's handover, or None when the control plane has not handed it to the operator."""
+        with self._tx() as s:
+            row = self._app_row(s, app_name)
+            found = s.get(HandoverRow, row.id)
+            return None if found is None else self._handover(found, app_name)
+
+    def record_handover(self, app_name: str, *, target_name: str, namespace: str, revision: int,
+                        refresh_interval: str | None, suspend: bool, actor: str) -> HandoverRecord:
+        """Keep (create or replace) what the control plane wrote as the app's KeylessApp, in the audit log too."""
+        with self._tx() as s:
+            app = self._app_row(s, app_name)
+            row = s.get(HandoverRow, app.id)
+            before = None if row is None else self._handover(row, app_name).summary()
+            if row is None:
+                row = HandoverRow(app_id=app.id)
+                s.add(row)
+            row.target_name, row.namespace, row.revision = target_name, namespace, revision
+            row.refresh_interval, row.suspend, row.handed_by, row.handed_at = refresh_interval, suspend, actor, utcnow()
+            s.flush()
+            record = self._handover(row, app_name)
+            self._record(s, actor, "operator.handover", f"app/{app_name}", before, record.summary())
+            return record
+
+    def forget_handover(self, app_name: str, actor: str) -> HandoverRecord | None:
+        """The app is no longer the operator's (its KeylessApp was deleted); the one forgotten, or None."""
+        with self._tx() as s:
+            app = self._app_row(s, app_name)
+            row = s.get(HandoverRow, app.id)
+            if row is None:
+                return None
+            record = self._handover(row, app_name)
+            self._record(s, actor, "operator.takeback", f"app/{app_name}", record.summary(), None)
+            s.delete(row)
+            return record
 
     # --- deploys and the per-app lock ----------------------------------------------------------------
 
