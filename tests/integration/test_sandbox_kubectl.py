@@ -84,7 +84,8 @@ def _v3(kube: KubeStandIn, group_version: str) -> dict[str, Any]:
 def test_the_v3_index_lists_each_served_group_version(kube: KubeStandIn) -> None:
     index = _get(kube, "/openapi/v3").json()["paths"]
     assert sorted(index) == ["api/v1", "apis/apiextensions.k8s.io/v1", "apis/apps/v1", "apis/authentication.k8s.io/v1",
-                             "apis/authorization.k8s.io/v1", "apis/batch/v1", "apis/rbac.authorization.k8s.io/v1"]
+                             "apis/authorization.k8s.io/v1", "apis/batch/v1", "apis/coordination.k8s.io/v1",
+                             "apis/rbac.authorization.k8s.io/v1"]
     assert all(entry["serverRelativeURL"].startswith(f"/openapi/v3/{gv}?hash=") for gv, entry in index.items())
     assert _get(kube, "/openapi/v3/apis/policy/v1").status_code == 404
 
