@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from keyless.providers.retry import RateLimit, TokenBucket
+from keyless.providers.retry import RateLimit, TokenBucket, shared_bucket
 
 
 class Clock:
@@ -67,3 +67,18 @@ def test_a_limit_must_be_positive() -> None:
         RateLimit(per_second=0.0, burst=1)
     with pytest.raises(ValueError, match="burst"):
         RateLimit(per_second=1.0, burst=0)
+
+
+def test_providers_of_one_process_share_a_cloud_limit() -> None:
+    """Two clients of one scope draw from one bucket (the operator's reconciles together stay under the limit);
+    another scope, or another clock, has its own."""
+    time = Clock()
+    limit = RateLimit(2.0, burst=2)
+    first = shared_bucket(("aws", "eu-west-1", "eks", True), limit, sleep=time.sleep, clock=time.clock)
+    second = shared_bucket(("aws", "eu-west-1", "eks", True), limit, sleep=time.sleep, clock=time.clock)
+    assert first is second
+    assert shared_bucket(("aws", "us-east-1", "eks", True), limit, sleep=time.sleep, clock=time.clock) is not first
+    other = Clock()
+    assert shared_bucket(("aws", "eu-west-1", "eks", True), limit, sleep=other.sleep, clock=other.clock) is not first
+    waits = [first.take(), second.take(), first.take(), second.take()]
+    assert waits == pytest.approx([0.0, 0.0, 0.5, 0.5])  # the second client waits for the first's tokens too

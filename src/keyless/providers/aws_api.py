@@ -38,10 +38,10 @@ from keyless.errors import CloudError, Denied
 from keyless.providers.retry import (
     RateLimit,
     RetryPolicy,
-    TokenBucket,
     call_with_retry,
     endpoint_root,
     retry_after,
+    shared_bucket,
     unreachable_cause,
     unreachable_hint,
 )
@@ -235,7 +235,8 @@ class AwsApi:
         # through botocore's before-call event: retries are paced and counted too.
         self.calls: Counter[str] = Counter()
         self._counting = threading.Lock()
-        self._buckets = {(service, reads): TokenBucket(limit, sleep=sleep, clock=clock)
+        self._buckets = {(service, reads): shared_bucket(("aws", region, service, reads), limit, sleep=sleep,
+                                                         clock=clock)
                          for service, reads, limit in (("eks", True, limits.eks_reads),
                                                        ("eks", False, limits.eks_writes),
                                                        ("iam", True, limits.iam_reads),

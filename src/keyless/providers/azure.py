@@ -62,7 +62,7 @@ from keyless.providers.base import (
     observed_of,
     services_label,
 )
-from keyless.providers.retry import RetryPolicy, TokenBucket, poll
+from keyless.providers.retry import RetryPolicy, TokenBucket, poll, shared_bucket
 from keyless.targets import AzureTarget
 
 T = TypeVar("T")
@@ -159,7 +159,8 @@ class AzureProvider:
         self._limits = limits
         # Writes are paced per subscription and per identity (each attempt takes a token), so a large apply runs at
         # ARM's rate instead of collecting 429s and backing off past it.
-        self._subscription_writes = TokenBucket(limits.writes_per_subscription, sleep=sleep, clock=clock)
+        self._subscription_writes = shared_bucket(("azure", target.arm_endpoint, target.subscription),
+                                                  limits.writes_per_subscription, sleep=sleep, clock=clock)
         self._identity_writes: dict[str, TokenBucket] = {}
         self._credential = self._api.credential
         self._scope = self._api.scope
@@ -207,8 +208,9 @@ class AzureProvider:
         writers are retried."""
         key = identity_key(resource_group, identity_name)
         with self._locks_guard:
-            identity = self._identity_writes.setdefault(
-                key, TokenBucket(self._limits.writes_per_identity, sleep=self._sleep, clock=self._clock))
+            identity = self._identity_writes.setdefault(key, shared_bucket(
+                ("azure", self.target.arm_endpoint, self.target.subscription, key), self._limits.writes_per_identity,
+                sleep=self._sleep, clock=self._clock))
 
         def paced() -> T:
             identity.take()

@@ -9,7 +9,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -263,3 +263,21 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+
+_SHARED: dict[tuple[Hashable, ...], TokenBucket] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_bucket(scope: tuple[Hashable, ...], limit: RateLimit, *, sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> TokenBucket:
+    """The process's one bucket for a cloud limit: a cloud's limits are per account, region or subscription, not per
+    client, so every provider of this process (the operator's concurrent reconciles, the server's deploys) draws
+    from the same one. Keyed by what the limit is on (`scope`), the limit, and the clock and sleep it runs on (a
+    test's injected clock gets buckets of its own)."""
+    key = (*scope, limit, clock, sleep)
+    with _SHARED_LOCK:
+        bucket = _SHARED.get(key)
+        if bucket is None:
+            bucket = _SHARED[key] = TokenBucket(limit, sleep=sleep, clock=clock)
+        return bucket
