@@ -162,8 +162,9 @@ def _condition(obj: Any, kind: str) -> dict[str, Any] | None:
     return None
 
 
-def _wait(what: str, check: Callable[[], Any], seen: Callable[[], None] | None = None, pause: float = 0.2) -> Any:
-    deadline = time.monotonic() + DEADLINE
+def _wait(what: str, check: Callable[[], Any], seen: Callable[[], None] | None = None, pause: float = 0.2,
+          deadline: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + deadline
     while time.monotonic() < deadline:
         if seen is not None:
             seen()
@@ -498,7 +499,13 @@ def test_a_replica_killed_mid_apply_is_taken_over_without_a_duplicate(
             ready = _condition(found, "Ready")
             return found if ready is not None and ready["status"] == "True" else None
 
-        obj = _wait("the surviving replica to converge", converged)
+        try:
+            # The dead replica's Lease runs out after 3 s; the survivor looks again within 15 s, then applies.
+            obj = _wait("the surviving replica to converge", converged, deadline=180.0)
+        except AssertionError:
+            found = _admin(env).get(KeylessApp, "op-kill", namespace="ops")
+            logs = "\n".join(path.read_text()[-3000:] for path in (tmp_path / "a.log", tmp_path / "b.log"))
+            raise AssertionError(f"no convergence: {found.get('metadata')} {found.get('status')}\n{logs}") from None
         assert [r["state"] for r in obj["status"]["bindings"]] == ["Bound"] * len(services)
         for s in services:  # one association per service account: nothing written twice
             assert len(_associations(cluster, f"op-kill-{s}")) == 1
