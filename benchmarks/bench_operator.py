@@ -6,10 +6,14 @@ What it does, in order (the issue's "500 KeylessApps of 10 services"):
   2. runs `python -m keyless operator` as a separate process, so that its memory (VmRSS, VmHWM) is its own;
   3. setup, rate limits off: creates APPS KeylessApps of SERVICES awsRole services each on the sandbox EKS target and
      waits until every one is Ready with observedGeneration == generation (the operator's cold apply of them all);
-  4. no change: the sandbox's realistic limits on, counters reset, one refresh interval passes untouched; then the
-     cloud calls by operation, the Kubernetes calls by verb and resource, the writes, how many apps the operator
-     refreshed in the interval, and its memory;
-  5. one app edited: one service's role changed in one KeylessApp's spec; wall time until its status is Ready for
+     the lists of the fleet this waits with cost the in-process stand-in a copy of every object, so they are 10 s apart
+     (that is the resolution of the setup and restart times);
+  4. restart: a fresh operator process with the measured --refresh-interval; kopf resumes every app (a full plan,
+     no change), so the time until every app has a new lastRefreshTime is a full refresh of the fleet, limits off;
+  5. no change: the sandbox's realistic limits and latency on; from when the first refreshes fall due, counters reset
+     and one refresh interval passes untouched; then the cloud calls by operation, the Kubernetes calls by verb and
+     resource, the writes, how many reconciles started and finished in the interval, and the operator's memory;
+  6. one app edited: one service's role changed in one KeylessApp's spec; wall time until its status is Ready for
      the new generation and the EKS association has the new role.
 
 Time: the operator's clock, refresh interval, timers, pacing (EKS reads 20/s per reconcile) and settle waits are real
@@ -49,7 +53,7 @@ SERVICES = int(os.environ.get("KEYLESS_BENCH_OPERATOR_SERVICES", "10"))
 REFRESH = float(os.environ.get("KEYLESS_BENCH_OPERATOR_REFRESH", "120"))  # seconds, the operator's --refresh-interval
 TIME_SCALE = float(os.environ.get("KEYLESS_BENCH_OPERATOR_TIME_SCALE", "1"))
 LATENCY = float(os.environ.get("KEYLESS_BENCH_LATENCY", "0.03"))  # seconds per request, before the scale
-SETUP_DEADLINE = float(os.environ.get("KEYLESS_BENCH_OPERATOR_SETUP_DEADLINE", "900"))
+SETUP_DEADLINE = float(os.environ.get("KEYLESS_BENCH_OPERATOR_SETUP_DEADLINE", "1800"))
 EDIT_DEADLINE = 300.0
 POLL = 10.0  # seconds between two looks at the fleet
 ROLES = ("keyless-demo-api", "keyless-demo-worker")
@@ -211,9 +215,9 @@ class Fleet:
     apps: int
 
 
-def setup(shared: Fleet) -> OperatorRow:
-    """The operator's cold apply of the fleet, rate limits off; then a fresh operator process, whose start
-    reconciles every app once (kopf's resume): the time that takes is a full refresh of the fleet, limits off."""
+def setup(shared: Fleet) -> tuple[OperatorRow, bool]:
+    """The operator's cold apply of the fleet, rate limits off, by an operator that refreshes nothing meanwhile;
+    answers its row and whether every app became Ready."""
     stack, admin, apps = shared.stack, shared.admin, shared.apps
     # Writes take effect after the stand-in's fixed 1 s, and keyless waits 1 s for them (settleSeconds).
     stack.configure({"rateLimits": "off", "latency": 0, "propagation": "off"})
@@ -231,9 +235,7 @@ def setup(shared: Fleet) -> OperatorRow:
         row.detail.append(_memory_line(memory(operator.pid)))
     finally:
         stop_operator(operator)
-    if ready < apps:
-        raise RuntimeError(f"only {ready}/{apps} apps became Ready within {SETUP_DEADLINE:g} s")
-    return row
+    return row, ready == apps
 
 
 def run(out: Callable[[str], None] = print) -> list[OperatorRow]:
@@ -263,7 +265,11 @@ def run(out: Callable[[str], None] = print) -> list[OperatorRow]:
             targets = Path(tmp) / "operator.targets.yaml"
             targets.write_text(Path(state.env["KEYLESS_TARGETS"]).read_text())
             shared = Fleet(stack, admin, targets, log, cluster, apps)
-            rows.append(setup(shared))
+            row, all_ready = setup(shared)
+            rows.append(row)
+            if not all_ready:
+                row.detail.append(f"not every app was Ready within {SETUP_DEADLINE:g} s: nothing more measured")
+                return rows
 
             # A fresh operator with the measured refresh interval: its start reconciles every app (no change).
             set_settle(targets, None)  # keyless's default settle from now on, as with realistic propagation
