@@ -7,6 +7,7 @@ Scenarios (render-mode targets: the cloud side is what is measured; Kubernetes m
   (d) one role changed, --refresh=false;
   (e) Azure: cold apply of AZURE_SERVICES services on AZURE_IDENTITIES managed identities;
   (f) GKE: cold apply of GCP_SERVICES services on the sandbox's Google service accounts.
+Then the operator's rows (bench_operator.py): a fleet of KeylessApps, no change for one refresh interval, one edited.
 For each: wall seconds, calls by operation (counted by keyless's SDK layers), writes, peak RSS of this process, the
 floor the cloud's limits impose (for each limit, its calls / its rate, the longest of those, plus one settle window
 where the scenario writes) and efficiency = floor / wall. The per-resource strategy (list, describe every object,
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bench_operator  # this directory, first on sys.path when run as a script
 import boto3
 import httpx
 from botocore.config import Config
@@ -375,7 +377,11 @@ def main() -> int:
         assert isinstance(gcp, GcpTarget)
         rows.append(run_gcp(gcp_name, gcp))
     print_table(rows)
-    return 0 if not any(row.notes and "failed" in " ".join(row.notes) for row in rows) else 1
+    failed = any(row.notes and "failed" in " ".join(row.notes) for row in rows)
+    if bench_operator.APPS > 0:  # KEYLESS_BENCH_OPERATOR_APPS=0 leaves the operator's rows out
+        print()
+        bench_operator.main()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
