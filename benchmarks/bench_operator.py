@@ -16,7 +16,7 @@ What it does, in order (the issue's "500 KeylessApps of 10 services"):
   6. one app edited: one service's role changed in one KeylessApp's spec; wall time until its status is Ready for
      the new generation and the EKS association has the new role.
 
-Time: the operator's clock, refresh interval, timers, pacing (EKS reads 20/s per reconcile) and settle waits are real
+Time: the operator's clock, refresh interval, timers, pacing (EKS reads 20/s per process) and settle waits are real
 time; the sandbox's time scale (OPERATOR_TIME_SCALE) divides only the sandbox's own delays and multiplies its rate
 limits, so at a scale other than 1 the clouds answer faster than real ones would while the operator does not.
 """
@@ -48,7 +48,7 @@ from keyless.operator.manifests import operator_manifests
 from keyless.operator.resource import GROUP, KIND, PLURAL, VERSION
 from keyless.sandbox.stack import DEMO_NAMESPACE, EKS_CONTEXT, EKS_TARGET, SandboxStack
 
-APPS = int(os.environ.get("KEYLESS_BENCH_OPERATOR_APPS", "500"))
+APPS = int(os.environ.get("KEYLESS_BENCH_OPERATOR_APPS", "100"))
 SERVICES = int(os.environ.get("KEYLESS_BENCH_OPERATOR_SERVICES", "10"))
 REFRESH = float(os.environ.get("KEYLESS_BENCH_OPERATOR_REFRESH", "120"))  # seconds, the operator's --refresh-interval
 TIME_SCALE = float(os.environ.get("KEYLESS_BENCH_OPERATOR_TIME_SCALE", "1"))
@@ -341,7 +341,7 @@ def edit(shared: Fleet, operator: subprocess.Popen[bytes]) -> OperatorRow:
             time.sleep(0.2)
     row = OperatorRow("one app edited: time to applied", time.monotonic() - start)
     row.detail.append("Ready for the new generation, the association on the new role (realistic limits, "
-                      "propagation 2-10 s, keyless's settle 5 s; the fleet's refreshes still running)" if done
+                      "propagation 2-10 s, keyless's settle 10 s; the fleet's refreshes still running)" if done
                       else f"not applied within {EDIT_DEADLINE:g} s")
     return row
 
