@@ -695,6 +695,7 @@ def operator(
         "--liveness", help="Serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
     lease_duration: Annotated[str, typer.Option(
         "--lease-duration", help="How long an app's lock outlives a replica that died holding it: 30s.")] = "30s",
+    verbose: Annotated[bool, typer.Option("--verbose", help="Log kopf's and keyless's debug lines too.")] = False,
 ) -> None:
     """Run the controller: plan and apply each KeylessApp through the engine, refresh it every interval and
     repair drift, remove what keyless bound when it is deleted. `keyless operator manifests` installs it."""
@@ -730,7 +731,8 @@ def operator(
     import logging
 
     # kopf's and keyless's own lines (handlers run, retries, refreshes) on stderr, as a pod's log.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx2", "httpx", "botocore", "urllib3", "azure", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     where = ", ".join(options.namespaces) if options.namespaces else "all namespaces"

@@ -254,7 +254,10 @@ def operator_settings(holder: str) -> kopf.OperatorSettings:
     settings.posting.reporting_component = "keyless-operator"
     settings.posting.reporting_instance = holder[:128]
     settings.posting.event_name_prefix = "keyless-"
-    settings.watching.server_timeout = 300  # the API server ends each watch; kopf resumes from its resourceVersion
+    # The API server ends each watch after this; kopf lists and watches again. It bounds how long an object whose
+    # finalizer another replica won (kopf then waits for the object's next event) goes unhandled if that replica
+    # died before writing anything more.
+    settings.watching.server_timeout = 60
     return settings
 
 
