@@ -797,22 +797,14 @@ OPERATOR_PID_FILE = "operator.pid"
 SANDBOX_OPERATOR_CONTEXT = "keyless-operator@sandbox-eks"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sandbox_operator_pid(directory: Path) -> int | None:
     try:
         pid = int((directory / OPERATOR_PID_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    from keyless.sandbox.control import process_alive
+
+    return pid if process_alive(pid) else None
 
 
 def _start_sandbox_operator(directory: Path, env: Mapping[str, str]) -> tuple[int, bool]:
@@ -851,17 +843,13 @@ def _start_sandbox_operator(directory: Path, env: Mapping[str, str]) -> tuple[in
 
 
 def _stop_sandbox_operator(directory: Path) -> int | None:
-    import signal
-    import time as clock
+    from keyless.sandbox.control import stop_process
 
     pid = _sandbox_operator_pid(directory)
     (directory / OPERATOR_PID_FILE).unlink(missing_ok=True)
     if pid is None:
         return None
-    os.kill(pid, signal.SIGTERM)
-    deadline = clock.monotonic() + 20
-    while clock.monotonic() < deadline and _pid_alive(pid):
-        clock.sleep(0.1)
+    stop_process(pid, timeout=20.0)
     return pid
 
 

@@ -31,3 +31,15 @@ def env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         monkeypatch.delenv(key, raising=False)
     return state.env
 
+
+
+@pytest.fixture(scope="module")
+def operator_env(sandbox: Sandbox) -> Iterator[dict[str, str]]:
+    """The sandbox's environment for a whole module whose operator replicas run in this process."""
+    _, state = sandbox
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in state.env.items():
+            patch.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"):
+            patch.delenv(key, raising=False)
+        yield dict(state.env)

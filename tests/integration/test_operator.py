@@ -8,14 +8,12 @@ and boto3 make the same calls.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,20 +24,18 @@ import httpx
 import pytest
 from azure.identity import WorkloadIdentityCredential
 from azure.mgmt.msi import ManagedServiceIdentityClient
-from e2e_support import Sandbox, run_cli
+from e2e_support import Sandbox
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.codecs import load_all_yaml
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.types import PatchType
+from operator_support import OPERATOR_CONTEXT, operator_replicas
 
 from keyless import engine
 from keyless.inputs import load_targets_file
 from keyless.kube.cluster import ClusterKube
-from keyless.kube.home import HomeCluster
-from keyless.operator.controller import OperatorOptions, run_operator
-from keyless.operator.reconcile import Reconciler
 from keyless.porter import load_app
 from keyless.sandbox import control
 from keyless.sandbox.azure.demo import DEMO_API_IDENTITY, DEMO_RESOURCE_GROUP
@@ -51,8 +47,6 @@ pytestmark = pytest.mark.integration
 
 KUBECTL = shutil.which("kubectl")
 AWS = shutil.which("aws")
-OPERATOR_NAMESPACE = "keyless-system"
-OPERATOR_CONTEXT = "keyless-operator@sandbox-eks"
 KeylessApp = create_namespaced_resource("keyless.dev", "v1alpha1", "KeylessApp", "keylessapps")
 DEADLINE = 90.0  # seconds a wait may take before the test fails (never asserted as a bound)
 
@@ -84,49 +78,11 @@ def _apply_yaml(env: dict[str, str], text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def operator_env(sandbox: Sandbox) -> Iterator[dict[str, str]]:
-    _, state = sandbox
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in state.env.items():
-            patch.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"):
-            patch.delenv(key, raising=False)
-        yield dict(state.env)
-
-
-@pytest.fixture(scope="module")
 def replicas(sandbox: Sandbox, operator_env: dict[str, str]) -> Iterator[list[str]]:
-    """`keyless operator manifests` installed as the README says (the Deployment aside: its replicas are threads
-    here), and two replicas running as the operator's service account."""
-    stack, _ = sandbox
-    code, manifests = run_cli("operator", "manifests", "--namespace", OPERATOR_NAMESPACE)
-    assert code == 0, manifests
-    documents = manifests.split("\n---\n")
-    assert any("kind: Deployment" in d for d in documents)
-    _apply_yaml(operator_env, "\n---\n".join(d for d in documents if "kind: Deployment" not in d))
-    assert stack.eks is not None
-    # `kubectl create token keyless-operator -n keyless-system`, in a context of its own.
-    token = stack.eks.mint_token(OPERATOR_NAMESPACE, "keyless-operator", expiration_seconds=7200)
-    stack.eks.write_kubeconfig(operator_env["KUBECONFIG"], OPERATOR_CONTEXT, token=token, make_current=False)
-    stop = threading.Event()
-    threads, holders = [], []
-    for index in (1, 2):
-        home = HomeCluster(OPERATOR_CONTEXT)
-        holder = f"keyless-operator-test/{index}"
-        reconciler = Reconciler(Path(operator_env["KEYLESS_TARGETS"]), holder, home.config_map_value)
-        options = OperatorOptions(namespaces=("shop",), refresh_interval=600.0, tick=1.0)
-        ready = threading.Event()
-        thread = threading.Thread(target=asyncio.run, args=(run_operator(reconciler, home, options, stop_flag=stop,
-                                                                         ready_flag=ready),),
-                                  name=f"operator-{index}", daemon=True)
-        thread.start()
-        assert ready.wait(30), "the operator did not start"
-        threads.append(thread)
-        holders.append(holder)
-    yield holders
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    """The operator installed as the README says, two replicas watching namespace shop."""
+    with operator_replicas(sandbox, operator_env, lambda text: _apply_yaml(operator_env, text),
+                           "keyless-operator-test", namespaces=("shop",)) as holders:
+        yield holders
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

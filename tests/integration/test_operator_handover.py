@@ -8,11 +8,9 @@ the README's extra rules for KeylessApps; every call is real lightkube over HTTP
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,16 +18,15 @@ from typing import Any, cast
 
 import boto3
 import pytest
-from e2e_support import Sandbox, run_cli
+from e2e_support import Sandbox
 from fastapi.testclient import TestClient
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.codecs import from_dict, load_all_yaml
+from operator_support import operator_replicas
 from server_support import running_server
 
-from keyless.kube.home import KEYLESSAPP, HomeCluster
-from keyless.operator.controller import OperatorOptions, run_operator
+from keyless.kube.home import KEYLESSAPP
 from keyless.operator.manifests import CONTROL_PLANE_RULES
-from keyless.operator.reconcile import Reconciler
 from keyless.porter import load_app
 from keyless.sandbox.porter import deploy_workloads
 from keyless.sandbox.stack import AKS_CONTEXT, AKS_TARGET, EKS_CONTEXT, EKS_TARGET
@@ -39,8 +36,6 @@ from keyless.store import Role, Store
 
 pytestmark = pytest.mark.integration
 
-OPERATOR_NAMESPACE = "keyless-system"
-OPERATOR_CONTEXT = "keyless-operator@sandbox-eks"
 ROLE = "keyless-demo-api"
 DEADLINE = 90.0  # seconds a wait may take before the test fails (never asserted as a bound)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -62,46 +57,15 @@ def _wait(what: str, check: Callable[[], Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def operator_env(sandbox: Sandbox) -> Iterator[dict[str, str]]:
-    _, state = sandbox
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in state.env.items():
-            patch.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"):
-            patch.delenv(key, raising=False)
-        yield dict(state.env)
-
-
-@pytest.fixture(scope="module")
 def replicas(sandbox: Sandbox, operator_env: dict[str, str]) -> Iterator[None]:
     """The operator installed in the EKS cluster from its manifests (its Deployment aside), two replicas running."""
-    stack, _ = sandbox
-    code, manifests = run_cli("operator", "manifests", "--namespace", OPERATOR_NAMESPACE)
-    assert code == 0, manifests
-    admin = _admin(operator_env)
-    for obj in load_all_yaml(manifests, create_resources_for_crds=True):
-        if obj.kind != "Deployment":
+    def apply(text: str) -> None:
+        admin = _admin(operator_env)
+        for obj in load_all_yaml(text, create_resources_for_crds=True):
             admin.apply(obj, force=True)
-    assert stack.eks is not None
-    token = stack.eks.mint_token(OPERATOR_NAMESPACE, "keyless-operator", expiration_seconds=7200)
-    stack.eks.write_kubeconfig(operator_env["KUBECONFIG"], OPERATOR_CONTEXT, token=token, make_current=False)
-    stop = threading.Event()
-    threads = []
-    for index in (1, 2):
-        home = HomeCluster(OPERATOR_CONTEXT)
-        reconciler = Reconciler(Path(operator_env["KEYLESS_TARGETS"]), f"keyless-operator-handover/{index}",
-                                home.config_map_value)
-        ready = threading.Event()
-        thread = threading.Thread(target=asyncio.run, args=(run_operator(
-            reconciler, home, OperatorOptions(refresh_interval=600.0, tick=1.0), stop_flag=stop, ready_flag=ready),),
-            name=f"operator-{index}", daemon=True)
-        thread.start()
-        assert ready.wait(30), "the operator did not start"
-        threads.append(thread)
-    yield
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+
+    with operator_replicas(sandbox, operator_env, apply, "keyless-operator-handover"):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from keyless import engine
-from keyless.errors import CloudError, InvalidInput, KeylessError, LockHeld, PreflightFailed
+from keyless.errors import InvalidInput, KeylessError, LockHeld, PreflightFailed
 from keyless.inputs import load_targets_file
 from keyless.kube.base import KubeSide
 from keyless.kube.lock import LOCK_DURATION
@@ -263,7 +263,7 @@ class Reconciler:
                 report = engine.apply_plan(plan, provider, kube, clock=self.clock, sleep=self.sleep, lock=held)
         except LockHeld as exc:
             return Outcome(conditions=(), events=(Event(False, "Waiting", exc.message),), retry_in=LOCK_RETRY)
-        except (CloudError, KeylessError) as exc:
+        except KeylessError as exc:
             return Outcome(conditions=(Condition(ConditionType.READY, False, "RemoveFailed", exc.render()),),
                            events=(Event(True, "RemoveFailed", exc.render()),),
                            retry_in=backoff(1, self.rng))

@@ -46,7 +46,8 @@ def state_dir(env: Mapping[str, str]) -> Path:
     return base / "keyless" / "sandbox"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -62,7 +63,7 @@ def running(directory: Path) -> SandboxState | None:
         state = SandboxState.from_json(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError):
         return None
-    if not _alive(state.pid):
+    if not process_alive(state.pid):
         return None
     try:
         httpx.get(f"{state.control_url}/health", timeout=2.0).raise_for_status()
@@ -131,11 +132,19 @@ def down(directory: Path) -> SandboxState | None:
     state = running(directory)
     if state is None:
         return None
-    os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(state.pid):
-        time.sleep(0.1)
+    stop_process(state.pid)
     return state
+
+
+def stop_process(pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM, then wait up to `timeout` for the process to end (the sandbox, or a process run beside it)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process_alive(pid):
+        time.sleep(0.1)
 
 
 def _control(state: SandboxState, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
