@@ -43,6 +43,7 @@ from botocore.config import Config
 from keyless import engine
 from keyless.inputs import load_targets_file
 from keyless.kube.render import RenderedKube
+from keyless.plan import Refresh
 from keyless.porter import load_app
 from keyless.providers.aws import PROPAGATION_SETTLE, AwsProvider
 from keyless.providers.aws_api import DEFAULT_LIMITS as AWS_LIMITS
@@ -157,7 +158,7 @@ def aws_writes(calls: Mapping[str, int]) -> int:
     return sum(n for op, n in calls.items() if op.split(":", 1)[1].startswith(AWS_WRITES))
 
 
-def run_aws(scenario: str, target_name: str, target: AwsTarget, data: bytes, *, refresh: bool) -> Row:
+def run_aws(scenario: str, target_name: str, target: AwsTarget, data: bytes, *, refresh: Refresh) -> Row:
     loaded = load_app(data, "porter.yaml", {})
     provider = AwsProvider(target, limits=AWS_SCALED, settle=AWS_SETTLE)
     kube = RenderedKube(target_name, target.kubernetes)
@@ -359,11 +360,11 @@ def main() -> int:
         remove_all_associations(aws)
 
         data = porter_yaml(AWS_SERVICES, aws_connection(role))
-        rows.append(run_aws(f"(a) AWS cold apply, {AWS_SERVICES}", aws_name, aws, data, refresh=True))
-        rows.append(run_aws("(b) no change, full refresh", aws_name, aws, data, refresh=True))
-        rows.append(run_aws("(c) no change, --refresh=false", aws_name, aws, data, refresh=False))
+        rows.append(run_aws(f"(a) AWS cold apply, {AWS_SERVICES}", aws_name, aws, data, refresh=Refresh.FULL))
+        rows.append(run_aws("(b) no change, full refresh", aws_name, aws, data, refresh=Refresh.FULL))
+        rows.append(run_aws("(c) no change, --refresh=false", aws_name, aws, data, refresh=Refresh.NONE))
         changed = porter_yaml(AWS_SERVICES, aws_connection(lambda i: ROLES[(i + (i == 1)) % 2]))
-        rows.append(run_aws("(d) one role changed, --refresh=false", aws_name, aws, changed, refresh=False))
+        rows.append(run_aws("(d) one role changed, --refresh=false", aws_name, aws, changed, refresh=Refresh.NONE))
         # The per-resource strategy has no cheaper no-op than its full one: (c) is compared with (b)'s.
         for row, seconds in zip(rows, [per_resource[0], per_resource[1], per_resource[1], per_resource[2]],
                                 strict=True):

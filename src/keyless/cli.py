@@ -211,12 +211,14 @@ RefreshOpt = Annotated[str, typer.Option(
 NoRefreshOpt = Annotated[bool, typer.Option("--no-refresh", help="The same as --refresh=false.")]
 
 
-def _refresh(value: str, no_refresh: bool) -> bool:
-    """Whether to read every binding again: --refresh=true|false, or --no-refresh."""
+def _refresh(value: str, no_refresh: bool) -> Any:
+    """How much to read again (a plan.Refresh): --refresh=true (a full refresh), --refresh=false or --no-refresh."""
+    from keyless.plan import Refresh
+
     spelled = value.strip().lower()
     if spelled not in ("true", "false"):
         raise UsageError(f"--refresh={value}: expected true or false", "e.g. keyless plan --refresh=false ...")
-    return spelled == "true" and not no_refresh
+    return Refresh.FULL if spelled == "true" and not no_refresh else Refresh.NONE
 
 
 def _target(name: str, targets_file: Path | None) -> tuple[str, Any]:
@@ -247,7 +249,7 @@ def _prepared(file: Path, target_name: str, app_name: str | None, targets_file: 
     return engine.PlanInput(loaded, resolved_app, name, target), provider, kube
 
 
-def _planned(spec: Any, provider: Any, kube: Any, refresh: bool) -> Any:
+def _planned(spec: Any, provider: Any, kube: Any, refresh: Any) -> Any:
     from keyless import engine
 
     planned = engine.plan_app(spec, provider, kube, refresh=refresh)
@@ -256,9 +258,12 @@ def _planned(spec: Any, provider: Any, kube: Any, refresh: bool) -> Any:
 
 
 def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None,
-              refresh: bool = True) -> Any:
+              refresh: Any = None) -> Any:
+    """`refresh`: a plan.Refresh; None is a full refresh."""
+    from keyless.plan import Refresh
+
     spec, provider, kube = _prepared(file, target_name, app_name, targets_file)
-    return _planned(spec, provider, kube, refresh), provider, kube, spec.target
+    return _planned(spec, provider, kube, refresh or Refresh.FULL), provider, kube, spec.target
 
 
 def _show_plan(plan: Any, output: OutputFormat) -> None:

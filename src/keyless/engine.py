@@ -28,12 +28,13 @@ from keyless.kube.base import KubeSide
 from keyless.kube.lock import DEFAULT_LOCK_TIMEOUT, LOCK_DURATION, AppLock, LockState, LockStatus
 from keyless.kube.manifests import IDENTITY_RECORD
 from keyless.ownership import SERVICE_LABEL
-from keyless.plan.model import AccountSpec, Action, ActionKind, Observed, Plan, Resource
+from keyless.plan.model import AccountSpec, Action, ActionKind, Observed, Plan, Refresh, Resource
 from keyless.plan.planner import PlanRequest, make_plan
 from keyless.porter.loader import LoadedApp
 from keyless.providers.base import (
     ActionOutcome,
     BatchWriter,
+    CapacityChecker,
     PreflightIssue,
     PreflightSeverity,
     Provider,
@@ -81,7 +82,7 @@ def _blocking(issues: Sequence[PreflightIssue]) -> None:
 
 
 def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, namespace: str,
-                bindings: Sequence[Binding], *, refresh: bool = True) -> Observed:
+                bindings: Sequence[Binding], *, refresh: Refresh = Refresh.FULL) -> Observed:
     accounts, workloads = kube.observe(namespace, app, [b.service_account for b in bindings])
     # The identities keyless bound (the record) or was about to bind when an apply was interrupted (pending).
     recorded = sorted({a.annotations[IDENTITY_RECORD] for a in accounts if a.annotations.get(IDENTITY_RECORD)}
@@ -90,14 +91,14 @@ def observe_all(provider: Provider, kube: KubeSide, app: str, target_name: str, 
     return Observed(bindings=tuple(cloud), service_accounts=tuple(accounts), workloads=tuple(workloads))
 
 
-def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide, *, refresh: bool = True) -> PlannedApp:
+def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide, *, refresh: Refresh = Refresh.FULL) -> PlannedApp:
     """Resolve identities, preflight, observe, and compute the Plan. Raises PreflightFailed (exit 3).
 
-    `refresh=False` (`--refresh=false`): trust keyless's journal where the cloud would need a read per binding."""
+    `refresh`: how much is read back rather than taken from keyless's journal (Refresh.NONE is `--refresh=false`)."""
     desired, notes = desired_bindings(spec.loaded, spec.app, spec.target_name, spec.target)
     resolved, issues = provider.resolve(desired)
     _blocking(issues)
-    issues = [*issues, *provider.preflight(resolved, refresh)]
+    issues = [*issues, *provider.preflight(resolved)]
     _blocking(issues)
     observed = observe_all(provider, kube, spec.app, spec.target_name, spec.target.namespace, resolved,
                            refresh=refresh)
@@ -107,7 +108,12 @@ def plan_app(spec: PlanInput, provider: Provider, kube: KubeSide, *, refresh: bo
         services_in_app=declared,
         notes=tuple(f"{i.service + ': ' if i.service else ''}{i.message}" for i in issues),
     )
-    return PlannedApp(plan=make_plan(request, observed), warnings=tuple(issues), notes=tuple(notes))
+    plan = make_plan(request, observed)
+    if isinstance(provider, CapacityChecker):
+        # A cluster-wide limit only creates can pass: counted once the plan says how many there are.
+        creating = sum(1 for a in plan.changes if a.resource is Resource.CLOUD_BINDING and a.kind is ActionKind.CREATE)
+        _blocking(provider.check_capacity(creating))
+    return PlannedApp(plan=plan, warnings=tuple(issues), notes=tuple(notes))
 
 
 # --- the apply lock ----------------------------------------------------------------------------
@@ -479,7 +485,8 @@ class StalePlan(ApplyFailed):
                          "run `keyless plan` again, review it, and apply the new plan")
 
 
-def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str, *, refresh: bool = True) -> Observed:
+def observe_saved(plan: Plan, provider: Provider, kube: KubeSide, namespace: str, *,
+                  refresh: Refresh = Refresh.FULL) -> Observed:
     """Observe again what a (saved) plan was computed from: once, to tell whether it is stale."""
     return observe_all(provider, kube, plan.app, plan.target, namespace, plan.wanted_bindings(), refresh=refresh)
 

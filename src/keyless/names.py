@@ -113,6 +113,17 @@ def _check_role_name(name: str, path: str) -> None:
         raise NameRuleError(f"IAM role path {path!r} is not valid", "a path looks like /service-role/")
 
 
+# EKS association ids as EKS makes them ("a-" and lowercase letters and digits, 17 of them today; the length is not
+# documented, so any up to a sane bound).
+_ASSOCIATION_ID = re.compile(r"^a-[a-z0-9]{1,64}$")
+
+
+def is_association_id(value: str) -> bool:
+    """Whether `value` can be an EKS pod identity association id: one read from an annotation anyone can edit reaches a
+    URL only if it is."""
+    return bool(_ASSOCIATION_ID.fullmatch(value))
+
+
 def parse_role(value: str) -> RoleRef:
     """Accept `name`, `path/name`, `/path/name/` forms, or `arn:PARTITION:iam::ACCOUNT:role/path/name`."""
     value = value.strip()

@@ -17,7 +17,7 @@ from lightkube import Client, KubeConfig
 
 from keyless import engine
 from keyless.inputs import load_targets_file
-from keyless.plan import planfile
+from keyless.plan import Refresh, planfile
 from keyless.porter import load_app
 from keyless.providers.aws import AwsProvider
 from keyless.sandbox.porter import deploy_workloads
@@ -68,7 +68,7 @@ def _target(env: dict[str, str]) -> AwsTarget:
 
 
 def plan(env: dict[str, str], app: str, text: str, *,
-         refresh: bool = True) -> tuple[engine.PlannedApp, AwsProvider, Calls, Any]:
+         refresh: Refresh = Refresh.FULL) -> tuple[engine.PlannedApp, AwsProvider, Calls, Any]:
     """`keyless plan` as the CLI runs it, with a provider whose session counts its requests."""
     loaded = load_app(text.encode(), "porter.yaml", {})
     client = Client(KubeConfig.from_file(env["KUBECONFIG"]).get(context_name=EKS_CONTEXT), namespace="shop")
@@ -111,6 +111,7 @@ def test_cold_apply_no_op_and_one_change_cost_what_they_must(sandbox: Sandbox, e
     assert calls.writes == SERVICES
 
     # No change (full refresh): the listing's pages once, each owned association described exactly once, no write.
+    # (A plan that creates nothing does not count the cluster's associations: the listing is observe's.)
     planned, calls = apply(env, app, porter_text(app, roles))
     assert not planned.plan.changes
     assert calls.writes == 0
@@ -169,7 +170,7 @@ def test_refresh_false_trusts_the_journal_and_reads_no_object(sandbox: Sandbox, 
 
     # No change: not one association listed or described; the journal observes what a full refresh observes.
     full, _, _, _ = plan(env, app, porter_text(app, roles))
-    trusted, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=False)
+    trusted, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=Refresh.NONE)
     assert not trusted.plan.changes
     assert trusted.plan.observed_digest == full.plan.observed_digest
     assert calls.by_operation["ListPodIdentityAssociations"] == 0
@@ -178,7 +179,7 @@ def test_refresh_false_trusts_the_journal_and_reads_no_object(sandbox: Sandbox, 
 
     # One role changed: that service alone is read (its key listed, its association described), then updated.
     roles["s05"] = "keyless-demo-worker"
-    planned, provider, calls, kube = plan(env, app, porter_text(app, roles), refresh=False)
+    planned, provider, calls, kube = plan(env, app, porter_text(app, roles), refresh=Refresh.NONE)
     assert not engine.apply_plan(planned.plan, provider, kube).failures
     assert calls.by_operation["UpdatePodIdentityAssociation"] == 1
     assert calls.writes == 1
@@ -194,6 +195,45 @@ def test_refresh_false_trusts_the_journal_and_reads_no_object(sandbox: Sandbox, 
     code, output = run_cli("plan", "-f", str(_written(env, app, roles)), "--target", EKS_TARGET, "--refresh=maybe")
     assert code == 2
     assert "expected true or false" in output
+
+
+def test_a_bound_refresh_reads_each_binding_by_its_id_and_lists_nothing(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """What the operator's periodic refresh costs: one Describe per binding, whatever the size of the cluster."""
+    app = "bounded"
+    roles: dict[str, str | None] = {f"s{i:02d}": "keyless-demo-api" for i in range(12)}
+    apply(env, app, porter_text(app, roles))
+
+    # No change: each association described once by the id its account records; not one list page.
+    full, _, _, _ = plan(env, app, porter_text(app, roles))
+    bound, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=Refresh.BOUND)
+    assert not bound.plan.changes
+    assert bound.plan.observed_digest == full.plan.observed_digest
+    assert calls.by_operation["ListPodIdentityAssociations"] == 0
+    assert len(calls.described) == 12
+    assert set(calls.described.values()) == {1}
+    assert calls.writes == 0
+
+    # One association deleted by hand: its id is gone, so its key alone is listed; the plan creates it again, and
+    # counting the cluster for the quota is the one whole listing.
+    eks = boto3.client("eks")
+    [gone] = eks.list_pod_identity_associations(clusterName=_target(env).cluster, namespace="shop",
+                                                serviceAccount=f"{app}-s07")["associations"]
+    eks.delete_pod_identity_association(clusterName=_target(env).cluster, associationId=gone["associationId"])
+    pages = math.ceil(_associations(env) / PAGE)
+    full, _, _, _ = plan(env, app, porter_text(app, roles))
+    bound, provider, calls, kube = plan(env, app, porter_text(app, roles), refresh=Refresh.BOUND)
+    assert [(a.kind.value, a.service) for a in bound.plan.changes if a.resource.value == "cloud_binding"] == [
+        ("create", "s07")]
+    assert bound.plan.observed_digest == full.plan.observed_digest
+    assert calls.by_operation["ListPodIdentityAssociations"] == 1 + pages
+    assert len(calls.described) == 12
+    assert set(calls.described.values()) == {1}
+    assert not engine.apply_plan(bound.plan, provider, kube).failures
+
+    # Repaired, and the journal records the new id: the next bound refresh lists nothing again.
+    again, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=Refresh.BOUND)
+    assert not again.plan.changes
+    assert calls.by_operation["ListPodIdentityAssociations"] == 0
 
 
 def _written(env: dict[str, str], app: str, roles: dict[str, str | None]) -> Path:

@@ -49,7 +49,7 @@ class FakeProvider:
     def resolve(self, bindings: list[Any]) -> tuple[list[Any], list[PreflightIssue]]:
         return list(bindings), []
 
-    def preflight(self, bindings: list[Any], refresh: bool = True) -> list[PreflightIssue]:
+    def preflight(self, bindings: list[Any]) -> list[PreflightIssue]:
         return [PreflightIssue(PreflightSeverity.BLOCKING, "the EKS Pod Identity agent add-on is not installed on prod",
                                fix="aws eks create-addon --cluster-name prod --addon-name eks-pod-identity-agent")]
 

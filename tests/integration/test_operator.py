@@ -187,10 +187,19 @@ def test_a_keylessapp_binds_repairs_a_deleted_association_and_is_cleaned_up(
     assert [(r["service"], r["cloud"], r["state"]) for r in rows] == [("api", "aws", "Bound")]
     [association] = _associations(cluster, "op-shop-api")
     assert rows[0]["bindingId"] == association["associationId"]
-    assert obj["status"]["appliedTo"] == {"target": EKS_TARGET, "app": "op-shop"}
+    assert obj["status"]["appliedTo"] == {"target": EKS_TARGET, "app": "op-shop", "namespace": "shop"}
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     # Two replicas, one create: the app was written by one of them only.
     assert _eks_calls(env).get("CreatePodIdentityAssociation", 0) - before == 1
+
+    # A periodic refresh reads the association back by the id keyless recorded: no listing of the cluster.
+    calls = _eks_calls(env)
+    stamp = obj["status"]["lastRefreshTime"]
+    _wait("a periodic refresh", lambda: (_get(env, "op-shop") or {}).get("status", {}).get("lastRefreshTime", stamp)
+          > stamp)
+    after = _eks_calls(env)
+    assert after.get("DescribePodIdentityAssociation", 0) > calls.get("DescribePodIdentityAssociation", 0)
+    assert after.get("ListPodIdentityAssociations", 0) == calls.get("ListPodIdentityAssociations", 0)
 
     # The pods have the identity: the SDK's default chain in a pod resolves to the role.
     pods = _wait("a running pod of op-shop-api", lambda: [

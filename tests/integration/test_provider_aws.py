@@ -367,20 +367,21 @@ def test_a_missing_cluster_blocks_and_trust_is_still_checked(sandbox: AwsSandbox
     assert any("sts:TagSession" in i.message for i in issues[1:])
 
 
-def test_the_association_quota_is_checked_before_any_create(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
+def test_the_association_quota_is_checked_when_the_plan_creates(sandbox: AwsSandbox, seed: DemoSeed, eks: Any) -> None:
     cluster = _cluster(sandbox)
     for i in range(5):
         _by_hand(eks, cluster, "crowd", f"sa-{i}", seed.roles["keyless-demo-api"])
     provider = _provider(cluster)
-    arn = seed.roles["keyless-demo-api"]
-    # Bindings at keys that already have an association create nothing and do not count.
-    existing = [replace(_resolved(_binding("x", arn), arn), namespace="crowd", service_account=f"sa-{i}")
-                for i in range(5)]
-    fits = [_resolved(_binding(f"s{i}", arn), arn) for i in range(4995)]
-    assert _blocking(provider.preflight([*existing, *fits])) == []
-    [issue] = _blocking(provider.preflight([*existing, *fits, _resolved(_binding("one-more", arn), arn)]))
+    # A plan that creates nothing does not pay for counting the cluster's associations.
+    assert provider.check_capacity(0) == []
+    assert "eks:ListPodIdentityAssociations" not in provider.api.calls
+    assert _blocking(provider.check_capacity(4995)) == []
+    [issue] = _blocking(provider.check_capacity(4996))
     assert "has 5 pod identity associations; 4996 more" in issue.message
     assert "5000" in issue.message
+    assert "aws eks list-pod-identity-associations" in issue.fix
+    # Counted on one listing, read once however often it is asked.
+    assert provider.api.calls["eks:ListPodIdentityAssociations"] == 1
 
 
 # ---- associations someone else made --------------------------------------------------------------

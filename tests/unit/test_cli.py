@@ -10,6 +10,7 @@ from typer.testing import CliRunner, Result
 
 from keyless import __version__
 from keyless.cli import app
+from keyless.plan import Refresh
 
 PORTER = """\
 name: shop
@@ -302,8 +303,9 @@ def test_plan_help_offers_no_option_that_does_nothing() -> None:
 
 
 @pytest.mark.parametrize(("value", "no_refresh", "expected"), [
-    ("true", False, True), ("false", False, False), ("FALSE", False, False), ("true", True, False)])
-def test_refresh_is_spelled_as_terraform_spells_it(value: str, no_refresh: bool, expected: bool) -> None:
+    ("true", False, Refresh.FULL), ("false", False, Refresh.NONE), ("FALSE", False, Refresh.NONE),
+    ("true", True, Refresh.NONE)])
+def test_refresh_is_spelled_as_terraform_spells_it(value: str, no_refresh: bool, expected: Refresh) -> None:
     from keyless.cli import _refresh
 
     assert _refresh(value, no_refresh) is expected

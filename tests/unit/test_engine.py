@@ -27,6 +27,7 @@ from keyless.plan import (
     ObservedServiceAccount,
     ObservedWorkload,
     Plan,
+    Refresh,
     Resource,
     planfile,
     planner,
@@ -115,13 +116,13 @@ class FakeProvider:
             resolved.append(replace(b, identity=replace(b.identity, arn=arn(b.identity.role))))
         return resolved, list(self.resolve_issues)
 
-    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
+    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
         self.log.add("-", "preflight")
         return list(self.preflight_issues)
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding],
                 recorded: Sequence[str] = (), accounts: Sequence[object] = (),
-                refresh: bool = True) -> list[ObservedBinding]:
+                refresh: Refresh = Refresh.FULL) -> list[ObservedBinding]:
         self.log.add("-", "observe")
         keys = {b.key for b in bindings}
         return [o for o in self.bindings.values()

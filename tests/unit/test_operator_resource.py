@@ -1,4 +1,5 @@
-"""The KeylessApp resource as values: spec parsing, conditions by the Kubernetes conventions, status rows, manifests."""
+"""The KeylessApp resource as values: spec parsing, conditions by the Kubernetes conventions, status rows, manifests,
+and how much each kind of reconcile reads back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from keyless.errors import InvalidInput
 from keyless.kube.manifests import KEYLESS_ROLE_RULES
 from keyless.operator.manifests import OPERATOR_RULES, crd_manifest, operator_manifests
-from keyless.operator.reconcile import backoff
+from keyless.operator.reconcile import Trigger, backoff, refresh_for
 from keyless.operator.resource import (
     Condition,
     ConditionType,
@@ -18,6 +19,7 @@ from keyless.operator.resource import (
     porter_yaml_source,
 )
 from keyless.operator.resource import merge_conditions as merge
+from keyless.plan import Refresh
 
 WHERE = "keylessapp/shop/web"
 
@@ -192,3 +194,14 @@ def test_the_readme_grants_the_control_plane_exactly_its_rules() -> None:
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "keyless-control-plane" in b]
     roles = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "ClusterRole"]
     assert [r["rules"] for r in roles] == [[dict(rule) for rule in CONTROL_PLANE_RULES]]
+
+
+def test_a_new_spec_refreshes_fully_and_a_periodic_refresh_reads_back_what_was_bound() -> None:
+    applied = {"target": "prod-eks", "app": "shop", "namespace": "shop"}
+    assert refresh_for(Trigger.CHANGE, applied, "shop") is Refresh.FULL
+    assert refresh_for(Trigger.REFRESH, applied, "shop") is Refresh.BOUND
+    assert refresh_for(Trigger.RESUME, applied, "shop") is Refresh.BOUND
+    # Never applied, applied before the status said where, or the target's namespace changed: search everywhere.
+    assert refresh_for(Trigger.REFRESH, None, "shop") is Refresh.FULL
+    assert refresh_for(Trigger.RESUME, {"target": "prod-eks", "app": "shop"}, "shop") is Refresh.FULL
+    assert refresh_for(Trigger.REFRESH, applied, "shop-v2") is Refresh.FULL

@@ -213,6 +213,8 @@ def _mine(record: LeaseRecord) -> LockStatus:
 # Lists are read in pages of this many objects (limit/continue), as kubectl does: the API server answers a page
 # at a time instead of building one response of every object in the namespace.
 LIST_PAGE = 500
+# Up to this many accounts not labelled for the app yet are read one GET each; more, with one list of the namespace.
+ACCOUNT_GETS_MAX = 16
 
 
 class ClusterKube:
@@ -305,8 +307,8 @@ class ClusterKube:
             lambda: list(self._client.list(ServiceAccount, namespace=namespace, labels=_selector(APP_LABEL, app),
                                            chunk_size=LIST_PAGE)))
         accounts = {a.name: a for a in map(_observed_account, labelled)}
-        missing = set(service_accounts) - set(accounts)
-        if missing:
+        missing = sorted(set(service_accounts) - set(accounts))
+        if len(missing) > ACCOUNT_GETS_MAX:
             # One list of the namespace, not a GET per account: a 300-service app would wait on 300 round trips.
             everything = self._call(f"list service accounts in namespace {namespace}",
                                     lambda: list(self._client.list(ServiceAccount, namespace=namespace,
@@ -314,6 +316,12 @@ class ClusterKube:
             for found in map(_observed_account, everything):
                 if found.name in missing:
                     accounts[found.name] = found
+        else:
+            # A few accounts: a GET each, not a list of a namespace a whole fleet of apps may share.
+            for name in missing:
+                live = self._get_account(namespace, name)
+                if live is not None:
+                    accounts[name] = _observed_account(live)
         selector = _selector(PORTER_APP_LABEL, app)
         workloads: list[ObservedWorkload] = []
         deployments = self._call(f"list deployments in namespace {namespace}",

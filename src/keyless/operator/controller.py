@@ -131,14 +131,21 @@ class _Handlers:
     # ---- handlers --------------------------------------------------------------------------------------------
 
     async def changed(self, **kwargs: Any) -> None:
-        """Created, its spec changed, or the operator (re)started: plan and apply."""
+        """Created, or its spec changed: plan and apply."""
+        await self._reconcile(Trigger.CHANGE, kwargs)
+
+    async def resumed(self, **kwargs: Any) -> None:
+        """The operator (re)started and found the app: plan and apply, reading back what keyless recorded."""
+        await self._reconcile(Trigger.RESUME, kwargs)
+
+    async def _reconcile(self, trigger: Trigger, kwargs: Mapping[str, Any]) -> None:
         body, spec, status, meta, patch = (kwargs["body"], kwargs["spec"], kwargs["status"], kwargs["meta"],
                                            kwargs["patch"])
         namespace, name, retry = str(kwargs["namespace"]), str(kwargs["name"]), int(kwargs["retry"])
         generation = int(meta.get("generation") or 0)
         async with self._gate():
             outcome = await asyncio.to_thread(
-                self.reconciler.reconcile, namespace, name, dict(spec), Trigger.CHANGE, failures=retry,
+                self.reconciler.reconcile, namespace, name, dict(spec), trigger, failures=retry,
                 publish=self._publisher(body, namespace, name, status, generation),
                 previous_target=status.get("appliedTo"))
         patch.status.update(self._status(outcome, status, generation, _now() if outcome.retry_in is None else None))
@@ -203,7 +210,7 @@ def build_registry(reconciler: Reconciler, home: HomeCluster, options: OperatorO
     registry = kopf.OperatorRegistry()
     handlers = _Handlers(reconciler, home, options)
     # Retried by keyless's own backoff (TemporaryError's delay), never given up: a blocked app waits for its fix.
-    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")(handlers.changed)
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")(handlers.resumed)
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")(handlers.changed)
     kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", field="spec")(handlers.changed)
     kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="refresh", interval=options.tick)(handlers.tick)

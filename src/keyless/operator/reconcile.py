@@ -32,12 +32,12 @@ from keyless.operator.resource import (
     plan_summary,
     porter_yaml_source,
 )
-from keyless.plan import Plan
+from keyless.plan import Plan, Refresh
 from keyless.porter import LoadedApp, app_without_services, load_app, resolve_app_name
 from keyless.providers.base import Provider
 from keyless.targets import AnyTarget, Targets
 
-__all__ = ["Event", "Outcome", "Reconciler", "Trigger"]
+__all__ = ["Event", "Outcome", "Reconciler", "Trigger", "refresh_for"]
 
 log = logging.getLogger("keyless.operator")
 
@@ -49,8 +49,19 @@ LOCK_RETRY: Final = 10.0  # another replica or a CLI apply holds the app: look a
 
 
 class Trigger(enum.StrEnum):
-    CHANGE = "change"  # the KeylessApp was created or its spec changed (or the operator started)
+    CHANGE = "change"  # the KeylessApp was created or its spec changed
+    RESUME = "resume"  # the operator started and found the KeylessApp
     REFRESH = "refresh"  # the refresh interval passed: read everything back and repair drift
+
+
+def refresh_for(trigger: Trigger, applied_to: Mapping[str, str] | None, namespace: str) -> Refresh:
+    """How much a reconcile reads back. A new or changed spec gets a full refresh (on EKS: the cluster's listing,
+    which also finds what keyless left in a namespace the target no longer uses). A periodic refresh, or a restart,
+    of an app already applied in this namespace reads back each binding by the id keyless recorded for it: that
+    costs one read per binding, not a listing of the whole cluster per app, which a fleet could not afford."""
+    if trigger is Trigger.CHANGE or not applied_to or applied_to.get("namespace") != namespace:
+        return Refresh.FULL
+    return Refresh.BOUND
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +172,17 @@ class Reconciler:
             return _blocked("TargetsFileUnreadable", f"{self.targets_file}: {exc.strerror or exc}",
                             retry_in=backoff(failures + 1, self.rng), failures=failures + 1)
         events: list[Event] = []
-        if previous_target and (previous_target.get("target"), previous_target.get("app")) != (spec.target, app):
+        moved = bool(previous_target) and (
+            (previous_target or {}).get("target"), (previous_target or {}).get("app")) != (spec.target, app)
+        if previous_target and moved:
             # The app moved (another target or name): what keyless bound for the old one goes first.
             left = self.remove(namespace, name, previous_target)
             if left.retry_in is not None:
                 return left
             events.extend(left.events)
         try:
-            outcome = self._plan_and_apply(spec, loaded, app, target, trigger, failures, publish)
+            refresh = refresh_for(trigger, None if moved else previous_target, target.namespace)
+            outcome = self._plan_and_apply(spec, loaded, app, target, trigger, refresh, failures, publish)
         except LockHeld as exc:
             return Outcome(conditions=(), events=(Event(False, "Waiting", exc.message),),
                            retry_in=LOCK_RETRY + self.rng.uniform(0, LOCK_RETRY / 2), failures=failures)
@@ -184,14 +198,16 @@ class Reconciler:
                        outcome.retry_in, outcome.applied_to, outcome.failures)
 
     def _plan_and_apply(self, spec: KeylessAppSpec, loaded: LoadedApp, app: str, target: AnyTarget,
-                        trigger: Trigger, failures: int, publish: Callable[[Outcome], None] | None) -> Outcome:
+                        trigger: Trigger, refresh: Refresh, failures: int,
+                        publish: Callable[[Outcome], None] | None) -> Outcome:
         provider, kube = self.connect(spec.target, target)
         with engine.app_lock(kube, app, spec.target, target.namespace, timeout=0, holder=self.holder,
                              duration=self.lock_duration, clock=self.clock, sleep=self.sleep) as held:
-            planned = engine.plan_app(engine.PlanInput(loaded, app, spec.target, target), provider, kube)
+            planned = engine.plan_app(engine.PlanInput(loaded, app, spec.target, target), provider, kube,
+                                      refresh=refresh)
             plan = planned.plan
             stamp = self.now().strftime("%Y-%m-%dT%H:%M:%SZ")
-            applied_to = {"target": spec.target, "app": app}
+            applied_to = {"target": spec.target, "app": app, "namespace": target.namespace}
             if plan.blockers:
                 message = "; ".join(f"{b.service}: {b.message}" + (f" (fix: {b.hint})" if b.hint else "")
                                     for b in plan.blockers)

@@ -14,6 +14,7 @@ from keyless.plan.model import (
     ObservedWorkload,
     Plan,
     PodTemplateSettings,
+    Refresh,
     Resource,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "ObservedWorkload",
     "Plan",
     "PodTemplateSettings",
+    "Refresh",
     "Resource",
 ]

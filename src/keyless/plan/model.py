@@ -14,6 +14,15 @@ from keyless.clouds import Cloud, Identity
 from keyless.ownership import Owner
 
 
+class Refresh(enum.StrEnum):
+    """How much of what a plan compares is read back from the cloud rather than taken from keyless's journal (the
+    binding ids and identities keyless records on the service accounts it manages)."""
+
+    FULL = "full"  # every binding read back, and the cluster searched for bindings keyless left anywhere (default)
+    BOUND = "bound"  # every binding the journal or porter.yaml points at read back, by id where the journal has one
+    NONE = "none"  # `--refresh=false`: the journal trusted where reading a binding would cost a call of its own
+
+
 class ActionKind(enum.StrEnum):
     CREATE = "create"
     UPDATE = "update"

@@ -17,12 +17,12 @@ from botocore.exceptions import ClientError
 
 from keyless import names
 from keyless.bindings import Binding
-from keyless.clouds import BINDING_ANNOTATION, IDENTITY_ANNOTATION, AwsRole, Cloud
+from keyless.clouds import BINDING_ANNOTATION, IDENTITY_ANNOTATION, PENDING_ANNOTATION, AwsRole, Cloud
 from keyless.errors import CloudError
 from keyless.federation import POD_IDENTITY_SERVICE, TRUST_ACTIONS, trust_statement
 from keyless.iam_policy import check_trust_policy
 from keyless.ownership import SERVICE_LABEL, Owner, label_value, labelled_for, owner_from_tags, ownership_tags
-from keyless.plan import Action, ObservedBinding, ObservedServiceAccount
+from keyless.plan import Action, ObservedBinding, ObservedServiceAccount, Refresh
 from keyless.providers.aws_api import (
     ASSOCIATION_QUOTA,
     DEFAULT_LIMITS,
@@ -100,10 +100,11 @@ def _journaled(accounts: Sequence[ObservedServiceAccount], app: str, target: str
     labels could not hold the names exactly (shortened) vouches for nothing, so its association is described."""
     found: list[ObservedBinding] = []
     for account in accounts:
-        binding_id = account.annotations.get(BINDING_ANNOTATION)
+        binding_id = account.annotations.get(BINDING_ANNOTATION, "")
         role_arn = account.annotations.get(IDENTITY_ANNOTATION, "")
         service = account.labels.get(SERVICE_LABEL, "")
-        if (not binding_id or not role_arn.startswith("arn:") or not labelled_for(account.labels, app, target)
+        if (not names.is_association_id(binding_id) or not role_arn.startswith("arn:")
+                or not labelled_for(account.labels, app, target)
                 or label_value(service) != service or label_value(app) != app or label_value(target) != target):
             continue
         found.append(ObservedBinding(cloud=Cloud.AWS, id=binding_id, namespace=account.namespace,
@@ -355,8 +356,8 @@ class AwsProvider:
 
     # ---- preflight ------------------------------------------------------------------------------
 
-    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
-        """Cluster, agent add-on (unless Auto Mode), the quota, and each role's trust policy."""
+    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
+        """Cluster, agent add-on (unless Auto Mode) and each role's trust policy; the quota is `check_capacity`'s."""
         issues: list[PreflightIssue] = []
         cluster = self._describe_cluster()
         if cluster is None:
@@ -366,8 +367,6 @@ class AwsProvider:
                 "lists the clusters there)"))
         else:
             issues += self._check_cluster(cluster)
-            if refresh:  # the quota needs the whole listing, which --refresh=false does not read
-                issues += self._check_quota(bindings)
         issues += self._check_trust(bindings)
         return issues
 
@@ -399,15 +398,17 @@ class AwsProvider:
                 "pods may not get credentials until it is ACTIVE"))
         return issues
 
-    def _check_quota(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
-        existing = self._list()
-        taken = {(a.namespace, a.service_account) for a in existing}
-        creates = len({b.key for b in bindings} - taken)
-        if len(existing) + creates <= ASSOCIATION_QUOTA:
+    def check_capacity(self, creating: int) -> list[PreflightIssue]:
+        """EKS's limit of associations per cluster, when the plan creates some: counted on the cluster's listing,
+        which a full refresh has read already (and which is read once per command otherwise)."""
+        if creating <= 0:
+            return []
+        existing = len(self._list())
+        if existing + creating <= ASSOCIATION_QUOTA:
             return []
         return [PreflightIssue(
             PreflightSeverity.BLOCKING,
-            f"EKS cluster {self.cluster!r} has {len(existing)} pod identity associations; {creates} more would "
+            f"EKS cluster {self.cluster!r} has {existing} pod identity associations; {creating} more would "
             f"pass the limit of {ASSOCIATION_QUOTA} per cluster",
             f"delete associations no longer used (`aws eks list-pod-identity-associations --cluster-name "
             f"{self.cluster}`)")]
@@ -435,33 +436,68 @@ class AwsProvider:
     # ---- observe --------------------------------------------------------------------------------
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: Refresh = Refresh.FULL
+                ) -> list[ObservedBinding]:
         """What sits at the desired (namespace, service account) keys, plus every association keyless owns
-        for this app on this target. Summaries carry no tags, so candidates are described: those at a
-        desired key, and those whose service account has the app's `<app>-` prefix (every account keyless
-        names for the app has it), in any namespace so that a target whose namespace changed still finds
-        its old associations. Other apps' and other people's associations are never described.
+        for this app on this target. Other apps' and other people's associations are never described.
 
-        `refresh=False` reads nothing the journal on the app's service accounts vouches for (an association it
-        records whose role is the one wanted, or whose connection is gone): only the desired keys it does not
-        vouch for are listed (filtered to the key) and described. What an interrupted apply left where no
-        connection wants it anymore is found by the next full refresh, the default."""
-        if not refresh:
-            return self._observe_journaled(app, target, bindings, accounts)
+        Refresh.FULL lists the whole cluster (100 a page; summaries carry no tags) and describes the candidates:
+        those at a desired key, and those whose service account has the app's `<app>-` prefix (every account keyless
+        names for the app has it), in any namespace, so that a target whose namespace changed still finds its old
+        associations.
+
+        Refresh.BOUND reads back by id each association the journal on the app's service accounts records, and
+        lists (filtered to the key) only a key whose recorded association is gone: a refresh of an unchanged app
+        costs one Describe per binding, whatever the size of the cluster. Keyless records what it is about to bind
+        on the account before it writes (PENDING_ANNOTATION), so an interrupted apply leaves an account to look at.
+        A desired key the journal does not record is probably a create, whose quota check needs the whole listing
+        anyway: then it lists the whole cluster, as FULL does.
+
+        Refresh.NONE reads nothing the journal vouches for (an association it records whose role is the one wanted,
+        or whose connection is gone): only the desired keys it does not vouch for are listed (filtered to the key)
+        and described. What an interrupted apply left where no connection wants it anymore is found by the next
+        full refresh, the default."""
         desired = {b.key for b in bindings}
+        if refresh is Refresh.NONE:
+            return self._observe_journaled(app, target, bindings, accounts)
+        if refresh is Refresh.BOUND and self._listing is None:
+            bound = self._observe_bound(app, target, desired, accounts)
+            if bound is not None:
+                return bound
         prefix = f"{app}-"
         listed = [s.id for s in self._list()
                   if (s.namespace, s.service_account) in desired or s.service_account.startswith(prefix)]
         return self._described_bindings(app, target, desired, listed)
 
+    def _observe_bound(self, app: str, target: str, desired: set[tuple[str, str]],
+                       accounts: Sequence[ObservedServiceAccount]) -> list[ObservedBinding] | None:
+        """Refresh.BOUND: the journal's associations described by id, keys whose association went listed; None when
+        a desired key has no journal entry (the whole listing is the cheaper read then)."""
+        journal: dict[tuple[str, str], str] = {}
+        keys = set(desired)
+        for account in accounts:
+            key = (account.namespace, account.name)
+            notes = account.annotations
+            if key in desired or (labelled_for(account.labels, app, target) and any(
+                    notes.get(k) for k in (BINDING_ANNOTATION, PENDING_ANNOTATION, IDENTITY_ANNOTATION))):
+                keys.add(key)  # keyless bound (or was binding) something here
+                if names.is_association_id(notes.get(BINDING_ANNOTATION, "")):
+                    journal[key] = notes[BINDING_ANNOTATION]
+        if desired - set(journal):
+            return None
+        read = self._read_all(list(dict.fromkeys(journal.values())))
+        settled = {(a.namespace, a.service_account) for a in read if a is not None}
+        # EKS holds one association per key: a key whose recorded one is there has no other.
+        ids = [a.id for a in read if a is not None]
+        ids += [s.id for namespace, account in sorted(keys - settled) for s in self._list(namespace, account)]
+        return self._described_bindings(app, target, desired, ids)
+
     def _described_bindings(self, app: str, target: str, desired: set[tuple[str, str]],
                             ids: Sequence[str]) -> list[ObservedBinding]:
         """Describe each association once, several at a time (the EKS read bucket sets the pace); keep those at a
         desired key and those keyless made for this app and target."""
-        with ThreadPoolExecutor(max_workers=DESCRIBE_CONCURRENCY, thread_name_prefix="keyless-describe") as pool:
-            described = list(pool.map(self._current, ids))
         found: list[ObservedBinding] = []
-        for association in described:
+        for association in self._read_all(ids):
             if association is None:
                 continue  # deleted since it was listed
             key = (association.namespace, association.service_account)
@@ -476,6 +512,12 @@ class AwsProvider:
                 identity=AwsRole(role=association.role_arn, arn=association.role_arn),
                 owner=owner, managed_by=association.owner_arn, details=details))
         return found
+
+    def _read_all(self, ids: Sequence[str]) -> list[_Association | None]:
+        """Each association as this command knows it, those not read yet described several at a time."""
+        unique = list(dict.fromkeys(ids))
+        with ThreadPoolExecutor(max_workers=DESCRIBE_CONCURRENCY, thread_name_prefix="keyless-describe") as pool:
+            return list(pool.map(self._current, unique))
 
     def _observe_journaled(self, app: str, target: str, bindings: Sequence[Binding],
                            accounts: Sequence[ObservedServiceAccount]) -> list[ObservedBinding]:

@@ -29,7 +29,7 @@ from keyless.bindings import Binding
 from keyless.clouds import AzureIdentity, Cloud
 from keyless.errors import CloudError
 from keyless.federation import AZURE_TOKEN_AUDIENCE, subject_for
-from keyless.plan import Action, ActionKind, ObservedBinding, ObservedServiceAccount
+from keyless.plan import Action, ActionKind, ObservedBinding, ObservedServiceAccount, Refresh
 from keyless.providers.azure_api import (
     AUTHORITY_ENV,
     CREDENTIALS_PER_IDENTITY,
@@ -376,7 +376,7 @@ class AzureProvider:
 
     # ---- preflight ------------------------------------------------------------------------------
 
-    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
+    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
         """The cluster (found, OIDC issuer and workload identity on), then per identity the credential cap and
         credentials someone made for the same service account."""
         t = self.target
@@ -438,7 +438,8 @@ class AzureProvider:
     # ---- observe --------------------------------------------------------------------------------
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: Refresh = Refresh.FULL
+                ) -> list[ObservedBinding]:
         """One list per identity, for every identity of the bindings and every identity keyless recorded on the
         app's service accounts (how a removed connection's credential is found): what sits at a desired key, and
         every credential keyless owns for this app on this target."""

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 from keyless.bindings import Binding
 from keyless.clouds import Cloud
 from keyless.errors import CloudError
-from keyless.plan.model import Action, ActionKind, ObservedBinding, ObservedServiceAccount, Resource
+from keyless.plan.model import Action, ActionKind, ObservedBinding, ObservedServiceAccount, Refresh, Resource
 
 
 class PreflightSeverity(enum.StrEnum):
@@ -125,6 +125,16 @@ class TokenExchanger(Protocol):
 
 
 @runtime_checkable
+class CapacityChecker(Protocol):
+    """A provider whose cloud limits the bindings of a whole cluster (EKS: associations per cluster): checked once
+    the plan says how many it creates, so that a plan that creates nothing never pays for counting them."""
+
+    def check_capacity(self, creating: int) -> list[PreflightIssue]:
+        """Blocking issues when `creating` more bindings would pass the limit; none otherwise."""
+        ...
+
+
+@runtime_checkable
 class BatchWriter(Protocol):
     """A provider whose cloud keeps several services' bindings in one object (a GCP IAM policy): the engine hands
     it every cloud action at once, so each object is written once with all of the app's changes."""
@@ -141,22 +151,24 @@ class Provider(Protocol):
         """Fill in cloud facts (role ARN, client ID); identities that cannot be resolved become issues."""
         ...
 
-    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
-        """Check what must hold before any write: cluster, add-on or issuer, trust, quotas (`refresh=False`: not
-        the checks that need a whole listing; the cloud still refuses a write past its quota)."""
+    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
+        """Check what must hold before any write: cluster, add-on or issuer, trust, per-identity caps. A limit only
+        the plan's creates can pass (a cluster's quota) is a CapacityChecker's, checked once the plan is known."""
         ...
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: Refresh = Refresh.FULL
+                ) -> list[ObservedBinding]:
         """Every binding keyless owns for this app on this target, plus whatever sits at the desired keys.
 
         `recorded` are identities keyless wrote on the app's service accounts (`Identity.describe()`):
         where a cloud keeps bindings on the identity (Azure, GCP), that is how a removed connection is found.
         `accounts` are the app's service accounts as observed: where a binding carries no mark (a GCP member),
         keyless's labels on the account it names say whose it is.
-        `refresh=False` (`--refresh=false`): where reading each binding costs a call of its own (EKS), trust the
-        journal on `accounts` (BINDING_ANNOTATION) against the cloud's list pages instead; a cloud whose listing
-        already carries every field reads the same either way.
+        `refresh`: where reading each binding costs a call of its own and finding them a cluster-wide listing (EKS),
+        Refresh.BOUND reads back by id what the journal on `accounts` (BINDING_ANNOTATION) records instead of
+        listing, and Refresh.NONE trusts the journal outright; a cloud whose reads are per identity anyway (Azure,
+        GCP) reads the same whatever `refresh` says.
         """
         ...
 

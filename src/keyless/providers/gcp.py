@@ -29,7 +29,7 @@ from keyless.federation import (
     workload_pool,
 )
 from keyless.ownership import SERVICE_LABEL, Owner, labelled_for
-from keyless.plan import Action, ActionKind, ObservedBinding, ObservedServiceAccount, Resource
+from keyless.plan import Action, ActionKind, ObservedBinding, ObservedServiceAccount, Refresh, Resource
 from keyless.providers.base import (
     ActionOutcome,
     PreflightIssue,
@@ -285,7 +285,7 @@ class GcpProvider:
         return [replace(b, principal=direct_access_principal(number, project, b.namespace, b.service_account))
                 for b in bindings], issues
 
-    def preflight(self, bindings: Sequence[Binding], refresh: bool = True) -> list[PreflightIssue]:
+    def preflight(self, bindings: Sequence[Binding]) -> list[PreflightIssue]:
         """The cluster exists and runs Workload Identity with the project's pool; node pools serve pods their
         identity (GKE_METADATA), else pods get the node's identity: a warning, since some pools may not run them."""
         t = self.target
@@ -319,7 +319,8 @@ class GcpProvider:
     # ---- observe ------------------------------------------------------------------------------------
 
     def observe(self, app: str, target: str, bindings: Sequence[Binding], recorded: Sequence[str] = (),
-                accounts: Sequence[ObservedServiceAccount] = (), refresh: bool = True) -> list[ObservedBinding]:
+                accounts: Sequence[ObservedServiceAccount] = (), refresh: Refresh = Refresh.FULL
+                ) -> list[ObservedBinding]:
         """One getIamPolicy per Google service account the app uses or used (recorded on its service accounts):
         every workload identity member there for one of the app's service accounts in the target's namespace."""
         emails: dict[str, None] = {}
