@@ -297,3 +297,11 @@ def test_project_ids(value: str, ok: bool) -> None:
         names.check_project_id(value)
     else:
         rejected(names.check_project_id, value)
+
+
+@pytest.mark.parametrize(("value", "valid"), [
+    ("a-4fqq1eyvqhmv1bjz0", True), ("a-x", True),
+    ("", False), ("a-", False), ("b-4fqq1eyvqhmv1bjz0", False), ("a-../../clusters", False), ("a-ABC", False),
+    ("a-" + "x" * 65, False)])
+def test_an_association_id_read_from_an_annotation_reaches_a_url_only_if_it_is_one(value: str, valid: bool) -> None:
+    assert names.is_association_id(value) is valid
