@@ -414,13 +414,59 @@ def test_an_azure_keylessapp_federates_and_its_credential_goes_with_it(
     assert name not in _credentials(sandbox, DEMO_API_IDENTITY)
 
 
-def _replica(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`keyless operator` as its own process (a pod of the Deployment), watching namespace `ops`."""
+def _replica(env: dict[str, str], log: Path, namespace: str = "ops") -> subprocess.Popen[bytes]:
+    """`keyless operator` as its own process (a pod of the Deployment), watching one namespace."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "keyless", "operator", "--context", OPERATOR_CONTEXT, "--targets",
-             env["KEYLESS_TARGETS"], "--namespace", "ops", "--lease-duration", "3s", "--verbose"],
+             env["KEYLESS_TARGETS"], "--namespace", namespace, "--lease-duration", "3s", "--verbose"],
             env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_two_replicas_started_at_once_write_each_app_once(
+        sandbox: Sandbox, operator_env: dict[str, str], replicas: list[str], tmp_path: Path) -> None:
+    stack, _ = sandbox
+    env, cluster = operator_env, _eks_cluster()
+    assert stack.eks is not None
+    stack.eks.ensure_namespace("twins")
+    apps = {f"twin-{i}": [f"s{j}" for j in range(3)] for i in range(3)}
+    # The KeylessApps are there before any replica watching their namespace starts: both resume every one.
+    for app, services in apps.items():
+        porter = f"name: {app}\nservices:\n" + "".join(
+            f"  - name: {s}\n    type: worker\n    connections:\n      - type: awsRole\n"
+            "        role: keyless-demo-api\n" for s in services)
+        _apply_yaml(env, _keylessapp(app, EKS_TARGET, porter).replace("namespace: shop", "namespace: twins"))
+    before = _eks_calls(env).get("CreatePodIdentityAssociation", 0)
+    started = [_replica(env, tmp_path / f"{i}.log", "twins") for i in (1, 2)]
+    try:
+        def all_ready() -> bool:
+            for app in apps:
+                found = _admin(env).get(KeylessApp, app, namespace="twins")
+                ready = _condition(found, "Ready")
+                if ready is None or ready["status"] != "True":
+                    return False
+            return True
+
+        try:
+            _wait("every app Ready", all_ready, deadline=180.0)
+        except AssertionError:
+            logs = "\n".join((tmp_path / f"{i}.log").read_text()[-3000:] for i in (1, 2))
+            raise AssertionError(f"not converged:\n{logs}") from None
+        # One create per service account: no app was written by both replicas.
+        assert _eks_calls(env).get("CreatePodIdentityAssociation", 0) - before == sum(map(len, apps.values()))
+        for app, services in apps.items():
+            for s in services:
+                assert len(_associations(cluster, f"{app}-{s}")) == 1
+        assert all(process.poll() is None for process in started)
+        for app in apps:
+            _admin(env).delete(KeylessApp, app, namespace="twins")
+        _wait("the twins' associations to go", lambda: all(
+            not _associations(cluster, f"{app}-{s}") for app, services in apps.items() for s in services))
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(20)
 
 
 def test_a_replica_killed_mid_apply_is_taken_over_without_a_duplicate(
