@@ -14,12 +14,16 @@ import httpx
 import pytest
 from lightkube import Client
 from lightkube.config.kubeconfig import KubeConfig
-from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.apps_v1 import DeploymentSpec
+from lightkube.models.core_v1 import Container, PodSpec, PodTemplateSpec
+from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
 from keyless.sandbox.kube import KubeStandIn
 from keyless.sandbox.kube import api as api_module
-from keyless.sandbox.kube.schema import SERVICE_ACCOUNTS, Kind
+from keyless.sandbox.kube import controllers as controllers_module
+from keyless.sandbox.kube.schema import DEPLOYMENTS, PODS, REPLICA_SETS, SERVICE_ACCOUNTS, Kind
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +74,15 @@ def count_reads(kube: KubeStandIn, *kinds: Kind) -> None:
     CountingReads.reads = 0
 
 
+def deployment(namespace: str, name: str) -> Deployment:
+    labels = {"porter.run/app-name": "shop", "porter.run/service-name": name}
+    return Deployment(
+        metadata=ObjectMeta(name=name, namespace=namespace, labels=labels),
+        spec=DeploymentSpec(replicas=1, selector=LabelSelector(matchLabels=labels), template=PodTemplateSpec(
+            metadata=ObjectMeta(labels=labels), spec=PodSpec(containers=[Container(name="app", image="app:1")]))),
+    )
+
+
 def test_a_paginated_list_reads_and_copies_only_its_pages(kube: KubeStandIn, client: Client,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     client.create(Namespace(metadata=ObjectMeta(name="paged")))
@@ -94,3 +107,23 @@ def test_a_paginated_list_reads_and_copies_only_its_pages(kube: KubeStandIn, cli
     assert CountingReads.reads == 201  # each object once, over all the pages
     assert CountingCopies.copies == 0
 
+
+def test_one_more_deployment_costs_the_same_in_a_crowded_namespace(kube: KubeStandIn, client: Client,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for namespace, count in (("few", 2), ("crowded", 40)):
+        client.create(Namespace(metadata=ObjectMeta(name=namespace)))
+        for i in range(count):
+            client.create(deployment(namespace, f"svc-{i}"))
+    kube.wait_idle()
+    monkeypatch.setattr(api_module, "copy", CountingCopies)
+    monkeypatch.setattr(controllers_module, "copy", CountingCopies)
+    work = {}
+    for namespace in ("few", "crowded"):
+        count_reads(kube, DEPLOYMENTS, REPLICA_SETS, PODS)
+        CountingCopies.copies = 0
+        client.create(deployment(namespace, "one-more"))
+        kube.wait_idle()
+        assert client.get(Deployment, "one-more", namespace=namespace).status.readyReplicas == 1  # type: ignore[union-attr]
+        work[namespace] = (CountingReads.reads, CountingCopies.copies)
+    assert work["crowded"] == work["few"]
+    assert work["few"][0] > 0
