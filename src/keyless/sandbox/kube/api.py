@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -325,6 +326,12 @@ def _strip_for_list(obj: Mapping[str, Any]) -> JsonDict:
     return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
 
 
+@functools.lru_cache(maxsize=1024)
+def _store_ref(kind: Kind) -> kmock.resource:
+    # Made once per kind: building a kmock.resource checks its arguments' types, and every read asks for one.
+    return kmock.resource(kind.group, "" if kind.custom else kind.version, kind.plural)
+
+
 def _list_key_of(obj: Mapping[str, Any]) -> ListKey:
     meta = obj.get("metadata") or {}
     return (meta.get("namespace") or "", str(meta.get("name")))
@@ -608,7 +615,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
     @staticmethod
     def ref(kind: Kind) -> kmock.resource:
         """Where a kind's objects are kept: a CRD's versions share one store, so its key names no version."""
-        return kmock.resource(kind.group, "" if kind.custom else kind.version, kind.plural)
+        return _store_ref(kind)
 
     # --- the served kinds: the built-in ones and what the CRDs add --------------------------------
 
