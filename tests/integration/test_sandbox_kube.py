@@ -465,3 +465,18 @@ def test_a_lost_answer_leaves_the_object_created(kube: KubeStandIn, client: Clie
         client.create(ServiceAccount(metadata=ObjectMeta(name="lost", namespace=namespace)))
     assert lost.value.status.code == 500
     assert client.get(ServiceAccount, "lost", namespace=namespace).metadata is not None
+
+
+def test_reactions_installed_on_the_api_answer_before_the_stand_in(kube: KubeStandIn, client: Client) -> None:
+    namespace = _namespace(client, "reactions")
+    for name in ("faulty", "once"):
+        client.create(ServiceAccount(metadata=ObjectMeta(name=name, namespace=namespace)))
+
+    def get(name: str) -> int:
+        url = f"{kube.url}/api/v1/namespaces/{namespace}/serviceaccounts/{name}"
+        return httpx.get(url, headers=kube.admin_headers).status_code
+
+    # A filter (asked about each request alone) and a sliced view (asked kmock's way, over the kept requests).
+    kube.api[lambda r: r.namespace == namespace and r.name == "faulty"] << 503
+    kube.api[lambda r: r.namespace == namespace and r.name == "once"][:1] << 500
+    assert [get("faulty"), get("faulty"), get("once"), get("once"), get("default")] == [503, 503, 500, 200, 200]

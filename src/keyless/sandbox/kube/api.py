@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import collections
 import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -16,7 +18,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -25,7 +27,9 @@ import attrs
 import jwt
 import kmock
 
-# kmock does not re-export the response record its reactions may return (status, headers, body).
+# kmock does not re-export the response record its reactions may return (status, headers, body), nor the
+# error a reaction raises when it does not serve a request.
+from kmock._internal.rendering import ReactionMismatchError
 from kmock._internal.rendering import Response as KmockResponse
 from ruamel.yaml import YAML
 
@@ -86,6 +90,7 @@ logger = logging.getLogger("keyless.sandbox.kube")
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 ResourceKey = tuple[str, str]  # (group, plural): what a watch follows, whatever version it was asked through
+ListKey = tuple[str, str]  # (namespace, "" for a cluster-scoped object; name): the order lists are in
 CRDS: Final = CUSTOM_RESOURCE_DEFINITIONS
 
 APPLY_PATCH: Final = "application/apply-patch+yaml"
@@ -120,6 +125,39 @@ class ChangeEvent:
     obj: JsonDict  # the new state; for DELETED the last state
     old: JsonDict | None
     rv: int
+
+
+@dataclass(eq=False)
+class _Shelf:
+    """The live objects of one stored resource by namespace and name, and their keys in list order.
+
+    A stored object is never changed once stored (a write stores a new dict), so what is here may be read,
+    serialized or put in a watch event without a copy; what a caller may change is a copy (``get_object``,
+    ``list_objects``).
+    """
+
+    objects: dict[ListKey, JsonDict] = field(default_factory=dict)
+    order: list[ListKey] = field(default_factory=list)  # sorted
+
+    def put(self, key: ListKey, obj: JsonDict) -> None:
+        if key not in self.objects:
+            bisect.insort(self.order, key)
+        self.objects[key] = obj
+
+    def drop(self, key: ListKey) -> None:
+        if self.objects.pop(key, None) is not None:
+            del self.order[bisect.bisect_left(self.order, key)]
+
+    def span(self, namespace: str | None, after: ListKey | None = None) -> range:
+        """The positions in ``order`` of the keys in ``namespace`` (None: in any) that come after ``after``."""
+        start, stop = 0, len(self.order)
+        if namespace is not None:
+            # (ns,) sorts before every (ns, name), and (ns + "\0",) after them and before any other namespace.
+            start = bisect.bisect_left(self.order, (namespace,))
+            stop = bisect.bisect_left(self.order, (namespace + "\0",))
+        if after is not None:
+            start = max(start, bisect.bisect_right(self.order, after))
+        return range(start, max(start, stop))
 
 
 @dataclass(eq=False)
@@ -288,6 +326,31 @@ def _strip_for_list(obj: Mapping[str, Any]) -> JsonDict:
     return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
 
 
+@functools.lru_cache(maxsize=1024)
+def _store_ref(kind: Kind) -> kmock.resource:
+    # Made once per kind: building a kmock.resource checks its arguments' types, and every read asks for one.
+    return kmock.resource(kind.group, "" if kind.custom else kind.version, kind.plural)
+
+
+def _list_key_of(obj: Mapping[str, Any]) -> ListKey:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", str(meta.get("name")))
+
+
+def _page(objects: Iterable[JsonDict], selects: Callable[[Mapping[str, Any]], bool] | None,
+          limit: int | None) -> tuple[list[JsonDict], int]:
+    """The first ``limit`` (None: all) of ``objects`` that ``selects`` takes (None: all), and how many more it takes."""
+    page: list[JsonDict] = []
+    rest = 0
+    for obj in objects:
+        if selects is None or selects(obj):
+            if limit is None or len(page) < limit:
+                page.append(obj)
+            else:
+                rest += 1
+    return page, rest
+
+
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
     return {str(r.get("uid")) for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("uid")}
 
@@ -321,7 +384,10 @@ class KubeApiServer(kmock.KubernetesEmulator):
     _watchers: dict[ResourceKey, list[_Watcher]] = attrs.field(factory=dict, init=False)
     _logs: dict[ResourceKey, collections.deque[ChangeEvent]] = attrs.field(factory=dict, init=False)
     _evicted: dict[ResourceKey, int] = attrs.field(factory=dict, init=False)  # newest change no longer kept
-    _live: dict[kmock.resource, dict[tuple[str | None, str], None]] = attrs.field(factory=dict, init=False)
+    _shelves: dict[kmock.resource, _Shelf] = attrs.field(factory=dict, init=False)
+    # Who refers to an owner (any ownerReference, by the owner's uid): what the garbage collector and the
+    # controllers look up, so that finding an object's dependents costs what it has, not what the store holds.
+    _dependents: dict[str, dict[tuple[kmock.resource, ListKey], None]] = attrs.field(factory=dict, init=False)
     # The served versions of the CRDs: (group, version, plural) -> its schema and columns.
     _custom: dict[tuple[str, str, str], crds.CustomVersion] = attrs.field(factory=dict, init=False)
     watch_window: int = _WATCH_WINDOW
@@ -490,8 +556,49 @@ class KubeApiServer(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.action == kmock.action.WATCH:
             return await self._watch(request)
-        # Straight to kmock's reaction dispatch: the emulator's own _handle would store objects its naive way.
-        return await kmock.RawHandler._handle(self, request)
+        # kmock's reaction dispatch, not the emulator's own _handle, which would store objects its naive way.
+        return await self._dispatch(request)
+
+    async def _dispatch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Serve ``request`` with the first reaction that takes it, in kmock's order (highest priority first).
+
+        kmock's own dispatch asks each reaction whether the request is among those its view selects, which
+        re-evaluates the view's criteria on every request kept in the history before reaching this one: with
+        some twenty reactions that was most of the cost of a request. A view that is only filters and priorities
+        over this server selects the request exactly when every filter accepts it (the request is in the
+        history: ``_remember`` put it there), so those are asked about this request alone; other views
+        (slices, groups, exclusions, streams) are asked kmock's way.
+        """
+        for reaction in self._by_priority():
+            if not self._selects(reaction, request) or reaction._disabled.is_set():
+                continue
+            try:
+                return await reaction(request)
+            except ReactionMismatchError:  # the reaction does not serve it, or is used up
+                reaction._disabled.set()
+            except NotImplementedError:  # it took the request but has nothing to answer
+                pass
+        raise NotImplementedError(f"no reaction of the Kubernetes stand-in serves {request.method} {request.url}")
+
+    def _by_priority(self) -> list[kmock.Reaction]:
+        # A reaction's priorities are those of its chain, outermost last; shorter ones count as zero-padded, and
+        # reactions of equal priority keep the order they were added in (kmock's rule).
+        priorities = [reaction.priorities for reaction in self._payloads]
+        width = max((len(p) for p in priorities), default=0)
+        order = sorted(range(len(priorities)),
+                       key=lambda i: tuple(-p for p in priorities[i]) + (0.0,) * (width - len(priorities[i])))
+        return [self._payloads[i] for i in order]
+
+    def _selects(self, reaction: kmock.Reaction, request: kmock.Request) -> bool:
+        view: kmock.View = reaction._source
+        while view is not self:
+            if type(view) is kmock.Filter:
+                if not view.criteria(request):
+                    return False
+            elif type(view) is not kmock.Priority:
+                return request in reaction._source  # a view whose answer may depend on other requests
+            view = view._source
+        return True
 
     def _target(self, request: kmock.Request) -> tuple[Kind, str | None]:
         ref = request.resource
@@ -508,7 +615,7 @@ class KubeApiServer(kmock.KubernetesEmulator):
     @staticmethod
     def ref(kind: Kind) -> kmock.resource:
         """Where a kind's objects are kept: a CRD's versions share one store, so its key names no version."""
-        return kmock.resource(kind.group, "" if kind.custom else kind.version, kind.plural)
+        return _store_ref(kind)
 
     # --- the served kinds: the built-in ones and what the CRDs add --------------------------------
 
@@ -555,64 +662,114 @@ class KubeApiServer(kmock.KubernetesEmulator):
         """Call ``listener`` after every committed change (the controllers' informer)."""
         self._listeners.append(listener)
 
-    def get_object(self, kind: Kind, namespace: str | None, name: str) -> JsonDict | None:
-        key = (self.ref(kind), namespace if kind.namespaced else None, name)
-        if key not in self.objects:
+    @staticmethod
+    def _list_key(kind: Kind, namespace: str | None, name: str) -> ListKey:
+        return (namespace or "" if kind.namespaced else "", name)
+
+    def _view(self, kind: Kind, namespace: str | None, name: str) -> JsonDict | None:
+        """The stored object itself, read-only: never change it (``get_object`` gives a copy to change)."""
+        shelf = self._shelves.get(self.ref(kind))
+        if shelf is None or (kind.namespaced and not namespace):
             return None
-        stored = self.objects[key]
-        return None if stored.deleted else _in_version(kind, copy.deepcopy(stored.raw))
+        return shelf.objects.get(self._list_key(kind, namespace, name))
+
+    def _views(self, kind: Kind, namespace: str | None = None, after: ListKey | None = None) -> Iterator[JsonDict]:
+        """The stored objects of a kind in list order (of one namespace, after a key), read-only: never change
+        them. Reads only the positions asked for."""
+        shelf = self._shelves.get(self.ref(kind))
+        if shelf is None or (namespace is not None and not kind.namespaced):
+            return iter(())
+        order, objects = shelf.order, shelf.objects
+        return (objects[order[i]] for i in shelf.span(namespace, after))
+
+    def get_object(self, kind: Kind, namespace: str | None, name: str) -> JsonDict | None:
+        stored = self._view(kind, namespace, name)
+        return None if stored is None else _in_version(kind, copy.deepcopy(stored))
 
     def list_objects(self, kind: Kind, namespace: str | None = None,
-                     where: Callable[[JsonDict], bool] | None = None) -> list[JsonDict]:
+                     where: Callable[[JsonDict], bool] | None = None, *, owner: str | None = None) -> list[JsonDict]:
         """Copies of the live objects of a kind, by namespace and name; ``where`` filters before copying.
 
-        Reads only that kind's objects (an index kept by ``_commit``), so a list costs what the kind holds.
+        ``owner``: only the objects with an ownerReference to that uid. Reads only that kind's objects of that
+        namespace (or, with ``owner``, that owner's dependents), and copies only those it answers.
         """
-        ref = self.ref(kind)
-        found = []
-        for ns, name in self._live.get(ref, {}):
-            if namespace is not None and ns != namespace:
-                continue
-            raw = self.objects[ref, ns, name].raw  # a shallow view: read it, never change it
-            if where is None or where(raw):
-                found.append((ns or "", name, raw))
-        return [_in_version(kind, copy.deepcopy(raw)) for _, _, raw in sorted(found, key=lambda t: (t[0], t[1]))]
-
-    def count_objects(self, kind: Kind) -> int:
-        return len(self._live.get(self.ref(kind), {}))
-
-    def _commit(self, kind: Kind, event_type: EventType, old: JsonDict | None, new: JsonDict) -> JsonDict:
-        self._rv += 1
-        new = copy.deepcopy(new)
-        meta = new.setdefault("metadata", {})
-        meta["resourceVersion"] = str(self._rv)
-        key = (self.ref(kind), meta.get("namespace") if kind.namespaced else None, str(meta.get("name")))
-        if key in self.objects:
-            self.objects[key].history.append(copy.deepcopy(new))
+        if owner is None:
+            found: Iterable[JsonDict] = self._views(kind, namespace)
         else:
-            self.objects[key] = copy.deepcopy(new)
-        stored = self.objects[key]
-        live = self._live.setdefault(key[0], {})
-        if event_type == "DELETED":
-            live.pop((key[1], key[2]), None)
-            stored.delete()
+            ref, shelf = self.ref(kind), self._shelves.get(self.ref(kind))
+            keys = sorted(k for r, k in self._dependents.get(owner, {}) if r == ref
+                          and (namespace is None or k[0] == namespace))
+            found = [shelf.objects[k] for k in keys] if shelf is not None else []
+        return [_in_version(kind, copy.deepcopy(raw)) for raw in found if where is None or where(raw)]
+
+    def scan(self, kind: Kind, namespace: str | None = None) -> Iterator[Mapping[str, Any]]:
+        """The live objects of a kind as stored, to look over many of them without copying: read them before the
+        next write, and never change them."""
+        return self._views(kind, namespace)
+
+    def count_objects(self, kind: Kind, namespace: str | None = None) -> int:
+        shelf = self._shelves.get(self.ref(kind))
+        if shelf is None or (namespace is not None and not kind.namespaced):
+            return 0
+        return len(shelf.objects) if namespace is None else len(shelf.span(namespace))
+
+    def _index_owners(self, ref: kmock.resource, key: ListKey, before: JsonDict | None, after: JsonDict | None) -> None:
+        was = _owner_uids(before) if before is not None else set()
+        now = _owner_uids(after) if after is not None else set()
+        for uid in was - now:
+            entries = self._dependents.get(uid, {})
+            entries.pop((ref, key), None)
+            if not entries:
+                self._dependents.pop(uid, None)
+        for uid in now - was:
+            self._dependents.setdefault(uid, {})[ref, key] = None
+
+    def _record_history(self, ref: kmock.resource, namespace: str | None, name: str, stored: JsonDict,
+                        deleted: bool) -> None:
+        """kmock's per-object history (the last versions, for assertions in tests), sharing the stored dicts."""
+        key = (ref, namespace, name)
+        if key in self.objects:
+            self.objects[key].history.append(stored)
+        else:
+            self.objects[key] = stored
+        history = self.objects[key]
+        if deleted:
+            history.delete()
             self._tombstones.append(key)
             while len(self._tombstones) > _TOMBSTONES_KEPT:
                 gone = self._tombstones.popleft()
                 if gone in self.objects and self.objects[gone].deleted:
                     del self.objects[gone]
+        if len(history.history) > _HISTORY_KEPT:
+            del history.history[:-_HISTORY_KEPT]
+
+    def _commit(self, kind: Kind, event_type: EventType, old: JsonDict | None, new: JsonDict) -> JsonDict:
+        self._rv += 1
+        new = copy.deepcopy(new)  # the stored dict, never changed from here on; the caller keeps its own
+        meta = new.setdefault("metadata", {})
+        meta["resourceVersion"] = str(self._rv)
+        ref = self.ref(kind)
+        namespace = meta.get("namespace") if kind.namespaced else None
+        name = str(meta.get("name"))
+        key = self._list_key(kind, namespace, name)
+        shelf = self._shelves.setdefault(ref, _Shelf())
+        before = shelf.objects.get(key)
+        if before is not None:
+            old = before  # what watches and resumed lists see as the previous state: the stored one, unchangeable
+        if event_type == "DELETED":
+            shelf.drop(key)
         else:
-            live[key[1], key[2]] = None
-        if len(stored.history) > _HISTORY_KEPT:
-            del stored.history[:-_HISTORY_KEPT]
+            shelf.put(key, new)
+        self._index_owners(ref, key, before, None if event_type == "DELETED" else new)
+        self._record_history(ref, namespace, name, new, event_type == "DELETED")
         if kind in self._rbac_objects:  # the authorizer reads these on every request: keep them at hand
-            policy_key = (key[1], key[2])
+            policy_key = (namespace, name)
             if event_type == "DELETED":
                 self._rbac_objects[kind].pop(policy_key, None)
             else:
                 self._rbac_objects[kind][policy_key] = copy.deepcopy(new)
         if kind is CRDS:  # what the CRD serves changes with it, before anyone hears of the change
-            self._serve_definition(None if event_type == "DELETED" else new, key[2])
+            self._serve_definition(None if event_type == "DELETED" else new, name)
         change = ChangeEvent(event_type, kind, new, old, self._rv)
         resource = kind.resource_key
         log = self._logs.get(resource)
@@ -1021,21 +1178,30 @@ class KubeApiServer(kmock.KubernetesEmulator):
             self.write_object(dependent_kind, dependent, updated, manager="kube-controller-manager", trusted=True)
 
     def dependents(self, owner_uid: str, namespace: str | None) -> list[tuple[Kind, JsonDict]]:
-        return [
-            (kind, obj) for kind in self.kinds()
-            for obj in self.list_objects(kind, namespace if kind.namespaced else None,
-                                         lambda o: owner_uid in _owner_uids(o))
-        ]
+        """Copies of the objects with an ownerReference to ``owner_uid``, kind by kind (read from the owner index)."""
+        if owner_uid not in self._dependents:
+            return []
+        return [(kind, obj) for kind in self.kinds()
+                for obj in self.list_objects(kind, namespace if kind.namespaced else None, owner=owner_uid)]
 
     @staticmethod
-    def _matcher(kind: Kind, label_selector: str | None, field_selector: str | None) -> Callable[[JsonDict], bool]:
+    def _selector(kind: Kind, label_selector: str | None,
+                  field_selector: str | None) -> Callable[[Mapping[str, Any]], bool] | None:
+        """What a label and a field selector select; None when they select everything."""
         try:
             labels = parse_label_selector(label_selector)
             fields = parse_field_selector(field_selector, kind.field_selectors)
         except SelectorError as error:
             raise bad_request(str(error)) from error
+        if not labels and not fields:
+            return None
         return lambda obj: labels_match(labels, (obj.get("metadata") or {}).get("labels")) and all(
             f.matches(obj) for f in fields)
+
+    @classmethod
+    def _matcher(cls, kind: Kind, label_selector: str | None,
+                 field_selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
+        return cls._selector(kind, label_selector, field_selector) or (lambda obj: True)
 
     def select(self, kind: Kind, namespace: str | None, label_selector: str | None = None,
                field_selector: str | None = None) -> list[JsonDict]:
@@ -1109,30 +1275,33 @@ class KubeApiServer(kmock.KubernetesEmulator):
                     raise not_found(kind, request.name)
                 return KmockResponse(status=200, headers={"Content-Type": "text/plain"}, payload=b"")
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
-        obj = self.get_object(kind, namespace, request.name)
-        if obj is None:
+        stored = self._view(kind, namespace, request.name)  # serialized here and now: no copy needed
+        if stored is None:
             raise not_found(kind, request.name)
+        obj = _in_version(kind, stored)
         if tables.wants_table(_header(request, "Accept")):
             return _api_response(self._table(request, kind, [obj], {"resourceVersion": str(self._rv)}))
         return _api_response(obj)
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
-        """A list at the newest version, or (resourceVersionMatch=Exact) as it was at the version asked for."""
+        """A list at the newest version, or (resourceVersionMatch=Exact) as it was at the version asked for.
+
+        Only the page is read whole (without a selector; with one, the rest is only matched, for
+        remainingItemCount), and nothing is copied: the stored objects are never changed, and the page is
+        serialized here, before any other request runs.
+        """
         kind, namespace = self._target(request)
         self._check_list_options(request, watch=False)
         since = self._resource_version(request.params.get("resourceVersion"))
         listed_rv = self._rv
-        if request.params.get("resourceVersionMatch") == "Exact" and since is not None and since != self._rv:
-            gone = self._expired(kind, since)
+        exact = since if request.params.get("resourceVersionMatch") == "Exact" and since != self._rv else None
+        if exact is not None:
+            gone = self._expired(kind, exact)
             if gone is not None:
                 raise gone
-            matches = self._matcher(kind, request.params.get("labelSelector"), request.params.get("fieldSelector"))
-            found = [o for o in self._objects_at(kind, since)
-                     if (namespace is None or o["metadata"].get("namespace") == namespace) and matches(o)]
-            listed_rv = since
-        else:
-            found = self.select(kind, namespace, request.params.get("labelSelector"),
-                                request.params.get("fieldSelector"))
+            listed_rv = exact
+        selects = self._selector(kind, request.params.get("labelSelector"), request.params.get("fieldSelector"))
+        after: ListKey | None = None
         token = request.params.get("continue")
         if token:
             try:
@@ -1141,22 +1310,33 @@ class KubeApiServer(kmock.KubernetesEmulator):
                 listed_rv = int(state["rv"])
             except (ValueError, KeyError, TypeError, IndexError) as error:
                 raise bad_request("continue key is not valid") from error
-            found = [o for o in found
-                     if (o["metadata"].get("namespace") or "", o["metadata"]["name"]) > after]
+        limit_text = request.params.get("limit")
+        limit = int(limit_text) if limit_text and limit_text.isdigit() and int(limit_text) > 0 else None
+        shelf = self._shelves.get(self.ref(kind))
+        if exact is not None:
+            candidates: Iterable[JsonDict] = (
+                o for o in self._objects_at(kind, exact)
+                if (namespace is None or o["metadata"].get("namespace") == namespace)
+                and (after is None or _list_key_of(o) > after))
+            found, rest = _page(candidates, selects, limit)
+        elif selects is None and limit is not None and shelf is not None:  # the page alone, the rest counted
+            span = shelf.span(namespace, after)
+            found = [shelf.objects[shelf.order[i]] for i in span[:limit]]
+            rest = len(span) - len(found)
+        else:
+            found, rest = _page(self._views(kind, namespace, after), selects, limit)
         meta: JsonDict = {"resourceVersion": str(listed_rv)}
-        limit = request.params.get("limit")
-        if limit and limit.isdigit() and 0 < int(limit) < len(found):
-            rest = len(found) - int(limit)
-            found = found[: int(limit)]
+        if rest:
             last = found[-1]["metadata"]
             state = {"rv": listed_rv, "after": [last.get("namespace") or "", last["name"]]}
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
             meta["remainingItemCount"] = rest
+        shown = [_in_version(kind, o) for o in found]
         if tables.wants_table(_header(request, "Accept")):
-            return _api_response(self._table(request, kind, found, meta))
+            return _api_response(self._table(request, kind, shown, meta))
         return _api_response({
             "kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": meta,
-            "items": [_strip_for_list(o) for o in found],
+            "items": [_strip_for_list(o) for o in shown],
         })
 
     def _table(self, request: kmock.Request, kind: Kind, objects: list[JsonDict], meta: JsonDict) -> JsonDict:
@@ -1571,18 +1751,21 @@ class KubeApiServer(kmock.KubernetesEmulator):
         return StatusError(410, "Expired", f"too old resource version: {since} ({log[0].rv - 1})")
 
     def _objects_at(self, kind: Kind, since: int) -> list[JsonDict]:
-        """The kind's objects as they were at ``since``: today's, with the kept changes after it undone."""
-        state = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in self.list_objects(kind)}
+        """The kind's objects as they were at ``since``: today's, with the kept changes after it undone.
+
+        Read-only, like ``_views``: the stored objects and the logged previous states, which are stored ones too.
+        """
+        shelf = self._shelves.get(self.ref(kind))
+        state = dict(shelf.objects) if shelf is not None else {}
         for change in reversed(self._logs.get(kind.resource_key, ())):
             if change.rv <= since:
                 break
-            meta = change.obj.get("metadata") or {}
-            key = (meta.get("namespace"), str(meta.get("name")))
+            key = _list_key_of(change.obj)
             if change.type == "ADDED":
                 state.pop(key, None)
             elif change.old is not None:
-                state[key] = _in_version(kind, copy.deepcopy(change.old))
-        return [state[k] for k in sorted(state, key=lambda k: (k[0] or "", k[1]))]
+                state[key] = change.old
+        return [state[k] for k in sorted(state)]
 
     # --- watches --------------------------------------------------------------------------------
 
@@ -1631,8 +1814,9 @@ class KubeApiServer(kmock.KubernetesEmulator):
         they are no longer kept. sendInitialEvents=true: the objects, then a BOOKMARK marking their end.
         """
         def current() -> list[JsonDict]:
-            return [{"type": "ADDED", "object": obj} for obj in self.list_objects(watcher.kind, watcher.namespace)
-                    if watcher.selects(obj)]
+            # The stored objects themselves: they are never changed, so they can wait in the stream uncopied.
+            return [{"type": "ADDED", "object": _in_version(watcher.kind, obj)}
+                    for obj in self._views(watcher.kind, watcher.namespace) if watcher.selects(obj)]
 
         since = self._resource_version(resource_version)
         if send_initial in ("true", "1"):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import copy
 import datetime
+import heapq
 import json
 import logging
 import math
@@ -202,12 +203,12 @@ class Controllers:
     def _owned(self, kind: Kind, namespace: str | None, owner: Mapping[str, Any]) -> list[JsonDict]:
         uid = owner["metadata"]["uid"]
         return self.api.list_objects(kind, namespace, lambda o: (controller_of(o) or {}).get("uid") == uid
-                                     and not o["metadata"].get("deletionTimestamp"))
+                                     and not o["metadata"].get("deletionTimestamp"), owner=uid)
 
     def _pods_of(self, job: JsonDict) -> list[JsonDict]:
         uid = job["metadata"]["uid"]
         return self.api.list_objects(PODS, job["metadata"]["namespace"],
-                                     lambda p: (controller_of(p) or {}).get("uid") == uid)
+                                     lambda p: (controller_of(p) or {}).get("uid") == uid, owner=uid)
 
     def _write_status(self, kind: Kind, obj: JsonDict, status: JsonDict, manager: str = MANAGER) -> None:
         if obj.get("status") == status:
@@ -243,12 +244,13 @@ class Controllers:
         }
         with contextlib.suppress(StatusError):
             await self.api.create_object(EVENTS, namespace, body, manager=MANAGER)
-        if self.api.count_objects(EVENTS) > _EVENTS_KEPT:  # real clusters expire events after an hour
-            events = self.api.list_objects(EVENTS)
-            events.sort(key=lambda e: (e.get("lastTimestamp") or "", int(e["metadata"]["resourceVersion"])))
-            for old in events[: len(events) - _EVENTS_KEPT]:
+        excess = self.api.count_objects(EVENTS) - _EVENTS_KEPT
+        if excess > 0:  # real clusters expire events after an hour
+            oldest = heapq.nsmallest(excess, self.api.scan(EVENTS), key=lambda e: (
+                e.get("lastTimestamp") or "", int(e["metadata"]["resourceVersion"])))
+            for where, name in [(e["metadata"]["namespace"], e["metadata"]["name"]) for e in oldest]:
                 with contextlib.suppress(StatusError):
-                    await self.api.delete_object(EVENTS, old["metadata"]["namespace"], old["metadata"]["name"])
+                    await self.api.delete_object(EVENTS, where, name)
 
     # --- namespaces and garbage collection ------------------------------------------------------
 
@@ -269,7 +271,7 @@ class Controllers:
                 with contextlib.suppress(StatusError):
                     await self.api.delete_object(kind, name, obj["metadata"]["name"])
         # Objects with finalizers linger; the namespace goes once they are gone (their deletion requeues it).
-        if not any(self.api.list_objects(k, name) for k in self.api.kinds() if k.namespaced):
+        if not any(self.api.count_objects(k, name) for k in self.api.kinds() if k.namespaced):
             finalized = copy.deepcopy(namespace)
             finalized.setdefault("spec", {})["finalizers"] = []
             self.api.write_object(NAMESPACES, namespace, finalized, manager=MANAGER, trusted=True)
