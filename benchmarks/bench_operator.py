@@ -279,8 +279,9 @@ def run(out: Callable[[str], None] = print) -> list[OperatorRow]:
             resumed = wait_for(admin, operator, lambda obj: (_refreshed(obj) or restart) >= restart and _ready(obj),
                                apps, started + SETUP_DEADLINE)
             row = OperatorRow("restart: every app reconciled once", time.monotonic() - started)
-            row.detail.append(f"{resumed}/{apps} reconciled (kopf resumes each app: a plan reading each binding back by id, no change), rate "
-                              "limits off: a full refresh of the fleet as fast as the operator and the sandbox go")
+            row.detail.append(f"{resumed}/{apps} reconciled (kopf resumes each app: a plan reading each binding back "
+                              "by id, no change), rate limits off: a full refresh of the fleet as fast as the operator "
+                              "and the sandbox go")
             rows.append(row)
 
             # No change: realistic limits and latency; one refresh interval, from when refreshes fall due.
