@@ -258,12 +258,10 @@ def _planned(spec: Any, provider: Any, kube: Any, refresh: Any) -> Any:
 
 
 def _plan_for(file: Path, target_name: str, app_name: str | None, targets_file: Path | None,
-              refresh: Any = None) -> Any:
-    """`refresh`: a plan.Refresh; None is a full refresh."""
-    from keyless.plan import Refresh
-
+              refresh: Any) -> Any:
+    """`refresh`: a plan.Refresh (from `_refresh`)."""
     spec, provider, kube = _prepared(file, target_name, app_name, targets_file)
-    return _planned(spec, provider, kube, refresh or Refresh.FULL), provider, kube, spec.target
+    return _planned(spec, provider, kube, refresh), provider, kube, spec.target
 
 
 def _show_plan(plan: Any, output: OutputFormat) -> None:

@@ -89,6 +89,16 @@ def apply(env: dict[str, str], app: str, text: str) -> tuple[engine.PlannedApp, 
     return planned, calls
 
 
+def unchanged(env: dict[str, str], app: str, roles: dict[str, str | None], refresh: Refresh) -> Calls:
+    """Plan an unchanged app with `refresh`: no change, and the same observation as a full refresh; its calls."""
+    full, _, _, _ = plan(env, app, porter_text(app, roles))
+    planned, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=refresh)
+    assert not planned.plan.changes
+    assert planned.plan.observed_digest == full.plan.observed_digest
+    assert calls.by_operation["ListPodIdentityAssociations"] == 0
+    return calls
+
+
 def _associations(env: dict[str, str]) -> int:
     eks = boto3.client("eks")
     pages = eks.get_paginator("list_pod_identity_associations").paginate(clusterName=_target(env).cluster)
@@ -169,11 +179,7 @@ def test_refresh_false_trusts_the_journal_and_reads_no_object(sandbox: Sandbox, 
     apply(env, app, porter_text(app, roles))
 
     # No change: not one association listed or described; the journal observes what a full refresh observes.
-    full, _, _, _ = plan(env, app, porter_text(app, roles))
-    trusted, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=Refresh.NONE)
-    assert not trusted.plan.changes
-    assert trusted.plan.observed_digest == full.plan.observed_digest
-    assert calls.by_operation["ListPodIdentityAssociations"] == 0
+    calls = unchanged(env, app, roles, Refresh.NONE)
     assert calls.by_operation["DescribePodIdentityAssociation"] == 0
     assert set(calls.by_operation) <= {"DescribeCluster", "DescribeAddon"}  # the preflight's two reads
 
@@ -204,11 +210,7 @@ def test_a_bound_refresh_reads_each_binding_by_its_id_and_lists_nothing(sandbox:
     apply(env, app, porter_text(app, roles))
 
     # No change: each association described once by the id its account records; not one list page.
-    full, _, _, _ = plan(env, app, porter_text(app, roles))
-    bound, _, calls, _ = plan(env, app, porter_text(app, roles), refresh=Refresh.BOUND)
-    assert not bound.plan.changes
-    assert bound.plan.observed_digest == full.plan.observed_digest
-    assert calls.by_operation["ListPodIdentityAssociations"] == 0
+    calls = unchanged(env, app, roles, Refresh.BOUND)
     assert len(calls.described) == 12
     assert set(calls.described.values()) == {1}
     assert calls.writes == 0

@@ -102,6 +102,20 @@ def _keylessapp(name: str, target: str, porter: str, refresh: str = "10s") -> st
         """) + textwrap.indent(porter, "    ")
 
 
+def _aws_porter(app: str, services: list[str], kind: str = "web") -> str:
+    """porter.yaml of services of one kind, each connected to the demo role keyless-demo-api."""
+    return f"name: {app}\nservices:\n" + "".join(
+        f"  - name: {s}\n    type: {kind}\n    connections:\n      - type: awsRole\n        role: keyless-demo-api\n"
+        for s in services)
+
+
+def _stop(processes: list[subprocess.Popen[bytes] | None]) -> None:
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            process.wait(20)
+
+
 def _get(env: dict[str, str], name: str) -> Any | None:
     try:
         return _admin(env).get(KeylessApp, name, namespace="shop")
@@ -432,9 +446,7 @@ def test_two_replicas_started_at_once_write_each_app_once(
     apps = {f"twin-{i}": [f"s{j}" for j in range(3)] for i in range(3)}
     # The KeylessApps are there before any replica watching their namespace starts: both resume every one.
     for app, services in apps.items():
-        porter = f"name: {app}\nservices:\n" + "".join(
-            f"  - name: {s}\n    type: worker\n    connections:\n      - type: awsRole\n"
-            "        role: keyless-demo-api\n" for s in services)
+        porter = _aws_porter(app, services, "worker")
         _apply_yaml(env, _keylessapp(app, EKS_TARGET, porter).replace("namespace: shop", "namespace: twins"))
     before = _eks_calls(env).get("CreatePodIdentityAssociation", 0)
     started = [_replica(env, tmp_path / f"{i}.log", "twins") for i in (1, 2)]
@@ -463,10 +475,7 @@ def test_two_replicas_started_at_once_write_each_app_once(
         _wait("the twins' associations to go", lambda: all(
             not _associations(cluster, f"{app}-{s}") for app, services in apps.items() for s in services))
     finally:
-        for process in started:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(20)
+        _stop(list(started))
 
 
 def test_a_replica_killed_mid_apply_is_taken_over_without_a_duplicate(
@@ -476,9 +485,7 @@ def test_a_replica_killed_mid_apply_is_taken_over_without_a_duplicate(
     assert stack.eks is not None
     stack.eks.ensure_namespace("ops")
     services = [f"s{i}" for i in range(5)]
-    porter = "name: op-kill\nservices:\n" + "".join(
-        f"  - name: {s}\n    type: web\n    connections:\n      - type: awsRole\n        role: keyless-demo-api\n"
-        for s in services)
+    porter = _aws_porter("op-kill", services)
     # The first replica takes the app; the second comes up while it applies (a rolling update, a rescheduled pod).
     # (Two replicas racing to add kopf's finalizer leave the loser waiting for the object's next event, which a
     # winner killed at once never writes: it then picks the app up at its next watch restart, within 60 s.)
@@ -538,7 +545,4 @@ def test_a_replica_killed_mid_apply_is_taken_over_without_a_duplicate(
         assert survivor.poll() is None  # the survivor kept running throughout
     finally:
         stack.aws.knobs.configure(KnobSettings())
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(20)
+        _stop([first, second])

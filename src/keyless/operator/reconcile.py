@@ -172,11 +172,11 @@ class Reconciler:
             return _blocked("TargetsFileUnreadable", f"{self.targets_file}: {exc.strerror or exc}",
                             retry_in=backoff(failures + 1, self.rng), failures=failures + 1)
         events: list[Event] = []
-        moved = bool(previous_target) and (
-            (previous_target or {}).get("target"), (previous_target or {}).get("app")) != (spec.target, app)
-        if previous_target and moved:
+        previous = previous_target or {}
+        moved = bool(previous) and (previous.get("target"), previous.get("app")) != (spec.target, app)
+        if moved:
             # The app moved (another target or name): what keyless bound for the old one goes first.
-            left = self.remove(namespace, name, previous_target)
+            left = self.remove(namespace, name, previous)
             if left.retry_in is not None:
                 return left
             events.extend(left.events)

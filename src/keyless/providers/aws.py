@@ -485,7 +485,7 @@ class AwsProvider:
                     journal[key] = notes[BINDING_ANNOTATION]
         if desired - set(journal):
             return None
-        read = self._read_all(list(dict.fromkeys(journal.values())))
+        read = self._read_all(list(journal.values()))
         settled = {(a.namespace, a.service_account) for a in read if a is not None}
         # EKS holds one association per key: a key whose recorded one is there has no other.
         ids = [a.id for a in read if a is not None]
